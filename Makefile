@@ -1,0 +1,48 @@
+# Everything CI runs is `make test`; everything the demo needs is `make demo`. Both set up from scratch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv binaries lint unit cluster-test test demo cluster-up cluster-down bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+# Kubernetes control plane + kwok, built from Go modules into ~/.cache/dsguard (skipped when built).
+binaries:
+	bash localcluster/gobuild/build.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+cluster-test: venv binaries
+	$(PY) -m pytest tests/cluster
+
+test: lint binaries
+	$(PY) -m pytest
+
+demo: venv binaries
+	$(PY) -m localcluster demo
+
+cluster-up: venv binaries
+	$(PY) -m localcluster up
+
+cluster-down: venv
+	$(PY) -m localcluster down
+
+bench: venv
+	$(PY) bench/webhook_load.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Webhook TLS: load and reload serving certificates (generation and rotation come later)."""

@@ -1,0 +1,1 @@
+"""dsguard: guardrails for Kubernetes DaemonSets."""

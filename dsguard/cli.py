@@ -1,0 +1,185 @@
+"""The `dsguard` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from dsguard.documents import InputError, load_documents, load_nodes, load_policies
+from dsguard.facts import ClusterFacts
+from dsguard.policy import Policy
+from dsguard.scheduling import NodeInfo
+
+EXIT_DENIED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dsguard")
+def main() -> None:
+    """Guardrails for Kubernetes DaemonSets."""
+
+
+@main.command()
+@click.option("--tls-cert-file", required=True, type=click.Path(exists=True, dir_okay=False), help="PEM serving certificate (chain).")
+@click.option("--tls-private-key-file", required=True, type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104 - a pod serves on its pod IP
+@click.option("--policy-file", "policy_files", multiple=True, type=click.Path(exists=True),
+              help="Serve these DaemonSetPolicies instead of watching the cluster's (repeatable).")
+@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.")
+@click.option("--nodes", "node_files", multiple=True, type=click.Path(exists=True),
+              help="Serve with these Nodes instead of watching the cluster (with --policy-file: no cluster needed).")
+@click.option("--kubernetes-version", default=None, help="With --nodes: the apiserver version to assume.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+def webhook(
+    tls_cert_file: str,
+    tls_private_key_file: str,
+    port: int,
+    host: str,
+    policy_files: tuple[str, ...],
+    kubeconfig: str | None,
+    node_files: tuple[str, ...],
+    kubernetes_version: str | None,
+    log_level: str,
+) -> None:
+    """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
+    _setup_logging(log_level)
+    try:
+        policies = load_policies(list(policy_files)) if policy_files else None
+        nodes = load_nodes(list(node_files)) if node_files else None
+    except InputError as e:
+        raise click.ClickException(str(e)) from None
+    if nodes is not None and policies is None:
+        raise click.UsageError("--nodes needs --policy-file: without a cluster there are no policies to watch")
+    asyncio.run(_run_webhook(tls_cert_file, tls_private_key_file, host, port, policies, kubeconfig, nodes,
+                             kubernetes_version))
+
+
+async def _run_webhook(
+    cert: str,
+    key: str,
+    host: str,
+    port: int,
+    policies: list[Policy] | None,
+    kubeconfig: str | None,
+    nodes: list[NodeInfo] | None,
+    kubernetes_version: str | None,
+) -> None:
+    from certs.tls import CertReloader, server_context
+    from dsguard.kube import api_client
+    from webhook.cache import ClusterCache
+    from webhook.server import WebhookState, run
+
+    ctx = server_context(cert, key)
+    cache = ClusterCache(static_policies=policies)
+    tasks: list[asyncio.Task[None]] = []
+    api = None
+    if nodes is not None:
+        cache.use_static_facts(nodes, kubernetes_version or "")
+    else:
+        api = await api_client(kubeconfig)
+        for reflector in cache.reflectors_for(api):
+            tasks.append(asyncio.create_task(reflector.run(), name=f"watch-{reflector.name}"))
+        tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
+    try:
+        await run(WebhookState(cache=cache), ssl_context=ctx, reloader=CertReloader(ctx, cert, key), host=host,
+                  port=port, tasks=tasks)
+    finally:
+        if api is not None:
+            await api.close()
+
+
+@main.command()
+@click.option("--policy", "policy_files", multiple=True, required=True, type=str,
+              help="DaemonSetPolicy file or directory (repeatable).")
+@click.option("--nodes", "node_files", multiple=True, type=str,
+              help="Nodes to judge against, e.g. `kubectl get nodes -o yaml` output (repeatable).")
+@click.option("--kubernetes-version", default=None,
+              help="The apiserver version, used by version rules when no nodes are given.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.argument("manifests", nargs=-1, required=True)
+def check(
+    policy_files: tuple[str, ...],
+    node_files: tuple[str, ...],
+    kubernetes_version: str | None,
+    output: str,
+    manifests: tuple[str, ...],
+) -> None:
+    """Judge DaemonSet manifests offline with the webhook's rules (MANIFEST: file, directory or -).
+
+    Exit 0 when all are allowed, 1 when any is denied, 2 on bad input.
+    """
+    from webhook.rules.engine import evaluate
+
+    try:
+        policies = load_policies(list(policy_files))
+        nodes = load_nodes(list(node_files)) if node_files else []
+        docs = list(load_documents(list(manifests)))
+    except InputError as e:
+        click.echo(f"dsguard check: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    facts = ClusterFacts(nodes=tuple(nodes), server_version=kubernetes_version)
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    for doc in docs:
+        body = doc.body
+        if body.get("kind") != "DaemonSet" or not str(body.get("apiVersion", "")).startswith("apps/"):
+            skipped += 1
+            continue
+        ev = evaluate(policies, body, facts=facts, mutate=True)
+        results.append({
+            "kind": "DaemonSet",
+            "namespace": ev.ds.namespace,
+            "name": ev.ds.name,
+            "source": doc.source,
+            "allowed": ev.allowed,
+            "policies": list(ev.policies),
+            "violations": [{"policy": d.policy, "rule": d.rule, "message": d.message} for d in ev.denials],
+            "warnings": [*ev.notices, *ev.warnings],
+            "audit": [{"policy": a.policy, "rule": a.rule, "message": a.message} for a in ev.audits],
+            "patch": ev.patch,
+        })
+    if output == "json":
+        click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_text(results, skipped)
+    sys.exit(EXIT_DENIED if any(not r["allowed"] for r in results) else 0)
+
+
+def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
+    for r in results:
+        verdict = click.style("ALLOWED", fg="green") if r["allowed"] else click.style("DENIED", fg="red", bold=True)
+        click.echo(f"{verdict} DaemonSet {r['namespace']}/{r['name']} ({r['source']})")
+        for v in r["violations"]:
+            click.echo(f"  ✗ DaemonSetPolicy \"{v['policy']}\" ({v['rule']}): {v['message']}")
+        for w in r["warnings"]:
+            click.echo(f"  ! {w}")
+        for a in r["audit"]:
+            click.echo(f"  · audit: DaemonSetPolicy \"{a['policy']}\" ({a['rule']}): {a['message']}")
+        for op in r["patch"]:
+            value = f" {orjson.dumps(op['value']).decode()}" if "value" in op else ""
+            click.echo(f"  ~ patch: {op['op']} {op['path']}{value}")
+    denied = sum(1 for r in results if not r["allowed"])
+    click.echo(
+        f"{len(results)} DaemonSet(s) checked: {len(results) - denied} allowed, {denied} denied"
+        + (f"; {skipped} other document(s) skipped" if skipped else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The parts of an apps/v1 DaemonSet the rules read, with the apiserver's defaults applied.
+
+Objects from the apiserver are already defaulted; manifests checked offline are not, so the
+defaults (SetDefaults_DaemonSet in pkg/apis/apps/v1/defaults.go) are applied here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dsguard.intstr import IntOrPercent
+
+ROLLING_UPDATE = "RollingUpdate"
+ON_DELETE = "OnDelete"
+DEFAULT_MAX_UNAVAILABLE: IntOrPercent = 1
+DEFAULT_MAX_SURGE: IntOrPercent = 0
+
+TOLERATIONS_PATH = "spec.template.spec.tolerations"
+ROLLING_UPDATE_PATH = "spec.updateStrategy.rollingUpdate"
+
+
+def _mapping(raw: object) -> Mapping[str, Any]:
+    return raw if isinstance(raw, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    path: str  # e.g. spec.template.spec.containers[0].image
+    container: str
+    image: str
+
+
+@dataclass(frozen=True)
+class DaemonSetView:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    pod_spec: Mapping[str, Any]
+    strategy_type: str
+    max_unavailable: IntOrPercent
+    max_surge: IntOrPercent
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], *, namespace: str = "") -> DaemonSetView:
+        meta = _mapping(obj.get("metadata"))
+        spec = _mapping(obj.get("spec"))
+        strategy = _mapping(spec.get("updateStrategy"))
+        rolling = _mapping(strategy.get("rollingUpdate"))
+        max_unavailable = rolling.get("maxUnavailable")
+        max_surge = rolling.get("maxSurge")
+        return cls(
+            namespace=namespace or str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or meta.get("generateName") or ""),
+            labels=_mapping(meta.get("labels")),
+            pod_spec=_mapping(_mapping(spec.get("template")).get("spec")),
+            strategy_type=str(strategy.get("type") or ROLLING_UPDATE),
+            max_unavailable=max_unavailable if isinstance(max_unavailable, int | str) else DEFAULT_MAX_UNAVAILABLE,
+            max_surge=max_surge if isinstance(max_surge, int | str) else DEFAULT_MAX_SURGE,
+        )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def images(self) -> Iterator[ContainerImage]:
+        for field in ("initContainers", "containers"):
+            containers = self.pod_spec.get(field)
+            if not isinstance(containers, list):
+                continue
+            for i, c in enumerate(containers):
+                c = _mapping(c)
+                image = c.get("image")
+                if isinstance(image, str) and image:
+                    yield ContainerImage(f"spec.template.spec.{field}[{i}].image", str(c.get("name", "")), image)

@@ -1,0 +1,155 @@
+"""Kubernetes client setup and a list+watch reflector over raw JSON.
+
+The generated kubernetes-asyncio models are slow to build, so lists and watches are read with
+_preload_content=False and parsed with orjson into plain dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import orjson
+from kubernetes_asyncio import client, config
+
+log = logging.getLogger("dsguard.kube")
+
+Obj = dict[str, Any]
+
+
+async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """An ApiClient from --kubeconfig, $KUBECONFIG, ~/.kube/config, or the in-cluster service account."""
+    cfg = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path or (not os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(os.path.expanduser("~/.kube/config"))):
+        await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+class ListFn(Protocol):
+    def __call__(self, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old (HTTP 410): list again."""
+
+
+class Reflector:
+    """Keeps one resource's objects in step with the apiserver and calls back on every change.
+
+    on_replace(items) after each (re)list, on_event(type, obj) for ADDED/MODIFIED/DELETED.
+    `synced` is set after the first complete list.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        list_fn: ListFn,
+        *,
+        on_replace: Callable[[list[Obj]], None],
+        on_event: Callable[[str, Obj], None],
+        page_size: int = 500,
+        watch_timeout: int = 300,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._list = list_fn
+        self._on_replace = on_replace
+        self._on_event = on_event
+        self._page_size = page_size
+        self._watch_timeout = watch_timeout
+        self._on_restart = on_restart or (lambda reason: None)
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._list_all()
+                backoff = 0.5
+                while True:
+                    await self._watch()
+            except Gone:
+                self._on_restart("gone")
+                log.info("%s: resourceVersion %s expired, listing again", self.name, self.resource_version)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the API or the network failed: back off and start over
+                self._on_restart("error")
+                log.warning("%s: list/watch failed (%s: %s); retrying in %.1fs", self.name, type(e).__name__, e, backoff)
+                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+                backoff = min(backoff * 2, 30.0)
+
+    async def _list_all(self) -> None:
+        items: list[Obj] = []
+        cont: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False}
+            if cont:
+                kwargs["_continue"] = cont
+            resp = await self._list(**kwargs)
+            try:
+                data = orjson.loads(await resp.read())
+            finally:
+                resp.release()
+            items.extend(data.get("items") or [])
+            meta = data.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                self.resource_version = str(meta.get("resourceVersion", ""))
+                break
+        self._on_replace(items)
+        self.synced.set()
+
+    async def _watch(self) -> None:
+        resp = await self._list(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout,
+            _preload_content=False,
+            _request_timeout=self._watch_timeout + 30,
+        )
+        try:
+            async for line in _lines(resp.content):
+                event = orjson.loads(line)
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if rv:
+                    self.resource_version = str(rv)
+                if kind != "BOOKMARK":
+                    self._on_event(str(kind), obj)
+        finally:
+            resp.release()
+
+
+async def _lines(stream: Any) -> AsyncIterator[bytes]:
+    """Watch events, one JSON document a line. aiohttp's own line iterator caps line length,
+    and a Node with many images in its status can exceed it, so split here."""
+    buf = bytearray()
+    async for chunk in stream.iter_any():
+        buf += chunk
+        while (i := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:i])
+            del buf[: i + 1]
+            if line.strip():
+                yield line
+    if buf.strip():
+        yield bytes(buf)
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("name", ""))

@@ -1,0 +1,310 @@
+"""DaemonSetPolicy (dsguard.io/v1alpha1): the spec parsed into frozen dataclasses.
+
+The apiserver validates the CRD's OpenAPI schema first; this parser validates again (policy files
+used offline never met an apiserver) and reports every error with its field path at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from dsguard.fielderrors import ErrorList
+from dsguard.intstr import IntOrPercent, parse_int_or_percent
+from dsguard.scheduling import Toleration
+from dsguard.selectors import LabelSelector
+from dsguard.versions import VersionRange
+
+GROUP = "dsguard.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DaemonSetPolicy"
+PLURAL = "daemonsetpolicies"
+
+
+class Enforcement(StrEnum):
+    ENFORCE = "Enforce"  # deny
+    WARN = "Warn"  # allow with admission warnings
+    AUDIT = "Audit"  # allow, record only
+
+
+class OnMissing(StrEnum):
+    DENY = "Deny"
+    ADD = "Add"
+
+
+class OnExceed(StrEnum):
+    DENY = "Deny"
+    CLAMP = "Clamp"
+
+
+class UnknownVersion(StrEnum):
+    ALLOW = "Allow"
+    WARN = "Warn"
+    DENY = "Deny"
+
+
+@dataclass(frozen=True)
+class Match:
+    namespaces: frozenset[str] | None = None
+    namespace_selector: LabelSelector | None = None
+    selector: LabelSelector | None = None
+
+    def matches(
+        self, *, namespace: str, namespace_labels: Mapping[str, str], labels: Mapping[str, str]
+    ) -> bool:
+        if self.namespaces is not None and namespace not in self.namespaces:
+            return False
+        if self.namespace_selector is not None and not self.namespace_selector.matches(namespace_labels):
+            return False
+        return self.selector is None or self.selector.matches(labels)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    node_selector: LabelSelector
+
+
+@dataclass(frozen=True)
+class TolerationPolicy:
+    required: tuple[Toleration, ...] = ()
+    on_missing: OnMissing = OnMissing.DENY
+    coverage: Coverage | None = None
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    max_unavailable: IntOrPercent | None = None
+    max_surge: IntOrPercent | None = None
+    on_exceed: OnExceed = OnExceed.DENY
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    kubernetes: VersionRange
+    versions: VersionRange
+
+
+@dataclass(frozen=True)
+class VersionRule:
+    image: str
+    compatibility: tuple[Compatibility, ...]
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    rules: tuple[VersionRule, ...] = ()
+    unknown_version: UnknownVersion = UnknownVersion.WARN
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    match: Match = Match()
+    enforcement: Enforcement = Enforcement.ENFORCE
+    tolerations: TolerationPolicy | None = None
+    rollout: RolloutPolicy | None = None
+    versions: VersionPolicy | None = None
+
+
+def parse_policy(doc: object, *, source: str = "") -> Policy:
+    """Parse a DaemonSetPolicy object (CRD instance or a YAML file) into a Policy.
+
+    Raises InvalidSpec naming every bad field. `source` (a file name, or "DaemonSetPolicy/x")
+    prefixes the message so a user knows which document to fix.
+    """
+    errors = ErrorList()
+    if not isinstance(doc, Mapping):
+        errors.add("<root>", f"expected a {KIND} object (a mapping), got {type(doc).__name__}")
+        errors.raise_if_any(source=source)
+        raise AssertionError("unreachable")
+    if doc.get("apiVersion") not in (None, API_VERSION):
+        errors.add("apiVersion", f"{doc.get('apiVersion')!r} is not supported; use {API_VERSION}")
+    if doc.get("kind") not in (None, KIND):
+        errors.add("kind", f"{doc.get('kind')!r} is not a {KIND}")
+    meta = doc.get("metadata") or {}
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not isinstance(name, str) or not name:
+        errors.add("metadata.name", "is required")
+        name = ""
+    spec = doc.get("spec")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        errors.add("spec", "must be a mapping")
+        spec = {}
+    r = _Reader(errors)
+    _unknown_fields(r, spec, "spec", {"match", "enforcement", "tolerations", "rollout", "versions", "guard"})
+    policy = Policy(
+        name=name,
+        match=_match(r, spec.get("match"), "spec.match"),
+        enforcement=r.enum(spec.get("enforcement"), "spec.enforcement", Enforcement, Enforcement.ENFORCE),
+        tolerations=_tolerations(r, spec.get("tolerations"), "spec.tolerations"),
+        rollout=_rollout(r, spec.get("rollout"), "spec.rollout"),
+        versions=_versions(r, spec.get("versions"), "spec.versions"),
+    )
+    errors.raise_if_any(source=source or (f"{KIND}/{name}" if name else ""))
+    return policy
+
+
+class _Reader:
+    """Typed access to untyped YAML that records an error instead of raising."""
+
+    def __init__(self, errors: ErrorList) -> None:
+        self.errors = errors
+
+    def mapping(self, raw: object, path: str) -> Mapping[str, Any] | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            self.errors.add(path, f"must be a mapping, got {type(raw).__name__}")
+            return None
+        return raw
+
+    def sequence(self, raw: object, path: str) -> Sequence[Any]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list | tuple):
+            self.errors.add(path, f"must be a list, got {type(raw).__name__}")
+            return ()
+        return raw
+
+    def string(self, raw: object, path: str) -> str | None:
+        if not isinstance(raw, str) or not raw:
+            self.errors.add(path, "must be a non-empty string")
+            return None
+        return raw
+
+    def enum[E: StrEnum](self, raw: object, path: str, kind: type[E], default: E) -> E:
+        if raw is None:
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            allowed = ", ".join(m.value for m in kind)
+            self.errors.add(path, f"{raw!r} is not one of {allowed}")
+            return default
+
+    def version_range(self, raw: object, path: str) -> VersionRange | None:
+        text = self.string(raw, path)
+        if text is None:
+            return None
+        try:
+            return VersionRange.parse(text)
+        except ValueError as e:
+            self.errors.add(path, str(e))
+            return None
+
+
+def _unknown_fields(r: _Reader, raw: Mapping[str, Any], path: str, known: set[str]) -> None:
+    # The CRD schema prunes unknown fields silently; offline we say so, since a typo
+    # ("onMising") would otherwise turn a policy off without a word.
+    for key in raw:
+        if key not in known:
+            r.errors.add(f"{path}.{key}", f"unknown field; expected one of {', '.join(sorted(known))}")
+
+
+def _match(r: _Reader, raw: object, path: str) -> Match:
+    m = r.mapping(raw, path)
+    if m is None:
+        return Match()
+    _unknown_fields(r, m, path, {"namespaces", "namespaceSelector", "selector"})
+    namespaces: frozenset[str] | None = None
+    if "namespaces" in m:
+        names = [r.string(n, f"{path}.namespaces[{i}]") for i, n in enumerate(r.sequence(m["namespaces"], f"{path}.namespaces"))]
+        namespaces = frozenset(n for n in names if n)
+    ns_sel = None
+    if m.get("namespaceSelector") is not None:
+        ns_sel = LabelSelector.parse(m["namespaceSelector"], f"{path}.namespaceSelector", r.errors)
+    sel = None
+    if m.get("selector") is not None:
+        sel = LabelSelector.parse(m["selector"], f"{path}.selector", r.errors)
+    return Match(namespaces=namespaces, namespace_selector=ns_sel, selector=sel)
+
+
+def _tolerations(r: _Reader, raw: object, path: str) -> TolerationPolicy | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(r, m, path, {"required", "onMissing", "coverage"})
+    required: list[Toleration] = []
+    for i, item in enumerate(r.sequence(m.get("required"), f"{path}.required")):
+        t = Toleration.parse(item, f"{path}.required[{i}]", r.errors)
+        if t is not None and t not in required:
+            required.append(t)
+    coverage = None
+    cov = r.mapping(m.get("coverage"), f"{path}.coverage")
+    if cov is not None:
+        _unknown_fields(r, cov, f"{path}.coverage", {"nodeSelector"})
+        sel = LabelSelector.parse(cov.get("nodeSelector") or {}, f"{path}.coverage.nodeSelector", r.errors)
+        coverage = Coverage(node_selector=sel or LabelSelector())
+    return TolerationPolicy(
+        required=tuple(required),
+        on_missing=r.enum(m.get("onMissing"), f"{path}.onMissing", OnMissing, OnMissing.DENY),
+        coverage=coverage,
+    )
+
+
+def _rollout(r: _Reader, raw: object, path: str) -> RolloutPolicy | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(r, m, path, {"maxUnavailable", "maxSurge", "onExceed"})
+    caps: dict[str, IntOrPercent | None] = {}
+    for field in ("maxUnavailable", "maxSurge"):
+        caps[field] = None
+        if m.get(field) is not None:
+            value, errs = parse_int_or_percent(m[field], f"{path}.{field}")
+            r.errors.extend(errs)
+            caps[field] = value
+    return RolloutPolicy(
+        max_unavailable=caps["maxUnavailable"],
+        max_surge=caps["maxSurge"],
+        on_exceed=r.enum(m.get("onExceed"), f"{path}.onExceed", OnExceed, OnExceed.DENY),
+    )
+
+
+def _versions(r: _Reader, raw: object, path: str) -> VersionPolicy | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(r, m, path, {"rules", "unknownVersion"})
+    rules: list[VersionRule] = []
+    for i, item in enumerate(r.sequence(m.get("rules"), f"{path}.rules")):
+        rp = f"{path}.rules[{i}]"
+        rm = r.mapping(item, rp)
+        if rm is None:
+            r.errors.add(rp, "must be a mapping with image and compatibility")
+            continue
+        _unknown_fields(r, rm, rp, {"image", "compatibility"})
+        image = r.string(rm.get("image"), f"{rp}.image")
+        if image is not None and ("@" in image or _has_tag(image)):
+            r.errors.add(f"{rp}.image", f"{image!r} must be a repository without tag or digest")
+        compat: list[Compatibility] = []
+        entries = r.sequence(rm.get("compatibility"), f"{rp}.compatibility")
+        if not entries:
+            r.errors.add(f"{rp}.compatibility", "must list at least one {kubernetes, versions} entry")
+        for j, entry in enumerate(entries):
+            cp = f"{rp}.compatibility[{j}]"
+            em = r.mapping(entry, cp)
+            if em is None:
+                continue
+            _unknown_fields(r, em, cp, {"kubernetes", "versions"})
+            k = r.version_range(em.get("kubernetes"), f"{cp}.kubernetes")
+            v = r.version_range(em.get("versions"), f"{cp}.versions")
+            if k is not None and v is not None:
+                compat.append(Compatibility(kubernetes=k, versions=v))
+        if image is not None:
+            rules.append(VersionRule(image=image, compatibility=tuple(compat)))
+    return VersionPolicy(
+        rules=tuple(rules),
+        unknown_version=r.enum(m.get("unknownVersion"), f"{path}.unknownVersion", UnknownVersion, UnknownVersion.WARN),
+    )
+
+
+def _has_tag(image: str) -> bool:
+    # A ':' after the last '/' is a tag; one before it is a registry port (localhost:5000/agent).
+    return ":" in image.rsplit("/", 1)[-1]
+

@@ -1,0 +1,154 @@
+"""AdmissionReview admission.k8s.io/v1: decode a request, encode a response.
+
+Wire format only (staging/src/k8s.io/api/admission/v1/types.go). A review that can't be read
+raises BadReview, which the server answers with HTTP 400; a policy rejection is a normal
+response with allowed: false.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+import orjson
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+_OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+
+
+class BadReview(ValueError):
+    """The request body is not a usable AdmissionReview; the message says what is wrong."""
+
+
+class StatusPayload(TypedDict, total=False):
+    code: int
+    message: str
+    reason: str
+
+
+class ResponsePayload(TypedDict):
+    uid: str
+    allowed: bool
+    status: NotRequired[StatusPayload]
+    patchType: NotRequired[Literal["JSONPatch"]]
+    patch: NotRequired[str]
+    warnings: NotRequired[list[str]]
+
+
+class ReviewPayload(TypedDict):
+    apiVersion: str
+    kind: str
+    response: ResponsePayload
+
+
+@dataclass(frozen=True)
+class GroupVersionKind:
+    group: str
+    version: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    uid: str
+    kind: GroupVersionKind
+    resource: str
+    sub_resource: str
+    operation: Operation
+    namespace: str
+    name: str
+    object: Mapping[str, Any] | None
+    old_object: Mapping[str, Any] | None
+    dry_run: bool
+    username: str
+
+    @property
+    def is_daemonset(self) -> bool:
+        return (
+            self.kind.group == "apps" and self.kind.kind == "DaemonSet" and not self.sub_resource
+        )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+def _field(obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    if not isinstance(value, Mapping):
+        what = "missing" if value is None else f"a {type(value).__name__}, not an object"
+        raise BadReview(f"{path}{key} is {what}")
+    return value
+
+
+def decode(body: bytes) -> AdmissionRequest:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadReview(f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadReview(f"body must be a JSON object ({KIND}), got {type(doc).__name__}")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+        raise BadReview(
+            f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {doc.get('apiVersion')!r} "
+            f"kind {doc.get('kind')!r}; set admissionReviewVersions: [v1] in the webhook configuration"
+        )
+    req = _field(doc, "request", "")
+    uid = req.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("request.uid is missing; the response must echo it")
+    op = req.get("operation")
+    if op not in _OPERATIONS:
+        raise BadReview(f"request.operation {op!r} is not one of {', '.join(_OPERATIONS)}")
+    kind = _field(req, "kind", "request.")
+    gvk = GroupVersionKind(str(kind.get("group", "")), str(kind.get("version", "")), str(kind.get("kind", "")))
+    obj = req.get("object")
+    old = req.get("oldObject")
+    for key, value in (("object", obj), ("oldObject", old)):
+        if value is not None and not isinstance(value, dict):
+            raise BadReview(f"request.{key} must be an object, got {type(value).__name__}")
+    if op in ("CREATE", "UPDATE") and obj is None:
+        raise BadReview(f"request.object is missing for a {op}")
+    if op == "UPDATE" and old is None:
+        raise BadReview("request.oldObject is missing for an UPDATE")
+    user = req.get("userInfo")
+    return AdmissionRequest(
+        uid=uid,
+        kind=gvk,
+        resource=str(_field(req, "resource", "request.").get("resource", "")) if req.get("resource") else "",
+        sub_resource=str(req.get("subResource") or ""),
+        operation=op,
+        namespace=str(req.get("namespace") or ""),
+        name=str(req.get("name") or ""),
+        object=obj,
+        old_object=old,
+        dry_run=bool(req.get("dryRun")),
+        username=str(user.get("username", "")) if isinstance(user, Mapping) else "",
+    )
+
+
+def encode(
+    uid: str,
+    *,
+    allowed: bool,
+    message: str = "",
+    code: int | None = None,
+    patch: Sequence[Mapping[str, Any]] = (),
+    warnings: Sequence[str] = (),
+) -> bytes:
+    response: ResponsePayload = {"uid": uid, "allowed": allowed}
+    if not allowed:
+        response["status"] = {"code": code or 403, "message": message, "reason": "Forbidden"}
+    elif message:
+        response["status"] = {"code": code or 200, "message": message}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(orjson.dumps(list(patch))).decode()
+    if warnings:
+        response["warnings"] = list(warnings)
+    payload: ReviewPayload = {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+    return orjson.dumps(payload)

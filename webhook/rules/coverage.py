@@ -1,0 +1,40 @@
+"""Coverage: the DaemonSet must run a pod on every node the policy's coverage selector picks."""
+
+from __future__ import annotations
+
+from dsguard.policy import TolerationPolicy
+from webhook.rules.context import Finding, RuleContext, name_nodes
+
+RULE = "coverage"
+
+
+def check(policy: TolerationPolicy, ctx: RuleContext) -> list[Finding]:
+    if policy.coverage is None:
+        return []
+    selector = policy.coverage.node_selector
+    evaluate = ctx.placement.evaluate
+    in_scope = 0
+    missed: list[str] = []
+    taints: dict[str, None] = {}  # ordered set of the untolerated taints, for the fix
+    for node in ctx.facts.nodes:
+        if not selector.matches(node.labels):
+            continue
+        in_scope += 1
+        placement = evaluate(node)
+        if placement.should_run:
+            continue
+        missed.append(f"{node.name} ({placement.reason})")
+        for taint in placement.untolerated:
+            taints[str(taint)] = None
+    if not missed:
+        return []
+    scope = f"nodes selected by {selector}" if str(selector) else "nodes"
+    fix = "adjust spec.template.spec nodeSelector/affinity"
+    if taints:
+        fix = f"tolerate {', '.join(taints)} in spec.template.spec.tolerations, or " + fix
+    return [
+        Finding(
+            RULE,
+            f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: {name_nodes(missed)}; {fix}",
+        )
+    ]

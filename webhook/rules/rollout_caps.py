@@ -1,0 +1,98 @@
+"""Caps on rollingUpdate.maxUnavailable / maxSurge, resolved against the targeted node count.
+
+Percentages round up, as the DaemonSet controller's unavailableCount/surgeCount do
+(pkg/controller/daemon/update.go). Clamping must leave a spec that apps/v1 validation accepts:
+exactly one of maxUnavailable and maxSurge non-zero (ValidateRollingUpdateDaemonSet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dsguard.daemonset import ROLLING_UPDATE, ROLLING_UPDATE_PATH
+from dsguard.intstr import IntOrPercent, is_zero, scaled_value
+from dsguard.policy import OnExceed, RolloutPolicy
+from webhook.rules.context import Finding, RuleContext
+
+RULE = "rollout"
+_MEANING = {"maxUnavailable": "unavailable", "maxSurge": "surged"}
+
+
+@dataclass(frozen=True)
+class _Excess:
+    field: str
+    value: IntOrPercent
+    cap: IntOrPercent
+    resolved_value: int
+    resolved_cap: int
+
+
+def _excesses(policy: RolloutPolicy, ctx: RuleContext) -> list[_Excess]:
+    ds = ctx.ds
+    if ds.strategy_type != ROLLING_UPDATE:
+        return []  # OnDelete (also how the guard pauses) replaces pods only when someone deletes them
+    total = len(ctx.targeted)
+    out = []
+    for field, value, cap in (
+        ("maxUnavailable", ds.max_unavailable, policy.max_unavailable),
+        ("maxSurge", ds.max_surge, policy.max_surge),
+    ):
+        if cap is None:
+            continue
+        v = scaled_value(value, total, round_up=True)
+        c = scaled_value(cap, total, round_up=True)
+        if v > c:
+            out.append(_Excess(field, value, cap, v, c))
+    return out
+
+
+def _clamped(ctx: RuleContext, excesses: list[_Excess]) -> tuple[IntOrPercent, IntOrPercent]:
+    values = {"maxUnavailable": ctx.ds.max_unavailable, "maxSurge": ctx.ds.max_surge}
+    for e in excesses:
+        values[e.field] = e.cap
+    return values["maxUnavailable"], values["maxSurge"]
+
+
+def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
+    excesses = _excesses(policy, ctx)
+    total = len(ctx.targeted)
+    findings = []
+    for e in excesses:
+        msg = (
+            f"{ROLLING_UPDATE_PATH}.{e.field}: {e.value!r} lets {e.resolved_value} of {total} targeted nodes be "
+            f"{_MEANING[e.field]} at once, over the cap {e.cap!r} ({e.resolved_cap} of {total}); "
+            f"set it to at most {e.resolved_cap}"
+        )
+        if policy.on_exceed is OnExceed.CLAMP:
+            unavailable, surge = _clamped(ctx, excesses)
+            if is_zero(unavailable) and is_zero(surge):
+                msg += (
+                    " (Clamp cannot do it: maxUnavailable and maxSurge would both be 0, which apps/v1 rejects; "
+                    "make the other one non-zero)"
+                )
+            else:
+                msg += " (the mutating webhook should have clamped it: check that it is installed)"
+        if not ctx.facts.nodes:
+            msg += " (no nodes are known, so percentages resolve to 0: pass the cluster's nodes to judge them)"
+        findings.append(Finding(RULE, msg))
+    return findings
+
+
+def clamp(policy: RolloutPolicy, obj: dict[str, Any], ctx: RuleContext) -> list[str]:
+    """Lower values over their cap to the cap itself (as written, so a percent cap keeps scaling)."""
+    if policy.on_exceed is not OnExceed.CLAMP:
+        return []
+    excesses = _excesses(policy, ctx)
+    if not excesses:
+        return []
+    unavailable, surge = _clamped(ctx, excesses)
+    if is_zero(unavailable) and is_zero(surge):
+        return []  # invalid for apps/v1; check() denies with the explanation
+    spec = obj.setdefault("spec", {})
+    rolling = spec.setdefault("updateStrategy", {}).setdefault("rollingUpdate", {})
+    notices = []
+    for e in excesses:
+        rolling[e.field] = e.cap
+        notices.append(f"dsguard clamped {ROLLING_UPDATE_PATH}.{e.field} from {e.value!r} to the cap {e.cap!r}")
+    return notices

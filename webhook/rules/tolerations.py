@@ -1,0 +1,53 @@
+"""Required tolerations: every required toleration must be covered by one of the pod template's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dsguard.daemonset import TOLERATIONS_PATH, DaemonSetView
+from dsguard.policy import OnMissing, TolerationPolicy
+from dsguard.scheduling import Toleration
+from webhook.rules.context import Finding
+
+RULE = "tolerations"
+
+
+def present_tolerations(ds: DaemonSetView) -> list[Toleration]:
+    raw = ds.pod_spec.get("tolerations")
+    if not isinstance(raw, list):
+        return []
+    return [Toleration.from_dict(t) for t in raw if isinstance(t, dict)]
+
+
+def missing(required: Sequence[Toleration], present: Sequence[Toleration]) -> list[Toleration]:
+    return [r for r in required if not any(t.covers(r) for t in present)]
+
+
+def check(policy: TolerationPolicy, ds: DaemonSetView) -> list[Finding]:
+    absent = missing(policy.required, present_tolerations(ds))
+    if not absent:
+        return []
+    listed = "; ".join(f"{{{_yaml_inline(t)}}}" for t in absent)
+    if policy.on_missing is OnMissing.ADD:
+        fix = "the mutating webhook should have added them: check that dsguard's MutatingWebhookConfiguration is installed"
+    else:
+        fix = f"add them to {TOLERATIONS_PATH}, or set the policy's tolerations.onMissing: Add"
+    return [Finding(RULE, f"{TOLERATIONS_PATH}: missing required toleration(s) {listed}; {fix}")]
+
+
+def add_missing(policy: TolerationPolicy, obj: dict[str, Any], ds: DaemonSetView) -> list[str]:
+    """Append the missing required tolerations to obj's pod template; returns notices."""
+    absent = missing(policy.required, present_tolerations(ds))
+    if not absent:
+        return []
+    pod_spec = obj.setdefault("spec", {}).setdefault("template", {}).setdefault("spec", {})
+    current = pod_spec.get("tolerations")
+    if not isinstance(current, list):
+        current = pod_spec["tolerations"] = []
+    current.extend(t.to_dict() for t in absent)
+    return [f"dsguard added toleration(s) to {TOLERATIONS_PATH}: " + "; ".join(_yaml_inline(t) for t in absent)]
+
+
+def _yaml_inline(t: Toleration) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in t.to_dict().items())

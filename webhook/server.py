@@ -1,0 +1,184 @@
+"""The admission webhook over HTTPS: /mutate, /validate, /healthz, /readyz, /metrics.
+
+The server only does HTTP. `serve_admission` is a plain function (bytes in, status and bytes
+out) so its behaviour is tested without sockets; the aiohttp handlers wrap it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from certs.tls import CertReloader
+from webhook import review
+from webhook.cache import ClusterCache
+from webhook.metrics import Metrics
+from webhook.rules.engine import evaluate
+
+log = logging.getLogger("dsguard.webhook")
+
+Endpoint = Literal["mutate", "validate"]
+
+# The apiserver refuses request bodies over 3 MiB (MaxRequestBodyBytes in
+# k8s.io/apiserver/pkg/server/config.go); an UPDATE review carries the object and the old object.
+MAX_BODY_BYTES = 2 * 3 * 1024 * 1024 + 1024 * 1024
+
+
+@dataclass
+class WebhookState:
+    cache: ClusterCache
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+STATE = web.AppKey("state", WebhookState)
+
+
+def _bad_request(message: str) -> tuple[int, bytes]:
+    return 400, orjson.dumps({"error": message})
+
+
+def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tuple[int, bytes, str]:
+    """Answer one AdmissionReview body: (HTTP status, response body, verdict label)."""
+    try:
+        req = review.decode(body)
+    except review.BadReview as e:
+        status, out = _bad_request(f"malformed AdmissionReview: {e}")
+        return status, out, "bad_request"
+    # Only DaemonSet CREATE/UPDATE are judged; the webhook configuration should send nothing else.
+    if not req.is_daemonset or req.operation not in ("CREATE", "UPDATE") or req.object is None:
+        return 200, review.encode(req.uid, allowed=True), "allowed"
+
+    cache = state.cache
+    result = evaluate(
+        cache.policies,
+        req.object,
+        facts=cache.facts,
+        namespace=req.namespace,
+        old=req.old_object if req.operation == "UPDATE" else None,
+        mutate=endpoint == "mutate",
+    )
+    for a in result.audits:
+        state.metrics.audits.labels(a.policy, a.rule).inc()
+        log.info("audit: DaemonSet %s: %s", result.ds.ref, a)
+    if endpoint == "mutate":
+        # The mutating side never denies: /validate judges the final object, after every mutation.
+        verdict = "patched" if result.patch else "allowed"
+        return 200, review.encode(req.uid, allowed=True, patch=result.patch, warnings=result.notices), verdict
+    if not result.allowed:
+        log.info("denied DaemonSet %s (%s, dryRun=%s): %s", result.ds.ref, req.operation, req.dry_run,
+                 "; ".join(str(d) for d in result.denials))
+        return 200, review.encode(req.uid, allowed=False, message=result.denial_message(), code=403,
+                                  warnings=result.warnings), "denied"
+    verdict = "warned" if result.warnings else "allowed"
+    return 200, review.encode(req.uid, allowed=True, warnings=result.warnings), verdict
+
+
+def _review_handler(endpoint: Endpoint) -> web.Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        start = time.perf_counter()
+        if request.content_type != "application/json":
+            status, out = _bad_request(f"Content-Type must be application/json, got {request.content_type!r}")
+            verdict = "bad_request"
+        elif request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            status, out = _bad_request(f"body of {request.content_length} bytes is over the {MAX_BODY_BYTES}-byte limit")
+            verdict = "bad_request"
+        else:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check first
+                body = None
+            if body is None:
+                status, out = _bad_request(f"body is over the {MAX_BODY_BYTES}-byte limit")
+                verdict = "bad_request"
+            else:
+                try:
+                    status, out, verdict = serve_admission(state, endpoint, body)
+                except Exception:  # a bug of ours: answer 500 so failurePolicy applies, and say which review
+                    log.exception("review failed on %s", endpoint)
+                    status, out, verdict = 500, orjson.dumps({"error": "internal error; see the webhook log"}), "error"
+        state.metrics.reviews.labels(endpoint, verdict).inc()
+        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return web.Response(status=status, body=out, content_type="application/json")
+
+    return handle
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    cache = request.app[STATE].cache
+    if cache.synced:
+        return web.Response(text="ok")
+    pending = [r.name for r in cache.reflectors if not r.synced.is_set()]
+    return web.Response(status=503, text=f"waiting for the first sync of: {', '.join(pending) or 'server version'}")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cache = state.cache
+    state.metrics.policies.set(len(cache.policies))
+    state.metrics.policy_errors.set(len(cache.policy_errors))
+    state.metrics.nodes.set(len(cache.facts.nodes))
+    body = generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(state: WebhookState) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[STATE] = state
+    state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(resource, reason).inc()
+    app.router.add_post("/mutate", _review_handler("mutate"))
+    app.router.add_post("/validate", _review_handler("validate"))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def run(
+    state: WebhookState,
+    *,
+    ssl_context: ssl.SSLContext,
+    reloader: CertReloader | None,
+    host: str,
+    port: int,
+    tasks: list[asyncio.Task[None]] | None = None,
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting, let reviews in flight finish, stop watches."""
+    app = make_app(state)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+    await site.start()
+    log.info("serving on https://%s:%d", host, port)
+    background_tasks = list(tasks or [])
+    if reloader is not None:
+        background_tasks.append(asyncio.create_task(reloader.run()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+        for t in background_tasks:
+            t.cancel()
+        for t in background_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
