@@ -34,18 +34,44 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--tls-cert-file", required=True, type=click.Path(exists=True, dir_okay=False), help="PEM serving certificate (chain).")
-@click.option("--tls-private-key-file", required=True, type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--tls-cert-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM serving certificate (chain).",
+)
+@click.option(
+    "--tls-private-key-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM private key.",
+)
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104 - a pod serves on its pod IP
-@click.option("--policy-file", "policy_files", multiple=True, type=click.Path(exists=True),
-              help="Serve these DaemonSetPolicies instead of watching the cluster's (repeatable).")
-@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.")
-@click.option("--nodes", "node_files", multiple=True, type=click.Path(exists=True),
-              help="Serve with these Nodes instead of watching the cluster (with --policy-file: no cluster needed).")
+@click.option(
+    "--policy-file",
+    "policy_files",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Serve these DaemonSetPolicies instead of watching the cluster's (repeatable).",
+)
+@click.option(
+    "--kubeconfig",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
+)
+@click.option(
+    "--nodes",
+    "node_files",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Serve with these Nodes instead of watching the cluster (with --policy-file: no cluster needed).",
+)
 @click.option("--kubernetes-version", default=None, help="With --nodes: the apiserver version to assume.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def webhook(
     tls_cert_file: str,
     tls_private_key_file: str,
@@ -65,9 +91,14 @@ def webhook(
     except InputError as e:
         raise click.ClickException(str(e)) from None
     if nodes is not None and policies is None:
-        raise click.UsageError("--nodes needs --policy-file: without a cluster there are no policies to watch")
-    asyncio.run(_run_webhook(tls_cert_file, tls_private_key_file, host, port, policies, kubeconfig, nodes,
-                             kubernetes_version))
+        raise click.UsageError(
+            "--nodes needs --policy-file: without a cluster there are no policies to watch"
+        )
+    asyncio.run(
+        _run_webhook(
+            tls_cert_file, tls_private_key_file, host, port, policies, kubeconfig, nodes, kubernetes_version
+        )
+    )
 
 
 async def _run_webhook(
@@ -97,20 +128,40 @@ async def _run_webhook(
             tasks.append(asyncio.create_task(reflector.run(), name=f"watch-{reflector.name}"))
         tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
     try:
-        await run(WebhookState(cache=cache), ssl_context=ctx, reloader=CertReloader(ctx, cert, key), host=host,
-                  port=port, tasks=tasks)
+        await run(
+            WebhookState(cache=cache),
+            ssl_context=ctx,
+            reloader=CertReloader(ctx, cert, key),
+            host=host,
+            port=port,
+            tasks=tasks,
+        )
     finally:
         if api is not None:
             await api.close()
 
 
 @main.command()
-@click.option("--policy", "policy_files", multiple=True, required=True, type=str,
-              help="DaemonSetPolicy file or directory (repeatable).")
-@click.option("--nodes", "node_files", multiple=True, type=str,
-              help="Nodes to judge against, e.g. `kubectl get nodes -o yaml` output (repeatable).")
-@click.option("--kubernetes-version", default=None,
-              help="The apiserver version, used by version rules when no nodes are given.")
+@click.option(
+    "--policy",
+    "policy_files",
+    multiple=True,
+    required=True,
+    type=str,
+    help="DaemonSetPolicy file or directory (repeatable).",
+)
+@click.option(
+    "--nodes",
+    "node_files",
+    multiple=True,
+    type=str,
+    help="Nodes to judge against, e.g. `kubectl get nodes -o yaml` output (repeatable).",
+)
+@click.option(
+    "--kubernetes-version",
+    default=None,
+    help="The apiserver version, used by version rules when no nodes are given.",
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.argument("manifests", nargs=-1, required=True)
 def check(
@@ -142,18 +193,22 @@ def check(
             skipped += 1
             continue
         ev = evaluate(policies, body, facts=facts, mutate=True)
-        results.append({
-            "kind": "DaemonSet",
-            "namespace": ev.ds.namespace,
-            "name": ev.ds.name,
-            "source": doc.source,
-            "allowed": ev.allowed,
-            "policies": list(ev.policies),
-            "violations": [{"policy": d.policy, "rule": d.rule, "message": d.message} for d in ev.denials],
-            "warnings": [*ev.notices, *ev.warnings],
-            "audit": [{"policy": a.policy, "rule": a.rule, "message": a.message} for a in ev.audits],
-            "patch": ev.patch,
-        })
+        results.append(
+            {
+                "kind": "DaemonSet",
+                "namespace": ev.ds.namespace,
+                "name": ev.ds.name,
+                "source": doc.source,
+                "allowed": ev.allowed,
+                "policies": list(ev.policies),
+                "violations": [
+                    {"policy": d.policy, "rule": d.rule, "message": d.message} for d in ev.denials
+                ],
+                "warnings": [*ev.notices, *ev.warnings],
+                "audit": [{"policy": a.policy, "rule": a.rule, "message": a.message} for a in ev.audits],
+                "patch": ev.patch,
+            }
+        )
     if output == "json":
         click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -163,14 +218,16 @@ def check(
 
 def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
     for r in results:
-        verdict = click.style("ALLOWED", fg="green") if r["allowed"] else click.style("DENIED", fg="red", bold=True)
+        verdict = (
+            click.style("ALLOWED", fg="green") if r["allowed"] else click.style("DENIED", fg="red", bold=True)
+        )
         click.echo(f"{verdict} DaemonSet {r['namespace']}/{r['name']} ({r['source']})")
         for v in r["violations"]:
-            click.echo(f"  ✗ DaemonSetPolicy \"{v['policy']}\" ({v['rule']}): {v['message']}")
+            click.echo(f'  ✗ DaemonSetPolicy "{v["policy"]}" ({v["rule"]}): {v["message"]}')
         for w in r["warnings"]:
             click.echo(f"  ! {w}")
         for a in r["audit"]:
-            click.echo(f"  · audit: DaemonSetPolicy \"{a['policy']}\" ({a['rule']}): {a['message']}")
+            click.echo(f'  · audit: DaemonSetPolicy "{a["policy"]}" ({a["rule"]}): {a["message"]}')
         for op in r["patch"]:
             value = f" {orjson.dumps(op['value']).decode()}" if "value" in op else ""
             click.echo(f"  ~ patch: {op['op']} {op['path']}{value}")

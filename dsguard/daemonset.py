@@ -56,7 +56,9 @@ class DaemonSetView:
             labels=_mapping(meta.get("labels")),
             pod_spec=_mapping(_mapping(spec.get("template")).get("spec")),
             strategy_type=str(strategy.get("type") or ROLLING_UPDATE),
-            max_unavailable=max_unavailable if isinstance(max_unavailable, int | str) else DEFAULT_MAX_UNAVAILABLE,
+            max_unavailable=max_unavailable
+            if isinstance(max_unavailable, int | str)
+            else DEFAULT_MAX_UNAVAILABLE,
             max_surge=max_surge if isinstance(max_surge, int | str) else DEFAULT_MAX_SURGE,
         )
 
@@ -73,4 +75,6 @@ class DaemonSetView:
                 c = _mapping(c)
                 image = c.get("image")
                 if isinstance(image, str) and image:
-                    yield ContainerImage(f"spec.template.spec.{field}[{i}].image", str(c.get("name", "")), image)
+                    yield ContainerImage(
+                        f"spec.template.spec.{field}[{i}].image", str(c.get("name", "")), image
+                    )

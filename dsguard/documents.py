@@ -55,7 +55,9 @@ def load_documents(targets: list[str]) -> Iterator[Document]:
             if doc is None:
                 continue
             if not isinstance(doc, dict):
-                raise InputError(f"{name}#{i}: expected a Kubernetes object (a mapping), got {type(doc).__name__}")
+                raise InputError(
+                    f"{name}#{i}: expected a Kubernetes object (a mapping), got {type(doc).__name__}"
+                )
             kind = str(doc.get("kind", ""))
             if kind.endswith("List") and isinstance(doc.get("items"), list):
                 for j, item in enumerate(doc["items"]):

@@ -16,13 +16,13 @@ _PERCENT = re.compile(r"^[0-9]+%$")
 def parse_int_or_percent(raw: object, path: str) -> tuple[IntOrPercent | None, list[FieldError]]:
     """Validate as apps/v1 does for maxUnavailable/maxSurge: a non-negative int or 'N%' with N <= 100."""
     if isinstance(raw, bool) or not isinstance(raw, int | str):
-        return None, [FieldError(path, f"{raw!r} must be an integer or a percentage like \"10%\"")]
+        return None, [FieldError(path, f'{raw!r} must be an integer or a percentage like "10%"')]
     if isinstance(raw, int):
         if raw < 0:
             return None, [FieldError(path, f"{raw} must be greater than or equal to 0")]
         return raw, []
     if not _PERCENT.match(raw):
-        return None, [FieldError(path, f"{raw!r} must be an integer or a percentage like \"10%\"")]
+        return None, [FieldError(path, f'{raw!r} must be an integer or a percentage like "10%"')]
     if int(raw[:-1]) > 100:
         return None, [FieldError(path, f"{raw!r} is over 100%")]
     return raw, []

@@ -11,7 +11,7 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from kubernetes_asyncio import client, config
@@ -25,15 +25,20 @@ async def api_client(kubeconfig: str | None = None, context: str | None = None) 
     """An ApiClient from --kubeconfig, $KUBECONFIG, ~/.kube/config, or the in-cluster service account."""
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path or (not os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(os.path.expanduser("~/.kube/config"))):
+    if path or _use_default_kubeconfig():
         await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
     else:
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     return client.ApiClient(configuration=cfg)
 
 
-class ListFn(Protocol):
-    def __call__(self, **kwargs: Any) -> Awaitable[Any]: ...
+ListFn = Callable[..., Awaitable[Any]]  # a kubernetes-asyncio list_* method
+
+
+def _use_default_kubeconfig() -> bool:
+    """Outside a pod, ~/.kube/config as kubectl does; inside one, the service account."""
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    return not in_cluster and os.path.exists(os.path.expanduser("~/.kube/config"))
 
 
 class Gone(Exception):
@@ -83,7 +88,13 @@ class Reflector:
                 raise
             except Exception as e:  # the API or the network failed: back off and start over
                 self._on_restart("error")
-                log.warning("%s: list/watch failed (%s: %s); retrying in %.1fs", self.name, type(e).__name__, e, backoff)
+                log.warning(
+                    "%s: list/watch failed (%s: %s); retrying in %.1fs",
+                    self.name,
+                    type(e).__name__,
+                    e,
+                    backoff,
+                )
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
                 backoff = min(backoff * 2, 30.0)
 

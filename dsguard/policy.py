@@ -9,19 +9,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from dsguard.fielderrors import ErrorList
 from dsguard.intstr import IntOrPercent, parse_int_or_percent
 from dsguard.scheduling import Toleration
 from dsguard.selectors import LabelSelector
-from dsguard.versions import VersionRange
+from dsguard.versions import VersionRange, validate_image_pattern
 
 GROUP = "dsguard.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "DaemonSetPolicy"
 PLURAL = "daemonsetpolicies"
+
+E = TypeVar("E", bound=StrEnum)
 
 
 class Enforcement(StrEnum):
@@ -136,7 +138,7 @@ def parse_policy(doc: object, *, source: str = "") -> Policy:
         errors.add("spec", "must be a mapping")
         spec = {}
     r = _Reader(errors)
-    _unknown_fields(r, spec, "spec", {"match", "enforcement", "tolerations", "rollout", "versions", "guard"})
+    _unknown_fields(r, spec, "spec", {"match", "enforcement", "tolerations", "rollout", "versions"})
     policy = Policy(
         name=name,
         match=_match(r, spec.get("match"), "spec.match"),
@@ -177,10 +179,12 @@ class _Reader:
             return None
         return raw
 
-    def enum[E: StrEnum](self, raw: object, path: str, kind: type[E], default: E) -> E:
+    def enum(self, raw: object, path: str, kind: type[E], default: E) -> E:
         if raw is None:
             return default
         try:
+            if not isinstance(raw, str):
+                raise ValueError(raw)
             return kind(raw)
         except ValueError:
             allowed = ", ".join(m.value for m in kind)
@@ -213,7 +217,10 @@ def _match(r: _Reader, raw: object, path: str) -> Match:
     _unknown_fields(r, m, path, {"namespaces", "namespaceSelector", "selector"})
     namespaces: frozenset[str] | None = None
     if "namespaces" in m:
-        names = [r.string(n, f"{path}.namespaces[{i}]") for i, n in enumerate(r.sequence(m["namespaces"], f"{path}.namespaces"))]
+        names = [
+            r.string(n, f"{path}.namespaces[{i}]")
+            for i, n in enumerate(r.sequence(m["namespaces"], f"{path}.namespaces"))
+        ]
         namespaces = frozenset(n for n in names if n)
     ns_sel = None
     if m.get("namespaceSelector") is not None:
@@ -280,8 +287,12 @@ def _versions(r: _Reader, raw: object, path: str) -> VersionPolicy | None:
             continue
         _unknown_fields(r, rm, rp, {"image", "compatibility"})
         image = r.string(rm.get("image"), f"{rp}.image")
-        if image is not None and ("@" in image or _has_tag(image)):
-            r.errors.add(f"{rp}.image", f"{image!r} must be a repository without tag or digest")
+        if image is not None:
+            try:
+                validate_image_pattern(image)
+            except ValueError as e:
+                r.errors.add(f"{rp}.image", f"{e}; give a repository such as registry.example.com/agent")
+                image = None
         compat: list[Compatibility] = []
         entries = r.sequence(rm.get("compatibility"), f"{rp}.compatibility")
         if not entries:
@@ -300,11 +311,7 @@ def _versions(r: _Reader, raw: object, path: str) -> VersionPolicy | None:
             rules.append(VersionRule(image=image, compatibility=tuple(compat)))
     return VersionPolicy(
         rules=tuple(rules),
-        unknown_version=r.enum(m.get("unknownVersion"), f"{path}.unknownVersion", UnknownVersion, UnknownVersion.WARN),
+        unknown_version=r.enum(
+            m.get("unknownVersion"), f"{path}.unknownVersion", UnknownVersion, UnknownVersion.WARN
+        ),
     )
-
-
-def _has_tag(image: str) -> bool:
-    # A ':' after the last '/' is a tag; one before it is a registry port (localhost:5000/agent).
-    return ":" in image.rsplit("/", 1)[-1]
-

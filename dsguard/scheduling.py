@@ -99,7 +99,9 @@ class Taint:
         return d
 
     def __str__(self) -> str:
-        # Taint.ToString
+        # Taint.ToString: "key=value:Effect", "key=value:", "key:Effect" or "key".
+        if not self.effect:
+            return f"{self.key}={self.value}:" if self.value else self.key
         if not self.value:
             return f"{self.key}:{self.effect}"
         return f"{self.key}={self.value}:{self.effect}"

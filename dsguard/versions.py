@@ -18,6 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
+    "PRE_ALPHA",
+    "PRE_BETA",
+    "PRE_RC",
+    "RELEASE",
     "ImageRef",
     "Version",
     "VersionRange",
@@ -49,7 +53,8 @@ _MAX_VERSION_LEN = 256
 
 @dataclass(frozen=True, order=True)
 class Version:
-    """A version as found in image tags and kubelet versions.
+    """A version as found in image tags and kubelet versions: an optional `v`, 1-3 numeric parts (missing
+    ones are 0) and an optional suffix after `-` or `+`.
 
     Ordered (and compared for equality, and hashed) by `key` only; `text` is kept for messages.
     `2.1.0-debian-12-r3 == 2.1.0` and `v1.31.4+k3s1 == 1.31.4`, while suffixes starting with
@@ -112,7 +117,8 @@ _COMPARATOR_HELP = "expected one of >=, >, <=, <, ==, != followed by a version l
 class VersionRange:
     """Comma-separated comparators that must all hold, e.g. `>=1.31.0, <1.32`.
 
-    Versions in comparators follow `Version` (missing parts are 0, so `==1.31` means `==1.31.0`).
+    Whitespace is allowed around comparators and after operators (`>= 1.31`). Versions in comparators
+    follow `Version` (missing parts are 0, so `==1.31` means `==1.31.0`).
     """
 
     text: str

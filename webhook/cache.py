@@ -132,10 +132,20 @@ class ClusterCache:
     def reflectors_for(self, api: client.ApiClient) -> list[Reflector]:
         core = client.CoreV1Api(api)
         self.reflectors = [
-            Reflector("nodes", core.list_node, on_replace=self.replace_nodes, on_event=self.node_event,
-                      on_restart=lambda r: self.on_restart("nodes", r)),
-            Reflector("namespaces", core.list_namespace, on_replace=self.replace_namespaces,
-                      on_event=self.namespace_event, on_restart=lambda r: self.on_restart("namespaces", r)),
+            Reflector(
+                "nodes",
+                core.list_node,
+                on_replace=self.replace_nodes,
+                on_event=self.node_event,
+                on_restart=lambda r: self.on_restart("nodes", r),
+            ),
+            Reflector(
+                "namespaces",
+                core.list_namespace,
+                on_replace=self.replace_namespaces,
+                on_event=self.namespace_event,
+                on_restart=lambda r: self.on_restart("namespaces", r),
+            ),
         ]
         if self._static is None:
             custom = client.CustomObjectsApi(api)
@@ -146,8 +156,13 @@ class ClusterCache:
                 )
 
             self.reflectors.append(
-                Reflector("daemonsetpolicies", list_policies, on_replace=self.replace_policies,
-                          on_event=self.policy_event, on_restart=lambda r: self.on_restart("daemonsetpolicies", r))
+                Reflector(
+                    "daemonsetpolicies",
+                    list_policies,
+                    on_replace=self.replace_policies,
+                    on_event=self.policy_event,
+                    on_restart=lambda r: self.on_restart("daemonsetpolicies", r),
+                )
             )
         return self.reflectors
 

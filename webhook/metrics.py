@@ -10,7 +10,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.reviews = Counter(
             "dsguard_webhook_reviews_total",
-            "AdmissionReviews answered, by endpoint and verdict (allowed, denied, patched, warned, bad_request).",
+            "AdmissionReviews answered, by endpoint and verdict "
+            "(allowed, denied, patched, warned, bad_request, error).",
             ["endpoint", "verdict"],
             registry=self.registry,
         )

@@ -68,9 +68,7 @@ class AdmissionRequest:
 
     @property
     def is_daemonset(self) -> bool:
-        return (
-            self.kind.group == "apps" and self.kind.kind == "DaemonSet" and not self.sub_resource
-        )
+        return self.kind.group == "apps" and self.kind.kind == "DaemonSet" and not self.sub_resource
 
     @property
     def ref(self) -> str:
@@ -105,7 +103,9 @@ def decode(body: bytes) -> AdmissionRequest:
     if op not in _OPERATIONS:
         raise BadReview(f"request.operation {op!r} is not one of {', '.join(_OPERATIONS)}")
     kind = _field(req, "kind", "request.")
-    gvk = GroupVersionKind(str(kind.get("group", "")), str(kind.get("version", "")), str(kind.get("kind", "")))
+    gvk = GroupVersionKind(
+        str(kind.get("group", "")), str(kind.get("version", "")), str(kind.get("kind", ""))
+    )
     obj = req.get("object")
     old = req.get("oldObject")
     for key, value in (("object", obj), ("oldObject", old)):

@@ -12,6 +12,7 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,15 +76,25 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
         verdict = "patched" if result.patch else "allowed"
         return 200, review.encode(req.uid, allowed=True, patch=result.patch, warnings=result.notices), verdict
     if not result.allowed:
-        log.info("denied DaemonSet %s (%s, dryRun=%s): %s", result.ds.ref, req.operation, req.dry_run,
-                 "; ".join(str(d) for d in result.denials))
-        return 200, review.encode(req.uid, allowed=False, message=result.denial_message(), code=403,
-                                  warnings=result.warnings), "denied"
+        log.info(
+            "denied DaemonSet %s (%s, dryRun=%s): %s",
+            result.ds.ref,
+            req.operation,
+            req.dry_run,
+            "; ".join(str(d) for d in result.denials),
+        )
+        return (
+            200,
+            review.encode(
+                req.uid, allowed=False, message=result.denial_message(), code=403, warnings=result.warnings
+            ),
+            "denied",
+        )
     verdict = "warned" if result.warnings else "allowed"
     return 200, review.encode(req.uid, allowed=True, warnings=result.warnings), verdict
 
 
-def _review_handler(endpoint: Endpoint) -> web.Handler:
+def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         start = time.perf_counter()
@@ -91,7 +102,9 @@ def _review_handler(endpoint: Endpoint) -> web.Handler:
             status, out = _bad_request(f"Content-Type must be application/json, got {request.content_type!r}")
             verdict = "bad_request"
         elif request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            status, out = _bad_request(f"body of {request.content_length} bytes is over the {MAX_BODY_BYTES}-byte limit")
+            status, out = _bad_request(
+                f"body of {request.content_length} bytes is over the {MAX_BODY_BYTES}-byte limit"
+            )
             verdict = "bad_request"
         else:
             try:
@@ -106,7 +119,11 @@ def _review_handler(endpoint: Endpoint) -> web.Handler:
                     status, out, verdict = serve_admission(state, endpoint, body)
                 except Exception:  # a bug of ours: answer 500 so failurePolicy applies, and say which review
                     log.exception("review failed on %s", endpoint)
-                    status, out, verdict = 500, orjson.dumps({"error": "internal error; see the webhook log"}), "error"
+                    status, out, verdict = (
+                        500,
+                        orjson.dumps({"error": "internal error; see the webhook log"}),
+                        "error",
+                    )
         state.metrics.reviews.labels(endpoint, verdict).inc()
         state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return web.Response(status=status, body=out, content_type="application/json")
@@ -123,7 +140,9 @@ async def _readyz(request: web.Request) -> web.Response:
     if cache.synced:
         return web.Response(text="ok")
     pending = [r.name for r in cache.reflectors if not r.synced.is_set()]
-    return web.Response(status=503, text=f"waiting for the first sync of: {', '.join(pending) or 'server version'}")
+    return web.Response(
+        status=503, text=f"waiting for the first sync of: {', '.join(pending) or 'server version'}"
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -139,7 +158,9 @@ async def _metrics(request: web.Request) -> web.Response:
 def make_app(state: WebhookState) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
-    state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(resource, reason).inc()
+    state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
+        resource, reason
+    ).inc()
     app.router.add_post("/mutate", _review_handler("mutate"))
     app.router.add_post("/validate", _review_handler("validate"))
     app.router.add_get("/healthz", _healthz)

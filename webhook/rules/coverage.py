@@ -35,6 +35,7 @@ def check(policy: TolerationPolicy, ctx: RuleContext) -> list[Finding]:
     return [
         Finding(
             RULE,
-            f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: {name_nodes(missed)}; {fix}",
+            f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: "
+            f"{name_nodes(missed)}; {fix}",
         )
     ]

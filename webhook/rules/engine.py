@@ -60,7 +60,9 @@ class Evaluation:
 def matching_policies(policies: Iterable[Policy], ds: DaemonSetView, facts: ClusterFacts) -> list[Policy]:
     ns_labels = facts.namespace_labels(ds.namespace)
     return [
-        p for p in policies if p.match.matches(namespace=ds.namespace, namespace_labels=ns_labels, labels=ds.labels)
+        p
+        for p in policies
+        if p.match.matches(namespace=ds.namespace, namespace_labels=ns_labels, labels=ds.labels)
     ]
 
 
@@ -72,7 +74,11 @@ def _spec_part(obj: Mapping[str, Any] | None, key: str) -> object:
 def _may_mutate(p: Policy) -> bool:
     if p.enforcement is Enforcement.AUDIT:
         return False  # Audit records only; it never changes an object
-    adds = p.tolerations is not None and p.tolerations.on_missing is OnMissing.ADD and bool(p.tolerations.required)
+    adds = (
+        p.tolerations is not None
+        and p.tolerations.on_missing is OnMissing.ADD
+        and bool(p.tolerations.required)
+    )
     clamps = p.rollout is not None and p.rollout.on_exceed is OnExceed.CLAMP
     return adds or clamps
 
@@ -99,10 +105,14 @@ def evaluate(
     notices: list[str] = []
     mutators = [p for p in matched if _may_mutate(p)] if mutate else []
     if mutators:
-        work: dict[str, Any] = orjson.loads(orjson.dumps(obj))  # a deep copy, several times faster than copy.deepcopy
+        work: dict[str, Any] = orjson.loads(
+            orjson.dumps(obj)
+        )  # a deep copy, several times faster than copy.deepcopy
         for p in mutators:
             if p.tolerations is not None and template_changed and p.tolerations.on_missing is OnMissing.ADD:
-                notices += tolerations.add_missing(p.tolerations, work, DaemonSetView.from_object(work, namespace=ds.namespace))
+                notices += tolerations.add_missing(
+                    p.tolerations, work, DaemonSetView.from_object(work, namespace=ds.namespace)
+                )
         ctx = RuleContext(DaemonSetView.from_object(work, namespace=ds.namespace), facts)
         for p in mutators:
             if p.rollout is not None and caps_apply:

@@ -14,7 +14,11 @@ RULE = "versions"
 def _nodes_by_kubelet(ctx: RuleContext) -> dict[str, list[str]]:
     """Kubelet version -> node names; with no nodes known, the apiserver's version stands in."""
     if not ctx.facts.nodes:
-        return {ctx.facts.server_version: ["(no nodes known: the apiserver version)"]} if ctx.facts.server_version else {}
+        return (
+            {ctx.facts.server_version: ["(no nodes known: the apiserver version)"]}
+            if ctx.facts.server_version
+            else {}
+        )
     groups: dict[str, list[str]] = defaultdict(list)
     for node in ctx.targeted:
         if node.kubelet_version:
@@ -57,9 +61,9 @@ def check(policy: VersionPolicy, ctx: RuleContext) -> list[Finding]:
                 Finding(
                     RULE,
                     f"{img.path}: {img.image} is not compatible with {len(names)} node(s) running kubelet "
-                    f"{kubelets} ({name_nodes(names)}): on kubernetes {compat.kubernetes} the policy allows "
-                    f"versions {compat.versions}; use a version that satisfies {compat.versions}, or keep the "
-                    "DaemonSet off those nodes with a nodeSelector or node affinity",
+                    f'{kubelets} ({name_nodes(names)}): on kubernetes "{compat.kubernetes}" the policy '
+                    f'allows versions "{compat.versions}"; use a version that satisfies it, or keep '
+                    "the DaemonSet off those nodes with a nodeSelector or node affinity",
                 )
             )
     return findings

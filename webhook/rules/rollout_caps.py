@@ -28,6 +28,11 @@ class _Excess:
     resolved_cap: int
 
 
+def show(value: IntOrPercent) -> str:
+    """As written in YAML: 3 or "10%"."""
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
 def _excesses(policy: RolloutPolicy, ctx: RuleContext) -> list[_Excess]:
     ds = ctx.ds
     if ds.strategy_type != ROLLING_UPDATE:
@@ -60,21 +65,23 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
     findings = []
     for e in excesses:
         msg = (
-            f"{ROLLING_UPDATE_PATH}.{e.field}: {e.value!r} lets {e.resolved_value} of {total} targeted nodes be "
-            f"{_MEANING[e.field]} at once, over the cap {e.cap!r} ({e.resolved_cap} of {total}); "
-            f"set it to at most {e.resolved_cap}"
+            f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} lets {e.resolved_value} of {total} targeted "
+            f"nodes be {_MEANING[e.field]} at once, over the cap {show(e.cap)} "
+            f"({e.resolved_cap} of {total}); set it to at most {e.resolved_cap}"
         )
         if policy.on_exceed is OnExceed.CLAMP:
             unavailable, surge = _clamped(ctx, excesses)
             if is_zero(unavailable) and is_zero(surge):
                 msg += (
-                    " (Clamp cannot do it: maxUnavailable and maxSurge would both be 0, which apps/v1 rejects; "
-                    "make the other one non-zero)"
+                    " (Clamp cannot do it: maxUnavailable and maxSurge would both be 0, which apps/v1 "
+                    "rejects; make the other one non-zero)"
                 )
             else:
                 msg += " (the mutating webhook should have clamped it: check that it is installed)"
         if not ctx.facts.nodes:
-            msg += " (no nodes are known, so percentages resolve to 0: pass the cluster's nodes to judge them)"
+            msg += (
+                " (no nodes are known, so percentages resolve to 0: pass the cluster's nodes to judge them)"
+            )
         findings.append(Finding(RULE, msg))
     return findings
 
@@ -94,5 +101,7 @@ def clamp(policy: RolloutPolicy, obj: dict[str, Any], ctx: RuleContext) -> list[
     notices = []
     for e in excesses:
         rolling[e.field] = e.cap
-        notices.append(f"dsguard clamped {ROLLING_UPDATE_PATH}.{e.field} from {e.value!r} to the cap {e.cap!r}")
+        notices.append(
+            f"dsguard clamped {ROLLING_UPDATE_PATH}.{e.field} from {show(e.value)} to the cap {show(e.cap)}"
+        )
     return notices

@@ -30,7 +30,10 @@ def check(policy: TolerationPolicy, ds: DaemonSetView) -> list[Finding]:
         return []
     listed = "; ".join(f"{{{_yaml_inline(t)}}}" for t in absent)
     if policy.on_missing is OnMissing.ADD:
-        fix = "the mutating webhook should have added them: check that dsguard's MutatingWebhookConfiguration is installed"
+        fix = (
+            "the mutating webhook should have added them: "
+            "check that dsguard's MutatingWebhookConfiguration is installed"
+        )
     else:
         fix = f"add them to {TOLERATIONS_PATH}, or set the policy's tolerations.onMissing: Add"
     return [Finding(RULE, f"{TOLERATIONS_PATH}: missing required toleration(s) {listed}; {fix}")]
@@ -46,7 +49,9 @@ def add_missing(policy: TolerationPolicy, obj: dict[str, Any], ds: DaemonSetView
     if not isinstance(current, list):
         current = pod_spec["tolerations"] = []
     current.extend(t.to_dict() for t in absent)
-    return [f"dsguard added toleration(s) to {TOLERATIONS_PATH}: " + "; ".join(_yaml_inline(t) for t in absent)]
+    return [
+        f"dsguard added toleration(s) to {TOLERATIONS_PATH}: " + "; ".join(_yaml_inline(t) for t in absent)
+    ]
 
 
 def _yaml_inline(t: Toleration) -> str:
