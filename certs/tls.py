@@ -46,6 +46,9 @@ class CertReloader:
             digest = _digest(self.cert_file, self.key_file)
             if digest == self._digest:
                 return False
+            # Validate the pair in a scratch context first: a failed load_cert_chain on the live
+            # context would leave it holding the new certificate without its key.
+            server_context(self.cert_file, self.key_file)
             self.ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
         except (OSError, ssl.SSLError) as e:
             log.warning("certificate reload failed, keeping the current one: %s", e)

@@ -235,6 +235,12 @@ def nodes(n: int) -> ClusterFacts:
         ({"rollingUpdate": {"maxUnavailable": "100%"}}, {"maxUnavailable": "50%"}, 3, False),  # 3 > ceil(1.5)
         ({"rollingUpdate": {"maxUnavailable": 0, "maxSurge": "50%"}}, {"maxSurge": 1}, 3, False),
         ({"type": "OnDelete"}, {"maxUnavailable": 0}, 10, True),  # caps don't apply to OnDelete
+        # no targeted nodes: compared as written, a percentage counts as one node in a mixed pair
+        (None, {"maxUnavailable": "10%"}, 0, True),
+        ({"rollingUpdate": {"maxUnavailable": 2}}, {"maxUnavailable": "10%"}, 0, False),
+        ({"rollingUpdate": {"maxUnavailable": "20%"}}, {"maxUnavailable": "10%"}, 0, False),
+        ({"rollingUpdate": {"maxUnavailable": "10%"}}, {"maxUnavailable": "10%"}, 0, True),
+        ({"rollingUpdate": {"maxUnavailable": "50%"}}, {"maxUnavailable": 1}, 0, True),
     ],
 )
 def test_caps(strategy: dict[str, Any] | None, cap: dict[str, Any], n: int, allowed: bool) -> None:

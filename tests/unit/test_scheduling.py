@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsguard.fielderrors import ErrorList
@@ -927,8 +927,8 @@ def _seconds(t: Toleration) -> float:
     return math.inf if t.toleration_seconds is None else max(0, t.toleration_seconds)
 
 
-def _covers_oracle(have: Toleration, need: Toleration, gate: bool) -> bool:
-    for x in UNIVERSE:
+def _covers_oracle(have: Toleration, need: Toleration, gate: bool, universe: list[Taint] = UNIVERSE) -> bool:
+    for x in universe:
         if not need.tolerates(x, comparison_operators=gate):
             continue
         if not have.tolerates(x, comparison_operators=gate):
@@ -938,9 +938,36 @@ def _covers_oracle(have: Toleration, need: Toleration, gate: bool) -> bool:
     return True
 
 
+@settings(max_examples=300)
 @given(have=TOLERATIONS, need=TOLERATIONS)
 def test_covers_is_exactly_taint_set_inclusion(have: Toleration, need: Toleration) -> None:
     assert have.covers(need) is _covers_oracle(have, need, gate=False)
+
+
+# Numeric tolerations for the comparison operators, on one key so the value sets are what varies.
+NUMERIC_TOLERATIONS = st.builds(
+    Toleration,
+    key=st.sampled_from(["", "k"]),
+    operator=st.sampled_from(["Equal", "Exists", "Lt", "Gt"]),
+    value=st.sampled_from(["-1", "0", "1", "2", "3", "01", "x"]),
+    effect=st.sampled_from(["", NO_SCHEDULE, NO_EXECUTE]),
+    toleration_seconds=st.none() | st.integers(-2, 2),
+)
+# Interval ends of every Lt/Gt above, one past them, the int64 extremes, and non-canonical values.
+NUMERIC_UNIVERSE = [
+    Taint(k, v, e)
+    for k in ["k", "other"]
+    for v in [*(str(n) for n in range(-3, 7)), str(-(2**63)), str(2**63 - 1), "01", "+1", "x", ""]
+    for e in [NO_SCHEDULE, PREFER_NO_SCHEDULE, NO_EXECUTE]
+]
+
+
+@settings(max_examples=300)
+@given(have=NUMERIC_TOLERATIONS, need=NUMERIC_TOLERATIONS)
+def test_covers_is_exactly_taint_set_inclusion_with_comparison_operators(
+    have: Toleration, need: Toleration
+) -> None:
+    assert have.covers(need, comparison_operators=True) is _covers_oracle(have, need, True, NUMERIC_UNIVERSE)
 
 
 @given(have=TOLERATIONS, need=TOLERATIONS)

@@ -45,11 +45,25 @@ def _excesses(policy: RolloutPolicy, ctx: RuleContext) -> list[_Excess]:
     ):
         if cap is None:
             continue
-        v = scaled_value(value, total, round_up=True)
-        c = scaled_value(cap, total, round_up=True)
+        v, c = _resolve(value, cap, total)
         if v > c:
             out.append(_Excess(field, value, cap, v, c))
     return out
+
+
+def _resolve(value: IntOrPercent, cap: IntOrPercent, total: int) -> tuple[int, int]:
+    """Both as node counts. With no targeted node (none known offline, or a DaemonSet whose nodes
+    don't exist yet) a percentage has no scale: the same kinds compare as written, and in a mixed
+    pair a non-zero percentage counts as one node, what it rounds up to on the smallest cluster."""
+    if total > 0:
+        return scaled_value(value, total, round_up=True), scaled_value(cap, total, round_up=True)
+    if isinstance(value, str) == isinstance(cap, str):
+        return _number(value), _number(cap)
+    return scaled_value(value, 1, round_up=True), scaled_value(cap, 1, round_up=True)
+
+
+def _number(v: IntOrPercent) -> int:
+    return v if isinstance(v, int) else int(v[:-1])
 
 
 def _clamped(ctx: RuleContext, excesses: list[_Excess]) -> tuple[IntOrPercent, IntOrPercent]:
@@ -64,11 +78,17 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
     total = len(ctx.targeted)
     findings = []
     for e in excesses:
-        msg = (
-            f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} lets {e.resolved_value} of {total} targeted "
-            f"nodes be {_MEANING[e.field]} at once, over the cap {show(e.cap)} "
-            f"({e.resolved_cap} of {total}); set it to at most {e.resolved_cap}"
-        )
+        if total:
+            msg = (
+                f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} lets {e.resolved_value} of {total} targeted "
+                f"nodes be {_MEANING[e.field]} at once, over the cap {show(e.cap)} "
+                f"({e.resolved_cap} of {total}); set it to at most {e.resolved_cap}"
+            )
+        else:
+            msg = (
+                f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} is over the cap {show(e.cap)} (no targeted "
+                f"nodes known, so compared as written); set it to at most {show(e.cap)}"
+            )
         if policy.on_exceed is OnExceed.CLAMP:
             unavailable, surge = _clamped(ctx, excesses)
             if is_zero(unavailable) and is_zero(surge):
@@ -78,10 +98,6 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
                 )
             else:
                 msg += " (the mutating webhook should have clamped it: check that it is installed)"
-        if not ctx.facts.nodes:
-            msg += (
-                " (no nodes are known, so percentages resolve to 0: pass the cluster's nodes to judge them)"
-            )
         findings.append(Finding(RULE, msg))
     return findings
 

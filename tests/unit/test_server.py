@@ -1,0 +1,631 @@
+"""The webhook over real HTTPS: AdmissionReviews in, verdicts, patches, errors and metrics out.
+
+Each test starts the aiohttp app on 127.0.0.1 (port 0) with the server's own SSLContext
+(certs.tls.server_context) and talks to it with a client that trusts only a throwaway CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import jsonpatch
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from certs.tls import CertReloader, server_context
+from dsguard.kube import Reflector
+from dsguard.policy import Policy, parse_policy
+from dsguard.scheduling import NodeInfo
+from tests.tlsutil import TLSFiles, write_private, write_serving, write_tls_files
+from webhook.cache import ClusterCache
+from webhook.server import MAX_BODY_BYTES, WebhookState, make_app
+
+Endpoint = Literal["mutate", "validate"]
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+
+DS_KIND = {"group": "apps", "version": "v1", "kind": "DaemonSet"}
+DS_RESOURCE = {"group": "apps", "version": "v1", "resource": "daemonsets"}
+INFRA_TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
+TOLERATIONS_FIELD = "spec.template.spec.tolerations"
+
+# One policy per namespace, so each test picks its behaviour by where its DaemonSet lives.
+ADD_NS, DENY_NS, WARN_NS, AUDIT_NS = "agents", "strict", "warned", "audited"
+
+
+# --- AdmissionReview payloads -------------------------------------------------------------------
+
+
+def daemonset(
+    namespace: str,
+    *,
+    name: str = "node-agent",
+    tolerations: list[dict[str, Any]] | None = None,
+    image: str = "registry.example.com/node-agent:1.4.2",
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {"containers": [{"name": "agent", "image": image}]}
+    if tolerations is not None:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": name}},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
+        },
+    }
+
+
+def admission_review(
+    *,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    operation: Operation = "CREATE",
+    uid: str = "0b7e3c1a-6f1d-4f4e-9d3b-5c2a1e8f9a01",
+    kind: dict[str, str] = DS_KIND,
+    resource: dict[str, str] = DS_RESOURCE,
+    sub_resource: str = "",
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    some = obj if obj is not None else old
+    meta = some["metadata"] if some is not None else {}
+    request: dict[str, Any] = {
+        "uid": uid,
+        "kind": kind,
+        "resource": resource,
+        "requestKind": kind,
+        "requestResource": resource,
+        "name": meta.get("name", ""),
+        "namespace": namespace if namespace is not None else meta.get("namespace", ""),
+        "operation": operation,
+        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+        "dryRun": False,
+    }
+    if sub_resource:
+        request["subResource"] = sub_resource
+    if obj is not None:
+        request["object"] = obj
+    if old is not None:
+        request["oldObject"] = old
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def decoded_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
+    assert response["patchType"] == "JSONPatch"
+    patch = orjson.loads(base64.b64decode(response["patch"], validate=True))
+    assert isinstance(patch, list)
+    return patch
+
+
+# --- the cluster the server sees ------------------------------------------------------------------
+
+
+def _policy(name: str, namespace: str, *, enforcement: str = "Enforce", on_missing: str = "Deny") -> Policy:
+    return parse_policy(
+        {
+            "apiVersion": "dsguard.io/v1alpha1",
+            "kind": "DaemonSetPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "match": {"namespaces": [namespace]},
+                "enforcement": enforcement,
+                "tolerations": {
+                    "required": [INFRA_TOLERATION],
+                    "onMissing": on_missing,
+                    "coverage": {"nodeSelector": {}},
+                },
+            },
+        }
+    )
+
+
+POLICIES = (
+    _policy("add-infra-toleration", ADD_NS, on_missing="Add"),
+    _policy("require-infra-toleration", DENY_NS),
+    _policy("warn-infra-toleration", WARN_NS, enforcement="Warn"),
+    _policy("audit-infra-toleration", AUDIT_NS, enforcement="Audit"),
+)
+
+
+def _node(name: str, *, taints: list[dict[str, str]] | None = None, kubelet: str = "v1.33.1") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/hostname": name}},
+        "spec": {"taints": taints or []},
+        "status": {"nodeInfo": {"kubeletVersion": kubelet}},
+    }
+
+
+NODES = (
+    _node("worker-1"),
+    _node("infra-1", taints=[{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]),
+)
+
+
+def static_cache() -> ClusterCache:
+    cache = ClusterCache(static_policies=POLICIES)
+    cache.use_static_facts([NodeInfo.from_node(n) for n in NODES], "v1.33.1")
+    return cache
+
+
+# --- the server and its client --------------------------------------------------------------------
+
+
+def client_context(tls: TLSFiles) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=tls.ca_pem.decode())
+
+
+@dataclass
+class Webhook:
+    server: TestServer
+    session: aiohttp.ClientSession
+    state: WebhookState
+    ssl_context: ssl.SSLContext  # the server's
+
+    @property
+    def port(self) -> int:
+        port = self.server.port
+        assert port is not None
+        return port
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    async def post_raw(
+        self, endpoint: Endpoint, data: Any, content_type: str = "application/json"
+    ) -> tuple[int, str, bytes]:
+        async with self.session.post(self.url(f"/{endpoint}"), data=data, headers={"Content-Type": content_type}) as r:
+            return r.status, r.content_type, await r.read()
+
+    async def review(self, endpoint: Endpoint, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST an AdmissionReview, check the envelope, return its response."""
+        status, content_type, body = await self.post_raw(endpoint, orjson.dumps(payload))
+        assert status == 200, body
+        assert content_type == "application/json"
+        doc = orjson.loads(body)
+        assert doc["apiVersion"] == "admission.k8s.io/v1"
+        assert doc["kind"] == "AdmissionReview"
+        assert doc["response"]["uid"] == payload["request"]["uid"]
+        response: dict[str, Any] = doc["response"]
+        return response
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.session.get(self.url(path)) as r:
+            return r.status, await r.text()
+
+    async def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        status, text = await self.get("/metrics")
+        assert status == 200
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+@contextlib.asynccontextmanager
+async def running_webhook(tls: TLSFiles, cache: ClusterCache) -> AsyncIterator[Webhook]:
+    state = WebhookState(cache=cache)
+    ctx = server_context(tls.cert_file, tls.key_file)
+    server = TestServer(make_app(state), host="127.0.0.1", port=0)
+    await server.start_server(ssl=ctx)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(tls))) as session:
+            yield Webhook(server=server, session=session, state=state, ssl_context=ctx)
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TLSFiles:
+    return write_tls_files(tmp_path / "tls")
+
+
+@pytest.fixture
+async def webhook(tls: TLSFiles) -> AsyncIterator[Webhook]:
+    async with running_webhook(tls, static_cache()) as w:
+        yield w
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# --- mutate and validate --------------------------------------------------------------------------
+
+
+async def test_mutate_adds_the_missing_toleration_and_validate_accepts_the_result(webhook: Webhook) -> None:
+    original = daemonset(ADD_NS)
+    response = await webhook.review("mutate", admission_review(obj=original, uid="uid-mutate-1"))
+    assert response["allowed"] is True
+    assert "status" not in response
+    patch = decoded_patch(response)
+    assert any("added toleration" in w for w in response["warnings"])
+
+    patched = jsonpatch.apply_patch(original, patch)
+    assert patched["spec"]["template"]["spec"]["tolerations"] == [INFRA_TOLERATION]
+    assert original["spec"]["template"]["spec"].get("tolerations") is None  # the patch is input -> output
+
+    # /validate judges what the apiserver would store: the unpatched object is denied, the patched allowed.
+    unpatched = await webhook.review("validate", admission_review(obj=original, uid="uid-validate-0"))
+    assert unpatched["allowed"] is False
+    assert "should have added them" in unpatched["status"]["message"]
+    accepted = await webhook.review("validate", admission_review(obj=patched, uid="uid-validate-1"))
+    assert accepted == {"uid": "uid-validate-1", "allowed": True}
+
+    again = await webhook.review("mutate", admission_review(obj=patched, uid="uid-mutate-2"))
+    assert again == {"uid": "uid-mutate-2", "allowed": True}  # idempotent: no patch, no notices
+
+
+async def test_validate_denies_with_403_naming_policy_field_and_fix(webhook: Webhook) -> None:
+    response = await webhook.review("validate", admission_review(obj=daemonset(DENY_NS)))
+    assert response["allowed"] is False
+    assert "patch" not in response
+    status = response["status"]
+    assert status["code"] == 403
+    assert status["reason"] == "Forbidden"
+    message = status["message"]
+    assert f"DaemonSet {DENY_NS}/node-agent" in message
+    assert 'DaemonSetPolicy "require-infra-toleration" (tolerations)' in message
+    assert f"{TOLERATIONS_FIELD}: missing required toleration(s)" in message
+    assert "key: dedicated, operator: Equal, value: infra, effect: NoSchedule" in message
+    assert f"add them to {TOLERATIONS_FIELD}" in message  # the fix
+    # Coverage names the node the DaemonSet would miss and the taint to tolerate.
+    assert 'DaemonSetPolicy "require-infra-toleration" (coverage)' in message
+    assert "infra-1" in message
+    assert "tolerate dedicated=infra:NoSchedule" in message
+
+
+async def test_warn_enforcement_allows_with_warnings(webhook: Webhook) -> None:
+    response = await webhook.review("validate", admission_review(obj=daemonset(WARN_NS)))
+    assert response["allowed"] is True
+    assert "status" not in response
+    warnings_ = response["warnings"]
+    assert any(w.startswith('DaemonSetPolicy "warn-infra-toleration" (tolerations)') for w in warnings_)
+    assert any(TOLERATIONS_FIELD in w for w in warnings_)
+
+
+async def test_audit_enforcement_allows_silently_and_counts_the_finding(webhook: Webhook) -> None:
+    labels = {"policy": "audit-infra-toleration", "rule": "tolerations"}
+    before = metric(await webhook.metrics(), "dsguard_webhook_audit_findings_total", **labels)
+    response = await webhook.review("validate", admission_review(obj=daemonset(AUDIT_NS), uid="uid-audit"))
+    assert response == {"uid": "uid-audit", "allowed": True}
+    after = await webhook.metrics()
+    assert metric(after, "dsguard_webhook_audit_findings_total", **labels) == before + 1
+    coverage = {"policy": "audit-infra-toleration", "rule": "coverage"}
+    assert metric(after, "dsguard_webhook_audit_findings_total", **coverage) == 1
+
+
+async def test_update_with_unchanged_template_is_allowed_with_a_warning(webhook: Webhook) -> None:
+    old = daemonset(DENY_NS)
+    new = daemonset(DENY_NS, labels={"app": "node-agent", "team": "observability"})  # metadata only
+    response = await webhook.review("validate", admission_review(obj=new, old=old, operation="UPDATE"))
+    assert response["allowed"] is True
+    assert "status" not in response
+    assert any(
+        w.startswith('DaemonSetPolicy "require-infra-toleration" (tolerations)') and "not enforced" in w
+        for w in response["warnings"]
+    )
+
+
+async def test_update_that_changes_the_template_is_denied(webhook: Webhook) -> None:
+    old = daemonset(DENY_NS)
+    new = daemonset(DENY_NS, image="registry.example.com/node-agent:1.5.0")
+    response = await webhook.review("validate", admission_review(obj=new, old=old, operation="UPDATE"))
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 403
+    assert 'DaemonSetPolicy "require-infra-toleration" (tolerations)' in response["status"]["message"]
+
+
+def _untouched_cases(namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ds = daemonset(namespace)
+    deployment = {**daemonset(namespace), "kind": "Deployment"}
+    yield "deployment", admission_review(
+        obj=deployment,
+        kind={"group": "apps", "version": "v1", "kind": "Deployment"},
+        resource={"group": "apps", "version": "v1", "resource": "deployments"},
+    )
+    yield "status-subresource", admission_review(obj=ds, old=ds, operation="UPDATE", sub_resource="status")
+    yield "delete", admission_review(obj=None, old=ds, operation="DELETE")
+    yield "connect", admission_review(obj=None, operation="CONNECT", namespace=namespace)
+
+
+# Each object would be patched (agents) or denied (strict) were it a DaemonSet CREATE.
+@pytest.mark.parametrize("endpoint,namespace", [("mutate", ADD_NS), ("validate", DENY_NS)])
+async def test_other_kinds_subresources_delete_and_connect_pass_untouched(
+    webhook: Webhook, endpoint: Endpoint, namespace: str
+) -> None:
+    control = await webhook.review(endpoint, admission_review(obj=daemonset(namespace)))
+    assert "patch" in control or control["allowed"] is False
+    for case, payload in _untouched_cases(namespace):
+        uid = f"uid-{case}"
+        payload["request"]["uid"] = uid
+        response = await webhook.review(endpoint, payload)
+        assert response == {"uid": uid, "allowed": True}, case
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _review_bytes(mutate: Callable[[dict[str, Any]], None]) -> bytes:
+    doc = admission_review(obj=daemonset(DENY_NS), old=daemonset(DENY_NS), operation="UPDATE")
+    mutate(doc)
+    return orjson.dumps(doc)
+
+
+async def _oversized_chunks() -> AsyncIterator[bytes]:
+    chunk = b" " * (1024 * 1024)
+    for _ in range(MAX_BODY_BYTES // len(chunk) + 1):
+        yield chunk
+
+
+BAD_INPUTS: list[tuple[str, Callable[[], Any], str, str]] = [
+    ("malformed-json", lambda: b'{"apiVersion": "admission.k8s.io/v1", "kind": ', "application/json",
+     "body is not valid JSON"),
+    ("json-array", lambda: b"[]", "application/json", "body must be a JSON object (AdmissionReview), got list"),
+    ("v1beta1", lambda: _review_bytes(lambda d: d.update(apiVersion="admission.k8s.io/v1beta1")),
+     "application/json", "got apiVersion 'admission.k8s.io/v1beta1'"),
+    ("wrong-kind", lambda: _review_bytes(lambda d: d.update(kind="AdmissionRequest")), "application/json",
+     "kind 'AdmissionRequest'"),
+    ("missing-request", lambda: _review_bytes(lambda d: d.pop("request")), "application/json",
+     "request is missing"),
+    ("missing-uid", lambda: _review_bytes(lambda d: d["request"].pop("uid")), "application/json",
+     "request.uid is missing"),
+    ("create-without-object",
+     lambda: _review_bytes(lambda d: (d["request"].update(operation="CREATE"), d["request"].pop("object"))),
+     "application/json", "request.object is missing for a CREATE"),
+    ("update-without-old-object", lambda: _review_bytes(lambda d: d["request"].pop("oldObject")),
+     "application/json", "request.oldObject is missing for an UPDATE"),
+    ("text-plain", lambda: _review_bytes(lambda d: None), "text/plain",
+     "Content-Type must be application/json, got 'text/plain'"),
+    ("too-large-content-length", lambda: b" " * (MAX_BODY_BYTES + 1), "application/json",
+     f"body of {MAX_BODY_BYTES + 1} bytes is over the {MAX_BODY_BYTES}-byte limit"),
+    ("too-large-chunked", _oversized_chunks, "application/json", f"over the {MAX_BODY_BYTES}-byte limit"),
+]
+
+
+@pytest.mark.parametrize("endpoint", ["validate", "mutate"])
+async def test_bad_input_is_a_400_with_a_json_error_and_the_server_keeps_serving(
+    webhook: Webhook, endpoint: Endpoint
+) -> None:
+    for case, make_body, content_type, expected in BAD_INPUTS:
+        status, response_type, body = await webhook.post_raw(endpoint, make_body(), content_type)
+        assert status == 400, (case, status, body)
+        assert response_type == "application/json", case
+        error = orjson.loads(body)["error"]
+        assert expected in error, (case, error)
+        # Still serving, and still judging.
+        after = await webhook.review("validate", admission_review(obj=daemonset(DENY_NS), uid=f"uid-after-{case}"))
+        assert after["allowed"] is False, case
+    samples = await webhook.metrics()
+    assert metric(samples, "dsguard_webhook_reviews_total", endpoint=endpoint, verdict="bad_request") == len(BAD_INPUTS)
+    assert metric(samples, "dsguard_webhook_reviews_total", endpoint=endpoint, verdict="error") == 0
+    if endpoint == "mutate":
+        assert metric(samples, "dsguard_webhook_reviews_total", endpoint="validate", verdict="bad_request") == 0
+
+
+# --- health, readiness, metrics -------------------------------------------------------------------
+
+
+async def test_healthz(webhook: Webhook) -> None:
+    assert await webhook.get("/healthz") == (200, "ok")
+
+
+async def test_readyz_waits_for_the_server_version(tls: TLSFiles) -> None:
+    async with running_webhook(tls, ClusterCache(static_policies=POLICIES)) as w:
+        status, text = await w.get("/readyz")
+        assert status == 503
+        assert "server version" in text
+
+
+class _WatchStream:
+    """A watch that never sends an event (it blocks until the reflector is cancelled)."""
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover
+
+
+class _FakeResponse:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._body = orjson.dumps({"items": items, "metadata": {"resourceVersion": "42"}})
+        self.content = _WatchStream()
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        pass
+
+
+def _fake_list(items: list[dict[str, Any]], gate: asyncio.Event) -> Callable[..., Awaitable[_FakeResponse]]:
+    async def list_fn(**kwargs: Any) -> _FakeResponse:
+        await gate.wait()
+        return _FakeResponse(items)
+
+    return list_fn
+
+
+async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> None:
+    cache = ClusterCache(static_policies=POLICIES)
+    cache.use_static_facts([], "v1.33.1")  # the server version; the reflectors bring the nodes
+    nodes_listed, open_gate = asyncio.Event(), asyncio.Event()
+    open_gate.set()
+    cache.reflectors = [
+        Reflector("nodes", _fake_list(list(NODES), nodes_listed), on_replace=cache.replace_nodes,
+                  on_event=cache.node_event),
+        Reflector("namespaces", _fake_list([{"metadata": {"name": DENY_NS}}], open_gate),
+                  on_replace=cache.replace_namespaces, on_event=cache.namespace_event),
+    ]
+    async with running_webhook(tls, cache) as w:
+        tasks = [asyncio.create_task(r.run()) for r in cache.reflectors]
+        try:
+            assert (await w.get("/readyz"))[0] == 503
+
+            async def only_nodes_pending() -> bool:
+                return await w.get("/readyz") == (503, "waiting for the first sync of: nodes")
+
+            await eventually(only_nodes_pending, "/readyz to wait for nodes only")
+            nodes_listed.set()
+
+            async def ready() -> bool:
+                return await w.get("/readyz") == (200, "ok")
+
+            await eventually(ready, "/readyz to turn 200")
+            assert metric(await w.metrics(), "dsguard_nodes") == len(NODES)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_metrics_count_reviews_by_endpoint_and_verdict_with_latency(webhook: Webhook) -> None:
+    await webhook.review("validate", admission_review(obj=daemonset(DENY_NS)))
+    await webhook.review("validate", admission_review(obj=daemonset(DENY_NS)))
+    await webhook.review("validate", admission_review(obj=daemonset(WARN_NS)))
+    await webhook.review("mutate", admission_review(obj=daemonset(ADD_NS)))
+    await webhook.review("mutate", admission_review(obj=daemonset("elsewhere")))
+    await webhook.post_raw("validate", b"[]")
+    samples = await webhook.metrics()
+    reviews = "dsguard_webhook_reviews_total"
+    assert metric(samples, reviews, endpoint="validate", verdict="denied") == 2
+    assert metric(samples, reviews, endpoint="validate", verdict="warned") == 1
+    assert metric(samples, reviews, endpoint="validate", verdict="bad_request") == 1
+    assert metric(samples, reviews, endpoint="mutate", verdict="patched") == 1
+    assert metric(samples, reviews, endpoint="mutate", verdict="allowed") == 1
+    latency = "dsguard_webhook_review_duration_seconds"
+    assert metric(samples, f"{latency}_count", endpoint="validate") == 4
+    assert metric(samples, f"{latency}_count", endpoint="mutate") == 2
+    assert metric(samples, f"{latency}_bucket", endpoint="validate", le="+Inf") == 4
+    assert 0 < metric(samples, f"{latency}_sum", endpoint="validate") < 4.0
+    assert metric(samples, "dsguard_policies") == len(POLICIES)
+    assert metric(samples, "dsguard_nodes") == len(NODES)
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+async def _handshake(port: int, ctx: ssl.SSLContext) -> tuple[str, int]:
+    """A fresh TLS connection: (protocol version, serial of the server's certificate)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True)
+        return str(sslobj.version()), x509.load_der_x509_certificate(der).serial_number
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def _legacy_client(tls: TLSFiles) -> ssl.SSLContext:
+    """A client that offers TLS 1.0/1.1 only (OpenSSL 3 needs security level 0 for them)."""
+    ctx = client_context(tls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+async def test_tls_1_1_is_refused_and_tls_1_2_is_served(webhook: Webhook, tls: TLSFiles) -> None:
+    legacy = _legacy_client(tls)
+    # Control: the legacy client does speak TLS 1.1 to a server that allows it...
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        lax = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        lax.minimum_version = ssl.TLSVersion.TLSv1
+    lax.set_ciphers("DEFAULT:@SECLEVEL=0")
+    lax.load_cert_chain(tls.cert_file, tls.key_file)
+    lax_server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=lax)
+    try:
+        assert (await _handshake(lax_server.sockets[0].getsockname()[1], legacy))[0] == "TLSv1.1"
+    finally:
+        lax_server.close()
+        await lax_server.wait_closed()
+    # ...and the webhook refuses it.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await _handshake(webhook.port, legacy)
+
+    tls12 = client_context(tls)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert await _handshake(webhook.port, tls12) == ("TLSv1.2", tls.serial)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls12)) as session:
+        response = await session.post(
+            webhook.url("/validate"), data=orjson.dumps(admission_review(obj=daemonset(DENY_NS), uid="uid-tls12")),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status == 200
+        assert (await response.json())["response"]["uid"] == "uid-tls12"
+
+
+async def test_cert_reloader_serves_a_rewritten_certificate(webhook: Webhook, tls: TLSFiles) -> None:
+    client = client_context(tls)
+    reloader = CertReloader(webhook.ssl_context, tls.cert_file, tls.key_file)
+    assert (await _handshake(webhook.port, client))[1] == tls.serial
+    assert reloader.check() is False  # nothing changed
+
+    renewed = tls.ca.issue()
+    write_serving(tls.cert_file, tls.key_file, renewed)
+    assert reloader.check() is True
+    assert (await _handshake(webhook.port, client))[1] == renewed.serial
+    assert await webhook.get("/healthz") == (200, "ok")  # the pooled connection still works
+
+
+@pytest.mark.parametrize(
+    "new_cert",
+    [
+        pytest.param(False, id="key-only"),
+        pytest.param(
+            True,
+            id="new-cert-half-written-key",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="certs/tls.py CertReloader.check loads into the live SSLContext: the new certificate "
+                "replaces the old one and drops its key before the half-written key fails, so every new "
+                "handshake fails until the key is complete",
+            ),
+        ),
+    ],
+)
+async def test_cert_reloader_keeps_the_old_cert_while_the_key_is_half_written(
+    webhook: Webhook, tls: TLSFiles, new_cert: bool
+) -> None:
+    client = client_context(tls)
+    reloader = CertReloader(webhook.ssl_context, tls.cert_file, tls.key_file)
+    renewed = tls.ca.issue()
+    if new_cert:
+        tls.cert_file.write_bytes(renewed.cert_pem)
+    write_private(tls.key_file, renewed.key_pem[: len(renewed.key_pem) // 2])
+    assert reloader.check() is False
+    assert reloader.reloads == 0
+    assert await _handshake(webhook.port, client) == ("TLSv1.3", tls.serial)
+
+    write_serving(tls.cert_file, tls.key_file, renewed)  # the writer finishes
+    assert reloader.check() is True
+    assert (await _handshake(webhook.port, client))[1] == renewed.serial
