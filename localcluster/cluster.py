@@ -27,7 +27,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -715,7 +715,7 @@ class LocalCluster:
                 cwd=self.workdir,
                 env=env,
                 start_new_session=True,  # its own session and process group
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,  # noqa: PLW1509
+                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
             )
         comp.pid = comp.popen.pid
         comp.pgid = comp.popen.pid
@@ -815,9 +815,8 @@ def _stop_group(comp: _Component, grace: float) -> list[int]:
     if not leader_is_ours and not _group_members(comp.pgid):
         _reap(comp)
         return []
-    if not leader_is_ours:
-        # The leader died; pgid can't be reused while members exist, so they are ours.
-        pass
+    # If the leader died but members remain, the group is still ours: Linux does not hand out
+    # a pid that is in use as a process group id.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(comp.pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -872,7 +871,10 @@ def _https_get(port: int, path: str, ctx: ssl.SSLContext) -> tuple[int, bytes]:
 
 def _write_kubeconfig(path: Path, server: str, ca: Path, client: Any, user: str) -> None:
     """A kubeconfig with the CA and client cert/key embedded (so it is self-contained; 0600)."""
-    b64 = lambda p: base64.b64encode(Path(p).read_bytes()).decode()  # noqa: E731
+
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -925,14 +927,3 @@ def _pki_from_dir(directory: Path) -> Pki:
         serving={c: pair(f"{c}-serving") for c in ("kube-controller-manager", "kube-scheduler")},
         clients={stem: pair(stem) for stem in CLIENTS},
     )
-
-
-@contextlib.contextmanager
-def running_cluster(**kwargs: Any) -> Iterator[LocalCluster]:
-    """Context manager form of LocalCluster(**kwargs).start() ... stop()."""
-    cluster = LocalCluster(**kwargs)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()

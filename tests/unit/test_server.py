@@ -65,7 +65,10 @@ def daemonset(
         "metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": name}},
         "spec": {
             "selector": {"matchLabels": {"app": name}},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+            "updateStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+            },
             "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
         },
     }
@@ -142,7 +145,9 @@ POLICIES = (
 )
 
 
-def _node(name: str, *, taints: list[dict[str, str]] | None = None, kubelet: str = "v1.33.1") -> dict[str, Any]:
+def _node(
+    name: str, *, taints: list[dict[str, str]] | None = None, kubelet: str = "v1.33.1"
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -190,7 +195,9 @@ class Webhook:
     async def post_raw(
         self, endpoint: Endpoint, data: Any, content_type: str = "application/json"
     ) -> tuple[int, str, bytes]:
-        async with self.session.post(self.url(f"/{endpoint}"), data=data, headers={"Content-Type": content_type}) as r:
+        async with self.session.post(
+            self.url(f"/{endpoint}"), data=data, headers={"Content-Type": content_type}
+        ) as r:
             return r.status, r.content_type, await r.read()
 
     async def review(self, endpoint: Endpoint, payload: dict[str, Any]) -> dict[str, Any]:
@@ -247,11 +254,11 @@ def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(probe: Callable[[], Awaitable[bool]], what: str, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not await probe():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.01)
 
 
@@ -344,10 +351,13 @@ async def test_update_that_changes_the_template_is_denied(webhook: Webhook) -> N
 def _untouched_cases(namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
     ds = daemonset(namespace)
     deployment = {**daemonset(namespace), "kind": "Deployment"}
-    yield "deployment", admission_review(
-        obj=deployment,
-        kind={"group": "apps", "version": "v1", "kind": "Deployment"},
-        resource={"group": "apps", "version": "v1", "resource": "deployments"},
+    yield (
+        "deployment",
+        admission_review(
+            obj=deployment,
+            kind={"group": "apps", "version": "v1", "kind": "Deployment"},
+            resource={"group": "apps", "version": "v1", "resource": "deployments"},
+        ),
     )
     yield "status-subresource", admission_review(obj=ds, old=ds, operation="UPDATE", sub_resource="status")
     yield "delete", admission_review(obj=None, old=ds, operation="DELETE")
@@ -371,10 +381,15 @@ async def test_other_kinds_subresources_delete_and_connect_pass_untouched(
 # --- bad input ------------------------------------------------------------------------------------
 
 
-def _review_bytes(mutate: Callable[[dict[str, Any]], None]) -> bytes:
+def _review_bytes(edit: Callable[[dict[str, Any]], object]) -> bytes:
     doc = admission_review(obj=daemonset(DENY_NS), old=daemonset(DENY_NS), operation="UPDATE")
-    mutate(doc)
+    edit(doc)
     return orjson.dumps(doc)
+
+
+def _create_without_object(doc: dict[str, Any]) -> None:
+    doc["request"]["operation"] = "CREATE"
+    del doc["request"]["object"]
 
 
 async def _oversized_chunks() -> AsyncIterator[bytes]:
@@ -383,28 +398,55 @@ async def _oversized_chunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
-BAD_INPUTS: list[tuple[str, Callable[[], Any], str, str]] = [
-    ("malformed-json", lambda: b'{"apiVersion": "admission.k8s.io/v1", "kind": ', "application/json",
-     "body is not valid JSON"),
-    ("json-array", lambda: b"[]", "application/json", "body must be a JSON object (AdmissionReview), got list"),
-    ("v1beta1", lambda: _review_bytes(lambda d: d.update(apiVersion="admission.k8s.io/v1beta1")),
-     "application/json", "got apiVersion 'admission.k8s.io/v1beta1'"),
-    ("wrong-kind", lambda: _review_bytes(lambda d: d.update(kind="AdmissionRequest")), "application/json",
-     "kind 'AdmissionRequest'"),
-    ("missing-request", lambda: _review_bytes(lambda d: d.pop("request")), "application/json",
-     "request is missing"),
-    ("missing-uid", lambda: _review_bytes(lambda d: d["request"].pop("uid")), "application/json",
-     "request.uid is missing"),
-    ("create-without-object",
-     lambda: _review_bytes(lambda d: (d["request"].update(operation="CREATE"), d["request"].pop("object"))),
-     "application/json", "request.object is missing for a CREATE"),
-    ("update-without-old-object", lambda: _review_bytes(lambda d: d["request"].pop("oldObject")),
-     "application/json", "request.oldObject is missing for an UPDATE"),
-    ("text-plain", lambda: _review_bytes(lambda d: None), "text/plain",
-     "Content-Type must be application/json, got 'text/plain'"),
-    ("too-large-content-length", lambda: b" " * (MAX_BODY_BYTES + 1), "application/json",
-     f"body of {MAX_BODY_BYTES + 1} bytes is over the {MAX_BODY_BYTES}-byte limit"),
-    ("too-large-chunked", _oversized_chunks, "application/json", f"over the {MAX_BODY_BYTES}-byte limit"),
+@dataclass(frozen=True)
+class BadInput:
+    case: str
+    body: Callable[[], object]  # bytes, or an async iterator (sent chunked, with no Content-Length)
+    expected: str  # in the JSON error
+    content_type: str = "application/json"
+
+
+BAD_INPUTS = [
+    BadInput(
+        "malformed-json", lambda: b'{"apiVersion": "admission.k8s.io/v1", "kind": ', "body is not valid JSON"
+    ),
+    BadInput("json-array", lambda: b"[]", "body must be a JSON object (AdmissionReview), got list"),
+    BadInput(
+        "v1beta1",
+        lambda: _review_bytes(lambda d: d.update(apiVersion="admission.k8s.io/v1beta1")),
+        "got apiVersion 'admission.k8s.io/v1beta1'",
+    ),
+    BadInput(
+        "wrong-kind",
+        lambda: _review_bytes(lambda d: d.update(kind="AdmissionRequest")),
+        "kind 'AdmissionRequest'",
+    ),
+    BadInput("missing-request", lambda: _review_bytes(lambda d: d.pop("request")), "request is missing"),
+    BadInput(
+        "missing-uid", lambda: _review_bytes(lambda d: d["request"].pop("uid")), "request.uid is missing"
+    ),
+    BadInput(
+        "create-without-object",
+        lambda: _review_bytes(_create_without_object),
+        "request.object is missing for a CREATE",
+    ),
+    BadInput(
+        "update-without-old-object",
+        lambda: _review_bytes(lambda d: d["request"].pop("oldObject")),
+        "request.oldObject is missing for an UPDATE",
+    ),
+    BadInput(
+        "text-plain",
+        lambda: _review_bytes(lambda d: None),
+        "Content-Type must be application/json, got 'text/plain'",
+        content_type="text/plain",
+    ),
+    BadInput(
+        "too-large-content-length",
+        lambda: b" " * (MAX_BODY_BYTES + 1),
+        f"body of {MAX_BODY_BYTES + 1} bytes is over the {MAX_BODY_BYTES}-byte limit",
+    ),
+    BadInput("too-large-chunked", _oversized_chunks, f"body is over the {MAX_BODY_BYTES}-byte limit"),
 ]
 
 
@@ -412,20 +454,21 @@ BAD_INPUTS: list[tuple[str, Callable[[], Any], str, str]] = [
 async def test_bad_input_is_a_400_with_a_json_error_and_the_server_keeps_serving(
     webhook: Webhook, endpoint: Endpoint
 ) -> None:
-    for case, make_body, content_type, expected in BAD_INPUTS:
-        status, response_type, body = await webhook.post_raw(endpoint, make_body(), content_type)
-        assert status == 400, (case, status, body)
-        assert response_type == "application/json", case
+    for bad in BAD_INPUTS:
+        status, response_type, body = await webhook.post_raw(endpoint, bad.body(), bad.content_type)
+        assert status == 400, (bad.case, status, body)
+        assert response_type == "application/json", bad.case
         error = orjson.loads(body)["error"]
-        assert expected in error, (case, error)
+        assert bad.expected in error, (bad.case, error)
         # Still serving, and still judging.
-        after = await webhook.review("validate", admission_review(obj=daemonset(DENY_NS), uid=f"uid-after-{case}"))
-        assert after["allowed"] is False, case
+        payload = admission_review(obj=daemonset(DENY_NS), uid=f"uid-after-{bad.case}")
+        assert (await webhook.review("validate", payload))["allowed"] is False, bad.case
     samples = await webhook.metrics()
-    assert metric(samples, "dsguard_webhook_reviews_total", endpoint=endpoint, verdict="bad_request") == len(BAD_INPUTS)
-    assert metric(samples, "dsguard_webhook_reviews_total", endpoint=endpoint, verdict="error") == 0
+    reviews = "dsguard_webhook_reviews_total"
+    assert metric(samples, reviews, endpoint=endpoint, verdict="bad_request") == len(BAD_INPUTS)
+    assert metric(samples, reviews, endpoint=endpoint, verdict="error") == 0
     if endpoint == "mutate":
-        assert metric(samples, "dsguard_webhook_reviews_total", endpoint="validate", verdict="bad_request") == 0
+        assert metric(samples, reviews, endpoint="validate", verdict="bad_request") == 0
 
 
 # --- health, readiness, metrics -------------------------------------------------------------------
@@ -476,10 +519,18 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
     nodes_listed, open_gate = asyncio.Event(), asyncio.Event()
     open_gate.set()
     cache.reflectors = [
-        Reflector("nodes", _fake_list(list(NODES), nodes_listed), on_replace=cache.replace_nodes,
-                  on_event=cache.node_event),
-        Reflector("namespaces", _fake_list([{"metadata": {"name": DENY_NS}}], open_gate),
-                  on_replace=cache.replace_namespaces, on_event=cache.namespace_event),
+        Reflector(
+            "nodes",
+            _fake_list(list(NODES), nodes_listed),
+            on_replace=cache.replace_nodes,
+            on_event=cache.node_event,
+        ),
+        Reflector(
+            "namespaces",
+            _fake_list([{"metadata": {"name": DENY_NS}}], open_gate),
+            on_replace=cache.replace_namespaces,
+            on_event=cache.namespace_event,
+        ),
     ]
     async with running_webhook(tls, cache) as w:
         tasks = [asyncio.create_task(r.run()) for r in cache.reflectors]
@@ -577,7 +628,8 @@ async def test_tls_1_1_is_refused_and_tls_1_2_is_served(webhook: Webhook, tls: T
     assert await _handshake(webhook.port, tls12) == ("TLSv1.2", tls.serial)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls12)) as session:
         response = await session.post(
-            webhook.url("/validate"), data=orjson.dumps(admission_review(obj=daemonset(DENY_NS), uid="uid-tls12")),
+            webhook.url("/validate"),
+            data=orjson.dumps(admission_review(obj=daemonset(DENY_NS), uid="uid-tls12")),
             headers={"Content-Type": "application/json"},
         )
         assert response.status == 200
@@ -597,22 +649,8 @@ async def test_cert_reloader_serves_a_rewritten_certificate(webhook: Webhook, tl
     assert await webhook.get("/healthz") == (200, "ok")  # the pooled connection still works
 
 
-@pytest.mark.parametrize(
-    "new_cert",
-    [
-        pytest.param(False, id="key-only"),
-        pytest.param(
-            True,
-            id="new-cert-half-written-key",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="certs/tls.py CertReloader.check loads into the live SSLContext: the new certificate "
-                "replaces the old one and drops its key before the half-written key fails, so every new "
-                "handshake fails until the key is complete",
-            ),
-        ),
-    ],
-)
+# A writer that replaces the files in place (not by symlink swap) is caught between the two writes.
+@pytest.mark.parametrize("new_cert", [pytest.param(False, id="key-only"), pytest.param(True, id="new-cert")])
 async def test_cert_reloader_keeps_the_old_cert_while_the_key_is_half_written(
     webhook: Webhook, tls: TLSFiles, new_cert: bool
 ) -> None:
