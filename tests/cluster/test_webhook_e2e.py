@@ -1,0 +1,277 @@
+"""The webhook end to end: the real kube-apiserver calls `dsguard webhook`, driven by kubectl.
+
+Each test works in its own namespace (the only ones the webhook configurations select, by the
+label `dsguard-e2e: "true"`), with its own kwok nodes labelled `dsguard.test/group: <namespace>`
+and DaemonSets that select only those nodes, so tests don't see each other's nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from localcluster.cluster import LocalCluster
+from localcluster.nodes import create_nodes, delete_nodes, node_manifest, wait_nodes_ready
+from localcluster.webhook_host import HostWebhook
+
+GROUP = "dsguard.test/group"
+E2E_LABEL = "dsguard-e2e"
+
+
+@pytest.fixture(scope="module")
+def webhook(cluster: LocalCluster) -> Iterator[HostWebhook]:
+    with HostWebhook(cluster, namespace_selector={"matchLabels": {E2E_LABEL: "true"}}) as hook:
+        yield hook
+        print(f"webhook log tail:\n{hook.log_tail()}")
+
+
+class Env:
+    """One test's namespace, nodes and policies; cleaned up afterwards."""
+
+    def __init__(self, cluster: LocalCluster, webhook: HostWebhook) -> None:
+        self.cluster = cluster
+        self.webhook = webhook
+        self.ns = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.nodes: list[str] = []
+        self.policies: list[str] = []
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
+        return self.cluster.kubectl(*args, input=input, check=check)
+
+    def add_nodes(self, specs: list[dict[str, Any]]) -> None:
+        manifests = []
+        for s in specs:
+            name = f"{self.ns}-{s['name']}"
+            labels = {GROUP: self.ns, **s.get("labels", {})}
+            manifests.append(
+                node_manifest(
+                    name, labels=labels, taints=s.get("taints"), kubelet_version=s.get("kubelet", "v1.37.2")
+                )
+            )
+            self.nodes.append(name)
+        create_nodes(self.cluster.kubectl, manifests)
+        wait_nodes_ready(self.cluster.kubectl, [m["metadata"]["name"] for m in manifests], timeout=60)
+
+    def add_policy(self, spec: dict[str, Any], *, wait: bool = True) -> str:
+        name = f"{self.ns}-{len(self.policies)}"
+        spec = {"match": {"namespaces": [self.ns]}, **spec}
+        doc = {
+            "apiVersion": "dsguard.io/v1alpha1",
+            "kind": "DaemonSetPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(doc))
+        self.policies.append(name)
+        if wait:
+            self.wait_policy_seen(name)
+        return name
+
+    def wait_policy_seen(self, name: str, timeout: float = 20.0) -> None:
+        """The webhook watches policies; poll its metrics until it counts this one."""
+        deadline = time.monotonic() + timeout
+        want = len(self.policies)
+        while time.monotonic() < deadline:
+            for line in self.webhook.metrics().splitlines():
+                if line.startswith("dsguard_policies ") and float(line.split()[1]) >= want:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"the webhook did not pick up DaemonSetPolicy {name} in {timeout}s")
+
+    def daemonset(
+        self, name: str = "agent", *, image: str = "registry.example.com/agent:2.1.0", **spec: Any
+    ) -> dict[str, Any]:
+        pod_spec: dict[str, Any] = {
+            "nodeSelector": {GROUP: self.ns, **spec.pop("node_selector", {})},
+            "containers": [{"name": "agent", "image": image}],
+        }
+        if "tolerations" in spec:
+            pod_spec["tolerations"] = spec.pop("tolerations")
+        ds: dict[str, Any] = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
+                **spec,
+            },
+        }
+        return ds
+
+    def apply(self, obj: dict[str, Any], *args: str, check: bool = False) -> Any:
+        return self.kubectl("apply", "-f", "-", *args, input=yaml.safe_dump(obj), check=check)
+
+    def get_ds(self, name: str = "agent") -> dict[str, Any] | None:
+        proc = self.kubectl("get", "daemonset", name, "-n", self.ns, "-o", "json", check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def cleanup(self) -> None:
+        self.kubectl("delete", "namespace", self.ns, "--wait=false", "--ignore-not-found", check=False)
+        if self.policies:
+            self.kubectl("delete", "daemonsetpolicy", *self.policies, "--ignore-not-found", check=False)
+        delete_nodes(self.cluster.kubectl, self.nodes)
+
+
+@pytest.fixture
+def env(cluster: LocalCluster, webhook: HostWebhook) -> Iterator[Env]:
+    e = Env(cluster, webhook)
+    cluster.kubectl("create", "namespace", e.ns)
+    cluster.kubectl("label", "namespace", e.ns, f"{E2E_LABEL}=true")
+    try:
+        yield e
+    finally:
+        e.cleanup()
+
+
+def poll(check: Callable[[], Any], *, timeout: float = 60.0, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
+
+
+def test_missing_toleration_is_added_and_pods_land_on_tainted_nodes(env: Env) -> None:
+    env.add_nodes(
+        [{"name": "plain"}, {"name": "infra-1", "taints": [INFRA]}, {"name": "infra-2", "taints": [INFRA]}]
+    )
+    env.add_policy({"tolerations": {"required": [INFRA], "onMissing": "Add"}})
+    proc = env.apply(env.daemonset())
+    assert proc.returncode == 0, proc.stderr
+    assert "dsguard added toleration" in proc.stderr  # the mutation is reported as a warning
+    stored = env.get_ds()
+    assert stored is not None
+    assert INFRA in stored["spec"]["template"]["spec"]["tolerations"]
+
+    def pods_by_node() -> set[str] | None:
+        pods = env.kubectl("get", "pods", "-n", env.ns, "-l", "app=agent", "-o", "json")
+        nodes = {p["spec"].get("nodeName") for p in json.loads(pods.stdout)["items"]}
+        return nodes if nodes == set(env.nodes) else None
+
+    # the real DaemonSet controller creates a pod on every node, the tainted ones included
+    poll(pods_by_node, what="a pod on each of the three nodes")
+
+
+def test_missing_toleration_with_deny_fails_kubectl_with_our_message(env: Env) -> None:
+    env.add_policy({"tolerations": {"required": [INFRA]}})
+    proc = env.apply(env.daemonset())
+    assert proc.returncode != 0
+    assert 'admission webhook "validate.dsguard.io" denied the request' in proc.stderr
+    assert "spec.template.spec.tolerations: missing required toleration" in proc.stderr
+    assert "tolerations.onMissing: Add" in proc.stderr  # the fix is named
+    assert env.get_ds() is None
+
+
+def test_max_unavailable_over_the_cap_is_denied_or_clamped(env: Env) -> None:
+    env.add_nodes([{"name": f"n{i}"} for i in range(10)])
+    env.add_policy({"rollout": {"maxUnavailable": "20%"}})
+    wide = env.daemonset(updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 5}})
+    proc = env.apply(wide)
+    assert proc.returncode != 0
+    assert (
+        'maxUnavailable: 5 lets 5 of 10 targeted nodes be unavailable at once, over the cap "20%" (2 of 10)'
+        in proc.stderr
+    )
+
+    env.add_policy({"rollout": {"maxUnavailable": "20%", "onExceed": "Clamp"}})
+    env.kubectl("delete", "daemonsetpolicy", env.policies[0])
+    env.policies.pop(0)
+    # poll: the deletion reaches the webhook's watch a moment later
+    poll(lambda: env.apply(wide).returncode == 0, timeout=20, what="the clamped apply to pass")
+    stored = env.get_ds()
+    assert stored is not None
+    assert stored["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+
+
+def test_incompatible_image_is_denied_naming_nodes_and_a_node_selector_avoids_them(env: Env) -> None:
+    env.add_nodes(
+        [
+            {"name": "old-1", "kubelet": "v1.32.5", "labels": {"pool": "old"}},
+            {"name": "old-2", "kubelet": "v1.32.5", "labels": {"pool": "old"}},
+            {"name": "new-1", "kubelet": "v1.37.2", "labels": {"pool": "new"}},
+        ]
+    )
+    env.add_policy(
+        {
+            "versions": {
+                "rules": [
+                    {
+                        "image": "registry.example.com/agent",
+                        "compatibility": [{"kubernetes": "<1.33", "versions": "<2.0.0"}],
+                    }
+                ]
+            }
+        }
+    )
+    proc = env.apply(env.daemonset(image="registry.example.com/agent:2.1.0"))
+    assert proc.returncode != 0
+    assert f"{env.ns}-old-1" in proc.stderr and f"{env.ns}-old-2" in proc.stderr
+    assert f"{env.ns}-new-1" not in proc.stderr
+    assert "v1.32.5" in proc.stderr and '"<2.0.0"' in proc.stderr
+    ok = env.apply(env.daemonset(image="registry.example.com/agent:2.1.0", node_selector={"pool": "new"}))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_warn_prints_warnings_and_stores_the_object(env: Env) -> None:
+    env.add_policy({"enforcement": "Warn", "tolerations": {"required": [INFRA]}})
+    proc = env.apply(env.daemonset())
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning:" in proc.stderr and "missing required toleration" in proc.stderr
+    assert env.get_ds() is not None
+
+
+def test_policy_changes_apply_without_restart_and_invalid_ones_are_rejected(env: Env) -> None:
+    ds = env.daemonset()
+    assert env.apply(ds, "--dry-run=server").returncode == 0
+    env.add_policy({"tolerations": {"required": [INFRA]}}, wait=False)
+    # no restart: the watch brings the new policy in
+    poll(lambda: env.apply(ds, "--dry-run=server").returncode != 0, timeout=20, what="the new policy to deny")
+
+    bad = {
+        "apiVersion": "dsguard.io/v1alpha1",
+        "kind": "DaemonSetPolicy",
+        "metadata": {"name": f"{env.ns}-bad"},
+        "spec": {
+            "rollout": {"maxUnavailable": "110%"},
+            "versions": {
+                "rules": [{"image": "x", "compatibility": [{"kubernetes": ">=1.x", "versions": ">=1"}]}]
+            },
+        },
+    }
+    proc = env.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
+    assert proc.returncode != 0
+    assert "spec.rollout.maxUnavailable" in proc.stderr
+    assert "spec.versions.rules[0].compatibility[0].kubernetes" in proc.stderr
+
+
+def test_server_dry_run_gets_the_same_verdict_and_stores_nothing(env: Env) -> None:
+    env.add_policy({"tolerations": {"required": [INFRA]}})
+    denied = env.apply(env.daemonset(), "--dry-run=server")
+    assert denied.returncode != 0 and "missing required toleration" in denied.stderr
+    allowed = env.apply(env.daemonset(tolerations=[INFRA]), "--dry-run=server")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "(server dry run)" in allowed.stdout
+    assert env.get_ds() is None
+
+
+def test_existing_daemonset_is_not_locked_by_a_later_policy(env: Env) -> None:
+    assert env.apply(env.daemonset()).returncode == 0
+    env.add_policy({"tolerations": {"required": [INFRA]}})
+    # a label edit passes with a warning; a template change is judged
+    label = env.kubectl("label", "daemonset", "agent", "-n", env.ns, "team=obs", check=False)
+    assert label.returncode == 0, label.stderr
+    assert "not enforced: unchanged by this update" in label.stderr
+    bump = env.apply(env.daemonset(image="registry.example.com/agent:2.2.0"))
+    assert bump.returncode != 0 and "missing required toleration" in bump.stderr
