@@ -30,7 +30,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"localcluster up failed: {exc}", file=sys.stderr)
         return 1
     started = time.monotonic() - t0
-    print(f"control plane ready in {started:.1f}s (apiserver {cluster.timings.apiserver:.1f}s)", file=sys.stderr)
+    print(
+        f"control plane ready in {started:.1f}s (apiserver {cluster.timings.apiserver:.1f}s)", file=sys.stderr
+    )
     if args.nodes > 0:
         names = [f"{args.node_prefix}-{i}" for i in range(args.nodes)]
         try:
@@ -80,7 +82,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcluster", description="Run a local Kubernetes control plane with kwok nodes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster", description="Run a local Kubernetes control plane with kwok nodes."
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a detached cluster")
     up.add_argument("--nodes", type=int, default=0, help="kwok nodes to create (default 0)")

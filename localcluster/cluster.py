@@ -59,6 +59,7 @@ NODE_IP = "127.0.0.1"  # what kwok nodes report as InternalIP, so nothing ever d
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_ANNOTATION_SELECTOR = "kwok.x-k8s.io/node=fake"
 STATE_VERSION = 1
+ALWAYS_ALLOW_PATHS = "/healthz,/readyz,/livez,/metrics"
 
 #: kube-controller-manager controllers that run. The rest (replicaset, deployment, job,
 #: endpoints, volumes, certificates, ...) are off: nothing here needs them and every
@@ -408,12 +409,7 @@ class LocalCluster:
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this cluster (list arguments, never a shell)."""
-        cmd = [
-            str(self.bin_dir / "kubectl"),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--cache-dir={self.workdir / 'kubectl-cache'}",
-            *args,
-        ]
+        cmd = self.kubectl_argv(*args)
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         proc = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env, check=False
@@ -421,6 +417,27 @@ class LocalCluster:
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
+
+    def kubectl_argv(self, *args: str) -> list[str]:
+        """The argv that kubectl() runs, for callers that stream (e.g. --watch) themselves."""
+        return [
+            str(self.bin_dir / "kubectl"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--cache-dir={self.workdir / 'kubectl-cache'}",
+            *args,
+        ]
+
+    def kubectl_popen(self, *args: str) -> subprocess.Popen[str]:
+        """Start kubectl without waiting (stdout piped, text); the caller must terminate it."""
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        return subprocess.Popen(
+            self.kubectl_argv(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
     def kubectl_json(self, *args: str, timeout: float = 120.0) -> Any:
         """kubectl ... -o json, parsed."""
@@ -557,7 +574,7 @@ class LocalCluster:
             self._spawn(
                 "kube-scheduler",
                 bin_dir,
-                self._scheduler_args(pki, sched_config, sched_kubeconfig),
+                self._scheduler_args(pki, sched_config),
                 p.scheduler,
             ),
             self._spawn_kwok(bin_dir, self.kubeconfig),
@@ -661,8 +678,10 @@ class LocalCluster:
     def _controller_manager_args(self, pki: Pki, kubeconfig: Path) -> list[str]:
         return [
             f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
+            # No --authentication/authorization-kubeconfig: without a front proxy they only
+            # log errors about the missing requestheader CA. Health and metrics are open to
+            # anyone on loopback instead.
+            f"--authorization-always-allow-paths={ALWAYS_ALLOW_PATHS}",
             "--bind-address=127.0.0.1",
             f"--secure-port={self.ports.controller_manager}",
             f"--tls-cert-file={pki.serving['kube-controller-manager'].cert}",
@@ -681,11 +700,10 @@ class LocalCluster:
             *self.controller_manager_args,
         ]
 
-    def _scheduler_args(self, pki: Pki, config: Path, kubeconfig: Path) -> list[str]:
+    def _scheduler_args(self, pki: Pki, config: Path) -> list[str]:
         return [
             f"--config={config}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
+            f"--authorization-always-allow-paths={ALWAYS_ALLOW_PATHS}",
             "--bind-address=127.0.0.1",
             f"--secure-port={self.ports.scheduler}",
             f"--tls-cert-file={pki.serving['kube-scheduler'].cert}",
@@ -703,7 +721,9 @@ class LocalCluster:
     ) -> _Component:
         if env is None:
             env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        comp = _Component(name=name, args=[str(bin_dir / name), *args], log=self.logs_dir / f"{name}.log", port=port)
+        comp = _Component(
+            name=name, args=[str(bin_dir / name), *args], log=self.logs_dir / f"{name}.log", port=port
+        )
         with comp.log.open("ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(comp.args)}\n".encode())
             log.flush()

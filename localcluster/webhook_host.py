@@ -141,7 +141,7 @@ class HostWebhook:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
             )
         self._wait_ready()
@@ -158,7 +158,8 @@ class HostWebhook:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"dsguard webhook exited with {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}"
+                    f"dsguard webhook exited with {self.proc.returncode}; "
+                    f"log: {self.log_path}\n{self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.base_url}/readyz", context=ctx, timeout=2) as resp:  # noqa: S310
