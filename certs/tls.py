@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import ssl
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger("dsguard.certs")
@@ -46,10 +47,17 @@ class CertReloader:
             digest = _digest(self.cert_file, self.key_file)
             if digest == self._digest:
                 return False
-            # Validate the pair in a scratch context first: a failed load_cert_chain on the live
-            # context would leave it holding the new certificate without its key.
-            server_context(self.cert_file, self.key_file)
-            self.ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+            # Read both files once into a private copy, validate the pair in a scratch context, then
+            # load the same bytes into the live one: a failed or torn load on the live context would
+            # leave it holding a certificate without its key.
+            with tempfile.TemporaryDirectory(prefix="dsguard-tls-") as tmp:
+                cert_copy, key_copy = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+                cert_copy.write_bytes(self.cert_file.read_bytes())
+                key_copy.touch(mode=0o600)
+                key_copy.write_bytes(self.key_file.read_bytes())
+                digest = _digest(cert_copy, key_copy)
+                server_context(cert_copy, key_copy)
+                self.ctx.load_cert_chain(str(cert_copy), str(key_copy))
         except (OSError, ssl.SSLError) as e:
             log.warning("certificate reload failed, keeping the current one: %s", e)
             return False

@@ -101,6 +101,52 @@ class VersionPolicy:
     unknown_version: UnknownVersion = UnknownVersion.WARN
 
 
+class GuardAction(StrEnum):
+    PAUSE = "Pause"
+    ROLLBACK = "Rollback"
+
+
+class AlertType(StrEnum):
+    SLACK = "Slack"
+    WEBHOOK = "Webhook"
+    ALERTMANAGER = "Alertmanager"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    namespace: str
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class AlertSink:
+    type: AlertType
+    url: str | None = None
+    url_secret_ref: SecretRef | None = None
+    hmac_secret_ref: SecretRef | None = None
+
+    def to_spec(self) -> dict[str, Any]:
+        """Back to the policy's YAML shape (what the notifiers are built from)."""
+        out: dict[str, Any] = {"type": self.type.value}
+        if self.url is not None:
+            out["url"] = self.url
+        for key, ref in (("urlSecretRef", self.url_secret_ref), ("hmacSecretRef", self.hmac_secret_ref)):
+            if ref is not None:
+                out[key] = {"namespace": ref.namespace, "name": ref.name, "key": ref.key}
+        return out
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    failure_threshold: IntOrPercent = 3
+    max_restarts: int = 3
+    ready_deadline_seconds: int = 300
+    progress_deadline_seconds: int = 1800
+    action: GuardAction = GuardAction.PAUSE
+    alerts: tuple[AlertSink, ...] = ()
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str
@@ -109,6 +155,7 @@ class Policy:
     tolerations: TolerationPolicy | None = None
     rollout: RolloutPolicy | None = None
     versions: VersionPolicy | None = None
+    guard: GuardPolicy | None = None
 
 
 def parse_policy(doc: object, *, source: str = "") -> Policy:
@@ -138,7 +185,7 @@ def parse_policy(doc: object, *, source: str = "") -> Policy:
         errors.add("spec", "must be a mapping")
         spec = {}
     r = _Reader(errors)
-    _unknown_fields(r, spec, "spec", {"match", "enforcement", "tolerations", "rollout", "versions"})
+    _unknown_fields(r, spec, "spec", {"match", "enforcement", "tolerations", "rollout", "versions", "guard"})
     policy = Policy(
         name=name,
         match=_match(r, spec.get("match"), "spec.match"),
@@ -146,6 +193,7 @@ def parse_policy(doc: object, *, source: str = "") -> Policy:
         tolerations=_tolerations(r, spec.get("tolerations"), "spec.tolerations"),
         rollout=_rollout(r, spec.get("rollout"), "spec.rollout"),
         versions=_versions(r, spec.get("versions"), "spec.versions"),
+        guard=_guard(r, spec.get("guard"), "spec.guard"),
     )
     errors.raise_if_any(source=source or (f"{KIND}/{name}" if name else ""))
     return policy
@@ -315,3 +363,88 @@ def _versions(r: _Reader, raw: object, path: str) -> VersionPolicy | None:
             m.get("unknownVersion"), f"{path}.unknownVersion", UnknownVersion, UnknownVersion.WARN
         ),
     )
+
+
+def _guard(r: _Reader, raw: object, path: str) -> GuardPolicy | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    known = {"failureThreshold", "maxRestarts", "readyDeadlineSeconds", "progressDeadlineSeconds", "action", "alerts"}
+    _unknown_fields(r, m, path, known)
+    defaults = GuardPolicy()
+    threshold: IntOrPercent = defaults.failure_threshold
+    if m.get("failureThreshold") is not None:
+        value, errs = parse_int_or_percent(m["failureThreshold"], f"{path}.failureThreshold")
+        r.errors.extend(errs)
+        if value is not None and not errs:
+            if (value if isinstance(value, int) else int(value[:-1])) < 1:
+                r.errors.add(f"{path}.failureThreshold", f"{value!r} must be at least 1 (or 1%): 0 would act at once")
+            else:
+                threshold = value
+    numbers: dict[str, int] = {}
+    for field, default, minimum in (
+        ("maxRestarts", defaults.max_restarts, 1),
+        ("readyDeadlineSeconds", defaults.ready_deadline_seconds, 1),
+        ("progressDeadlineSeconds", defaults.progress_deadline_seconds, 1),
+    ):
+        raw_n = m.get(field)
+        numbers[field] = default
+        if raw_n is None:
+            continue
+        if isinstance(raw_n, bool) or not isinstance(raw_n, int) or raw_n < minimum:
+            r.errors.add(f"{path}.{field}", f"{raw_n!r} must be an integer >= {minimum}")
+        else:
+            numbers[field] = raw_n
+    alerts = []
+    for i, item in enumerate(r.sequence(m.get("alerts"), f"{path}.alerts")):
+        sink = _alert(r, item, f"{path}.alerts[{i}]")
+        if sink is not None:
+            alerts.append(sink)
+    return GuardPolicy(
+        failure_threshold=threshold,
+        max_restarts=numbers["maxRestarts"],
+        ready_deadline_seconds=numbers["readyDeadlineSeconds"],
+        progress_deadline_seconds=numbers["progressDeadlineSeconds"],
+        action=r.enum(m.get("action"), f"{path}.action", GuardAction, GuardAction.PAUSE),
+        alerts=tuple(alerts),
+    )
+
+
+def _secret_ref(r: _Reader, raw: object, path: str) -> SecretRef | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(r, m, path, {"namespace", "name", "key"})
+    ns, name, key = (r.string(m.get(f), f"{path}.{f}") for f in ("namespace", "name", "key"))
+    if ns is None or name is None or key is None:
+        return None
+    return SecretRef(ns, name, key)
+
+
+def _alert(r: _Reader, raw: object, path: str) -> AlertSink | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(r, m, path, {"type", "url", "urlSecretRef", "hmacSecretRef"})
+    if m.get("type") is None:
+        r.errors.add(f"{path}.type", "is required: one of Slack, Webhook, Alertmanager")
+        return None
+    kind = r.enum(m.get("type"), f"{path}.type", AlertType, AlertType.WEBHOOK)
+    url = None
+    if m.get("url") is not None:
+        url = r.string(m.get("url"), f"{path}.url")
+        if url is not None and not url.startswith(("https://", "http://")):
+            r.errors.add(f"{path}.url", f"{url!r} must be an http:// or https:// URL")
+    url_ref = _secret_ref(r, m.get("urlSecretRef"), f"{path}.urlSecretRef") if "urlSecretRef" in m else None
+    hmac_ref = _secret_ref(r, m.get("hmacSecretRef"), f"{path}.hmacSecretRef") if "hmacSecretRef" in m else None
+    if kind is AlertType.SLACK:
+        if url is not None:
+            r.errors.add(f"{path}.url", "a Slack webhook URL is a credential: put it in a Secret and use urlSecretRef")
+        elif url_ref is None:
+            r.errors.add(f"{path}.urlSecretRef", "is required for Slack (the Secret key holding the webhook URL)")
+    elif url is None and url_ref is None:
+        r.errors.add(f"{path}.url", f"is required for {kind.value} (or urlSecretRef)")
+    if hmac_ref is not None and kind is not AlertType.WEBHOOK:
+        r.errors.add(f"{path}.hmacSecretRef", "applies only to type Webhook")
+    return AlertSink(type=kind, url=url, url_secret_ref=url_ref, hmac_secret_ref=hmac_ref)
+

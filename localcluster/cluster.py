@@ -174,7 +174,7 @@ def _group_members(pgid: int) -> list[int]:
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
 
 @dataclass

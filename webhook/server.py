@@ -68,13 +68,14 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
         old=req.old_object if req.operation == "UPDATE" else None,
         mutate=endpoint == "mutate",
     )
-    for a in result.audits:
-        state.metrics.audits.labels(a.policy, a.rule).inc()
-        log.info("audit: DaemonSet %s: %s", result.ds.ref, a)
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
         verdict = "patched" if result.patch else "allowed"
         return 200, review.encode(req.uid, allowed=True, patch=result.patch, warnings=result.notices), verdict
+    # Audits are recorded by /validate only: it sees the final object, and each review once.
+    for a in result.audits:
+        state.metrics.audits.labels(a.policy, a.rule).inc()
+        log.info("audit: DaemonSet %s: %s", result.ds.ref, a)
     if not result.allowed:
         log.info(
             "denied DaemonSet %s (%s, dryRun=%s): %s",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dsguard.fielderrors import InvalidSpec
-from dsguard.policy import Enforcement, OnExceed, OnMissing, UnknownVersion, parse_policy
+from dsguard.policy import Enforcement, GuardAction, OnExceed, OnMissing, UnknownVersion, parse_policy
 from dsguard.scheduling import Toleration
 
 CRD = Path(__file__).parents[2] / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
@@ -171,7 +171,11 @@ def test_crd_schema_covers_the_model() -> None:
     """The CRD's schema and the parser must agree on the field names, or the apiserver prunes a field."""
     crd = yaml.safe_load(CRD.read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    assert set(spec) == {"match", "enforcement", "tolerations", "rollout", "versions"}
+    assert set(spec) == {"match", "enforcement", "tolerations", "rollout", "versions", "guard"}
+    assert set(spec["guard"]["properties"]) == {
+        "failureThreshold", "maxRestarts", "readyDeadlineSeconds", "progressDeadlineSeconds", "action", "alerts"
+    }
+    assert spec["guard"]["properties"]["action"]["enum"] == [a.value for a in GuardAction]
     assert set(spec["tolerations"]["properties"]) == {"required", "onMissing", "coverage"}
     assert set(spec["rollout"]["properties"]) == {"maxUnavailable", "maxSurge", "onExceed"}
     assert set(spec["versions"]["properties"]) == {"rules", "unknownVersion"}

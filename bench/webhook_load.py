@@ -1,0 +1,754 @@
+"""Load benchmark of `dsguard webhook`: reviews/s, latency, and server CPU per review.
+
+Starts `dsguard webhook` as a separate process (static policies and nodes, no cluster, TLS from a
+throwaway CA, loopback only), waits for /readyz, then drives it over keep-alive HTTPS with a pool of
+--concurrency connections: first /healthz (the HTTP+TLS floor, no rules), then /validate with a
+compliant DaemonSet (allowed) and /mutate with one that needs a patch (a toleration added, a rollout
+cap clamped). Each phase warms up, then runs for --duration seconds, and stops by itself.
+
+The server is single-threaded asyncio, so its CPU time per review is the figure that transfers:
+reviews per CPU-second = reviews/s on one saturated core. Client-side throughput and latency depend
+on the load generator too, which shares the machine's cores with the server.
+
+    .venv/bin/python bench/webhook_load.py [--duration 5] [--warmup 1] [--concurrency 8] [--nodes 100]
+                                           [--rate REQUESTS_PER_S] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.tlsutil import TLSFiles, write_tls_files  # noqa: E402
+
+TARGET_REVIEWS_PER_CPU_S = 2000.0
+TARGET_P99_MS = 5.0
+NAMESPACE = "monitoring"
+AGENT_IMAGE = "registry.example.com/observability/node-agent"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DSGUARD = REPO / ".venv" / "bin" / "dsguard"
+
+
+# --- what the server is configured with -----------------------------------------------------------
+
+POLICIES: list[dict[str, Any]] = [
+    {
+        "apiVersion": "dsguard.io/v1alpha1",
+        "kind": "DaemonSetPolicy",
+        "metadata": {"name": "node-agents-everywhere"},
+        "spec": {
+            "match": {
+                "namespaces": ["monitoring", "logging", "kube-system"],
+                "selector": {"matchLabels": {"app.kubernetes.io/component": "node-agent"}},
+            },
+            "enforcement": "Enforce",
+            "tolerations": {
+                "required": [
+                    {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"},
+                    {
+                        "key": "node-role.kubernetes.io/control-plane",
+                        "operator": "Exists",
+                        "effect": "NoSchedule",
+                    },
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                ],
+                "onMissing": "Add",
+                "coverage": {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
+            },
+        },
+    },
+    {
+        "apiVersion": "dsguard.io/v1alpha1",
+        "kind": "DaemonSetPolicy",
+        "metadata": {"name": "gentle-rollouts"},
+        "spec": {
+            "match": {
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["sandbox"]}
+                    ]
+                }
+            },
+            "rollout": {"maxUnavailable": "10%", "maxSurge": "10%", "onExceed": "Clamp"},
+        },
+    },
+    {
+        "apiVersion": "dsguard.io/v1alpha1",
+        "kind": "DaemonSetPolicy",
+        "metadata": {"name": "agent-kubelet-compatibility"},
+        "spec": {
+            "match": {"namespaces": ["monitoring"]},
+            "versions": {
+                "rules": [
+                    {
+                        "image": AGENT_IMAGE,
+                        "compatibility": [
+                            {"kubernetes": ">=1.33.0", "versions": ">=7.50.0"},
+                            {"kubernetes": ">=1.31.0, <1.33.0", "versions": ">=7.44.0, <8.0.0"},
+                        ],
+                    },
+                    {
+                        "image": "registry.example.com/observability/*",
+                        "compatibility": [{"kubernetes": ">=1.30.0", "versions": ">=2.0.0"}],
+                    },
+                ],
+                "unknownVersion": "Warn",
+            },
+        },
+    },
+]
+
+
+def make_nodes(count: int) -> list[dict[str, Any]]:
+    """A cluster: 3 control-plane nodes, some infra and GPU nodes, the rest workers; mixed kubelets."""
+    zones = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
+    kubelets = ("v1.33.4", "v1.33.4", "v1.33.4", "v1.32.8")  # mid-upgrade: a quarter still on 1.32
+    nodes = []
+    for i in range(count):
+        role, taints, instance = "worker", [], "m6i.2xlarge"
+        if i < 3:
+            role, instance = "control-plane", "m6i.xlarge"
+            taints = [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+        elif i < 8:
+            role, instance = "infra", "r6i.2xlarge"
+            taints = [{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]
+        elif i < 12:
+            role, instance = "gpu", "g5.4xlarge"
+            taints = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+        name = f"ip-10-0-{i // 250}-{i % 250 + 4}.eu-west-1.compute.internal"
+        labels = {
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "kubernetes.io/hostname": name,
+            "topology.kubernetes.io/region": "eu-west-1",
+            "topology.kubernetes.io/zone": zones[i % 3],
+            "node.kubernetes.io/instance-type": instance,
+            f"node-role.kubernetes.io/{role}": "",
+        }
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"providerID": f"aws:///{zones[i % 3]}/i-{i:017x}", "taints": taints},
+                "status": {
+                    "nodeInfo": {
+                        "kubeletVersion": kubelets[i % len(kubelets)],
+                        "containerRuntimeVersion": "containerd://1.7.27",
+                        "osImage": "Ubuntu 24.04.2 LTS",
+                        "architecture": "amd64",
+                    }
+                },
+            }
+        )
+    return nodes
+
+
+# --- what the load generator sends ----------------------------------------------------------------
+
+
+def _env(name: str, field: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field}}}
+
+
+def _probe(path: str, port: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        "initialDelaySeconds": 15,
+        "periodSeconds": 15,
+        "timeoutSeconds": 5,
+        "successThreshold": 1,
+        "failureThreshold": 6,
+    }
+
+
+def _container(
+    name: str, image: str, args: list[str], port: int, memory: str, *, main: bool
+) -> dict[str, Any]:
+    """The main agent container has probes, credentials and every host mount; sidecars fewer."""
+    c: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "env": [_env("NODE_NAME", "spec.nodeName"), {"name": "AGENT_LOG_LEVEL", "value": "info"}],
+        "resources": {"requests": {"cpu": "100m", "memory": memory}, "limits": {"memory": memory}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/node-agent"},
+            {"name": "procdir", "mountPath": "/host/proc", "readOnly": True},
+        ],
+        "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    }
+    if main:
+        c["env"] += [
+            _env("POD_IP", "status.podIP"),
+            {"name": "AGENT_CLUSTER_NAME", "value": "prod-eu-west-1"},
+            {
+                "name": "AGENT_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "node-agent-credentials", "key": "api-key"}},
+            },
+        ]
+        c["volumeMounts"] += [
+            {"name": "cgroups", "mountPath": "/host/sys/fs/cgroup", "readOnly": True},
+            {"name": "runtime-socket", "mountPath": "/host/run/containerd", "readOnly": True},
+        ]
+        c["livenessProbe"] = _probe("/live", port)
+        c["readinessProbe"] = _probe("/ready", port)
+    return c
+
+
+def agent_daemonset(*, compliant: bool) -> dict[str, Any]:
+    """A monitoring agent as the apiserver sends it (defaulted, with server-set metadata).
+
+    compliant=False leaves out the GPU toleration and sets maxUnavailable over the 10% cap, so
+    /mutate answers with a patch.
+    """
+    tolerations = [
+        {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"},
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+    ]
+    if compliant:
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    labels = {
+        "app.kubernetes.io/name": "node-agent",
+        "app.kubernetes.io/instance": "node-agent",
+        "app.kubernetes.io/component": "node-agent",
+        "app.kubernetes.io/part-of": "observability",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": "node-agent",
+            "namespace": NAMESPACE,
+            "uid": "6f0c8f4e-2d7b-4c1e-9a55-0e4f1b7c3d21",
+            "resourceVersion": "48213377",
+            "generation": 14,
+            "creationTimestamp": "2025-03-02T09:14:51Z",
+            "labels": {**labels, "app.kubernetes.io/version": "7.52.1", "helm.sh/chart": "node-agent-3.61.0"},
+            "annotations": {
+                "deprecated.daemonset.template.generation": "14",
+                "meta.helm.sh/release-name": "node-agent",
+            },
+        },
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "node-agent"}},
+            "updateStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": "10%" if compliant else "25%", "maxSurge": 0},
+            },
+            "revisionHistoryLimit": 10,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "checksum/config": "0c4f9a1e7d2b6c3f8e5a1d9b7c4e2f6a0b8d3c5e7f9a1b2c4d6e8f0a2b4c6d8e"
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": "node-agent",
+                    "priorityClassName": "system-node-critical",
+                    "hostPID": True,
+                    "dnsPolicy": "ClusterFirst",
+                    "restartPolicy": "Always",
+                    "schedulerName": "default-scheduler",
+                    "terminationGracePeriodSeconds": 30,
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "securityContext": {"runAsNonRoot": False, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "initContainers": [
+                        {
+                            "name": "init-config",
+                            "image": f"{AGENT_IMAGE}:7.52.1",
+                            "command": ["sh", "-c", "cp -r /etc/node-agent-defaults/. /etc/node-agent/"],
+                            "volumeMounts": [{"name": "config", "mountPath": "/etc/node-agent"}],
+                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                        }
+                    ],
+                    "containers": [
+                        _container(
+                            "agent",
+                            f"{AGENT_IMAGE}:7.52.1",
+                            ["run", "--config=/etc/node-agent"],
+                            5000,
+                            "256Mi",
+                            main=True,
+                        ),
+                        _container(
+                            "trace-agent",
+                            "registry.example.com/observability/trace-agent:2.9.0",
+                            ["trace"],
+                            8126,
+                            "128Mi",
+                            main=False,
+                        ),
+                    ],
+                    "volumes": [
+                        {"name": "config", "emptyDir": {}},
+                        {"name": "procdir", "hostPath": {"path": "/proc", "type": ""}},
+                        {"name": "cgroups", "hostPath": {"path": "/sys/fs/cgroup", "type": ""}},
+                        {"name": "runtime-socket", "hostPath": {"path": "/run/containerd", "type": ""}},
+                    ],
+                    "tolerations": tolerations,
+                },
+            },
+        },
+        "status": {
+            "currentNumberScheduled": 0,
+            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0,
+            "numberReady": 0,
+        },
+    }
+
+
+UID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+
+
+def admission_review(obj: dict[str, Any]) -> bytes:
+    meta = obj["metadata"]
+    kind = {"group": "apps", "version": "v1", "kind": "DaemonSet"}
+    resource = {"group": "apps", "version": "v1", "resource": "daemonsets"}
+    return orjson.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": UID_PLACEHOLDER,
+                "kind": kind,
+                "resource": resource,
+                "requestKind": kind,
+                "requestResource": resource,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "operation": "CREATE",
+                "userInfo": {
+                    "username": "system:serviceaccount:argocd:argocd-application-controller",
+                    "groups": [
+                        "system:serviceaccounts",
+                        "system:serviceaccounts:argocd",
+                        "system:authenticated",
+                    ],
+                },
+                "object": obj,
+                "oldObject": None,
+                "dryRun": False,
+            },
+        }
+    )
+
+
+# --- the server process ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    ca_pem: bytes
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def dsguard_webhook(workdir: Path, node_count: int) -> Iterator[Server]:
+    tls: TLSFiles = write_tls_files(workdir / "tls")
+    policy_file = workdir / "policies.yaml"
+    policy_file.write_text(yaml.safe_dump_all(POLICIES, sort_keys=False))
+    nodes_file = workdir / "nodes.yaml"
+    nodes_file.write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": make_nodes(node_count)})
+    )
+    port = free_port()
+    log = workdir / "webhook.log"
+    cmd = [
+        str(DSGUARD), "webhook",
+        "--tls-cert-file", str(tls.cert_file), "--tls-private-key-file", str(tls.key_file),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--policy-file", str(policy_file), "--nodes", str(nodes_file), "--kubernetes-version", "v1.33.4",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    server = Server(proc=proc, port=port, log=log, ca_pem=tls.ca_pem)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def wait_ready(server: Server, session: aiohttp.ClientSession, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"dsguard webhook exited with {server.proc.returncode}:\n{server.log_tail()}")
+        try:
+            async with session.get(server.url("/readyz")) as r:
+                if r.status == 200:
+                    return
+                last = f"{r.status} {await r.text()}"
+        except aiohttp.ClientError as e:
+            last = f"{type(e).__name__}: {e}"
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"/readyz not 200 after {within}s ({last}):\n{server.log_tail()}")
+
+
+# --- the load generator ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: Literal["GET", "POST"]
+    path: str
+    body: bytes = b""
+
+
+@dataclass
+class Result:
+    scenario: str
+    requests: int
+    errors: int
+    wall_s: float
+    reviews_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu_s: float
+    server_cpu_s_per_1000: float
+    reviews_per_server_cpu_s: float
+    server_rss_mib: float
+    client_cpu_s: float
+    meets_target: bool
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class Load:
+    server: Server
+    scenario: Scenario
+    concurrency: int
+    rate: float  # reviews/s offered in all (open loop); 0: each connection sends as soon as it can
+
+
+async def _worker(
+    session: aiohttp.ClientSession,
+    load: Load,
+    worker: int,
+    start_at: float,
+    stop_at: float,
+    latencies: list[float],
+) -> int:
+    """Send until stop_at; returns the number of non-200 answers.
+
+    Open loop (rate > 0): this worker's reviews are due every concurrency/rate seconds, and latency
+    counts from when a review was due, so a server that falls behind is charged for the queueing
+    (no coordinated omission).
+    """
+    url = load.server.url(load.scenario.path)
+    head, _, tail = load.scenario.body.partition(UID_PLACEHOLDER.encode())
+    headers = {"Content-Type": "application/json"}
+    interval = load.concurrency / load.rate if load.rate else 0.0
+    due = start_at + (worker / load.rate if load.rate else 0.0)
+    errors = n = 0
+    while True:
+        now = time.perf_counter()
+        if interval:
+            if due >= stop_at:
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+            start = due
+            due += interval
+        elif now >= stop_at:
+            break
+        else:
+            start = now
+        n += 1
+        if load.scenario.method == "GET":
+            async with session.get(url) as r:
+                await r.read()
+                status = r.status
+        else:
+            body = head + f"{worker:08x}-0000-4000-8000-{n:012x}".encode() + tail  # a uid per review
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                status = r.status
+        latencies.append(time.perf_counter() - start)
+        errors += status != 200
+    return errors
+
+
+def meets_target(rate: float, achieved: float, per_cpu: float, p99_ms: float) -> bool:
+    """Closed loop: one core's capacity (reviews per server CPU-second) and p99 at saturation.
+    Open loop: the target rate offered, delivered, and answered within the p99."""
+    if rate:
+        return rate >= TARGET_REVIEWS_PER_CPU_S and achieved >= 0.99 * rate and p99_ms <= TARGET_P99_MS
+    return per_cpu >= TARGET_REVIEWS_PER_CPU_S and p99_ms <= TARGET_P99_MS
+
+
+async def drive(load: Load, client_ctx: ssl.SSLContext, *, warmup: float, duration: float) -> Result:
+    pid = load.server.proc.pid
+    connector = aiohttp.TCPConnector(ssl=client_ctx, limit=load.concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def phase(seconds: float, latencies: list[float]) -> int:
+            start = time.perf_counter()
+            workers = (
+                _worker(session, load, w, start, start + seconds, latencies) for w in range(load.concurrency)
+            )
+            return sum(await asyncio.gather(*workers))
+
+        await phase(warmup, [])  # connections and TLS sessions set up, caches warm
+        latencies: list[float] = []
+        cpu0, client0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+        errors = await phase(duration, latencies)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu0
+        client_cpu = time.process_time() - client0
+    ms = sorted(x * 1000 for x in latencies)
+    n = len(ms)
+    per_cpu = n / cpu if cpu > 0 else float("inf")
+    p99 = percentile(ms, 99)
+    return Result(
+        scenario=load.scenario.name,
+        requests=n,
+        errors=errors,
+        wall_s=round(wall, 3),
+        reviews_per_s=round(n / wall, 1),
+        p50_ms=round(percentile(ms, 50), 3),
+        p90_ms=round(percentile(ms, 90), 3),
+        p99_ms=round(p99, 3),
+        max_ms=round(ms[-1], 3) if ms else float("nan"),
+        server_cpu_s=round(cpu, 3),
+        server_cpu_s_per_1000=round(1000 * cpu / n, 4) if n else float("nan"),
+        reviews_per_server_cpu_s=round(per_cpu, 1),
+        server_rss_mib=round(rss_kib(pid) / 1024, 1),
+        client_cpu_s=round(client_cpu, 3),
+        meets_target=meets_target(load.rate, n / wall, per_cpu, p99) and not errors,
+    )
+
+
+async def check_answers(server: Server, session: aiohttp.ClientSession, scenarios: list[Scenario]) -> None:
+    """The payloads get the answers the benchmark claims to measure."""
+    for s in scenarios:
+        if s.method == "GET":
+            continue
+        async with session.post(
+            server.url(s.path), data=s.body, headers={"Content-Type": "application/json"}
+        ) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{s.name}: HTTP {r.status}: {await r.text()}")
+            response = (await r.json())["response"]
+        if not response["allowed"]:
+            raise RuntimeError(f"{s.name}: denied: {response['status']['message']}")
+        if s.path == "/mutate" and "patch" not in response:
+            raise RuntimeError(f"{s.name}: expected a patch, got {response}")
+        if s.path == "/validate" and response.get("warnings"):
+            raise RuntimeError(f"{s.name}: expected a clean allow, got warnings {response['warnings']}")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    compliant = admission_review(agent_daemonset(compliant=True))
+    needs_patch = admission_review(agent_daemonset(compliant=False))
+    scenarios = [
+        Scenario("healthz (TLS+HTTP floor)", "GET", "/healthz"),
+        Scenario("validate (allowed)", "POST", "/validate", compliant),
+        Scenario("mutate (patched)", "POST", "/mutate", needs_patch),
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="dsguard-bench-") as tmp,
+        dsguard_webhook(Path(tmp), args.nodes) as server,
+    ):
+        client_ctx = ssl.create_default_context(cadata=server.ca_pem.decode())
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
+            await wait_ready(server, session)
+            await check_answers(server, session, scenarios)
+        rss_idle = rss_kib(server.proc.pid)
+        results = [
+            await drive(
+                Load(server, s, args.concurrency, args.rate),
+                client_ctx,
+                warmup=args.warmup,
+                duration=args.duration,
+            )
+            for s in scenarios
+        ]
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"dsguard webhook died during the run:\n{server.log_tail()}")
+    floor = results[0].server_cpu_s_per_1000
+    return {
+        "config": {
+            "nodes": args.nodes,
+            "policies": len(POLICIES),
+            "concurrency": args.concurrency,
+            "rate": args.rate or None,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "review_bytes": {"validate": len(compliant), "mutate": len(needs_patch)},
+            "cpus": os.cpu_count(),
+            "server_rss_idle_mib": round(rss_idle / 1024, 1),
+            "target": {"reviews_per_cpu_s": TARGET_REVIEWS_PER_CPU_S, "p99_ms": TARGET_P99_MS},
+        },
+        "results": [asdict(r) for r in results],
+        "cpu_cost_vs_healthz": {r.scenario: round(r.server_cpu_s_per_1000 / floor, 2) for r in results[1:]},
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    cfg = report["config"]
+    size = cfg["review_bytes"]
+    print(
+        f"dsguard webhook load: {cfg['nodes']} nodes, {cfg['policies']} policies, "
+        f"{cfg['concurrency']} keep-alive HTTPS connections, {cfg['warmup_s']}s warm-up + "
+        f"{cfg['duration_s']}s per phase, AdmissionReview {size['validate']} B (validate) / "
+        f"{size['mutate']} B (mutate)"
+    )
+    if cfg["rate"]:
+        print(
+            f"open loop: {cfg['rate']:.0f} requests/s offered per phase; "
+            "latency counts from when each request was due"
+        )
+    else:
+        print(
+            "closed loop: each connection sends its next request when the last is answered, so at saturation "
+            "latency ~ connections / throughput (use --rate for latency at a given load)"
+        )
+    columns = [
+        ("phase", "<26", "scenario", ""),
+        ("reviews", ">8", "requests", ""),
+        ("err", ">4", "errors", ""),
+        ("rev/s", ">8", "reviews_per_s", ".0f"),
+        ("p50 ms", ">7", "p50_ms", ".2f"),
+        ("p90 ms", ">7", "p90_ms", ".2f"),
+        ("p99 ms", ">7", "p99_ms", ".2f"),
+        ("max ms", ">7", "max_ms", ".2f"),
+        ("srv CPU s/1k", ">12", "server_cpu_s_per_1000", ".3f"),
+        ("rev/CPU-s", ">10", "reviews_per_server_cpu_s", ".0f"),
+        ("RSS MiB", ">8", "server_rss_mib", ".1f"),
+        ("client CPU", ">10", "client_cpu_share", ".0%"),
+    ]
+    header = " ".join(f"{title:{align}}" for title, align, _, _ in columns)
+    print(header)
+    print("-" * len(header))
+    for r in report["results"]:
+        row = {**r, "client_cpu_share": r["client_cpu_s"] / r["wall_s"]}
+        print(" ".join(f"{row[key]:{align}{fmt}}" for _, align, key, fmt in columns))
+    print()
+    for name, ratio in report["cpu_cost_vs_healthz"].items():
+        print(f"{name}: {ratio:.2f}x the server CPU per request of /healthz")
+    target = cfg["target"]
+    for r in report["results"][1:]:
+        verdict = "meets" if r["meets_target"] else "MISSES"
+        print(
+            f"{r['scenario']}: {verdict} the target of >= {target['reviews_per_cpu_s']:.0f} reviews per "
+            f"CPU-second with p99 <= {target['p99_ms']:.0f} ms "
+            f"({r['reviews_per_server_cpu_s']:.0f}/CPU-s, p99 {r['p99_ms']:.2f} ms)"
+        )
+    print(
+        f"\nCaveat: the server and this load generator share {cfg['cpus']} CPU(s). rev/s and latencies are "
+        "client-side and include the generator's own Python overhead ('client CPU' near 100% means the "
+        "generator, not the server, was the bottleneck). rev/CPU-s is reviews per second of the server's own "
+        "CPU time (utime+stime from /proc): the single-threaded server's capacity on one core when it is "
+        "saturated (closed loop); at a lower offered load each request pays its own event-loop wake-ups and "
+        "the figure reads lower. RSS is VmRSS after each phase "
+        f"(idle after start: {cfg['server_rss_idle_mib']} MiB)."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per phase (default 5)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="unmeasured seconds before each phase (default 1)"
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections (default 8)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop: offer this many requests/s per phase (default 0: closed loop, as fast as answered)",
+    )
+    parser.add_argument("--nodes", type=int, default=100, help="nodes the webhook knows (default 100)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable figures")
+    args = parser.parse_args()
+    if args.duration <= 0 or args.concurrency < 1 or args.nodes < 13 or args.warmup < 0 or args.rate < 0:
+        parser.error(
+            "--duration > 0, --warmup >= 0, --concurrency >= 1 and --nodes >= 13 (3 control-plane, 9 tainted)"
+        )
+    report = asyncio.run(run(args))
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The rollout guard: watch events -> indexes -> rollout decision -> patch, Event and alerts.
+
+One cluster-wide watch per resource (DaemonSets, ControllerRevisions, DaemonSet pods, Nodes).
+Each event marks the affected DaemonSets dirty; a single loop decides for the dirty ones at once
+and for all rollouts in progress on a timer (deadlines pass without any event). Deciding is
+pure (guard.rollout.decide); only the leader acts. Everything the guard did is recorded on the
+DaemonSet itself, so a restarted or newly elected guard decides the same and does not act twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from dsguard.kube import Obj, name_of
+from dsguard.policy import GuardPolicy, Policy
+from guard import actions
+from guard.metrics import GuardMetrics
+from guard.notify.alert import Alert, AlertKind
+from guard.pod_health import NodeHealth, PodView
+from guard.rollout import PAUSED_REVISION, DaemonSetState, Decision, Revision, Step, decide
+
+log = logging.getLogger("dsguard.guard")
+
+
+class DaemonSetPatcher(Protocol):
+    async def patch(self, namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None: ...
+
+
+class EventSink(Protocol):
+    async def record(self, ds: DaemonSetState, *, reason: str, message: str, warning: bool) -> None: ...
+
+
+Notify = Callable[[Alert, GuardPolicy], None]  # routes an alert to the sinks of the policy that asked
+
+
+PolicyLookup = Callable[[DaemonSetState], list[Policy]]
+
+
+@dataclass
+class _Tracked:
+    state: DaemonSetState
+    progress: tuple[int, int, int, int] = (0, 0, 0, 0)
+    progress_since: float = 0.0
+
+
+@dataclass
+class Store:
+    """The guard's indexes, fed by the watches."""
+
+    daemonsets: dict[str, _Tracked] = field(default_factory=dict)  # by uid
+    revisions: dict[str, dict[str, Revision]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )  # owner uid -> name
+    pods: dict[str, dict[str, PodView]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )  # owner uid -> name
+    pods_on_node: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
+    nodes: dict[str, NodeHealth] = field(default_factory=dict)
+
+
+class Guard:
+    def __init__(
+        self,
+        *,
+        policies_for: PolicyLookup,
+        patcher: DaemonSetPatcher,
+        events: EventSink,
+        notify: Notify,
+        metrics: GuardMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        tick: float = 1.0,
+    ) -> None:
+        self.store = Store()
+        self.policies_for = policies_for
+        self.patcher = patcher
+        self.events = events
+        self.notify = notify
+        self.metrics = metrics or GuardMetrics()
+        self.clock = clock
+        self.tick = tick
+        self.is_leader: Callable[[], bool] = lambda: True
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        # (uid, revision, step) acted on but not yet seen back through the watch
+        self._inflight: dict[tuple[str, str, Step], float] = {}
+        self.decisions: list[tuple[str, Decision]] = []  # for tests and the log; bounded below
+
+    # -- watch callbacks ------------------------------------------------------------------
+    def replace_daemonsets(self, items: list[Obj]) -> None:
+        seen = set()
+        for obj in items:
+            self.daemonset_event("ADDED", obj)
+            seen.add(str((obj.get("metadata") or {}).get("uid", "")))
+        for uid in list(self.store.daemonsets):
+            if uid not in seen:
+                del self.store.daemonsets[uid]
+
+    def daemonset_event(self, kind: str, obj: Obj) -> None:
+        ds = DaemonSetState.from_object(obj)
+        if kind == "DELETED":
+            self.store.daemonsets.pop(ds.uid, None)
+            return
+        now = self.clock()
+        tracked = self.store.daemonsets.get(ds.uid)
+        if tracked is None:
+            self.store.daemonsets[ds.uid] = _Tracked(ds, ds.progress, now)
+        else:
+            if tracked.state.paused and not ds.paused:
+                self._on_resumed(tracked.state, ds)
+            if ds.progress != tracked.progress:
+                tracked.progress, tracked.progress_since = ds.progress, now
+            tracked.state = ds
+        self._mark(ds.uid)
+
+    def replace_revisions(self, items: list[Obj]) -> None:
+        self.store.revisions.clear()
+        for obj in items:
+            self.revision_event("ADDED", obj)
+
+    def revision_event(self, kind: str, obj: Obj) -> None:
+        rev = Revision.from_object(obj)
+        if rev is None:
+            return
+        if kind == "DELETED":
+            self.store.revisions[rev.owner_uid].pop(rev.name, None)
+        else:
+            self.store.revisions[rev.owner_uid][rev.name] = rev
+        self._mark(rev.owner_uid)
+
+    def replace_pods(self, items: list[Obj]) -> None:
+        self.store.pods.clear()
+        self.store.pods_on_node.clear()
+        for obj in items:
+            self.pod_event("ADDED", obj)
+
+    def pod_event(self, kind: str, obj: Obj) -> None:
+        pod = PodView.from_pod(obj)
+        if pod is None:
+            return
+        pods = self.store.pods[pod.owner_uid]
+        old = pods.get(pod.name)
+        if old is not None and old.node != pod.node:
+            self.store.pods_on_node[old.node].discard((pod.owner_uid, pod.name))
+        if kind == "DELETED":
+            pods.pop(pod.name, None)
+            self.store.pods_on_node[pod.node].discard((pod.owner_uid, pod.name))
+        else:
+            pods[pod.name] = pod
+            if pod.node:
+                self.store.pods_on_node[pod.node].add((pod.owner_uid, pod.name))
+        self._mark(pod.owner_uid)
+
+    def replace_nodes(self, items: list[Obj]) -> None:
+        self.store.nodes = {name_of(o): NodeHealth.from_node(o) for o in items}
+        self._mark_all()
+
+    def node_event(self, kind: str, obj: Obj) -> None:
+        health = NodeHealth.from_node(obj)
+        old = self.store.nodes.get(health.name)
+        if kind == "DELETED":
+            self.store.nodes.pop(health.name, None)
+        else:
+            self.store.nodes[health.name] = health
+        if old is None or old.ready != health.ready:
+            for uid, _ in self.store.pods_on_node.get(health.name, ()):
+                self._mark(uid)
+
+    def _mark(self, uid: str) -> None:
+        self._dirty.add(uid)
+        self._wake.set()
+
+    def _mark_all(self) -> None:
+        self._dirty.update(self.store.daemonsets)
+        self._wake.set()
+
+    # -- deciding -------------------------------------------------------------------------
+    def evaluate(self, uid: str) -> tuple[Decision, DaemonSetState, GuardPolicy] | None:
+        tracked = self.store.daemonsets.get(uid)
+        if tracked is None:
+            return None
+        policies = [p for p in self.policies_for(tracked.state) if p.guard is not None]
+        if not policies:
+            return None
+        guard = policies[0].guard
+        assert guard is not None
+        decision = decide(
+            tracked.state,
+            self.store.revisions.get(uid, {}).values(),
+            self.store.pods.get(uid, {}).values(),
+            self.store.nodes,
+            guard,
+            now=self.clock(),
+            progress_since=tracked.progress_since,
+        )
+        return decision, tracked.state, guard
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            except TimeoutError:
+                self._dirty.update(uid for uid, t in self.store.daemonsets.items() if not t.state.complete)
+                self._dirty.update(self._rolling_uids())
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            await self.process(dirty)
+
+    def _rolling_uids(self) -> set[str]:
+        # pods not yet Ready may pass their deadline without any event
+        return {uid for uid, pods in self.store.pods.items() if any(not p.ready for p in pods.values())}
+
+    async def process(self, uids: set[str]) -> None:
+        failing = 0
+        for uid in uids:
+            result = self.evaluate(uid)
+            if result is None:
+                continue
+            decision, ds, guard = result
+            if decision.assessment is not None:
+                failing += len(decision.assessment.failing)
+            if decision.step is Step.NONE or not self.is_leader():
+                continue
+            key = (uid, decision.revision.hash if decision.revision else "", decision.step)
+            if key in self._inflight and self.clock() - self._inflight[key] < 30:
+                continue  # our patch hasn't come back through the watch yet
+            self._inflight[key] = self.clock()
+            self.decisions = [*self.decisions[-999:], (ds.ref, decision)]
+            try:
+                await self.act(decision, ds, guard)
+            except ApiException as e:
+                self._inflight.pop(key, None)
+                if e.status == 409:
+                    log.info("%s changed while acting (%s); deciding again", ds.ref, decision.step)
+                    self._mark(uid)
+                else:
+                    log.error("%s: %s failed: %s %s", ds.ref, decision.step, e.status, e.reason)
+                    self.metrics.action_errors.labels(decision.step.value).inc()
+        self.metrics.watched.set(sum(1 for t in self.store.daemonsets.values() if not t.state.complete))
+        if uids:
+            self.metrics.failing_pods.set(failing)
+
+    # -- acting ---------------------------------------------------------------------------
+    async def act(self, decision: Decision, ds: DaemonSetState, guard: GuardPolicy) -> None:
+        rev = decision.revision
+        assert rev is not None
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        summary = decision.assessment.summary() if decision.assessment else decision.note
+        failing = decision.assessment.failing if decision.assessment else ()
+        if decision.step is Step.PAUSE:
+            await self.patcher.patch(
+                ds.namespace, ds.name, actions.pause_patch(ds, rev.hash, summary, stamp), actions.MERGE_PATCH
+            )
+            kind, reason, message = AlertKind.PAUSED, "RolloutPaused", f"paused the rollout: {summary}"
+        elif decision.step is Step.ROLLBACK:
+            previous = decision.previous
+            assert previous is not None
+            if actions.template_matches(ds, previous):
+                return
+            await self.patcher.patch(
+                ds.namespace,
+                ds.name,
+                actions.rollback_patch(ds, rev.hash, previous, summary),
+                actions.STRATEGIC_MERGE_PATCH,
+            )
+            kind, reason = AlertKind.ROLLED_BACK, "RolloutRolledBack"
+            message = f"rolled back to revision {previous.number} ({previous.hash}): {summary}"
+        elif decision.step is Step.RESUME:
+            await self.patcher.patch(ds.namespace, ds.name, actions.resume_patch(ds), actions.MERGE_PATCH)
+            kind, reason, message = AlertKind.RESUMED, "RolloutResumed", f"resumed: {decision.note}"
+        elif decision.step is Step.STALLED:
+            await self.patcher.patch(
+                ds.namespace, ds.name, actions.stalled_patch(ds, rev.hash), actions.MERGE_PATCH
+            )
+            kind, reason, message = AlertKind.STALLED, "RolloutStalled", f"rollout stalled: {summary}"
+        else:
+            return
+        self.metrics.actions.labels(decision.step.value).inc()
+        log.warning("%s: %s", ds.ref, message)
+        await self.events.record(ds, reason=reason, message=message, warning=kind is not AlertKind.RESUMED)
+        policy = next((p.name for p in self.policies_for(ds) if p.guard is guard), "")
+        alert = Alert(
+            kind=kind,
+            namespace=ds.namespace,
+            daemonset=ds.name,
+            uid=ds.uid,
+            revision=rev.hash,
+            summary=message,
+            failing=failing,
+            policy=policy,
+            at=at,
+        )
+        self.notify(alert, guard)
+
+    def _on_resumed(self, before: DaemonSetState, after: DaemonSetState) -> None:
+        """Someone (dsguard resume, kubectl, or our own RESUME) took the pause off: say so."""
+        revision = before.annotations.get(PAUSED_REVISION, "")
+        if (after.uid, revision, Step.RESUME) in self._inflight:
+            return  # our own resume already alerted
+        policies = [p for p in self.policies_for(after) if p.guard is not None]
+        if not policies or not self.is_leader():
+            return
+        guard = policies[0].guard
+        assert guard is not None
+        message = f"resumed: the pause of revision {revision} was lifted"
+        alert = Alert(
+            kind=AlertKind.RESUMED,
+            namespace=after.namespace,
+            daemonset=after.name,
+            uid=after.uid,
+            revision=revision,
+            summary=message,
+            policy=policies[0].name,
+            at=datetime.fromtimestamp(self.clock(), UTC),
+        )
+        self.notify(alert, guard)
+        log.info("%s: %s", after.ref, message)

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the rollout guard, on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class GuardMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.watched = Gauge(
+            "dsguard_guard_rollouts_in_progress",
+            "Governed DaemonSets whose rollout is not complete.",
+            registry=self.registry,
+        )
+        self.failing_pods = Gauge(
+            "dsguard_guard_failing_pods",
+            "Failing pods on update revisions, at the last evaluation.",
+            registry=self.registry,
+        )
+        self.actions = Counter(
+            "dsguard_guard_actions_total",
+            "Actions taken, by step (pause, rollback, resume, stalled).",
+            ["step"],
+            registry=self.registry,
+        )
+        self.action_errors = Counter(
+            "dsguard_guard_action_errors_total",
+            "Actions the API refused (other than conflicts), by step.",
+            ["step"],
+            registry=self.registry,
+        )
+        self.alert_deliveries = Counter(
+            "dsguard_guard_alert_deliveries_total",
+            "Alert delivery attempts, by sink and result.",
+            ["sink", "result"],
+            registry=self.registry,
+        )
+        self.watch_restarts = Counter(
+            "dsguard_guard_watch_restarts_total",
+            "List/watch restarts, by resource and reason.",
+            ["resource", "reason"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "dsguard_guard_leader", "1 while this replica holds the lease.", registry=self.registry
+        )

@@ -1,0 +1,155 @@
+"""Which pods of a rollout are failing, from the few pod and node fields the guard keeps.
+
+Pure: PodView and NodeHealth are built from the API's JSON once per watch event, and
+`failure_reason` decides with a clock passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dsguard.policy import GuardPolicy
+
+REVISION_LABEL = "controller-revision-hash"
+
+# Waiting reasons from the kubelet that mean the container won't run as it is.
+FAILING_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "RunContainerError",
+        "InvalidImageName",
+    }
+)
+
+
+def parse_time(value: object) -> float | None:
+    """RFC 3339 as the API writes it (2026-11-22T18:00:00Z) to epoch seconds."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _mapping(raw: object) -> Mapping[str, Any]:
+    return raw if isinstance(raw, Mapping) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    namespace: str
+    name: str
+    owner_uid: str  # the controlling DaemonSet's uid
+    node: str
+    revision: str  # the controller-revision-hash label
+    phase: str
+    ready: bool
+    restarts: int
+    waiting: tuple[str, ...]  # waiting reasons of init and app containers
+    created: float
+    started: float | None
+    deleting: bool
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
+        """None for pods no DaemonSet controls: the guard doesn't keep them."""
+        meta = _mapping(pod.get("metadata"))
+        owner = next(
+            (
+                o
+                for o in meta.get("ownerReferences") or ()
+                if isinstance(o, Mapping) and o.get("controller") and o.get("kind") == "DaemonSet"
+            ),
+            None,
+        )
+        if owner is None:
+            return None
+        spec = _mapping(pod.get("spec"))
+        status = _mapping(pod.get("status"))
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or ()
+            if isinstance(c, Mapping)
+        )
+        restarts = 0
+        waiting: list[str] = []
+        for field in ("initContainerStatuses", "containerStatuses"):
+            for cs in status.get(field) or ():
+                if not isinstance(cs, Mapping):
+                    continue
+                restarts += int(cs.get("restartCount") or 0)
+                reason = _mapping(_mapping(cs.get("state")).get("waiting")).get("reason")
+                if reason:
+                    waiting.append(str(reason))
+        labels = _mapping(meta.get("labels"))
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            owner_uid=str(owner.get("uid", "")),
+            node=str(spec.get("nodeName") or ""),
+            revision=str(labels.get(REVISION_LABEL, "")),
+            phase=str(status.get("phase", "")),
+            ready=ready,
+            restarts=restarts,
+            waiting=tuple(waiting),
+            created=parse_time(meta.get("creationTimestamp")) or 0.0,
+            started=parse_time(status.get("startTime")),
+            deleting=meta.get("deletionTimestamp") is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    name: str
+    ready: bool
+    since: float | None  # lastTransitionTime of the Ready condition
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> NodeHealth:
+        meta = _mapping(node.get("metadata"))
+        for c in _mapping(node.get("status")).get("conditions") or ():
+            if isinstance(c, Mapping) and c.get("type") == "Ready":
+                return cls(
+                    str(meta.get("name", "")),
+                    c.get("status") == "True",
+                    parse_time(c.get("lastTransitionTime")),
+                )
+        return cls(str(meta.get("name", "")), False, None)
+
+
+def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, now: float) -> str | None:
+    """Why an updated pod counts as failing, or None while it is healthy (or still within its deadline)."""
+    if pod.deleting:
+        return None
+    for reason in pod.waiting:
+        if reason in FAILING_WAITING_REASONS:
+            return reason
+    if pod.phase == "Failed":
+        return "Failed"
+    if pod.restarts >= guard.max_restarts:
+        return f"restarted {pod.restarts} times"
+    # An agent that takes its node down (CNI, storage) shows up on the node, not the pod: the pod
+    # may even stay Ready in the API because the kubelet that would report otherwise is gone.
+    if node is not None and not node.ready and pod.node:
+        began = pod.started or pod.created
+        if node.since is None or node.since >= began:
+            return f"node {pod.node} NotReady since the new pod started"
+    if not pod.ready and now - pod.created >= guard.ready_deadline_seconds:
+        return (
+            f"not Ready {int(now - pod.created)}s after creation (deadline {guard.ready_deadline_seconds}s)"
+        )
+    return None
+
+
+def next_deadline(pod: PodView, guard: GuardPolicy) -> float | None:
+    """When a not-yet-Ready pod would cross readyDeadlineSeconds, so the guard can wake up then."""
+    if pod.ready or pod.deleting:
+        return None
+    return pod.created + guard.ready_deadline_seconds

@@ -1,0 +1,251 @@
+"""The guard's pure core: which pods fail, the threshold, the decision, the patches."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from dsguard.policy import GuardAction, GuardPolicy
+from guard import actions
+from guard.pod_health import NodeHealth, PodView, failure_reason
+from guard.rollout import (
+    ORIGINAL_STRATEGY,
+    PAUSED,
+    PAUSED_REVISION,
+    ROLLED_BACK_REVISION,
+    STALLED_REVISION,
+    DaemonSetState,
+    Revision,
+    Step,
+    decide,
+    threshold_count,
+)
+
+T0 = 1_800_000_000.0  # "now" in these tests
+GUARD = GuardPolicy(
+    failure_threshold=2, max_restarts=3, ready_deadline_seconds=300, progress_deadline_seconds=600
+)
+
+
+def iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_obj(
+    name: str,
+    *,
+    revision: str = "new",
+    node: str = "n1",
+    ready: bool = True,
+    restarts: int = 0,
+    waiting: str | None = None,
+    phase: str = "Running",
+    age: float = 60,
+    owner: str = "ds-uid",
+    deleting: bool = False,
+) -> dict[str, Any]:
+    state: dict[str, Any] = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "labels": {"controller-revision-hash": revision},
+        "creationTimestamp": iso(T0 - age),
+        "ownerReferences": [{"kind": "DaemonSet", "name": "agent", "uid": owner, "controller": True}],
+    }
+    if deleting:
+        meta["deletionTimestamp"] = iso(T0)
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {
+            "phase": phase,
+            "startTime": iso(T0 - age + 1),
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [{"name": "c", "restartCount": restarts, "state": state}],
+        },
+    }
+
+
+def pod(**kw: Any) -> PodView:
+    view = PodView.from_pod(pod_obj(kw.pop("name", "p"), **kw))
+    assert view is not None
+    return view
+
+
+@pytest.mark.parametrize(
+    ("kw", "node", "reason"),
+    [
+        ({}, None, None),
+        ({"waiting": "CrashLoopBackOff", "ready": False}, None, "CrashLoopBackOff"),
+        ({"waiting": "ImagePullBackOff", "ready": False}, None, "ImagePullBackOff"),
+        ({"waiting": "ErrImagePull", "ready": False}, None, "ErrImagePull"),
+        ({"waiting": "CreateContainerConfigError", "ready": False}, None, "CreateContainerConfigError"),
+        ({"waiting": "ContainerCreating", "ready": False}, None, None),  # normal start-up
+        ({"phase": "Failed", "ready": False}, None, "Failed"),
+        ({"restarts": 2}, None, None),
+        ({"restarts": 3}, None, "restarted 3 times"),  # Ready between crashes still counts
+        ({"ready": False, "age": 299}, None, None),
+        ({"ready": False, "age": 301}, None, "not Ready 301s after creation (deadline 300s)"),
+        # node went NotReady after the pod started there: the agent took its node down
+        ({"age": 60}, NodeHealth("n1", False, T0 - 30), "node n1 NotReady since the new pod started"),
+        # node was NotReady before the pod came: not the pod's doing
+        ({"age": 60}, NodeHealth("n1", False, T0 - 600), None),
+        ({"waiting": "CrashLoopBackOff", "deleting": True}, None, None),
+    ],
+)
+def test_failure_reason(kw: dict[str, Any], node: NodeHealth | None, reason: str | None) -> None:
+    assert failure_reason(pod(**kw), node, GUARD, T0) == reason
+
+
+def test_pods_not_owned_by_a_daemonset_are_ignored() -> None:
+    obj = pod_obj("p")
+    obj["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "uid": "x", "controller": True}]
+    assert PodView.from_pod(obj) is None
+
+
+@pytest.mark.parametrize(
+    ("threshold", "updated", "count"),
+    [(3, 20, 3), ("5%", 20, 1), ("10%", 25, 3), ("50%", 3, 2), ("1%", 0, 1), ("100%", 7, 7)],
+)
+def test_threshold_count(threshold: int | str, updated: int, count: int) -> None:
+    assert threshold_count(threshold, updated) == count
+
+
+def ds_state(
+    *,
+    annotations: dict[str, str] | None = None,
+    strategy: dict[str, Any] | None = None,
+    desired: int = 5,
+    updated: int = 2,
+    available: int = 4,
+    generation: int = 2,
+    observed: int = 2,
+) -> DaemonSetState:
+    return DaemonSetState.from_object(
+        {
+            "metadata": {
+                "name": "agent", "namespace": "ns", "uid": "ds-uid", "resourceVersion": "42",
+                "generation": generation, "annotations": annotations or {},
+            },
+            "spec": {
+                "updateStrategy": strategy or {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0}},
+                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "agent:2"}]}},
+            },
+            "status": {
+                "observedGeneration": observed, "desiredNumberScheduled": desired,
+                "updatedNumberScheduled": updated, "numberAvailable": available, "numberReady": available,
+            },
+        }
+    )  # fmt: skip
+
+
+def revision(name: str, number: int, image: str) -> Revision:
+    template = {
+        "metadata": {"labels": {"app": "agent"}},
+        "spec": {"containers": [{"name": "c", "image": image}]},
+    }
+    return Revision(
+        f"agent-{name}", name, number, "ds-uid", {"spec": {"template": {**template, "$patch": "replace"}}}
+    )
+
+
+OLD = revision("old", 1, "agent:1")
+NEW = revision("new", 2, "agent:2")
+
+
+def run_decide(
+    ds: DaemonSetState,
+    pods: list[PodView],
+    *,
+    guard: GuardPolicy = GUARD,
+    revisions: tuple[Revision, ...] = (OLD, NEW),
+    progress_since: float = T0,
+) -> Step:
+    return decide(ds, revisions, pods, {}, guard, now=T0, progress_since=progress_since).step
+
+
+CRASHING = [pod(name=f"p{i}", waiting="CrashLoopBackOff", ready=False) for i in range(2)]
+
+
+def test_decisions() -> None:
+    healthy = [pod(name="h1"), pod(name="h2", revision="old")]
+    assert run_decide(ds_state(), healthy) is Step.NONE
+    assert run_decide(ds_state(), CRASHING) is Step.PAUSE
+    assert run_decide(ds_state(), CRASHING[:1]) is Step.NONE  # below the threshold
+    # failing pods on the OLD revision are not this rollout's doing
+    assert (
+        run_decide(
+            ds_state(), [pod(name=f"o{i}", revision="old", waiting="CrashLoopBackOff") for i in range(3)]
+        )
+        is Step.NONE
+    )
+    rollback = GuardPolicy(failure_threshold=2, action=GuardAction.ROLLBACK)
+    assert run_decide(ds_state(), CRASHING, guard=rollback) is Step.ROLLBACK
+    # a first revision is a creation: nothing to pause or undo
+    assert run_decide(ds_state(), CRASHING, revisions=(NEW,)) is Step.NONE
+    # the controller hasn't observed the newest spec yet
+    assert run_decide(ds_state(generation=3, observed=2), CRASHING) is Step.NONE
+
+
+def test_once_per_revision() -> None:
+    paused = ds_state(
+        annotations={PAUSED: "true", PAUSED_REVISION: "new", ORIGINAL_STRATEGY: "{}"},
+        strategy={"type": "OnDelete"},
+    )
+    assert run_decide(paused, CRASHING) is Step.NONE
+    # a new template after the pause is a new rollout
+    newer = Revision("agent-newer", "newer", 3, "ds-uid", {})
+    assert run_decide(paused, CRASHING, revisions=(OLD, NEW, newer)) is Step.RESUME
+    rolled = ds_state(annotations={ROLLED_BACK_REVISION: "new"})
+    assert (
+        run_decide(rolled, CRASHING, guard=GuardPolicy(failure_threshold=2, action=GuardAction.ROLLBACK))
+        is Step.NONE
+    )
+
+
+def test_stalled_once() -> None:
+    ds = ds_state(updated=2, desired=5)
+    assert run_decide(ds, [], progress_since=T0 - 599) is Step.NONE
+    assert run_decide(ds, [], progress_since=T0 - 600) is Step.STALLED
+    assert (
+        run_decide(ds_state(annotations={STALLED_REVISION: "new"}), [], progress_since=T0 - 6000) is Step.NONE
+    )
+    assert run_decide(ds_state(updated=5, desired=5, available=5), [], progress_since=T0 - 6000) is Step.NONE
+
+
+def test_pause_and_resume_patches_round_trip() -> None:
+    ds = ds_state()
+    patch = actions.pause_patch(ds, "new", "2 of 2 pods failing", "2027-01-15T08:00:00Z")
+    assert patch["spec"]["updateStrategy"] == {"type": "OnDelete", "rollingUpdate": None}
+    ann = patch["metadata"]["annotations"]
+    assert ann[PAUSED] == "true" and ann[PAUSED_REVISION] == "new"
+    assert json.loads(ann[ORIGINAL_STRATEGY]) == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0},
+    }
+    assert patch["metadata"]["resourceVersion"] == "42"  # precondition: no double action
+
+    paused = ds_state(annotations={k: v for k, v in ann.items()}, strategy={"type": "OnDelete"})
+    resume = actions.resume_patch(paused)
+    assert resume["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0},
+    }
+    assert all(v is None for v in resume["metadata"]["annotations"].values())
+    with pytest.raises(actions.ResumeError, match="not paused by dsguard"):
+        actions.resume_patch(ds)
+    broken = ds_state(annotations={PAUSED: "true", ORIGINAL_STRATEGY: "{nope"})
+    with pytest.raises(actions.ResumeError, match="is not JSON"):
+        actions.resume_patch(broken)
+
+
+def test_rollback_patch_is_the_revision_data_plus_our_record() -> None:
+    patch = actions.rollback_patch(ds_state(), "new", OLD, "2 failing")
+    assert patch["spec"]["template"] == OLD.data["spec"]["template"]
+    assert patch["metadata"]["annotations"][ROLLED_BACK_REVISION] == "new"
+    assert not actions.template_matches(ds_state(), OLD)
+    assert actions.template_matches(ds_state(), NEW)
