@@ -112,8 +112,8 @@ async def _run_webhook(
     kubernetes_version: str | None,
 ) -> None:
     from certs.tls import CertReloader, server_context
+    from dsguard.cluster_cache import ClusterCache
     from dsguard.kube import api_client
-    from webhook.cache import ClusterCache
     from webhook.server import WebhookState, run
 
     ctx = server_context(cert, key)
@@ -236,6 +236,112 @@ def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
         f"{len(results)} DaemonSet(s) checked: {len(results) - denied} allowed, {denied} denied"
         + (f"; {skipped} other document(s) skipped" if skipped else "")
     )
+
+
+@main.command()
+@click.option(
+    "--kubeconfig",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
+)
+@click.option(
+    "--policy-file",
+    "policy_files",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Use these DaemonSetPolicies instead of watching the cluster's (repeatable).",
+)
+@click.option(
+    "--lease-namespace", default="dsguard", show_default=True, help="Namespace of the leader-election Lease."
+)
+@click.option("--lease-name", default="dsguard-guard", show_default=True)
+@click.option(
+    "--lease-duration",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(3, 600),
+    help="Seconds before a silent leader's lease can be taken over.",
+)
+@click.option("--no-leader-election", is_flag=True, help="Act without a Lease (a single replica only).")
+@click.option("--identity", default=None, help="Leader-election identity; default $POD_NAME or host-pid.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address for /healthz, /readyz, /metrics.")  # noqa: S104
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--tick",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60),
+    help="Seconds between re-checks of rollouts in progress (deadlines pass without events).",
+)
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
+def guard(
+    kubeconfig: str | None,
+    policy_files: tuple[str, ...],
+    lease_namespace: str,
+    lease_name: str,
+    lease_duration: float,
+    no_leader_election: bool,
+    identity: str | None,
+    host: str,
+    port: int,
+    tick: float,
+    log_level: str,
+) -> None:
+    """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
+    from guard.main import default_identity, run_guard
+
+    _setup_logging(log_level)
+    try:
+        policies = load_policies(list(policy_files)) if policy_files else None
+    except InputError as e:
+        raise click.ClickException(str(e)) from None
+    asyncio.run(
+        run_guard(
+            kubeconfig=kubeconfig, policies=policies, lease_namespace=lease_namespace, lease_name=lease_name,
+            identity=identity or default_identity(), host=host, port=port, tick=tick,
+            leader_election=not no_leader_election, lease_duration=lease_duration,
+        )
+    )  # fmt: skip
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    namespace, sep, name = ref.partition("/")
+    if not sep or not namespace or not name:
+        raise click.BadParameter(f"{ref!r}: expected NAMESPACE/NAME", param_hint="DAEMONSET")
+    return namespace, name
+
+
+@main.command()
+@click.argument("daemonset")
+@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
+def resume(daemonset: str, kubeconfig: str | None) -> None:
+    """Resume a DaemonSet the guard paused (NAMESPACE/NAME): restore its update strategy."""
+    from guard.manual import resume_daemonset
+
+    namespace, name = _split_ref(daemonset)
+    try:
+        message = asyncio.run(resume_daemonset(namespace, name, kubeconfig=kubeconfig))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(message)
+
+
+@main.command()
+@click.argument("daemonset")
+@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
+def rollback(daemonset: str, kubeconfig: str | None) -> None:
+    """Roll a DaemonSet (NAMESPACE/NAME) back to its previous revision, as `kubectl rollout undo` does."""
+    from guard.manual import rollback_daemonset
+
+    namespace, name = _split_ref(daemonset)
+    try:
+        message = asyncio.run(rollback_daemonset(namespace, name, kubeconfig=kubeconfig))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(message)
 
 
 if __name__ == "__main__":

@@ -369,7 +369,14 @@ def _guard(r: _Reader, raw: object, path: str) -> GuardPolicy | None:
     m = r.mapping(raw, path)
     if m is None:
         return None
-    known = {"failureThreshold", "maxRestarts", "readyDeadlineSeconds", "progressDeadlineSeconds", "action", "alerts"}
+    known = {
+        "failureThreshold",
+        "maxRestarts",
+        "readyDeadlineSeconds",
+        "progressDeadlineSeconds",
+        "action",
+        "alerts",
+    }
     _unknown_fields(r, m, path, known)
     defaults = GuardPolicy()
     threshold: IntOrPercent = defaults.failure_threshold
@@ -378,7 +385,9 @@ def _guard(r: _Reader, raw: object, path: str) -> GuardPolicy | None:
         r.errors.extend(errs)
         if value is not None and not errs:
             if (value if isinstance(value, int) else int(value[:-1])) < 1:
-                r.errors.add(f"{path}.failureThreshold", f"{value!r} must be at least 1 (or 1%): 0 would act at once")
+                r.errors.add(
+                    f"{path}.failureThreshold", f"{value!r} must be at least 1 (or 1%): 0 would act at once"
+                )
             else:
                 threshold = value
     numbers: dict[str, int] = {}
@@ -436,15 +445,22 @@ def _alert(r: _Reader, raw: object, path: str) -> AlertSink | None:
         if url is not None and not url.startswith(("https://", "http://")):
             r.errors.add(f"{path}.url", f"{url!r} must be an http:// or https:// URL")
     url_ref = _secret_ref(r, m.get("urlSecretRef"), f"{path}.urlSecretRef") if "urlSecretRef" in m else None
-    hmac_ref = _secret_ref(r, m.get("hmacSecretRef"), f"{path}.hmacSecretRef") if "hmacSecretRef" in m else None
+    hmac_ref = (
+        _secret_ref(r, m.get("hmacSecretRef"), f"{path}.hmacSecretRef") if "hmacSecretRef" in m else None
+    )
     if kind is AlertType.SLACK:
         if url is not None:
-            r.errors.add(f"{path}.url", "a Slack webhook URL is a credential: put it in a Secret and use urlSecretRef")
+            r.errors.add(
+                f"{path}.url", "a Slack webhook URL is a credential: put it in a Secret and use urlSecretRef"
+            )
         elif url_ref is None:
-            r.errors.add(f"{path}.urlSecretRef", "is required for Slack (the Secret key holding the webhook URL)")
+            r.errors.add(
+                f"{path}.urlSecretRef", "is required for Slack (the Secret key holding the webhook URL)"
+            )
     elif url is None and url_ref is None:
         r.errors.add(f"{path}.url", f"is required for {kind.value} (or urlSecretRef)")
+    if url is not None and url_ref is not None:
+        r.errors.add(f"{path}.urlSecretRef", "give url or urlSecretRef, not both")
     if hmac_ref is not None and kind is not AlertType.WEBHOOK:
         r.errors.add(f"{path}.hmacSecretRef", "applies only to type Webhook")
     return AlertSink(type=kind, url=url, url_secret_ref=url_ref, hmac_secret_ref=hmac_ref)
-

@@ -124,7 +124,7 @@ def template_matches(ds: DaemonSetState, to: Revision) -> bool:
     """kubectl's daemonSetMatch: skip a rollback to the template the DaemonSet already has."""
     target = _mapping(_mapping(to.data.get("spec")).get("template"))
     clean = {k: v for k, v in target.items() if k != "$patch"}
-    return _strip_empty(clean) == _strip_empty(dict(ds.template))
+    return bool(_strip_empty(clean) == _strip_empty(dict(ds.template)))
 
 
 def stalled_patch(ds: DaemonSetState, revision: str) -> dict[str, Any]:

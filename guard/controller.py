@@ -35,10 +35,6 @@ class DaemonSetPatcher(Protocol):
     async def patch(self, namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None: ...
 
 
-class EventSink(Protocol):
-    async def record(self, ds: DaemonSetState, *, reason: str, message: str, warning: bool) -> None: ...
-
-
 Notify = Callable[[Alert, GuardPolicy], None]  # routes an alert to the sinks of the policy that asked
 
 
@@ -73,7 +69,6 @@ class Guard:
         *,
         policies_for: PolicyLookup,
         patcher: DaemonSetPatcher,
-        events: EventSink,
         notify: Notify,
         metrics: GuardMetrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -82,7 +77,6 @@ class Guard:
         self.store = Store()
         self.policies_for = policies_for
         self.patcher = patcher
-        self.events = events
         self.notify = notify
         self.metrics = metrics or GuardMetrics()
         self.clock = clock
@@ -161,7 +155,7 @@ class Guard:
 
     def replace_nodes(self, items: list[Obj]) -> None:
         self.store.nodes = {name_of(o): NodeHealth.from_node(o) for o in items}
-        self._mark_all()
+        self.mark_all()
 
     def node_event(self, kind: str, obj: Obj) -> None:
         health = NodeHealth.from_node(obj)
@@ -178,7 +172,7 @@ class Guard:
         self._dirty.add(uid)
         self._wake.set()
 
-    def _mark_all(self) -> None:
+    def mark_all(self) -> None:
         self._dirty.update(self.store.daemonsets)
         self._wake.set()
 
@@ -260,7 +254,7 @@ class Guard:
             await self.patcher.patch(
                 ds.namespace, ds.name, actions.pause_patch(ds, rev.hash, summary, stamp), actions.MERGE_PATCH
             )
-            kind, reason, message = AlertKind.PAUSED, "RolloutPaused", f"paused the rollout: {summary}"
+            kind, message = AlertKind.PAUSED, f"paused the rollout: {summary}"
         elif decision.step is Step.ROLLBACK:
             previous = decision.previous
             assert previous is not None
@@ -272,21 +266,20 @@ class Guard:
                 actions.rollback_patch(ds, rev.hash, previous, summary),
                 actions.STRATEGIC_MERGE_PATCH,
             )
-            kind, reason = AlertKind.ROLLED_BACK, "RolloutRolledBack"
+            kind = AlertKind.ROLLED_BACK
             message = f"rolled back to revision {previous.number} ({previous.hash}): {summary}"
         elif decision.step is Step.RESUME:
             await self.patcher.patch(ds.namespace, ds.name, actions.resume_patch(ds), actions.MERGE_PATCH)
-            kind, reason, message = AlertKind.RESUMED, "RolloutResumed", f"resumed: {decision.note}"
+            kind, message = AlertKind.RESUMED, f"resumed: {decision.note}"
         elif decision.step is Step.STALLED:
             await self.patcher.patch(
                 ds.namespace, ds.name, actions.stalled_patch(ds, rev.hash), actions.MERGE_PATCH
             )
-            kind, reason, message = AlertKind.STALLED, "RolloutStalled", f"rollout stalled: {summary}"
+            kind, message = AlertKind.STALLED, f"rollout stalled: {summary}"
         else:
             return
         self.metrics.actions.labels(decision.step.value).inc()
         log.warning("%s: %s", ds.ref, message)
-        await self.events.record(ds, reason=reason, message=message, warning=kind is not AlertKind.RESUMED)
         policy = next((p.name for p in self.policies_for(ds) if p.guard is guard), "")
         alert = Alert(
             kind=kind,

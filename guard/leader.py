@@ -21,8 +21,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 log = logging.getLogger("dsguard.guard.leader")
 
 
-def _micro(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _micro(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def _parse(value: Any) -> float | None:
@@ -70,7 +70,7 @@ class LeaderElector:
             except ApiException as e:
                 log.warning("lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason)
                 acquired = False
-            except (OSError, asyncio.TimeoutError) as e:
+            except (OSError, TimeoutError) as e:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, e)
                 acquired = False
             if acquired:
@@ -81,7 +81,9 @@ class LeaderElector:
     def _set(self, leading: bool) -> None:
         if leading != self.leading:
             self.leading = leading
-            log.warning("%s leadership of %s/%s", "acquired" if leading else "lost", self.namespace, self.name)
+            log.warning(
+                "%s leadership of %s/%s", "acquired" if leading else "lost", self.namespace, self.name
+            )
             self.on_change(leading)
 
     async def _try_acquire_or_renew(self) -> bool:

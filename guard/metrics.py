@@ -30,12 +30,6 @@ class GuardMetrics:
             ["step"],
             registry=self.registry,
         )
-        self.alert_deliveries = Counter(
-            "dsguard_guard_alert_deliveries_total",
-            "Alert delivery attempts, by sink and result.",
-            ["sink", "result"],
-            registry=self.registry,
-        )
         self.watch_restarts = Counter(
             "dsguard_guard_watch_restarts_total",
             "List/watch restarts, by resource and reason.",

@@ -255,7 +255,9 @@ def decide(
             Step.STALLED,
             current,
             assessment,
-            note=f"no progress for {int(now - progress_since)}s (deadline {guard.progress_deadline_seconds}s): "
-            f"{ds.updated} of {ds.desired} updated, {ds.available} available",
+            note=f"no progress for {int(now - progress_since)}s "
+            f"(deadline {guard.progress_deadline_seconds}s): "
+            f"{ds.updated} of {ds.desired} updated, "
+            f"{ds.available} available",
         )
     return NOTHING

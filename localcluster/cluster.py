@@ -46,6 +46,7 @@ __all__ = [
     "KubectlError",
     "LocalCluster",
     "default_workdir",
+    "listening_pids",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -135,14 +136,46 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _port_listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
+def _listening_inodes(port: int) -> set[int]:
+    """Socket inodes in LISTEN state on a local TCP port (from /proc/net/tcp{,6})."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            s.connect(("127.0.0.1", port))
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
-            return False
-        return True
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(int(parts[9]))
+    return inodes
+
+
+def listening_pids(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on port (any local address), found through /proc.
+
+    Reads the kernel's socket table instead of connecting, which on loopback can
+    self-connect when port is in the ephemeral range and nothing listens.
+    """
+    targets = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    pids: set[int] = set()
+    if not targets:
+        return pids
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list(os.scandir(f"/proc/{entry.name}/fd"))
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd.path) in targets:
+                    pids.add(int(entry.name))
+                    break
+            except OSError:
+                continue
+    return pids
 
 
 # --- processes -------------------------------------------------------------------------
@@ -377,9 +410,18 @@ class LocalCluster:
         """Stop every component (SIGTERM, then SIGKILL after the grace period) and check that
         no process of theirs and no listening port is left. Idempotent."""
         grace = self.stop_grace if grace is None else grace
+        ours = {c.pid for c in self._components} | {c.pgid for c in self._components}
         leftovers = self._stop_components(grace)
         self._started = False
-        busy = [p for p in self._all_ports() if _port_listening(p)]
+        # A port counts as left over if a process of ours (one we started, or a member of
+        # one of their process groups) still listens on it. Once released, a port may be
+        # taken by anything else on the machine, which is not ours to judge.
+        busy = []
+        for port in self._all_ports():
+            for pid in listening_pids(port):
+                st = _proc_stat(pid)
+                if pid in ours or (st is not None and st[1] in ours):
+                    busy.append(port)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         problems = []

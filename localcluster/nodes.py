@@ -20,6 +20,7 @@ __all__ = [
     "KWOK_NODE_ANNOTATION",
     "KWOK_NODE_VALUE",
     "NODE_BEHAVIOR_ANNOTATION",
+    "NOT_READY_TAINTS",
     "POD_BEHAVIOR_ANNOTATION",
     "POD_TIMING_ANNOTATIONS",
     "Kubectl",
@@ -203,11 +204,25 @@ def set_node_behavior(kubectl: Kubectl, name: str, behavior: NodeBehavior | str 
         kubectl("annotate", "node", name, "--overwrite", f"{NODE_BEHAVIOR_ANNOTATION}={behavior}")
 
 
+#: Taints the node-lifecycle controller puts on nodes that are not Ready (including nodes that
+#: have not reported yet) and removes once they are.
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
 def _ready_status(node: Mapping[str, Any]) -> str | None:
     for cond in node.get("status", {}).get("conditions") or []:
         if cond.get("type") == "Ready":
             return str(cond.get("status"))
     return None
+
+
+def _settled(node: Mapping[str, Any], status: str) -> bool:
+    if _ready_status(node) != status:
+        return False
+    if status != "True":
+        return True
+    taints = node.get("spec", {}).get("taints") or []
+    return not any(t.get("key") in NOT_READY_TAINTS for t in taints)
 
 
 def wait_nodes_ready(
@@ -220,7 +235,10 @@ def wait_nodes_ready(
 ) -> list[dict[str, Any]]:
     """Poll until every named node's Ready condition has the given status; return the nodes.
 
-    Raises TimeoutError naming the nodes that did not get there.
+    For status "True" this also waits until the node-lifecycle controller has removed the
+    node.kubernetes.io/not-ready and unreachable taints (a new node gets not-ready:NoSchedule
+    before its first Ready status; DaemonSet pods don't tolerate it). Raises TimeoutError
+    naming the nodes that did not get there.
     """
     wanted = set(names)
     deadline = time.monotonic() + timeout
@@ -229,9 +247,12 @@ def wait_nodes_ready(
         proc = kubectl("get", "nodes", "-o", "json", timeout=60)
         items = [n for n in json.loads(proc.stdout)["items"] if n["metadata"]["name"] in wanted]
         last = {n["metadata"]["name"]: _ready_status(n) for n in items}
-        if len(items) == len(wanted) and all(v == status for v in last.values()):
+        done = {n["metadata"]["name"] for n in items if _settled(n, status)}
+        if done == wanted:
             return items
         if time.monotonic() >= deadline:
-            pending = {n: last.get(n, "<missing>") for n in sorted(wanted) if last.get(n) != status}
-            raise TimeoutError(f"nodes not Ready={status} after {timeout:.0f}s: {pending}")
+            pending = {n: last.get(n, "<missing>") for n in sorted(wanted - done)}
+            raise TimeoutError(
+                f"nodes not Ready={status} (or still tainted not-ready) after {timeout:.0f}s: {pending}"
+            )
         time.sleep(interval)

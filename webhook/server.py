@@ -21,8 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from certs.tls import CertReloader
+from dsguard.cluster_cache import ClusterCache
 from webhook import review
-from webhook.cache import ClusterCache
 from webhook.metrics import Metrics
 from webhook.rules.engine import evaluate
 

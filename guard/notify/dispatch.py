@@ -170,7 +170,11 @@ class AlertDispatcher:
         while True:
             alert = await lane.queue.get()
             lane.current, lane.last_error = alert, ""
-            await self._deliver(lane, alert)  # on cancellation `current` stays set: close() reports it
+            try:
+                await self._deliver(lane, alert)  # on cancellation `current` stays set: close() reports it
+            except Exception:
+                # A bug of ours (say a mislabelled metrics Counter) must not stop this sink's queue.
+                log.exception("alert %s to %s: delivery aborted", alert.key, lane.sink.name)
             lane.current = None
             lane.keys.discard(alert.key)
             self._remember_done(lane, alert.key)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.cluster import LocalCluster
+from localcluster.cluster import LocalCluster, listening_pids
 from localcluster.nodes import (
     NODE_BEHAVIOR_ANNOTATION,
     POD_BEHAVIOR_ANNOTATION,
@@ -571,6 +570,5 @@ def test_cli_up_leaves_a_running_cluster_and_down_stops_every_process_and_port(t
             f"pid {pid} still running"
         )
     for port in ports:
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+        assert not listening_pids(port) & set(pids), f"port {port} still held by a cluster process"
     assert not (workdir / "state.json").exists()

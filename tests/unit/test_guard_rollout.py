@@ -115,6 +115,10 @@ def test_threshold_count(threshold: int | str, updated: int, count: int) -> None
     assert threshold_count(threshold, updated) == count
 
 
+ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0}}
+CONTAINER = {"name": "c", "image": "agent:2"}
+
+
 def ds_state(
     *,
     annotations: dict[str, str] | None = None,
@@ -132,8 +136,8 @@ def ds_state(
                 "generation": generation, "annotations": annotations or {},
             },
             "spec": {
-                "updateStrategy": strategy or {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0}},
-                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "agent:2"}]}},
+                "updateStrategy": strategy or ROLLING,
+                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [CONTAINER]}},
             },
             "status": {
                 "observedGeneration": observed, "desiredNumberScheduled": desired,

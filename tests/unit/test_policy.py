@@ -173,7 +173,12 @@ def test_crd_schema_covers_the_model() -> None:
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     assert set(spec) == {"match", "enforcement", "tolerations", "rollout", "versions", "guard"}
     assert set(spec["guard"]["properties"]) == {
-        "failureThreshold", "maxRestarts", "readyDeadlineSeconds", "progressDeadlineSeconds", "action", "alerts"
+        "failureThreshold",
+        "maxRestarts",
+        "readyDeadlineSeconds",
+        "progressDeadlineSeconds",
+        "action",
+        "alerts",
     }
     assert spec["guard"]["properties"]["action"]["enum"] == [a.value for a in GuardAction]
     assert set(spec["tolerations"]["properties"]) == {"required", "onMissing", "coverage"}

@@ -26,11 +26,11 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from certs.tls import CertReloader, server_context
+from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Reflector
 from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo
 from tests.tlsutil import TLSFiles, write_private, write_serving, write_tls_files
-from webhook.cache import ClusterCache
 from webhook.server import MAX_BODY_BYTES, WebhookState, make_app
 
 Endpoint = Literal["mutate", "validate"]

@@ -1,4 +1,6 @@
-"""The webhook's watched view of the cluster: Nodes, Namespaces, DaemonSetPolicies, server version.
+"""A watched view of the cluster: Nodes, Namespaces, DaemonSetPolicies, the server version.
+
+The webhook reads all of it; the guard reads the policies and namespaces.
 
 Reviews read `facts` and `policies`, never the API. Node heartbeats (status updates every few
 seconds on every node) don't touch the fields rules read, so they don't rebuild the snapshot.
@@ -20,7 +22,7 @@ from dsguard.kube import Obj, Reflector, name_of
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
 
-log = logging.getLogger("dsguard.webhook.cache")
+log = logging.getLogger("dsguard.cache")
 
 
 class ClusterCache:
@@ -35,6 +37,7 @@ class ClusterCache:
         self.policy_errors: dict[str, str] = {}  # policy name -> why it (or its latest change) was rejected
         self.reflectors: list[Reflector] = []
         self.on_restart: Callable[[str, str], None] = lambda resource, reason: None
+        self.on_policies_changed: Callable[[], None] = lambda: None
 
     # -- snapshots read by the reviews -------------------------------------------------------
     @property
@@ -104,6 +107,7 @@ class ClusterCache:
         for obj in items:
             self._accept_policy(obj, previous)
         self._policy_list = None
+        self.on_policies_changed()
 
     def policy_event(self, kind: str, obj: Obj) -> None:
         name = name_of(obj)
@@ -113,6 +117,7 @@ class ClusterCache:
         else:
             self._accept_policy(obj, self._policies)
         self._policy_list = None
+        self.on_policies_changed()
 
     def _accept_policy(self, obj: Obj, previous: Mapping[str, Policy]) -> None:
         name = name_of(obj)
@@ -129,16 +134,20 @@ class ClusterCache:
                 log.error("%s; the policy is not enforced until it is fixed", e)
 
     # -- running -----------------------------------------------------------------------------
-    def reflectors_for(self, api: client.ApiClient) -> list[Reflector]:
+    def reflectors_for(self, api: client.ApiClient, *, nodes: bool = True) -> list[Reflector]:
         core = client.CoreV1Api(api)
-        self.reflectors = [
-            Reflector(
-                "nodes",
-                core.list_node,
-                on_replace=self.replace_nodes,
-                on_event=self.node_event,
-                on_restart=lambda r: self.on_restart("nodes", r),
-            ),
+        self.reflectors = []
+        if nodes:
+            self.reflectors.append(
+                Reflector(
+                    "nodes",
+                    core.list_node,
+                    on_replace=self.replace_nodes,
+                    on_event=self.node_event,
+                    on_restart=lambda r: self.on_restart("nodes", r),
+                )
+            )
+        self.reflectors += [
             Reflector(
                 "namespaces",
                 core.list_namespace,

@@ -1,0 +1,226 @@
+"""`dsguard guard`: the rollout guard process. Wiring only: watches, leader election, alerts, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from kubernetes_asyncio import client
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dsguard.cluster_cache import ClusterCache
+from dsguard.kube import Reflector, api_client
+from dsguard.policy import GuardPolicy, Policy
+from guard.controller import Guard
+from guard.leader import LeaderElector
+from guard.metrics import GuardMetrics
+from guard.notify.alert import Alert
+from guard.notify.dispatch import AlertDispatcher, delivery_counter
+from guard.notify.events import EventRecorder
+from guard.notify.sinks import KubeSecretReader, Sink, build_sinks
+from guard.pod_health import REVISION_LABEL
+from guard.rollout import DaemonSetState
+
+log = logging.getLogger("dsguard.guard")
+
+
+class KubePatcher:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.apps = client.AppsV1Api(api)
+
+    async def patch(self, namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None:
+        # _content_type picks the patch flavour (merge vs strategic); the generated stubs don't declare it
+        resp: Any = await self.apps.patch_namespaced_daemon_set(  # type: ignore[call-arg]
+            name, namespace, dict(body), _content_type=content_type, _preload_content=False
+        )
+        resp.release()  # raw response (no model building); errors raise ApiException before this
+
+
+class Notifier:
+    """One dispatcher per distinct `alerts` list, each with the always-on Event sink first."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api: client.ApiClient,
+        registry: Any,
+        *,
+        give_up_after: float = 1800.0,
+    ) -> None:
+        self.session = session
+        self.secrets = KubeSecretReader(api)
+        self.recorder = EventRecorder.for_client(api)
+        self.counter = delivery_counter(registry)
+        self.give_up_after = give_up_after
+        self._dispatchers: dict[tuple[Any, ...], AlertDispatcher] = {}
+
+    def _dispatcher(self, guard: GuardPolicy) -> AlertDispatcher:
+        key = guard.alerts
+        found = self._dispatchers.get(key)
+        if found is None:
+            sinks: list[Sink] = [self.recorder]
+            try:
+                sinks += build_sinks([a.to_spec() for a in guard.alerts], self.session, self.secrets)
+            except ValueError as e:  # the policy parser checks the same; keep the Event sink regardless
+                log.error("alert sinks: %s; sending Events only", e)
+            found = AlertDispatcher(
+                sinks, recorder=self.recorder, metrics=self.counter, give_up_after=self.give_up_after
+            )
+            self._dispatchers[key] = found
+        return found
+
+    def __call__(self, alert: Alert, guard: GuardPolicy) -> None:
+        dispatcher = self._dispatcher(guard)
+        asyncio.get_running_loop().create_task(dispatcher.start())
+        dispatcher.submit(alert)
+
+    async def close(self, drain_timeout: float) -> None:
+        for d in self._dispatchers.values():
+            await d.close(drain_timeout)
+
+
+def policies_matching(cache: ClusterCache) -> Any:
+    def lookup(ds: DaemonSetState) -> list[Policy]:
+        ns_labels = cache.facts.namespace_labels(ds.namespace)
+        return [
+            p
+            for p in cache.policies
+            if p.match.matches(namespace=ds.namespace, namespace_labels=ns_labels, labels=ds.labels)
+        ]
+
+    return lookup
+
+
+async def run_guard(
+    *,
+    kubeconfig: str | None,
+    policies: Sequence[Policy] | None,
+    lease_namespace: str,
+    lease_name: str,
+    identity: str,
+    host: str,
+    port: int,
+    tick: float,
+    leader_election: bool,
+    lease_duration: float,
+) -> None:
+    api = await api_client(kubeconfig)
+    metrics = GuardMetrics()
+    cache = ClusterCache(static_policies=policies)
+    session = aiohttp.ClientSession()
+    notifier = Notifier(session, api, metrics.registry)
+    guard = Guard(
+        policies_for=policies_matching(cache),
+        patcher=KubePatcher(api),
+        notify=notifier,
+        metrics=metrics,
+        tick=tick,
+    )
+    cache.on_policies_changed = guard.mark_all
+    restart = metrics.watch_restarts
+
+    def reflector(name: str, list_fn: Any, on_replace: Any, on_event: Any) -> Reflector:
+        return Reflector(name, list_fn, on_replace=on_replace, on_event=on_event,
+                         on_restart=lambda reason: restart.labels(name, reason).inc())  # fmt: skip
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    reflectors = [
+        *cache.reflectors_for(api, nodes=False),
+        reflector(
+            "daemonsets",
+            apps.list_daemon_set_for_all_namespaces,
+            guard.replace_daemonsets,
+            guard.daemonset_event,
+        ),
+        reflector(
+            "controllerrevisions",
+            apps.list_controller_revision_for_all_namespaces,
+            guard.replace_revisions,
+            guard.revision_event,
+        ),
+        # One cluster-wide pod watch, narrowed to pods that carry a revision hash (DaemonSet and
+        # StatefulSet pods); PodView drops the StatefulSet ones.
+        reflector(
+            "pods",
+            functools.partial(core.list_pod_for_all_namespaces, label_selector=REVISION_LABEL),
+            guard.replace_pods,
+            guard.pod_event,
+        ),
+        reflector("nodes", core.list_node, guard.replace_nodes, guard.node_event),
+    ]
+    tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
+    elector: LeaderElector | None = None
+
+    def leadership_changed(leading: bool) -> None:
+        metrics.leader.set(1 if leading else 0)
+        guard.mark_all()  # a new leader decides for everything at once
+
+    if leader_election:
+        elector = LeaderElector(
+            api, namespace=lease_namespace, name=lease_name, identity=identity, lease_duration=lease_duration,
+            renew_deadline=lease_duration * 2 / 3, retry=lease_duration / 7.5,
+            on_change=leadership_changed,
+        )  # fmt: skip
+        guard.is_leader = elector.is_leader
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    else:
+        metrics.leader.set(1)
+    tasks.append(asyncio.create_task(guard.run(), name="guard"))
+
+    app = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        dead = [t.get_name() for t in tasks if t.done()]
+        return web.Response(status=500, text=f"stopped: {dead}") if dead else web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        pending = [r.name for r in reflectors if not r.synced.is_set()]
+        return (
+            web.Response(status=503, text=f"waiting for: {pending}") if pending else web.Response(text="ok")
+        )
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("guard %s serving /healthz /readyz /metrics on http://%s:%d", identity, host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        if elector is not None:
+            await elector.release()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await notifier.close(drain_timeout=10.0)
+        await runner.cleanup()
+        await session.close()
+        await api.close()
+
+
+def default_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
