@@ -33,7 +33,7 @@ test: lint binaries
 	$(PY) -m pytest
 
 demo: venv binaries
-	$(PY) -m localcluster demo
+	$(PY) -m localcluster.demo
 
 cluster-up: venv binaries
 	$(PY) -m localcluster up

@@ -676,14 +676,22 @@ class PodPlacement:
         if self.node_name and self.node_name != node.name:
             return Placement(False, f"nodeName is {self.node_name}", ())
         fits_affinity = self.matches_node_affinity(node)
+        if not node.taints:  # most nodes: no tuple to build, and a shared (frozen) answer
+            return _RUNS if fits_affinity else _AFFINITY_MISMATCH
         untolerated = tuple(
             t
             for t in node.taints
             if (t.effect == NO_SCHEDULE or t.effect == NO_EXECUTE) and not self.tolerates(t)
         )
         if not fits_affinity:
-            return Placement(False, "node affinity/nodeSelector does not match", untolerated)
+            return Placement(False, _AFFINITY_REASON, untolerated)
         if untolerated:
             keeps = not any(t.effect == NO_EXECUTE for t in untolerated)
             return Placement(False, _taint_list(untolerated), untolerated, should_continue_running=keeps)
-        return Placement(True, "", (), should_continue_running=True)
+        return _RUNS
+
+
+# Placements are frozen, so the common answers are shared rather than built once per node.
+_AFFINITY_REASON = "node affinity/nodeSelector does not match"
+_RUNS = Placement(True, "", (), should_continue_running=True)
+_AFFINITY_MISMATCH = Placement(False, _AFFINITY_REASON, ())

@@ -1,6 +1,6 @@
 """python -m localcluster up|down|status — a detached local cluster for demos and benchmarks.
 
-    python -m localcluster up [--nodes N] [--workdir DIR]   # last line printed: kubeconfig path
+    python -m localcluster up [--nodes N (default 3)] [--workdir DIR]  # last line: kubeconfig
     python -m localcluster status [--workdir DIR]
     python -m localcluster down [--workdir DIR]
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a detached cluster")
-    up.add_argument("--nodes", type=int, default=0, help="kwok nodes to create (default 0)")
+    up.add_argument("--nodes", type=int, default=3, help="kwok nodes to create (default 3)")
     up.add_argument("--node-prefix", default="kwok-node")
     up.add_argument("--timeout", type=float, default=120.0, help="startup deadline in seconds")
     down = sub.add_parser("down", help="stop the cluster in the workdir")

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -278,7 +278,6 @@ class _Timings:
     apiserver: float = 0.0
     controllers: float = 0.0
     total: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class LocalCluster:
@@ -386,7 +385,6 @@ class LocalCluster:
         """Start every component and wait until the cluster is usable; idempotent."""
         if self._started:
             return self
-        t0 = time.monotonic()
         bin_dir = self.bin_dir  # may build (a long time, cold); not counted in timings
         t0 = time.monotonic()
         self._check_not_running()
@@ -422,8 +420,9 @@ class LocalCluster:
                 st = _proc_stat(pid)
                 if pid in ours or (st is not None and st[1] in ours):
                     busy.append(port)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_file.unlink()
+        if not leftovers:  # keep the pids around for another `down` if something survived
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
         problems = []
         if leftovers:
             problems.append(f"processes still running: {leftovers}")
@@ -500,7 +499,7 @@ class LocalCluster:
                 continue
             try:
                 ok = self._health_check(comp.name)()
-            except OSError as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 out[comp.name] = f"unhealthy: {exc}"
                 continue
             out[comp.name] = "ok" if ok else "unhealthy"

@@ -1,14 +1,22 @@
-"""Per-review context shared by the rules: the DaemonSet and the nodes it would run on."""
+"""Per-review context shared by the rules: the DaemonSet, the nodes it would run on, and the
+copy-on-write edits the mutating rules make to it."""
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from typing import Any
+
+import orjson
 
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
-from dsguard.scheduling import NodeInfo, PodPlacement
+from dsguard.scheduling import NodeInfo, Placement, PodPlacement
 
 
 class Severity(StrEnum):
@@ -23,22 +31,139 @@ class Finding:
     severity: Severity = Severity.VIOLATION
 
 
+# -- placements: one walk over the nodes per pod spec and facts snapshot ------------------------
+
+
+@dataclass(frozen=True)
+class NodeWalk:
+    """Where one pod spec's pods go on every node of one facts snapshot."""
+
+    placement: PodPlacement
+    placements: tuple[tuple[NodeInfo, Placement], ...]  # in facts.nodes order
+    targeted: tuple[NodeInfo, ...]  # the nodes that should run a pod
+
+    @classmethod
+    def of(cls, facts: ClusterFacts, pod_spec: Mapping[str, Any]) -> NodeWalk:
+        placement = PodPlacement.from_pod_spec(pod_spec)
+        evaluate = placement.evaluate
+        pairs = tuple((n, evaluate(n)) for n in facts.nodes)
+        return cls(placement, pairs, tuple(n for n, p in pairs if p.should_run))
+
+
+_AFFINITY = "affinity"
+_NODE_AFFINITY = "nodeAffinity"
+_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+# Anything orjson would render like another value (datetimes, subclasses of str/int/dict/list,
+# dataclasses) goes to `default`, which refuses it: such a spec is walked uncached.
+_KEY_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _refuse(value: object) -> Any:
+    raise TypeError(f"no canonical form for {type(value).__name__}")
+
+
+def placement_key(pod_spec: Mapping[str, Any]) -> bytes | None:
+    """The fields PodPlacement.from_pod_spec reads, canonicalized; None when they have no exact
+    JSON form. A level that isn't a mapping is keyed as it is: telling apart specs that place
+    alike costs a miss, never a wrong answer."""
+    affinity = pod_spec.get(_AFFINITY)
+    node_affinity = affinity.get(_NODE_AFFINITY) if isinstance(affinity, Mapping) else affinity
+    required = node_affinity.get(_REQUIRED) if isinstance(node_affinity, Mapping) else node_affinity
+    parts = (
+        pod_spec.get("tolerations"),
+        pod_spec.get("nodeSelector"),
+        required,
+        pod_spec.get("nodeName"),
+        pod_spec.get("hostNetwork"),
+    )
+    try:
+        return orjson.dumps(parts, default=_refuse, option=_KEY_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError: also non-str keys, ints over 64 bits
+        return None
+
+
+class PlacementCache:
+    """A pure memo of NodeWalks across reviews, for the current facts snapshot only.
+
+    Facts are frozen and the webhook's cache swaps in a new object on any change, so the
+    snapshot's identity stands for its content. It is held by weak reference: comparing the
+    referent (not its id) means a later snapshot at a recycled address can never match, and a
+    replaced snapshot is freed rather than pinned here. The lock keeps the LRU consistent if
+    the offline CLI or a test calls from threads; walks themselves run outside it.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.maxsize = maxsize
+        self._facts: weakref.ref[ClusterFacts] | None = None
+        self._walks: OrderedDict[bytes, NodeWalk] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def walk(self, facts: ClusterFacts, pod_spec: Mapping[str, Any]) -> NodeWalk:
+        key = placement_key(pod_spec)
+        if key is None:
+            return NodeWalk.of(facts, pod_spec)
+        with self._lock:
+            if self._facts is None or self._facts() is not facts:
+                self._walks.clear()
+                self._facts = weakref.ref(facts)
+            found = self._walks.get(key)
+            if found is not None:
+                self._walks.move_to_end(key)
+                self.hits += 1
+                return found
+            self.misses += 1
+        walk = NodeWalk.of(facts, pod_spec)
+        with self._lock:
+            if self._facts() is facts:  # else another snapshot took over meanwhile: don't mix
+                self._walks[key] = walk
+                while len(self._walks) > self.maxsize:
+                    self._walks.popitem(last=False)
+        return walk
+
+    def clear(self) -> None:
+        with self._lock:
+            self._walks.clear()
+            self._facts = None
+
+    def __len__(self) -> int:
+        return len(self._walks)
+
+
+PLACEMENTS = PlacementCache()
+
+
 class RuleContext:
-    """Placement is computed once per review and reused by coverage, caps and versions."""
+    """Placement is computed once per pod spec and facts snapshot, and reused by coverage, caps
+    and versions within a review and across reviews."""
 
     def __init__(self, ds: DaemonSetView, facts: ClusterFacts) -> None:
         self.ds = ds
         self.facts = facts
 
     @cached_property
-    def placement(self) -> PodPlacement:
-        return PodPlacement.from_pod_spec(self.ds.pod_spec)
+    def _walk(self) -> NodeWalk:
+        return PLACEMENTS.walk(self.facts, self.ds.pod_spec)
 
-    @cached_property
+    @property
+    def placement(self) -> PodPlacement:
+        return self._walk.placement
+
+    @property
+    def placements(self) -> tuple[tuple[NodeInfo, Placement], ...]:
+        """(node, NodeShouldRunDaemonPod) for every node, in facts order."""
+        return self._walk.placements
+
+    @property
     def targeted(self) -> tuple[NodeInfo, ...]:
         """Nodes where the DaemonSet controller would run a pod (NodeShouldRunDaemonPod)."""
-        evaluate = self.placement.evaluate
-        return tuple(n for n in self.facts.nodes if evaluate(n).should_run)
+        return self._walk.targeted
 
 
 def name_nodes(names: list[str], limit: int = 10) -> str:
@@ -46,3 +171,81 @@ def name_nodes(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     rest = len(names) - limit
     return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+# -- mutations: copy-on-write edits recorded as RFC 6902 ops -------------------------------------
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _clone(value: Any) -> Any:
+    # Patch values must not alias the edited object, which later edits may change in place.
+    return orjson.loads(orjson.dumps(value)) if isinstance(value, dict | list) else value
+
+
+class ObjectEdit:
+    """Edits of an object that never touch it: each container on an edited path is copied once,
+    everything else is shared with the input. Every edit is recorded as the RFC 6902 op that
+    makes it, so the patch is input -> obj when applied in order, with no diff of the whole."""
+
+    def __init__(self, original: Mapping[str, Any]) -> None:
+        self.obj: dict[str, Any] = dict(original)
+        self.ops: list[dict[str, Any]] = []
+        # Containers made here (by id; the values keep ids from being recycled): safe to change.
+        self._owned: dict[int, object] = {id(self.obj): self.obj}
+
+    def _own(self, value: Any) -> Any:
+        self._owned[id(value)] = value
+        return value
+
+    def _descend(self, keys: Sequence[str]) -> tuple[dict[str, Any], int]:
+        """The writable mapping at the deepest existing level of keys, and its depth."""
+        node = self.obj
+        for depth, key in enumerate(keys):
+            child = node.get(key)
+            if not isinstance(child, Mapping):
+                return node, depth
+            if id(child) not in self._owned:
+                child = node[key] = self._own(dict(child))
+            node = child
+        return node, len(keys)
+
+    def set(self, keys: Sequence[str], field: str, value: Any) -> None:
+        """obj[keys...][field] = value, creating (or replacing non-mapping) parents on the way."""
+        node, depth = self._descend(keys)
+        path = "".join("/" + _pointer_token(k) for k in keys[:depth])
+        name, new = field, value
+        if depth < len(keys):  # one op creates the missing tail of the path with the value in it
+            name = keys[depth]
+            new = {field: value}
+            for key in reversed(keys[depth + 1 :]):
+                new = {key: new}
+        op = "replace" if name in node else "add"
+        self.ops.append({"op": op, "path": f"{path}/{_pointer_token(name)}", "value": _clone(new)})
+        node[name] = self._own_tree(_clone(new))
+
+    def append(self, keys: Sequence[str], field: str, items: Sequence[Any]) -> None:
+        """Append items to the list obj[keys...][field], creating it (and parents) if absent."""
+        node, depth = self._descend(keys)
+        current = node.get(field) if depth == len(keys) else None
+        if not isinstance(current, list):
+            self.set(keys, field, list(items))
+            return
+        if id(current) not in self._owned:
+            current = node[field] = self._own(list(current))
+        path = "".join("/" + _pointer_token(k) for k in (*keys, field))
+        for item in items:
+            self.ops.append({"op": "add", "path": f"{path}/{len(current)}", "value": _clone(item)})
+            current.append(item)
+
+    def _own_tree(self, value: Any) -> Any:
+        # A fresh clone: later edits on the same path may change its containers in place.
+        if isinstance(value, dict):
+            for v in value.values():
+                self._own_tree(v)
+            return self._own(value)
+        if isinstance(value, list):
+            return self._own(value)
+        return value

@@ -12,15 +12,13 @@ def check(policy: TolerationPolicy, ctx: RuleContext) -> list[Finding]:
     if policy.coverage is None:
         return []
     selector = policy.coverage.node_selector
-    evaluate = ctx.placement.evaluate
     in_scope = 0
     missed: list[str] = []
     taints: dict[str, None] = {}  # ordered set of the untolerated taints, for the fix
-    for node in ctx.facts.nodes:
+    for node, placement in ctx.placements:  # the review's one walk, not a second evaluation
         if not selector.matches(node.labels):
             continue
         in_scope += 1
-        placement = evaluate(node)
         if placement.should_run:
             continue
         missed.append(f"{node.name} ({placement.reason})")

@@ -16,14 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonpatch
-import orjson
-
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from webhook.rules import coverage, image_versions, rollout_caps, tolerations
-from webhook.rules.context import Finding, RuleContext, Severity
+from webhook.rules.context import Finding, ObjectEdit, RuleContext, Severity
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,10 @@ def evaluate(
     namespace: str = "",
     old: Mapping[str, Any] | None = None,
     mutate: bool = True,
+    judge: bool = True,
 ) -> Evaluation:
+    """judge=False skips the judgement (no denials, warnings or audits): for the mutating
+    endpoint, which never denies and leaves judging the final object to /validate."""
     ds = DaemonSetView.from_object(obj, namespace=namespace)
     matched = matching_policies(policies, ds, facts)
     if not matched:
@@ -105,24 +105,31 @@ def evaluate(
     notices: list[str] = []
     mutators = [p for p in matched if _may_mutate(p)] if mutate else []
     if mutators:
-        work: dict[str, Any] = orjson.loads(
-            orjson.dumps(obj)
-        )  # a deep copy, several times faster than copy.deepcopy
+        # Copies only the containers it changes, and records the patch as it goes.
+        edit = ObjectEdit(obj)
+        work = ds
         for p in mutators:
             if p.tolerations is not None and template_changed and p.tolerations.on_missing is OnMissing.ADD:
-                notices += tolerations.add_missing(
-                    p.tolerations, work, DaemonSetView.from_object(work, namespace=ds.namespace)
-                )
-        ctx = RuleContext(DaemonSetView.from_object(work, namespace=ds.namespace), facts)
+                added = tolerations.add_missing(p.tolerations, edit, work)
+                if added:
+                    notices += added
+                    work = DaemonSetView.from_object(edit.obj, namespace=ds.namespace)
+        ctx = RuleContext(work, facts)
         for p in mutators:
             if p.rollout is not None and caps_apply:
-                notices += rollout_caps.clamp(p.rollout, work, ctx)
-                ctx = RuleContext(DaemonSetView.from_object(work, namespace=ds.namespace), facts)
+                clamped = rollout_caps.clamp(p.rollout, edit, ctx)
+                if clamped:
+                    notices += clamped
+                    ctx = RuleContext(DaemonSetView.from_object(edit.obj, namespace=ds.namespace), facts)
         if notices:
-            patch = jsonpatch.make_patch(obj, work).patch
-            final = work
+            patch = edit.ops
+            final = edit.obj
             ds = ctx.ds
 
+    if not judge:
+        return Evaluation(
+            ds=ds, obj=final, patch=patch, policies=tuple(p.name for p in matched), notices=tuple(notices)
+        )
     ctx = RuleContext(ds, facts)
     denials: list[PolicyFinding] = []
     warnings: list[str] = []

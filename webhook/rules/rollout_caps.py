@@ -8,14 +8,14 @@ exactly one of maxUnavailable and maxSurge non-zero (ValidateRollingUpdateDaemon
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from dsguard.daemonset import ROLLING_UPDATE, ROLLING_UPDATE_PATH
 from dsguard.intstr import IntOrPercent, is_zero, scaled_value
 from dsguard.policy import OnExceed, RolloutPolicy
-from webhook.rules.context import Finding, RuleContext
+from webhook.rules.context import Finding, ObjectEdit, RuleContext
 
 RULE = "rollout"
+_ROLLING_UPDATE = ("spec", "updateStrategy", "rollingUpdate")
 _MEANING = {"maxUnavailable": "unavailable", "maxSurge": "surged"}
 
 
@@ -102,8 +102,10 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
     return findings
 
 
-def clamp(policy: RolloutPolicy, obj: dict[str, Any], ctx: RuleContext) -> list[str]:
-    """Lower values over their cap to the cap itself (as written, so a percent cap keeps scaling)."""
+def clamp(policy: RolloutPolicy, edit: ObjectEdit, ctx: RuleContext) -> list[str]:
+    """Lower values over their cap to the cap itself (as written, so a percent cap keeps scaling).
+
+    ctx.ds is the view of edit.obj as it stands."""
     if policy.on_exceed is not OnExceed.CLAMP:
         return []
     excesses = _excesses(policy, ctx)
@@ -112,11 +114,9 @@ def clamp(policy: RolloutPolicy, obj: dict[str, Any], ctx: RuleContext) -> list[
     unavailable, surge = _clamped(ctx, excesses)
     if is_zero(unavailable) and is_zero(surge):
         return []  # invalid for apps/v1; check() denies with the explanation
-    spec = obj.setdefault("spec", {})
-    rolling = spec.setdefault("updateStrategy", {}).setdefault("rollingUpdate", {})
     notices = []
     for e in excesses:
-        rolling[e.field] = e.cap
+        edit.set(_ROLLING_UPDATE, e.field, e.cap)
         notices.append(
             f"dsguard clamped {ROLLING_UPDATE_PATH}.{e.field} from {show(e.value)} to the cap {show(e.cap)}"
         )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from dsguard.daemonset import TOLERATIONS_PATH, DaemonSetView
 from dsguard.policy import OnMissing, TolerationPolicy
 from dsguard.scheduling import Toleration
-from webhook.rules.context import Finding
+from webhook.rules.context import Finding, ObjectEdit
 
 RULE = "tolerations"
+_POD_SPEC = ("spec", "template", "spec")
 
 
 def present_tolerations(ds: DaemonSetView) -> list[Toleration]:
@@ -39,16 +39,14 @@ def check(policy: TolerationPolicy, ds: DaemonSetView) -> list[Finding]:
     return [Finding(RULE, f"{TOLERATIONS_PATH}: missing required toleration(s) {listed}; {fix}")]
 
 
-def add_missing(policy: TolerationPolicy, obj: dict[str, Any], ds: DaemonSetView) -> list[str]:
-    """Append the missing required tolerations to obj's pod template; returns notices."""
+def add_missing(policy: TolerationPolicy, edit: ObjectEdit, ds: DaemonSetView) -> list[str]:
+    """Append the missing required tolerations to the edited pod template; returns notices.
+
+    ds is the view of edit.obj as it stands."""
     absent = missing(policy.required, present_tolerations(ds))
     if not absent:
         return []
-    pod_spec = obj.setdefault("spec", {}).setdefault("template", {}).setdefault("spec", {})
-    current = pod_spec.get("tolerations")
-    if not isinstance(current, list):
-        current = pod_spec["tolerations"] = []
-    current.extend(t.to_dict() for t in absent)
+    edit.append(_POD_SPEC, "tolerations", [t.to_dict() for t in absent])
     return [
         f"dsguard added toleration(s) to {TOLERATIONS_PATH}: " + "; ".join(_yaml_inline(t) for t in absent)
     ]

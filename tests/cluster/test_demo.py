@@ -1,0 +1,20 @@
+"""`make demo` is also a test: every step checks the outcome it tells (DemoFailed otherwise)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from localcluster.cluster import LocalCluster
+from localcluster.demo import demo_environment, run_story
+
+
+def test_demo_story(tmp_path: Path) -> None:
+    # Its own cluster: the demo's coverage rule spans every node, and other tests add tainted ones.
+    out = io.StringIO()
+    with LocalCluster(tmp_path / "cluster") as cluster, demo_environment(cluster) as webhook:
+        run_story(cluster, webhook, out)
+    text = out.getvalue()
+    assert "✗" not in text
+    assert text.count("✓") >= 9
+    assert "denied the request: dsguard: DaemonSet logging/fluent-bit violates 1 policy rule(s)" in text
