@@ -314,34 +314,35 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
+def _run_on_daemonset(daemonset: str, kubeconfig: str | None, action: str) -> None:
+    from guard import manual
+
+    run = manual.resume_daemonset if action == "resume" else manual.rollback_daemonset
+    namespace, name = _split_ref(daemonset)
+    try:
+        click.echo(asyncio.run(run(namespace, name, kubeconfig=kubeconfig)))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+_daemonset_arg = click.argument("daemonset")
+_kubeconfig_opt = click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
+
+
 @main.command()
-@click.argument("daemonset")
-@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
+@_daemonset_arg
+@_kubeconfig_opt
 def resume(daemonset: str, kubeconfig: str | None) -> None:
     """Resume a DaemonSet the guard paused (NAMESPACE/NAME): restore its update strategy."""
-    from guard.manual import resume_daemonset
-
-    namespace, name = _split_ref(daemonset)
-    try:
-        message = asyncio.run(resume_daemonset(namespace, name, kubeconfig=kubeconfig))
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(message)
+    _run_on_daemonset(daemonset, kubeconfig, "resume")
 
 
 @main.command()
-@click.argument("daemonset")
-@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
+@_daemonset_arg
+@_kubeconfig_opt
 def rollback(daemonset: str, kubeconfig: str | None) -> None:
     """Roll a DaemonSet (NAMESPACE/NAME) back to its previous revision, as `kubectl rollout undo` does."""
-    from guard.manual import rollback_daemonset
-
-    namespace, name = _split_ref(daemonset)
-    try:
-        message = asyncio.run(rollback_daemonset(namespace, name, kubeconfig=kubeconfig))
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(message)
+    _run_on_daemonset(daemonset, kubeconfig, "rollback")
 
 
 if __name__ == "__main__":
