@@ -67,6 +67,7 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
         namespace=req.namespace,
         old=req.old_object if req.operation == "UPDATE" else None,
         mutate=endpoint == "mutate",
+        judge=endpoint == "validate",  # /mutate never denies, and audits are /validate's to record
     )
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.

@@ -3,14 +3,15 @@ copy-on-write edits the mutating rules make to it."""
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -34,6 +35,10 @@ class Finding:
 # -- placements: one walk over the nodes per pod spec and facts snapshot ------------------------
 
 
+T = TypeVar("T")
+_DERIVED_LIMIT = 64
+
+
 @dataclass(frozen=True)
 class NodeWalk:
     """Where one pod spec's pods go on every node of one facts snapshot."""
@@ -41,6 +46,7 @@ class NodeWalk:
     placement: PodPlacement
     placements: tuple[tuple[NodeInfo, Placement], ...]  # in facts.nodes order
     targeted: tuple[NodeInfo, ...]  # the nodes that should run a pod
+    _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, facts: ClusterFacts, pod_spec: Mapping[str, Any]) -> NodeWalk:
@@ -49,7 +55,21 @@ class NodeWalk:
         pairs = tuple((n, evaluate(n)) for n in facts.nodes)
         return cls(placement, pairs, tuple(n for n, p in pairs if p.should_run))
 
+    def derive(self, key: Hashable, compute: Callable[[NodeWalk], T]) -> T:
+        """compute(self), memoised with the walk: a per-node pass a rule needs on every review
+        (e.g. which nodes a coverage selector picks) is then paid once per snapshot and spec.
+        key must name everything compute reads besides the walk, and the result must not be
+        mutated."""
+        if key in self._derived:
+            result: T = self._derived[key]
+            return result
+        result = compute(self)
+        if len(self._derived) < _DERIVED_LIMIT:  # keys come from policies: a handful in practice
+            self._derived[key] = result
+        return result
 
+
+_PLACEMENT_FIELDS = ("tolerations", "nodeSelector", "nodeName", "hostNetwork")
 _AFFINITY = "affinity"
 _NODE_AFFINITY = "nodeAffinity"
 _REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
@@ -67,24 +87,39 @@ def _refuse(value: object) -> Any:
     raise TypeError(f"no canonical form for {type(value).__name__}")
 
 
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 def placement_key(pod_spec: Mapping[str, Any]) -> bytes | None:
-    """The fields PodPlacement.from_pod_spec reads, canonicalized; None when they have no exact
-    JSON form. A level that isn't a mapping is keyed as it is: telling apart specs that place
-    alike costs a miss, never a wrong answer."""
+    """What PodPlacement.from_pod_spec reads of a pod spec, canonicalized; None when that has no
+    exact JSON form. Only present fields are keyed, each level under its own name: telling apart
+    specs that place alike costs a miss, never a wrong answer."""
+    parts = {k: pod_spec[k] for k in _PLACEMENT_FIELDS if k in pod_spec}
     affinity = pod_spec.get(_AFFINITY)
-    node_affinity = affinity.get(_NODE_AFFINITY) if isinstance(affinity, Mapping) else affinity
-    required = node_affinity.get(_REQUIRED) if isinstance(node_affinity, Mapping) else node_affinity
-    parts = (
-        pod_spec.get("tolerations"),
-        pod_spec.get("nodeSelector"),
-        required,
-        pod_spec.get("nodeName"),
-        pod_spec.get("hostNetwork"),
-    )
+    if isinstance(affinity, Mapping):
+        node_affinity = affinity.get(_NODE_AFFINITY)
+        if isinstance(node_affinity, Mapping):
+            if _REQUIRED in node_affinity:
+                parts[_REQUIRED] = node_affinity[_REQUIRED]
+        elif node_affinity is not None:
+            parts[_NODE_AFFINITY] = node_affinity
+    elif affinity is not None:
+        parts[_AFFINITY] = affinity
     try:
-        return orjson.dumps(parts, default=_refuse, option=_KEY_OPTIONS)
+        key = orjson.dumps(parts, default=_refuse, option=_KEY_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError: also non-str keys, ints over 64 bits
         return None
+    # orjson writes NaN and ±Infinity as null (YAML has .nan and .inf): rare, so look only then.
+    if b"null" in key and _has_non_finite(parts):
+        return None
+    return key
 
 
 class PlacementCache:
@@ -97,8 +132,11 @@ class PlacementCache:
     the offline CLI or a test calls from threads; walks themselves run outside it.
     """
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 256, max_placements: int = 500_000) -> None:
         self.maxsize = maxsize
+        # A walk holds a (node, placement) pair per node, ~70 bytes: on a 5,000-node cluster 256
+        # walks would pin ~85 MiB, so fewer are kept there (this bounds the total near 35 MiB).
+        self.max_placements = max_placements
         self._facts: weakref.ref[ClusterFacts] | None = None
         self._walks: OrderedDict[bytes, NodeWalk] = OrderedDict()
         self._lock = threading.Lock()
@@ -121,9 +159,11 @@ class PlacementCache:
             self.misses += 1
         walk = NodeWalk.of(facts, pod_spec)
         with self._lock:
-            if self._facts() is facts:  # else another snapshot took over meanwhile: don't mix
+            # Another snapshot (or a clear) may have come meanwhile: never file under it.
+            if self._facts is not None and self._facts() is facts:
                 self._walks[key] = walk
-                while len(self._walks) > self.maxsize:
+                limit = max(1, min(self.maxsize, self.max_placements // max(1, len(facts.nodes))))
+                while len(self._walks) > limit:
                     self._walks.popitem(last=False)
         return walk
 
@@ -148,22 +188,22 @@ class RuleContext:
         self.facts = facts
 
     @cached_property
-    def _walk(self) -> NodeWalk:
+    def walk(self) -> NodeWalk:
         return PLACEMENTS.walk(self.facts, self.ds.pod_spec)
 
     @property
     def placement(self) -> PodPlacement:
-        return self._walk.placement
+        return self.walk.placement
 
     @property
     def placements(self) -> tuple[tuple[NodeInfo, Placement], ...]:
         """(node, NodeShouldRunDaemonPod) for every node, in facts order."""
-        return self._walk.placements
+        return self.walk.placements
 
     @property
     def targeted(self) -> tuple[NodeInfo, ...]:
         """Nodes where the DaemonSet controller would run a pod (NodeShouldRunDaemonPod)."""
-        return self._walk.targeted
+        return self.walk.targeted
 
 
 def name_nodes(names: list[str], limit: int = 10) -> str:
@@ -194,7 +234,7 @@ class ObjectEdit:
         self.obj: dict[str, Any] = dict(original)
         self.ops: list[dict[str, Any]] = []
         # Containers made here (by id; the values keep ids from being recycled): safe to change.
-        self._owned: dict[int, object] = {id(self.obj): self.obj}
+        self._owned: dict[int, Any] = {id(self.obj): self.obj}
 
     def _own(self, value: Any) -> Any:
         self._owned[id(value)] = value
@@ -207,9 +247,10 @@ class ObjectEdit:
             child = node.get(key)
             if not isinstance(child, Mapping):
                 return node, depth
-            if id(child) not in self._owned:
-                child = node[key] = self._own(dict(child))
-            node = child
+            mine = self._owned.get(id(child))  # the child itself, when this edit made it
+            if mine is None:
+                mine = node[key] = self._own(dict(child))
+            node = mine
         return node, len(keys)
 
     def set(self, keys: Sequence[str], field: str, value: Any) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dsguard.policy import TolerationPolicy
-from webhook.rules.context import Finding, RuleContext, name_nodes
+from dsguard.selectors import LabelSelector
+from webhook.rules.context import Finding, NodeWalk, RuleContext, name_nodes
 
 RULE = "coverage"
 
@@ -12,10 +13,16 @@ def check(policy: TolerationPolicy, ctx: RuleContext) -> list[Finding]:
     if policy.coverage is None:
         return []
     selector = policy.coverage.node_selector
+    # A pass over every node, on every review: memoised with the walk. Selectors compare by value
+    # and the findings depend on nothing else.
+    return list(ctx.walk.derive((RULE, selector), lambda walk: _findings(selector, walk)))
+
+
+def _findings(selector: LabelSelector, walk: NodeWalk) -> tuple[Finding, ...]:
     in_scope = 0
     missed: list[str] = []
     taints: dict[str, None] = {}  # ordered set of the untolerated taints, for the fix
-    for node, placement in ctx.placements:  # the review's one walk, not a second evaluation
+    for node, placement in walk.placements:  # the review's one walk, not a second evaluation
         if not selector.matches(node.labels):
             continue
         in_scope += 1
@@ -25,15 +32,15 @@ def check(policy: TolerationPolicy, ctx: RuleContext) -> list[Finding]:
         for taint in placement.untolerated:
             taints[str(taint)] = None
     if not missed:
-        return []
+        return ()
     scope = f"nodes selected by {selector}" if str(selector) else "nodes"
     fix = "adjust spec.template.spec nodeSelector/affinity"
     if taints:
         fix = f"tolerate {', '.join(taints)} in spec.template.spec.tolerations, or " + fix
-    return [
+    return (
         Finding(
             RULE,
             f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: "
             f"{name_nodes(missed)}; {fix}",
-        )
-    ]
+        ),
+    )

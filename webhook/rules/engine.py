@@ -1,7 +1,8 @@
 """All matching policies applied to one DaemonSet: mutations first, then judgement of the result.
 
-One pure function serves the mutating endpoint (mutate=True: the patch), the validating endpoint
-(mutate=False: judge what the apiserver is about to store) and the offline CLI (both at once).
+One pure function serves the mutating endpoint (judge=False: only the patch), the validating
+endpoint (mutate=False: judge what the apiserver is about to store) and the offline CLI (both at
+once). Node placements are memoised across calls (RuleContext), which doesn't change results.
 
 UPDATE: a rule is enforced only when the part of the spec it judges changed, so a DaemonSet that
 predates a policy is not blocked from metadata edits (labels, finalizers, deletion) nor from the

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from dsguard.policy import Compatibility, UnknownVersion, VersionPolicy
 from dsguard.versions import ImageRef, Version, image_pattern_matches
-from webhook.rules.context import Finding, RuleContext, Severity, name_nodes
+from webhook.rules.context import Finding, NodeWalk, RuleContext, Severity, name_nodes
 
 RULE = "versions"
 
 
-def _nodes_by_kubelet(ctx: RuleContext) -> dict[str, list[str]]:
+def _nodes_by_kubelet(ctx: RuleContext) -> Mapping[str, Sequence[str]]:
     """Kubelet version -> node names; with no nodes known, the apiserver's version stands in."""
     if not ctx.facts.nodes:
         return (
@@ -19,16 +21,21 @@ def _nodes_by_kubelet(ctx: RuleContext) -> dict[str, list[str]]:
             if ctx.facts.server_version
             else {}
         )
+    # A pass over every targeted node, on every review: memoised with the walk.
+    return ctx.walk.derive(RULE, _targeted_by_kubelet)
+
+
+def _targeted_by_kubelet(walk: NodeWalk) -> Mapping[str, tuple[str, ...]]:
     groups: dict[str, list[str]] = defaultdict(list)
-    for node in ctx.targeted:
+    for node in walk.targeted:
         if node.kubelet_version:
             groups[node.kubelet_version].append(node.name)
-    return groups
+    return MappingProxyType({k: tuple(v) for k, v in groups.items()})
 
 
 def check(policy: VersionPolicy, ctx: RuleContext) -> list[Finding]:
     findings: list[Finding] = []
-    groups: dict[str, list[str]] | None = None
+    groups: Mapping[str, Sequence[str]] | None = None
     for img in ctx.ds.images():
         try:
             ref = ImageRef.parse(img.image)
@@ -45,7 +52,7 @@ def check(policy: VersionPolicy, ctx: RuleContext) -> list[Finding]:
         if groups is None:
             groups = _nodes_by_kubelet(ctx)
         # (compatibility entry) -> [(kubelet version, nodes)] it is violated on
-        broken: dict[Compatibility, list[tuple[str, list[str]]]] = defaultdict(list)
+        broken: dict[Compatibility, list[tuple[str, Sequence[str]]]] = defaultdict(list)
         for kubelet, names in groups.items():
             kv = Version.parse(kubelet)
             if kv is None:

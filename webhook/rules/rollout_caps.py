@@ -80,14 +80,14 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
     for e in excesses:
         if total:
             msg = (
-                f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} lets {e.resolved_value} of {total} targeted "
-                f"nodes be {_MEANING[e.field]} at once, over the cap {show(e.cap)} "
+                f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} lets {e.resolved_value} of {total} "
+                f"targeted nodes be {_MEANING[e.field]} at once, over the cap {show(e.cap)} "
                 f"({e.resolved_cap} of {total}); set it to at most {e.resolved_cap}"
             )
         else:
             msg = (
-                f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} is over the cap {show(e.cap)} (no targeted "
-                f"nodes known, so compared as written); set it to at most {show(e.cap)}"
+                f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} is over the cap {show(e.cap)} (no "
+                f"targeted nodes known, so compared as written); set it to at most {show(e.cap)}"
             )
         if policy.on_exceed is OnExceed.CLAMP:
             unavailable, surge = _clamped(ctx, excesses)
