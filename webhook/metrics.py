@@ -11,7 +11,7 @@ class Metrics:
         self.reviews = Counter(
             "dsguard_webhook_reviews_total",
             "AdmissionReviews answered, by endpoint and verdict "
-            "(allowed, denied, patched, warned, bad_request, error).",
+            "(allowed, denied, patched, warned, exempt, bad_request, error).",
             ["endpoint", "verdict"],
             registry=self.registry,
         )

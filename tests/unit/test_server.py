@@ -31,7 +31,7 @@ from dsguard.kube import Reflector
 from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo
 from tests.tlsutil import TLSFiles, write_private, write_serving, write_tls_files
-from webhook.server import MAX_BODY_BYTES, WebhookState, make_app
+from webhook.server import MAX_BODY_BYTES, WebhookState, make_app, serve_admission
 
 Endpoint = Literal["mutate", "validate"]
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
@@ -667,3 +667,17 @@ async def test_cert_reloader_keeps_the_old_cert_while_the_key_is_half_written(
     write_serving(tls.cert_file, tls.key_file, renewed)  # the writer finishes
     assert reloader.check() is True
     assert (await _handshake(webhook.port, client))[1] == renewed.serial
+
+
+def test_exempt_users_pass_unjudged_and_others_do_not() -> None:
+    """The rollout guard's rollback may restore a template a later policy denies; it must get through."""
+    guard_sa = "system:serviceaccount:dsguard:dsguard-guard"
+    state = WebhookState(cache=static_cache(), exempt_users=frozenset({guard_sa}))
+    review = admission_review(obj=daemonset(DENY_NS))
+    status, body, verdict = serve_admission(state, "validate", orjson.dumps(review))
+    assert (status, verdict) == (200, "denied")
+    review["request"]["userInfo"]["username"] = guard_sa
+    status, body, verdict = serve_admission(state, "validate", orjson.dumps(review))
+    response = orjson.loads(body)["response"]
+    assert (status, verdict, response["allowed"]) == (200, "exempt", True)
+    assert "patch" not in response
