@@ -1,1 +1,3 @@
-"""Webhook TLS: load and reload serving certificates (generation and rotation come later)."""
+"""The webhook's TLS: issue certificates (issue), CA bundles and caBundle injection (bundle), the
+certificate lifecycle as a pure plan (rotate), its Kubernetes I/O and loop (bootstrap), and the
+serving context that reloads new files in place (tls). docs/certificates.md has the design."""

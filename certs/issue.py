@@ -3,6 +3,9 @@
 The apiserver verifies the webhook against the `caBundle` and the Service's DNS name: it dials
 `SERVICE.NAMESPACE.svc`, so every form of the name goes in the SANs (kopf's issue #785 was a
 certificate with `.svc.cluster.local` only).
+
+Everything here is pure except `write_private`/`write_public`/`write_files`; the time of issue is
+a parameter (`now`) so that planners and tests can run on a fake clock.
 """
 
 from __future__ import annotations
@@ -10,22 +13,32 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_LIFETIME = dt.timedelta(days=5 * 365)
 LEAF_LIFETIME = dt.timedelta(days=90)
-_BACKDATE = dt.timedelta(minutes=5)  # tolerate clock skew between the issuer and the apiserver
+# notBefore is backdated to tolerate clock skew between the issuer and the apiserver; the time of
+# issue of one of our certificates is therefore notBefore + BACKDATE.
+BACKDATE = dt.timedelta(minutes=5)
+_BACKDATE = BACKDATE  # the name before it was public
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
 class KeyPair:
+    """A certificate and its private key. The repr never shows the key."""
+
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
@@ -38,6 +51,9 @@ class KeyPair:
         return self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+
+    def __repr__(self) -> str:
+        return f"KeyPair({describe(self.cert)})"
 
 
 def service_dns_names(service: str, namespace: str) -> list[str]:
@@ -71,9 +87,14 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def new_ca(common_name: str = "dsguard-ca", lifetime: dt.timedelta = CA_LIFETIME) -> KeyPair:
+def new_ca(
+    common_name: str = "dsguard-ca", lifetime: dt.timedelta = CA_LIFETIME, *, now: dt.datetime | None = None
+) -> KeyPair:
+    """A self-signed CA (pathLen 0: it signs serving certificates only), valid from `now` for `lifetime`."""
+    if lifetime <= dt.timedelta(0):
+        raise ValueError(f"CA lifetime must be positive, got {lifetime}")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    now = now or _now()
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -81,7 +102,7 @@ def new_ca(common_name: str = "dsguard-ca", lifetime: dt.timedelta = CA_LIFETIME
         .issuer_name(_name(common_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
@@ -97,11 +118,15 @@ def issue_serving(
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[str] = (),
     lifetime: dt.timedelta = LEAF_LIFETIME,
+    now: dt.datetime | None = None,
 ) -> KeyPair:
+    """A serving certificate (serverAuth) signed by `ca`; it never outlives the CA."""
     if not dns_names and not ip_addresses:
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
+    if lifetime <= dt.timedelta(0):
+        raise ValueError(f"certificate lifetime must be positive, got {lifetime}")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    now = now or _now()
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     cn = dns_names[0] if dns_names else ip_addresses[0]
@@ -112,7 +137,7 @@ def issue_serving(
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(min(now + lifetime, ca.cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
@@ -124,25 +149,155 @@ def issue_serving(
     return KeyPair(cert, key)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write key material readable by the owner only, never world-readable even for an instant."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+# --- reading and inspecting ------------------------------------------------------------------------
+
+
+def load_certificates(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order; ValueError if there is none or one is malformed."""
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("no PEM certificate found")
+    return x509.load_pem_x509_certificates(pem)
+
+
+def load_key_pair(cert_pem: bytes, key_pem: bytes) -> KeyPair:
+    """The first certificate of `cert_pem` with its ECDSA key; ValueError naming what is wrong.
+
+    The messages never include key material.
+    """
+    cert = load_certificates(cert_pem)[0]
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError("the private key is not an unencrypted PEM key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"the private key is {type(key).__name__}, not ECDSA")
+    if not key_matches(cert, key.public_key()):
+        raise ValueError(f"the private key does not belong to the certificate ({describe(cert)})")
+    return KeyPair(cert, key)
 
 
-def write_files(directory: Path, ca: KeyPair, leaf: KeyPair) -> dict[str, Path]:
-    """ca.crt, tls.crt, tls.key (the names of a kubernetes.io/tls Secret plus the CA)."""
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_matches(cert: x509.Certificate, public_key: PublicKeyTypes) -> bool:
+    return _spki(cert.public_key()) == _spki(public_key)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """`issuer`'s key signed `cert` (and the names chain)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def subject_alt_names(cert: x509.Certificate) -> tuple[frozenset[str], frozenset[IPAddress]]:
+    """The DNS names (lower case) and IP addresses a certificate is valid for."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset(), frozenset()
+    dns = frozenset(n.lower() for n in san.get_values_for_type(x509.DNSName))
+    ips = frozenset(
+        a
+        for a in san.get_values_for_type(x509.IPAddress)
+        if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    )
+    return dns, ips
+
+
+def wanted_alt_names(
+    dns_names: Sequence[str], ip_addresses: Sequence[str]
+) -> tuple[frozenset[str], frozenset[IPAddress]]:
+    return frozenset(n.lower() for n in dns_names), frozenset(ipaddress.ip_address(a) for a in ip_addresses)
+
+
+def lifetime_of(cert: x509.Certificate) -> dt.timedelta:
+    return cert.not_valid_after_utc - cert.not_valid_before_utc
+
+
+def issued_at(cert: x509.Certificate) -> dt.datetime:
+    """When one of our certificates was made (notBefore is backdated by BACKDATE)."""
+    return cert.not_valid_before_utc + BACKDATE
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()[:16]
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A one-line, log-safe description: subject CN, serial, SHA-256 prefix and expiry."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = cns[0].value if cns else cert.subject.rfc4514_string()
+    cn_text = cn.decode(errors="replace") if isinstance(cn, bytes) else cn
+    expiry = cert.not_valid_after_utc.isoformat(timespec="seconds")
+    return f"CN={cn_text} serial={cert.serial_number:x} sha256={fingerprint(cert)} notAfter={expiry}"
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write to a new file next to `path` with `mode` from the start, then rename it over `path`.
+
+    A reader sees the old or the new content, never a torn one; a symlink at `path` is replaced,
+    not followed; the bytes never sit in a file with a wider mode.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it; never wider than asked
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write key material readable by the owner only (0600), never world-readable even for an instant."""
+    _write_atomic(path, data, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Write a certificate (0644), atomically."""
+    _write_atomic(path, data, 0o644)
+
+
+def write_files(
+    directory: Path, ca: KeyPair, leaf: KeyPair, *, include_ca_key: bool = False
+) -> dict[str, Path]:
+    """ca.crt, tls.crt, tls.key (the names of a kubernetes.io/tls Secret plus the CA); keys 0600.
+
+    With include_ca_key also ca.key (0600), so that more serving certificates can be issued later.
+    Each file is replaced atomically; the key is written before its certificate, so a reader that
+    sees the new tls.crt finds the new tls.key too.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     paths = {
         "ca.crt": directory / "ca.crt",
         "tls.crt": directory / "tls.crt",
         "tls.key": directory / "tls.key",
     }
-    paths["ca.crt"].write_bytes(ca.cert_pem)
-    paths["tls.crt"].write_bytes(leaf.cert_pem)
+    if include_ca_key:
+        paths["ca.key"] = directory / "ca.key"
+        write_private(paths["ca.key"], ca.key_pem)
+    write_public(paths["ca.crt"], ca.cert_pem)
     write_private(paths["tls.key"], leaf.key_pem)
+    write_public(paths["tls.crt"], leaf.cert_pem)
     return paths
