@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger("dsguard.kube")
 
@@ -39,6 +40,29 @@ def _use_default_kubeconfig() -> bool:
     """Outside a pod, ~/.kube/config as kubectl does; inside one, the service account."""
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     return not in_cluster and os.path.exists(os.path.expanduser("~/.kube/config"))
+
+
+async def raw_body(call: Awaitable[Any]) -> bytes:
+    """The body of a kubernetes-asyncio call made with _preload_content=False.
+
+    Such a call returns the raw response whatever its status (the client checks the status only
+    when it preloads), so a 403 Forbidden would pass for an empty list: raise ApiException for
+    anything but 2xx, with the apiserver's Status as its body.
+    """
+    resp = await call
+    try:
+        body: bytes = await resp.read()
+    finally:
+        resp.release()
+    _raise_for_status(resp, body)
+    return body
+
+
+def _raise_for_status(resp: Any, body: bytes) -> None:
+    if not 200 <= resp.status <= 299:
+        error = ApiException(status=resp.status, reason=resp.reason)
+        error.body = body
+        raise error
 
 
 class Gone(Exception):
@@ -105,11 +129,7 @@ class Reflector:
             kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False}
             if cont:
                 kwargs["_continue"] = cont
-            resp = await self._list(**kwargs)
-            try:
-                data = orjson.loads(await resp.read())
-            finally:
-                resp.release()
+            data = orjson.loads(await raw_body(self._list(**kwargs)))
             items.extend(data.get("items") or [])
             meta = data.get("metadata") or {}
             cont = meta.get("continue")
@@ -129,6 +149,8 @@ class Reflector:
             _request_timeout=self._watch_timeout + 30,
         )
         try:
+            if not 200 <= resp.status <= 299:
+                _raise_for_status(resp, await resp.read())
             async for line in _lines(resp.content):
                 event = orjson.loads(line)
                 kind = event.get("type")
@@ -137,6 +159,8 @@ class Reflector:
                     if obj.get("code") == 410:
                         raise Gone()
                     raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+                if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                    raise RuntimeError(f"unexpected watch event {kind!r}: {str(event)[:200]}")
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if rv:
                     self.resource_version = str(rv)
