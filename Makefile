@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 binaries:
 	bash localcluster/gobuild/build.sh
 
+# Helm v3, built from Go modules into ~/.cache/dsguard (only to lint and render manifests/helm/dsguard;
+# tests/cluster/test_manifests.py builds it when missing). Prints its bin directory.
+.PHONY: helm
+helm:
+	bash localcluster/gobuild/build_helm.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
