@@ -10,6 +10,7 @@ DaemonSet itself, so a restarted or newly elected guard decides the same and doe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dsguard.kube import Obj, name_of
@@ -26,9 +28,16 @@ from guard import actions
 from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert, AlertKind
 from guard.pod_health import NodeHealth, PodView
-from guard.rollout import PAUSED_REVISION, DaemonSetState, Decision, Revision, Step, decide
+from guard.rollout import PAUSED_REVISION, DaemonSetState, Decision, Revision, Step, decide, update_revision
 
 log = logging.getLogger("dsguard.guard")
+
+# A DaemonSet is evaluated again at the earliest 9x its last evaluation's duration later (at most
+# EVALUATION_DEFER_MAX): events in between are taken together. Deciding for a 5,000-pod
+# DaemonSet takes about a millisecond, and a busy rollout brings thousands of pod events a
+# second; without this the guard spent most of a core re-deciding (the decision is the same).
+EVALUATION_DUTY = 0.1
+EVALUATION_DEFER_MAX = 0.1
 
 
 class DaemonSetPatcher(Protocol):
@@ -59,6 +68,11 @@ class Store:
     pods: dict[str, dict[str, PodView]] = field(
         default_factory=lambda: defaultdict(dict)
     )  # owner uid -> name
+    # owner uid -> controller-revision-hash -> name: a decision reads only the update revision's
+    # pods, a few at the start of a rollout (when it matters most) rather than all of them
+    by_revision: dict[str, dict[str, dict[str, PodView]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(dict))
+    )
     pods_on_node: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
     nodes: dict[str, NodeHealth] = field(default_factory=dict)
 
@@ -73,6 +87,8 @@ class Guard:
         metrics: GuardMetrics | None = None,
         clock: Callable[[], float] = time.time,
         tick: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,  # measures evaluations
     ) -> None:
         self.store = Store()
         self.policies_for = policies_for
@@ -81,11 +97,18 @@ class Guard:
         self.metrics = metrics or GuardMetrics()
         self.clock = clock
         self.tick = tick
+        self.monotonic = monotonic
+        self.timer = timer
+        self._not_before: dict[str, float] = {}  # uid -> monotonic time it may be evaluated again
         self.is_leader: Callable[[], bool] = lambda: True
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        # (uid, revision, step) acted on but not yet seen back through the watch
-        self._inflight: dict[tuple[str, str, Step], float] = {}
+        # uid -> (resourceVersion, step): the version we last acted on (or whose patch conflicted).
+        # Until the watch brings a newer version of that DaemonSet, deciding again would only
+        # repeat the same patch. Every patch carries that resourceVersion as a precondition, so
+        # the next version the watch brings is our own change (or the one that beat us to it).
+        self._acted: dict[str, tuple[str, Step]] = {}
+        self._failing: dict[str, int] = {}  # uid -> failing updated pods at its last evaluation
         self.decisions: list[tuple[str, Decision]] = []  # for tests and the log; bounded below
 
     # -- watch callbacks ------------------------------------------------------------------
@@ -132,6 +155,7 @@ class Guard:
 
     def replace_pods(self, items: list[Obj]) -> None:
         self.store.pods.clear()
+        self.store.by_revision.clear()
         self.store.pods_on_node.clear()
         for obj in items:
             self.pod_event("ADDED", obj)
@@ -140,18 +164,34 @@ class Guard:
         pod = PodView.from_pod(obj)
         if pod is None:
             return
-        pods = self.store.pods[pod.owner_uid]
+        uid = pod.owner_uid
+        pods, by_revision = self.store.pods[uid], self.store.by_revision[uid]
         old = pods.get(pod.name)
-        if old is not None and old.node != pod.node:
-            self.store.pods_on_node[old.node].discard((pod.owner_uid, pod.name))
+        if old is not None:
+            if old.node != pod.node:
+                self.store.pods_on_node[old.node].discard((uid, pod.name))
+            if old.revision != pod.revision:
+                self._unindex(by_revision, old)
         if kind == "DELETED":
             pods.pop(pod.name, None)
-            self.store.pods_on_node[pod.node].discard((pod.owner_uid, pod.name))
+            self._unindex(by_revision, pod)
+            self.store.pods_on_node[pod.node].discard((uid, pod.name))
+            if not pods:
+                del self.store.pods[uid], self.store.by_revision[uid]
         else:
             pods[pod.name] = pod
+            by_revision[pod.revision][pod.name] = pod
             if pod.node:
-                self.store.pods_on_node[pod.node].add((pod.owner_uid, pod.name))
-        self._mark(pod.owner_uid)
+                self.store.pods_on_node[pod.node].add((uid, pod.name))
+        self._mark(uid)
+
+    @staticmethod
+    def _unindex(by_revision: dict[str, dict[str, PodView]], pod: PodView) -> None:
+        names = by_revision.get(pod.revision)
+        if names is not None:
+            names.pop(pod.name, None)
+            if not names:
+                del by_revision[pod.revision]
 
     def replace_nodes(self, items: list[Obj]) -> None:
         self.store.nodes = {name_of(o): NodeHealth.from_node(o) for o in items}
@@ -186,10 +226,13 @@ class Guard:
             return None
         guard = policies[0].guard
         assert guard is not None
+        revisions = self.store.revisions.get(uid, {}).values()
+        current = update_revision(revisions)
+        updated = self.store.by_revision.get(uid, {}).get(current.hash, {}) if current else {}
         decision = decide(
             tracked.state,
-            self.store.revisions.get(uid, {}).values(),
-            self.store.pods.get(uid, {}).values(),
+            revisions,
+            updated.values(),
             self.store.nodes,
             guard,
             now=self.clock(),
@@ -198,49 +241,81 @@ class Guard:
         return decision, tracked.state, guard
 
     async def run(self) -> None:
+        next_tick = self.monotonic() + self.tick
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
-            except TimeoutError:
+            now = self.monotonic()
+            wait = next_tick - now
+            if self._dirty:  # deferred ones: wake when the first may go
+                wait = min(wait, min(self._not_before.get(uid, now) for uid in self._dirty) - now)
+            if not self._wake.is_set() and wait > 0:
+                # asyncio.timeout, not wait_for: no task per wait, and 3.11's wait_for could
+                # swallow the cancellation at shutdown (the guard then hung until SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+            self._wake.clear()
+            now = self.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.tick
                 self._dirty.update(uid for uid, t in self.store.daemonsets.items() if not t.state.complete)
                 self._dirty.update(self._rolling_uids())
-            self._wake.clear()
-            dirty, self._dirty = self._dirty, set()
-            await self.process(dirty)
+            due = {uid for uid in self._dirty if self._not_before.get(uid, now) <= now}
+            self._dirty -= due
+            await self.process(due)
+            if not due:
+                await asyncio.sleep(0)  # nothing due: let the watches run before waiting again
 
     def _rolling_uids(self) -> set[str]:
         # pods not yet Ready may pass their deadline without any event
         return {uid for uid, pods in self.store.pods.items() if any(not p.ready for p in pods.values())}
 
     async def process(self, uids: set[str]) -> None:
-        failing = 0
         for uid in uids:
+            started = self.timer()
             result = self.evaluate(uid)
+            took = self.timer() - started
+            self._not_before[uid] = self.monotonic() + min(
+                EVALUATION_DEFER_MAX, took * (1 / EVALUATION_DUTY - 1)
+            )
             if result is None:
+                self._failing.pop(uid, None)
                 continue
             decision, ds, guard = result
-            if decision.assessment is not None:
-                failing += len(decision.assessment.failing)
+            self._failing[uid] = len(decision.assessment.failing) if decision.assessment else 0
             if decision.step is Step.NONE or not self.is_leader():
                 continue
-            key = (uid, decision.revision.hash if decision.revision else "", decision.step)
-            if key in self._inflight and self.clock() - self._inflight[key] < 30:
-                continue  # our patch hasn't come back through the watch yet
-            self._inflight[key] = self.clock()
+            acted = self._acted.get(uid)
+            if acted is not None and acted[0] == ds.resource_version:
+                continue  # our patch (or the change that beat it) hasn't come through the watch yet
             self.decisions = [*self.decisions[-999:], (ds.ref, decision)]
             try:
                 await self.act(decision, ds, guard)
+                self._acted[uid] = (ds.resource_version, decision.step)
             except ApiException as e:
-                self._inflight.pop(key, None)
                 if e.status == 409:
+                    # The newer version's watch event marks the DaemonSet dirty: decide again then.
                     log.info("%s changed while acting (%s); deciding again", ds.ref, decision.step)
-                    self._mark(uid)
+                    self._acted[uid] = (ds.resource_version, Step.NONE)
                 else:
                     log.error("%s: %s failed: %s %s", ds.ref, decision.step, e.status, e.reason)
                     self.metrics.action_errors.labels(decision.step.value).inc()
+            except actions.ResumeError as e:
+                # a pause annotation someone broke: no patch can be built from this version
+                log.error("%s: cannot %s: %s", ds.ref, decision.step, e)
+                self.metrics.action_errors.labels(decision.step.value).inc()
+                self._acted[uid] = (ds.resource_version, Step.NONE)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                # the apiserver unreachable: try again at the next evaluation; the loop must live on
+                log.error("%s: %s failed: %s: %s", ds.ref, decision.step, type(e).__name__, e)
+                self.metrics.action_errors.labels(decision.step.value).inc()
+        for gone in [uid for uid in self._failing if uid not in self.store.daemonsets]:
+            del self._failing[gone]
+        for gone in [uid for uid in self._acted if uid not in self.store.daemonsets]:
+            del self._acted[gone]
+        for gone in [uid for uid in self._not_before if uid not in self.store.daemonsets]:
+            del self._not_before[gone]
         self.metrics.watched.set(sum(1 for t in self.store.daemonsets.values() if not t.state.complete))
-        if uids:
-            self.metrics.failing_pods.set(failing)
+        self.metrics.failing_pods.set(sum(self._failing.values()))
 
     # -- acting ---------------------------------------------------------------------------
     async def act(self, decision: Decision, ds: DaemonSetState, guard: GuardPolicy) -> None:
@@ -250,6 +325,7 @@ class Guard:
         stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
         summary = decision.assessment.summary() if decision.assessment else decision.note
         failing = decision.assessment.failing if decision.assessment else ()
+        alert_revision = rev.hash
         if decision.step is Step.PAUSE:
             await self.patcher.patch(
                 ds.namespace, ds.name, actions.pause_patch(ds, rev.hash, summary, stamp), actions.MERGE_PATCH
@@ -271,6 +347,8 @@ class Guard:
         elif decision.step is Step.RESUME:
             await self.patcher.patch(ds.namespace, ds.name, actions.resume_patch(ds), actions.MERGE_PATCH)
             kind, message = AlertKind.RESUMED, f"resumed: {decision.note}"
+            # about the paused revision: Alertmanager resolves that revision's paused alert with it
+            alert_revision = ds.annotations.get(PAUSED_REVISION) or rev.hash
         elif decision.step is Step.STALLED:
             await self.patcher.patch(
                 ds.namespace, ds.name, actions.stalled_patch(ds, rev.hash), actions.MERGE_PATCH
@@ -286,7 +364,7 @@ class Guard:
             namespace=ds.namespace,
             daemonset=ds.name,
             uid=ds.uid,
-            revision=rev.hash,
+            revision=alert_revision,
             summary=message,
             failing=failing,
             policy=policy,
@@ -297,8 +375,8 @@ class Guard:
     def _on_resumed(self, before: DaemonSetState, after: DaemonSetState) -> None:
         """Someone (dsguard resume, kubectl, or our own RESUME) took the pause off: say so."""
         revision = before.annotations.get(PAUSED_REVISION, "")
-        if (after.uid, revision, Step.RESUME) in self._inflight:
-            return  # our own resume already alerted
+        if self._acted.get(after.uid) == (before.resource_version, Step.RESUME):
+            return  # our own resume (the change right after the version we acted on) already alerted
         policies = [p for p in self.policies_for(after) if p.guard is not None]
         if not policies or not self.is_leader():
             return

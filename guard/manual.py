@@ -8,18 +8,14 @@ import orjson
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from dsguard.kube import api_client
+from dsguard.kube import api_client, raw_body
 from guard import actions
 from guard.main import KubePatcher
 from guard.rollout import DaemonSetState, Revision, previous_revision, update_revision
 
 
 async def _get_json(call: Any) -> Any:
-    resp = await call
-    try:
-        return orjson.loads(await resp.read())
-    finally:
-        resp.release()
+    return orjson.loads(await raw_body(call))  # ApiException on a non-2xx status
 
 
 async def _load(apps: client.AppsV1Api, namespace: str, name: str) -> dict[str, Any]:
@@ -58,7 +54,14 @@ async def rollback_daemonset(namespace: str, name: str, *, kubeconfig: str | Non
         apps = client.AppsV1Api(api)
         obj = await _load(apps, namespace, name)
         ds = DaemonSetState.from_object(obj)
-        listed = await _get_json(apps.list_namespaced_controller_revision(namespace, _preload_content=False))
+        try:
+            listed = await _get_json(
+                apps.list_namespaced_controller_revision(namespace, _preload_content=False)
+            )
+        except ApiException as e:
+            raise ValueError(
+                f"listing the ControllerRevisions in {namespace}: HTTP {e.status} {_message(e)}"
+            ) from None
         revisions = [
             r
             for r in (Revision.from_object(item) for item in listed.get("items", []))

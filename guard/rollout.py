@@ -16,7 +16,7 @@ from typing import Any
 from dsguard.intstr import IntOrPercent
 from dsguard.policy import GuardAction, GuardPolicy
 from guard.notify.alert import FailingPod
-from guard.pod_health import REVISION_LABEL, NodeHealth, PodView, failure_reason
+from guard.pod_health import REVISION_LABEL, NodeHealth, PodView, failure_reason, is_mapping
 
 ANNOTATION_PREFIX = "dsguard.io/"
 PAUSED = "dsguard.io/paused"
@@ -32,7 +32,7 @@ PAUSE_ANNOTATIONS = (PAUSED, PAUSE_REASON, PAUSED_REVISION, PAUSED_AT, ORIGINAL_
 
 
 def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if isinstance(raw, Mapping) else {}
+    return raw if is_mapping(raw) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class Revision:
             (
                 o
                 for o in meta.get("ownerReferences") or ()
-                if isinstance(o, Mapping) and o.get("controller") and o.get("kind") == "DaemonSet"
+                if is_mapping(o) and o.get("controller") and o.get("kind") == "DaemonSet"
             ),
             None,
         )
@@ -159,11 +159,7 @@ class Assessment:
     def summary(self) -> str:
         reasons: dict[str, int] = {}
         for f in self.failing:
-            key = (
-                f.reason.split(" ")[0]
-                if f.reason.startswith(("restarted", "not Ready", "node"))
-                else f.reason
-            )
+            key = _reason_kind(f.reason)
             reasons[key] = reasons.get(key, 0) + 1
         why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
         nodes = ", ".join(f.node for f in self.failing[:5]) + (" ..." if len(self.failing) > 5 else "")
@@ -171,6 +167,17 @@ class Assessment:
             f"{len(self.failing)} of {self.updated} pods on revision {self.revision} failing "
             f"(threshold {self.threshold}): {why}; nodes: {nodes}"
         )
+
+
+def _reason_kind(reason: str) -> str:
+    """failure_reason without its details, for counting: "restarted 4 times" -> "restarted"."""
+    if reason.startswith("restarted"):
+        return "restarted"
+    if reason.startswith("not Ready"):
+        return "not Ready"
+    if reason.startswith("node "):
+        return "node NotReady"
+    return reason
 
 
 def assess(
@@ -229,22 +236,24 @@ def decide(
     current = update_revision(revs)
     if current is None or ds.observed_generation < ds.generation:
         return NOTHING  # the DaemonSet controller hasn't caught up with the latest spec yet
-    if ds.paused:
-        if ds.annotations.get(PAUSED_REVISION) not in (None, current.hash):
-            return Decision(Step.RESUME, current, note=f"revision {current.hash} replaced the paused one")
-        return NOTHING
-    if ds.annotations.get(ROLLED_BACK_REVISION) == current.hash:
-        return NOTHING  # re-applying the exact template that was rolled back is a deliberate choice
+    if ds.paused and ds.annotations.get(PAUSED_REVISION) not in (None, current.hash):
+        return Decision(Step.RESUME, current, note=f"revision {current.hash} replaced the paused one")
     previous = previous_revision(revs)
     if previous is None:
         return NOTHING  # a first revision is a creation, not a rolling update: nothing to stop or undo
     assessment = assess(current.hash, pods, nodes, guard, now)
+    # NONE decisions still carry the assessment: the failing-pods gauge counts paused rollouts too
+    quiet = Decision(Step.NONE, current, assessment)
+    if ds.paused:
+        return quiet
+    if ds.annotations.get(ROLLED_BACK_REVISION) == current.hash:
+        return quiet  # re-applying the exact template that was rolled back is a deliberate choice
     if assessment.crossed:
         if guard.action is GuardAction.ROLLBACK:
             return Decision(Step.ROLLBACK, current, assessment, previous)
         if ds.strategy_type != "OnDelete":
             return Decision(Step.PAUSE, current, assessment)
-        return NOTHING  # OnDelete already replaces pods only when someone deletes them
+        return quiet  # OnDelete already replaces pods only when someone deletes them
     if (
         not ds.complete
         and ds.strategy_type != "OnDelete"
@@ -260,4 +269,4 @@ def decide(
             f"{ds.updated} of {ds.desired} updated, "
             f"{ds.available} available",
         )
-    return NOTHING
+    return quiet

@@ -6,7 +6,8 @@
         guard.start()  # the same guard (identity, lease, flags) again
 
 The guard serves /healthz, /readyz (every watch listed) and /metrics over plain HTTP on a free
-loopback port; start() waits for /readyz. Leader election is on by default, on a Lease in the
+loopback port; start() waits for /readyz. Without policy_files it watches the cluster's
+DaemonSetPolicies, and the CRD is applied first. Leader election is on by default, on a Lease in the
 `dsguard` namespace (created if missing), so several HostGuards with the same lease name are a
 replicated guard. Each HostGuard sets POD_NAME to its identity, so the Events it records name it
 as their reportingInstance. Used by the end-to-end tests and bench/guard_reaction.py.
@@ -29,8 +30,8 @@ from typing import Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from localcluster.cluster import LocalCluster
-from localcluster.webhook_host import REPO, _free_port
+from localcluster.cluster import LocalCluster, _set_pdeathsig
+from localcluster.webhook_host import CRD, REPO, _free_port
 
 LEASE_NAMESPACE = "dsguard"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,7 +74,9 @@ class HostGuard:
         leader_election: bool = True,
         tick: float | None = None,
         log_level: str = "info",
+        python_args: Sequence[str] = (),
         startup_timeout: float = 60.0,
+        die_with_parent: bool = True,
     ) -> None:
         self.cluster = cluster
         self.policy_files = tuple(policy_files)
@@ -86,7 +89,11 @@ class HostGuard:
         self.leader_election = leader_election
         self.tick = tick
         self.log_level = log_level
+        self.python_args = tuple(python_args)  # before `-m dsguard.cli`, e.g. a profiler's `-m x ...`
         self.startup_timeout = startup_timeout
+        # SIGKILLed when the thread that started it ends (PR_SET_PDEATHSIG), so call start() from
+        # a thread that lives as long as the guard should (the main thread, not asyncio.to_thread)
+        self.die_with_parent = die_with_parent
         self.port = 0
         self.log_path = cluster.logs_dir / f"dsguard-guard-{self.identity}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -107,7 +114,7 @@ class HostGuard:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "dsguard.cli", "guard",
+            sys.executable, *self.python_args, "-m", "dsguard.cli", "guard",
             "--kubeconfig", str(self.cluster.kubeconfig),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--identity", self.identity,
@@ -130,12 +137,21 @@ class HostGuard:
         if proc.returncode != 0 and "AlreadyExists" not in proc.stderr:  # another guard raced us
             raise RuntimeError(f"creating namespace {self.lease_namespace}: {proc.stderr.strip()}")
 
+    def ensure_crd(self) -> None:
+        self.cluster.kubectl("apply", "-f", str(CRD))
+        self.cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "crd/daemonsetpolicies.dsguard.io"
+        )
+
     def start(self, *, wait: bool = True) -> Self:
         """Start the process (again, after kill() or stop()); with wait, until /readyz answers 200."""
         if self.alive():
             raise RuntimeError(f"guard {self.identity} is already running (pid {self.pid})")
-        if self.leader_election and self.starts == 0:
-            self.ensure_lease_namespace()
+        if self.starts == 0:
+            if self.leader_election:
+                self.ensure_lease_namespace()
+            if not self.policy_files:
+                self.ensure_crd()  # it watches the cluster's DaemonSetPolicies
         self.port = _free_port()
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env.update({"POD_NAME": self.identity, "PYTHONUNBUFFERED": "1", **self.env})
@@ -150,6 +166,7 @@ class HostGuard:
                 cwd=REPO,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
             )
         self.starts += 1
         if wait:

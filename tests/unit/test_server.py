@@ -494,6 +494,9 @@ class _WatchStream:
 
 
 class _FakeResponse:
+    status = 200
+    reason = "OK"
+
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self._body = orjson.dumps({"items": items, "metadata": {"resourceVersion": "42"}})
         self.content = _WatchStream()
