@@ -44,6 +44,14 @@ def is_mapping(raw: object) -> TypeGuard[Mapping[str, Any]]:
     return type(raw) is dict or isinstance(raw, Mapping)
 
 
+def controller_owner(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference of the DaemonSet controlling an object (pod or ControllerRevision), if any."""
+    for o in meta.get("ownerReferences") or ():
+        if is_mapping(o) and o.get("controller") and o.get("kind") == "DaemonSet":
+            return o
+    return None
+
+
 def _mapping(raw: object) -> Mapping[str, Any]:
     return raw if is_mapping(raw) else {}
 
@@ -67,14 +75,7 @@ class PodView:
     def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
         """None for pods no DaemonSet controls: the guard doesn't keep them."""
         meta = _mapping(pod.get("metadata"))
-        owner = next(
-            (
-                o
-                for o in meta.get("ownerReferences") or ()
-                if is_mapping(o) and o.get("controller") and o.get("kind") == "DaemonSet"
-            ),
-            None,
-        )
+        owner = controller_owner(meta)
         if owner is None:
             return None
         spec = _mapping(pod.get("spec"))
@@ -138,14 +139,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """Just the fields PodView.from_pod reads (None for a pod no DaemonSet controls), so a list
     of thousands of pods isn't held whole while it is read. from_pod(slim_pod(p)) == from_pod(p)."""
     meta = _mapping(pod.get("metadata"))
-    owner = next(
-        (
-            o
-            for o in meta.get("ownerReferences") or ()
-            if is_mapping(o) and o.get("controller") and o.get("kind") == "DaemonSet"
-        ),
-        None,
-    )
+    owner = controller_owner(meta)
     if owner is None:
         return None
     labels = _mapping(meta.get("labels"))

@@ -16,7 +16,7 @@ from typing import Any
 from dsguard.intstr import IntOrPercent
 from dsguard.policy import GuardAction, GuardPolicy
 from guard.notify.alert import FailingPod
-from guard.pod_health import REVISION_LABEL, NodeHealth, PodView, failure_reason, is_mapping
+from guard.pod_health import REVISION_LABEL, NodeHealth, PodView, controller_owner, failure_reason, is_mapping
 
 ANNOTATION_PREFIX = "dsguard.io/"
 PAUSED = "dsguard.io/paused"
@@ -46,14 +46,7 @@ class Revision:
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Revision | None:
         meta = _mapping(obj.get("metadata"))
-        owner = next(
-            (
-                o
-                for o in meta.get("ownerReferences") or ()
-                if is_mapping(o) and o.get("controller") and o.get("kind") == "DaemonSet"
-            ),
-            None,
-        )
+        owner = controller_owner(meta)
         if owner is None:
             return None
         labels = _mapping(meta.get("labels"))
