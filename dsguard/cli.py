@@ -28,6 +28,25 @@ def _setup_logging(level: str) -> None:
     )
 
 
+# Options several commands share, declared once so their meaning and help can't drift apart.
+_kubeconfig_opt = click.option(
+    "--kubeconfig",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
+)
+_policy_files_opt = click.option(
+    "--policy-file",
+    "policy_files",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Use these DaemonSetPolicies instead of watching the cluster's (repeatable).",
+)
+_log_level_opt = click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dsguard")
 def main() -> None:
@@ -49,19 +68,8 @@ def main() -> None:
 )
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104 - a pod serves on its pod IP
-@click.option(
-    "--policy-file",
-    "policy_files",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Serve these DaemonSetPolicies instead of watching the cluster's (repeatable).",
-)
-@click.option(
-    "--kubeconfig",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
-)
+@_policy_files_opt
+@_kubeconfig_opt
 @click.option(
     "--nodes",
     "node_files",
@@ -77,9 +85,7 @@ def main() -> None:
     help="A user whose DaemonSet changes pass unjudged: the guard's service account, e.g. "
     "system:serviceaccount:dsguard:dsguard-guard (repeatable).",
 )
-@click.option(
-    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
-)
+@_log_level_opt
 def webhook(
     tls_cert_file: str,
     tls_private_key_file: str,
@@ -257,19 +263,8 @@ def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
 
 
 @main.command()
-@click.option(
-    "--kubeconfig",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
-)
-@click.option(
-    "--policy-file",
-    "policy_files",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Use these DaemonSetPolicies instead of watching the cluster's (repeatable).",
-)
+@_kubeconfig_opt
+@_policy_files_opt
 @click.option(
     "--lease-namespace", default="dsguard", show_default=True, help="Namespace of the leader-election Lease."
 )
@@ -292,9 +287,7 @@ def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
     type=click.FloatRange(0.05, 60),
     help="Seconds between re-checks of rollouts in progress (deadlines pass without events).",
 )
-@click.option(
-    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
-)
+@_log_level_opt
 def guard(
     kubeconfig: str | None,
     policy_files: tuple[str, ...],
@@ -344,7 +337,6 @@ def _run_on_daemonset(daemonset: str, kubeconfig: str | None, action: str) -> No
 
 
 _daemonset_arg = click.argument("daemonset")
-_kubeconfig_opt = click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
 
 
 @main.command()
@@ -561,10 +553,8 @@ def _certs_settings(
 )
 @click.option("--once", is_flag=True, help="Bring everything up to date, then exit (0 done, 1 errors).")
 @click.option("--dry-run", is_flag=True, help="Print what one round would write, write nothing.")
-@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
-)
+@_kubeconfig_opt
+@_log_level_opt
 def certs_run(
     service: str,
     namespace: str,
@@ -643,7 +633,7 @@ async def _certs_run(
     required=True,
     help="NAME, mutating/NAME or validating/NAME (repeatable).",
 )
-@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False))
+@_kubeconfig_opt
 def certs_inject(ca_file: Path, configs: tuple[str, ...], kubeconfig: str | None) -> None:
     """Set CA_FILE as the caBundle of every webhook of the named configurations, once."""
     from certs.bundle import parse_bundle

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -20,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Obj, Reflector, api_client, raw_body
+from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.policy import GuardPolicy, Policy
 from guard.controller import Guard
 from guard.leader import LeaderElector
@@ -242,21 +241,13 @@ async def run_guard(
     await web.TCPSite(runner, host, port).start()
     log.info("guard %s serving /healthz /readyz /metrics on http://%s:%d", identity, host, port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_shutdown_signal()
     finally:
         log.info("shutting down")
         if elector is not None:
             await elector.release()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
         await notifier.close(drain_timeout=10.0)
         await runner.cleanup()
         await session.close()

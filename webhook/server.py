@@ -7,9 +7,7 @@ out) so its behaviour is tested without sockets; the aiohttp handlers wrap it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from certs.tls import CertReloader
 from dsguard.cluster_cache import ClusterCache
+from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from webhook import review
 from webhook.metrics import Metrics
 from webhook.rules.engine import evaluate
@@ -198,17 +197,9 @@ async def run(
     background_tasks = list(tasks or [])
     if reloader is not None:
         background_tasks.append(asyncio.create_task(reloader.run()))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_shutdown_signal()
     finally:
         log.info("shutting down")
         await runner.cleanup()
-        for t in background_tasks:
-            t.cancel()
-        for t in background_tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(background_tasks)
