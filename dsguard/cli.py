@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import click
 import orjson
 
+from dsguard.cli_options import kubeconfig_opt, log_level_opt, policy_files_opt, setup_logging
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
@@ -18,33 +18,6 @@ from dsguard.scheduling import NodeInfo
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-# Options several commands share, declared once so their meaning and help can't drift apart.
-_kubeconfig_opt = click.option(
-    "--kubeconfig",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
-)
-_policy_files_opt = click.option(
-    "--policy-file",
-    "policy_files",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Use these DaemonSetPolicies instead of watching the cluster's (repeatable).",
-)
-_log_level_opt = click.option(
-    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,8 +41,8 @@ def main() -> None:
 )
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104 - a pod serves on its pod IP
-@_policy_files_opt
-@_kubeconfig_opt
+@policy_files_opt
+@kubeconfig_opt
 @click.option(
     "--nodes",
     "node_files",
@@ -85,7 +58,7 @@ def main() -> None:
     help="A user whose DaemonSet changes pass unjudged: the guard's service account, e.g. "
     "system:serviceaccount:dsguard:dsguard-guard (repeatable).",
 )
-@_log_level_opt
+@log_level_opt
 def webhook(
     tls_cert_file: str,
     tls_private_key_file: str,
@@ -99,7 +72,7 @@ def webhook(
     log_level: str,
 ) -> None:
     """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
-    _setup_logging(log_level)
+    setup_logging(log_level)
     try:
         policies = load_policies(list(policy_files)) if policy_files else None
         nodes = load_nodes(list(node_files)) if node_files else None
@@ -263,8 +236,8 @@ def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
 
 
 @main.command()
-@_kubeconfig_opt
-@_policy_files_opt
+@kubeconfig_opt
+@policy_files_opt
 @click.option(
     "--lease-namespace", default="dsguard", show_default=True, help="Namespace of the leader-election Lease."
 )
@@ -287,7 +260,7 @@ def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
     type=click.FloatRange(0.05, 60),
     help="Seconds between re-checks of rollouts in progress (deadlines pass without events).",
 )
-@_log_level_opt
+@log_level_opt
 def guard(
     kubeconfig: str | None,
     policy_files: tuple[str, ...],
@@ -304,7 +277,7 @@ def guard(
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
     from guard.main import default_identity, run_guard
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     try:
         policies = load_policies(list(policy_files)) if policy_files else None
     except InputError as e:
@@ -341,7 +314,7 @@ _daemonset_arg = click.argument("daemonset")
 
 @main.command()
 @_daemonset_arg
-@_kubeconfig_opt
+@kubeconfig_opt
 def resume(daemonset: str, kubeconfig: str | None) -> None:
     """Resume a DaemonSet the guard paused (NAMESPACE/NAME): restore its update strategy."""
     _run_on_daemonset(daemonset, kubeconfig, "resume")
@@ -349,7 +322,7 @@ def resume(daemonset: str, kubeconfig: str | None) -> None:
 
 @main.command()
 @_daemonset_arg
-@_kubeconfig_opt
+@kubeconfig_opt
 def rollback(daemonset: str, kubeconfig: str | None) -> None:
     """Roll a DaemonSet (NAMESPACE/NAME) back to its previous revision, as `kubectl rollout undo` does."""
     _run_on_daemonset(daemonset, kubeconfig, "rollback")
@@ -553,8 +526,8 @@ def _certs_settings(
 )
 @click.option("--once", is_flag=True, help="Bring everything up to date, then exit (0 done, 1 errors).")
 @click.option("--dry-run", is_flag=True, help="Print what one round would write, write nothing.")
-@_kubeconfig_opt
-@_log_level_opt
+@kubeconfig_opt
+@log_level_opt
 def certs_run(
     service: str,
     namespace: str,
@@ -583,7 +556,7 @@ def certs_run(
         namespace=namespace, service=service, secret=secret, ca_secret=ca_secret, configs=configs,
         dns=dns, ips=ips, ca_days=ca_days, days=days, propagation_delay=propagation_delay, grace=grace,
     )  # fmt: skip
-    _setup_logging(log_level)
+    setup_logging(log_level)
     sys.exit(asyncio.run(_certs_run(settings, kubeconfig, interval=interval, once=once, dry_run=dry_run)))
 
 
@@ -633,7 +606,7 @@ async def _certs_run(
     required=True,
     help="NAME, mutating/NAME or validating/NAME (repeatable).",
 )
-@_kubeconfig_opt
+@kubeconfig_opt
 def certs_inject(ca_file: Path, configs: tuple[str, ...], kubeconfig: str | None) -> None:
     """Set CA_FILE as the caBundle of every webhook of the named configurations, once."""
     from certs.bundle import parse_bundle

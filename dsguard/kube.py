@@ -123,19 +123,7 @@ class Reflector:
                 backoff = min(backoff * 2, 30.0)
 
     async def _list_all(self) -> None:
-        items: list[Obj] = []
-        cont: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False}
-            if cont:
-                kwargs["_continue"] = cont
-            data = orjson.loads(await raw_body(self._list(**kwargs)))
-            items.extend(data.get("items") or [])
-            meta = data.get("metadata") or {}
-            cont = meta.get("continue")
-            if not cont:
-                self.resource_version = str(meta.get("resourceVersion", ""))
-                break
+        items, self.resource_version = await list_all(self._list, page_size=self._page_size)
         self._on_replace(items)
         self.synced.set()
 
@@ -168,6 +156,22 @@ class Reflector:
                     self._on_event(str(kind), obj)
         finally:
             resp.release()
+
+
+async def list_all(list_fn: ListFn, *, page_size: int = 500, **kwargs: Any) -> tuple[list[Obj], str]:
+    """Every item of a list call as plain dicts, read in pages; and the list's resourceVersion."""
+    items: list[Obj] = []
+    cont: str | None = None
+    while True:
+        args: dict[str, Any] = {**kwargs, "limit": page_size, "_preload_content": False}
+        if cont:
+            args["_continue"] = cont
+        data = orjson.loads(await raw_body(list_fn(**args)))
+        items.extend(data.get("items") or [])
+        meta = data.get("metadata") or {}
+        cont = meta.get("continue")
+        if not cont:
+            return items, str(meta.get("resourceVersion", ""))
 
 
 async def _lines(stream: Any) -> AsyncIterator[bytes]:

@@ -175,3 +175,25 @@ def _template_findings(p: Policy, ctx: RuleContext) -> list[Finding]:
     if p.versions is not None:
         out += image_versions.check(p.versions, ctx)
     return out
+
+
+def findings_by_policy(
+    policies: Sequence[Policy], obj: Mapping[str, Any], *, facts: ClusterFacts
+) -> list[tuple[Policy, list[Finding]]]:
+    """What every matching policy finds wrong with a DaemonSet as it stands, whatever the policy's
+    enforcement and whatever changed: the background audit's and `dsguard status`'s view.
+
+    No mutations are applied: a toleration an Add policy would insert on the next apply is still
+    missing from the running pods, so it is reported."""
+    ds = DaemonSetView.from_object(obj)
+    matched = matching_policies(policies, ds, facts)
+    if not matched:
+        return []
+    ctx = RuleContext(ds, facts)
+    out: list[tuple[Policy, list[Finding]]] = []
+    for p in matched:
+        found = _template_findings(p, ctx)
+        if p.rollout is not None:
+            found += rollout_caps.check(p.rollout, ctx)
+        out.append((p, list(dict.fromkeys(found))))
+    return out

@@ -1,0 +1,85 @@
+"""Command-line options several `dsguard` commands share, declared once so their meaning and
+help can't drift apart; the kubectl-style ones (--kubeconfig, --context, -n, -A, -o) behave as
+kubectl's do."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+kubeconfig_opt = click.option(
+    "--kubeconfig",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Kubeconfig; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account.",
+)
+context_opt = click.option("--context", default=None, help="The kubeconfig context to use.")
+namespace_opt = click.option(
+    "-n", "--namespace", default=None, help='Namespace; default the context\'s namespace, else "default".'
+)
+all_namespaces_opt = click.option(
+    "-A", "--all-namespaces", is_flag=True, help="Every namespace (overrides --namespace)."
+)
+policy_files_opt = click.option(
+    "--policy-file",
+    "policy_files",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Use these DaemonSetPolicies instead of the cluster's (repeatable).",
+)
+log_level_opt = click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
+
+
+def output_opt(*choices: str, default: str) -> Callable[[F], F]:
+    return click.option(
+        "-o", "--output", type=click.Choice(list(choices)), default=default, show_default=True
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def resolve_namespace(
+    kubeconfig: str | None, context: str | None, namespace: str | None, all_namespaces: bool
+) -> str | None:
+    """The namespace a kubectl-style command works in: None for every namespace (-A); else -n;
+    else the kubeconfig context's namespace; else "default" (kubectl's order)."""
+    if all_namespaces:
+        return None
+    if namespace:
+        return namespace
+    return context_namespace(kubeconfig, context) or "default"
+
+
+def context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+    from kubernetes_asyncio import config
+
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if not path and not os.path.exists(os.path.expanduser("~/.kube/config")):
+        # In a pod, kubectl's default is the service account's namespace.
+        sa = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+        return Path(sa).read_text().strip() if os.path.exists(sa) else None
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=path)
+    except Exception:  # a broken kubeconfig is reported when the client is built, with its reason
+        return None
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    if not chosen:
+        return None
+    ns = (chosen.get("context") or {}).get("namespace")
+    return str(ns) if ns else None
