@@ -15,6 +15,8 @@ from dsguard.documents import InputError, load_documents, load_nodes, load_polic
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
+from dsguard.status_cmd import status
+from dsguard.upgrade_cmd import upgrade_check
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
@@ -642,6 +644,11 @@ async def _certs_inject(refs: list[Any], pem: bytes, kubeconfig: str | None) -> 
         raise click.ClickException(str(e)) from None
     finally:
         await api.close()
+
+
+# Commands in modules of their own.
+main.add_command(status)
+main.add_command(upgrade_check)
 
 
 if __name__ == "__main__":
