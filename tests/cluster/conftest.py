@@ -25,6 +25,7 @@ import pytest
 
 from localcluster.cluster import LocalCluster
 from localcluster.nodes import create_nodes, delete_nodes, node_manifest, wait_nodes_ready
+from localcluster.webhook_host import CRD
 
 HERE = Path(__file__).resolve().parent
 GROUP_LABEL = "dsguard.test/group"
@@ -150,3 +151,13 @@ def kwok_nodes(cluster: LocalCluster, namespace: str) -> Iterator[KwokNodes]:
     factory = KwokNodes(cluster, namespace)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: LocalCluster) -> str:
+    """The DaemonSetPolicy CRD, applied (idempotently) and Established. DaemonSetPolicies are
+    cluster-scoped: a test's policies must match only its own namespace and be deleted after."""
+    cluster.kubectl("apply", "-f", str(CRD))
+    name = "daemonsetpolicies.dsguard.io"
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    return name
