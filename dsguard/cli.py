@@ -10,7 +10,13 @@ from typing import Any
 import click
 import orjson
 
-from dsguard.cli_options import kubeconfig_opt, log_level_opt, policy_files_opt, setup_logging
+from dsguard.cli_options import (
+    DURATION,
+    kubeconfig_opt,
+    log_level_opt,
+    policy_files_opt,
+    setup_logging,
+)
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
@@ -262,6 +268,20 @@ def _print_text(results: list[dict[str, Any]], skipped: int) -> None:
     type=click.FloatRange(0.05, 60),
     help="Seconds between re-checks of rollouts in progress (deadlines pass without events).",
 )
+@click.option(
+    "--audit/--no-audit",
+    default=True,
+    show_default=True,
+    help="Re-judge existing DaemonSets when policies, nodes or DaemonSets change, into each "
+    "DaemonSetPolicy's status and Events (needs the cluster's policies, not --policy-file).",
+)
+@click.option(
+    "--audit-resync",
+    default="5m",
+    show_default=True,
+    type=DURATION,
+    help="Audit at least this often even when nothing changed.",
+)
 @log_level_opt
 def guard(
     kubeconfig: str | None,
@@ -274,6 +294,8 @@ def guard(
     host: str,
     port: int,
     tick: float,
+    audit: bool,
+    audit_resync: float,
     log_level: str,
 ) -> None:
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
@@ -289,6 +311,7 @@ def guard(
             kubeconfig=kubeconfig, policies=policies, lease_namespace=lease_namespace, lease_name=lease_name,
             identity=identity or default_identity(), host=host, port=port, tick=tick,
             leader_election=not no_leader_election, lease_duration=lease_duration,
+            audit=audit, audit_resync=audit_resync,
         )
     )  # fmt: skip
 
@@ -331,36 +354,6 @@ def rollback(daemonset: str, kubeconfig: str | None) -> None:
 
 
 # --- dsguard certs ---------------------------------------------------------------------------------
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "90", "90s", "5m", "1h30m", "2d" (units s, m, h, d, summed)."""
-    import re
-
-    value = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise ValueError(f"{text!r} is not a duration like 90s, 5m, 1h30m or 2d")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
-class _Duration(click.ParamType[float]):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-DURATION = _Duration()
 
 
 def _san_options(f: Any) -> Any:

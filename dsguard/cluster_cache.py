@@ -35,6 +35,8 @@ class ClusterCache:
         self._facts: ClusterFacts | None = None
         self._policy_list: tuple[Policy, ...] | None = None
         self.policy_errors: dict[str, str] = {}  # policy name -> why it (or its latest change) was rejected
+        # policy name -> (metadata.generation, status) as stored: the audit writes status from these
+        self.policy_meta: dict[str, tuple[int, Mapping[str, Any]]] = {}
         self.reflectors: list[Reflector] = []
         self.on_restart: Callable[[str, str], None] = lambda resource, reason: None
         self.on_policies_changed: Callable[[], None] = lambda: None
@@ -104,6 +106,7 @@ class ClusterCache:
         previous = self._policies
         self._policies = {}
         self.policy_errors = {}
+        self.policy_meta = {}
         for obj in items:
             self._accept_policy(obj, previous)
         self._policy_list = None
@@ -111,27 +114,42 @@ class ClusterCache:
 
     def policy_event(self, kind: str, obj: Obj) -> None:
         name = name_of(obj)
+        before = (self._policies.get(name), self.policy_errors.get(name))
         if kind == "DELETED":
             self._policies.pop(name, None)
             self.policy_errors.pop(name, None)
+            self.policy_meta.pop(name, None)
         else:
             self._accept_policy(obj, self._policies)
+        if (self._policies.get(name), self.policy_errors.get(name)) == before and kind != "DELETED":
+            return  # a status write (the audit's own) or metadata: nothing the rules read changed
         self._policy_list = None
         self.on_policies_changed()
 
     def _accept_policy(self, obj: Obj, previous: Mapping[str, Policy]) -> None:
         name = name_of(obj)
+        meta = obj.get("metadata") or {}
+        status = obj.get("status")
+        self.policy_meta[name] = (
+            int(meta.get("generation") or 0),
+            status if isinstance(status, dict) else {},
+        )
         try:
             self._policies[name] = policy_model.parse_policy(obj, source=f"DaemonSetPolicy/{name}")
             self.policy_errors.pop(name, None)
         except InvalidSpec as e:
             # Keep enforcing the last good version rather than silently dropping the guardrail.
+            repeated = self.policy_errors.get(name) == str(e)  # e.g. the audit wrote its status
             self.policy_errors[name] = str(e)
             if name in previous:
                 self._policies[name] = previous[name]
-                log.error("%s; still enforcing its previous valid version", e)
-            else:
-                log.error("%s; the policy is not enforced until it is fixed", e)
+            if not repeated:
+                why = (
+                    "still enforcing its previous valid version"
+                    if name in previous
+                    else "not enforced until fixed"
+                )
+                log.error("%s; %s", e, why)
 
     # -- running -----------------------------------------------------------------------------
     def reflectors_for(self, api: client.ApiClient, *, nodes: bool = True) -> list[Reflector]:

@@ -20,6 +20,7 @@ from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Obj, Reflector, api_client, raw_body
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.policy import GuardPolicy, Policy
+from guard.audit_loop import Auditor, KubeStatusWriter
 from guard.controller import Guard
 from guard.leader import LeaderElector
 from guard.metrics import GuardMetrics
@@ -150,6 +151,8 @@ async def run_guard(
     tick: float,
     leader_election: bool,
     lease_duration: float,
+    audit: bool = True,
+    audit_resync: float = 300.0,
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
@@ -163,8 +166,31 @@ async def run_guard(
         metrics=metrics,
         tick=tick,
     )
-    cache.on_policies_changed = guard.mark_all
+    # The audit writes DaemonSetPolicy status, so it needs the policies to come from the cluster.
+    auditor = (
+        Auditor(cache, KubeStatusWriter(api), notifier.recorder, metrics, is_leader=lambda: guard.is_leader(),
+                resync=audit_resync)
+        if audit and policies is None
+        else None
+    )  # fmt: skip
+
+    def policies_changed() -> None:
+        guard.mark_all()
+        if auditor is not None:
+            auditor.mark()
+
+    cache.on_policies_changed = policies_changed
     restart = metrics.watch_restarts
+
+    def replace_daemonsets(items: list[Obj]) -> None:
+        guard.replace_daemonsets(items)
+        if auditor is not None:
+            auditor.replace_daemonsets(items)
+
+    def daemonset_event(kind: str, obj: Obj) -> None:
+        guard.daemonset_event(kind, obj)
+        if auditor is not None:
+            auditor.daemonset_event(kind, obj)
 
     def reflector(name: str, list_fn: Any, on_replace: Any, on_event: Any) -> Reflector:
         return Reflector(name, list_fn, on_replace=on_replace, on_event=on_event,
@@ -172,13 +198,10 @@ async def run_guard(
 
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     reflectors = [
-        *cache.reflectors_for(api, nodes=False),
-        reflector(
-            "daemonsets",
-            apps.list_daemon_set_for_all_namespaces,
-            guard.replace_daemonsets,
-            guard.daemonset_event,
-        ),
+        # The audit judges placements, so it needs whole Nodes (labels, taints, kubelet version);
+        # the rollout decisions need only their Ready condition (the slim watch below).
+        *cache.reflectors_for(api, nodes=auditor is not None),
+        reflector("daemonsets", apps.list_daemon_set_for_all_namespaces, replace_daemonsets, daemonset_event),
         reflector(
             "controllerrevisions",
             apps.list_controller_revision_for_all_namespaces,
@@ -198,11 +221,18 @@ async def run_guard(
         reflector("nodes", slim_lists(core.list_node, slim_node), guard.replace_nodes, guard.node_event),
     ]
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
+    if auditor is not None:
+        tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
+        tasks.append(asyncio.create_task(auditor.run(), name="audit"))
+    else:
+        log.info("background audit off (%s)", "--no-audit" if not audit else "policies from --policy-file")
     elector: LeaderElector | None = None
 
     def leadership_changed(leading: bool) -> None:
         metrics.leader.set(1 if leading else 0)
         guard.mark_all()  # a new leader decides for everything at once
+        if auditor is not None:
+            auditor.mark()
 
     if leader_election:
         elector = LeaderElector(

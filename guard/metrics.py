@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class GuardMetrics:
@@ -38,4 +38,25 @@ class GuardMetrics:
         )
         self.leader = Gauge(
             "dsguard_guard_leader", "1 while this replica holds the lease.", registry=self.registry
+        )
+        self.audits = Counter(
+            "dsguard_audit_runs_total", "Background audits of existing DaemonSets.", registry=self.registry
+        )
+        self.audit_seconds = Histogram(
+            "dsguard_audit_duration_seconds",
+            "Time to judge every governed DaemonSet once (rules only, no API calls).",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
+        self.violating = Gauge(
+            "dsguard_audit_violating_daemonsets",
+            "DaemonSets that violate the policy, at the last audit.",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.audit_writes = Counter(
+            "dsguard_audit_status_writes_total",
+            "DaemonSetPolicy status writes, by result (ok, error).",
+            ["result"],
+            registry=self.registry,
         )

@@ -69,7 +69,8 @@ from certs.rotate import (
     secret_data,
 )
 from certs.tls import CertReloader, as_files, server_context
-from dsguard.cli import main, parse_duration
+from dsguard.cli import main
+from dsguard.cli_options import parse_duration
 from dsguard.cluster_cache import ClusterCache
 from dsguard.policy import parse_policy
 from webhook.server import WebhookState, make_app

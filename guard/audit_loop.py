@@ -1,0 +1,261 @@
+"""Background audit, the edges: when to audit, DaemonSetPolicy status writes, Events.
+
+Runs in the guard process, on the leader only (one writer per status). Wakes on a DaemonSet
+spec or label change, a policy change, a new facts snapshot (nodes, namespace labels: the
+ClusterCache builds a new one only when something the rules read changed) and every `resync`
+seconds; bursts are coalesced into one audit per `min_interval`. The judgement is
+guard/policy_audit.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from dsguard import policy as policy_model
+from dsguard.cluster_cache import ClusterCache
+from dsguard.facts import ClusterFacts
+from dsguard.kube import Obj, raw_body
+from guard.metrics import GuardMetrics
+from guard.notify.events import EventRecorder
+from guard.notify.sinks import SinkError
+from guard.policy_audit import audit, known_violations, plan_events, policy_status, status_changed
+
+log = logging.getLogger("dsguard.audit")
+
+VIOLATION_REASON = "PolicyViolation"
+RESOLVED_REASON = "PolicyViolationResolved"
+# A new policy over a big cluster can flag hundreds of DaemonSets at once; the status counts them all.
+MAX_EVENTS_PER_AUDIT = 100
+
+
+class StatusWriter(Protocol):
+    async def write(self, policy: str, status: Mapping[str, Any]) -> None: ...
+
+
+class KubeStatusWriter:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+
+    async def write(self, policy: str, status: Mapping[str, Any]) -> None:
+        await raw_body(
+            self.custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
+                policy_model.GROUP, policy_model.VERSION, policy_model.PLURAL, policy,
+                {"status": dict(status)},
+                _content_type="application/merge-patch+json", _preload_content=False,
+            )
+        )  # fmt: skip
+
+
+def _audit_view(obj: Obj) -> Obj:
+    """What the rules read of a DaemonSet, and what the Events need (uid)."""
+    meta = obj.get("metadata") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "labels") if k in meta},
+        "spec": obj.get("spec") or {},
+    }
+
+
+def _rfc3339(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Auditor:
+    def __init__(
+        self,
+        cache: ClusterCache,
+        writer: StatusWriter,
+        recorder: EventRecorder | None,
+        metrics: GuardMetrics,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        resync: float = 300.0,
+        min_interval: float = 1.0,
+        tick: float = 1.0,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.cache = cache
+        self.writer = writer
+        self.recorder = recorder
+        self.metrics = metrics
+        self.is_leader = is_leader
+        self.resync = resync
+        self.min_interval = min_interval
+        self.tick = tick
+        self.now = now
+        self.daemonsets: dict[tuple[str, str], Obj] = {}
+        self.daemonsets_synced = False
+        self._wake = asyncio.Event()
+        self._last_facts: ClusterFacts | None = None
+        self._last_audit = -float("inf")
+        self._was_leader = False
+        self._gauged: set[str] = set()
+        # (policy, namespace, name, rule) reported so far; None until loaded from the stored statuses
+        self._reported: set[tuple[str, str, str, str]] | None = None
+
+    # -- inputs --------------------------------------------------------------------------------
+    def replace_daemonsets(self, items: list[Obj]) -> None:
+        self.daemonsets = {}
+        for obj in items:
+            view = _audit_view(obj)
+            self.daemonsets[self._key(view)] = view
+        self.daemonsets_synced = True
+        self.mark()
+
+    def daemonset_event(self, kind: str, obj: Obj) -> None:
+        view = _audit_view(obj)
+        key = self._key(view)
+        if kind == "DELETED":
+            if self.daemonsets.pop(key, None) is not None:
+                self.mark()
+            return
+        before = self.daemonsets.get(key)
+        self.daemonsets[key] = view
+        # Status updates (every pod that becomes ready) don't change what the rules judge.
+        if before != view:
+            self.mark()
+
+    @staticmethod
+    def _key(view: Obj) -> tuple[str, str]:
+        meta = view["metadata"]
+        return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+    def mark(self) -> None:
+        self._wake.set()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _due(self) -> bool:
+        if self._wake.is_set():
+            return True
+        if self.cache.facts is not self._last_facts:
+            return True
+        return time.monotonic() - self._last_audit >= self.resync
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):  # the tick notices new facts snapshots and resyncs
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            leading = self.is_leader()
+            if leading and not self._was_leader:
+                self._reported = None  # re-read what the previous leader reported
+                self._wake.set()
+            self._was_leader = leading
+            if not leading or not self.daemonsets_synced or not self.cache.synced or not self._due():
+                continue
+            self._wake.clear()
+            try:
+                await self.audit_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad audit stop the next ones
+                log.exception("audit failed; retrying at the next change or resync")
+            await asyncio.sleep(self.min_interval)
+
+    async def audit_once(self) -> None:
+        facts = self.cache.facts
+        policies = self.cache.policies
+        started = time.perf_counter()
+        results = audit(policies, self.daemonsets.values(), facts)
+        self.metrics.audit_seconds.observe(time.perf_counter() - started)
+        self.metrics.audits.inc()
+        self._last_facts = facts
+        self._last_audit = time.monotonic()
+        now = _rfc3339(self.now())
+        meta = self.cache.policy_meta
+        if self._reported is None:
+            self._reported = set().union(
+                *(known_violations(stored, name) for name, (_, stored) in meta.items())
+            )
+        names = sorted(set(meta) | set(results))
+        for name in names:
+            if name not in meta:
+                continue  # a static policy (--policy-file) has no object to write a status to
+            generation, stored = meta[name]
+            result = results.get(name)
+            error = self.cache.policy_errors.get(name)
+            self.metrics.violating.labels(name).set(len(result.violating) if result else 0)
+            self._gauged.add(name)
+            new = policy_status(
+                result, error=error, enforced=result is not None, generation=generation, previous=stored,
+                now=now,
+            )  # fmt: skip
+            # A steady cluster still refreshes auditedAt now and then, so it shows the audit runs.
+            stale = _older_than(stored.get("auditedAt"), self.now(), self.resync * 0.9)
+            if status_changed(new, stored) or stale:
+                await self._write(name, new)
+        for gone in self._gauged - set(meta):
+            self.metrics.violating.remove(gone)
+        self._gauged &= set(meta)
+        present = set(self.daemonsets)
+        plan, self._reported = plan_events(results, self._reported, present)
+        await self._record(plan.new, plan.resolved)
+
+    async def _write(self, name: str, status: Mapping[str, Any]) -> None:
+        try:
+            await self.writer.write(name, status)
+            self.metrics.audit_writes.labels("ok").inc()
+            # Keep what was written, so a status the watch hasn't echoed yet isn't written twice.
+            generation, _ = self.cache.policy_meta.get(name, (0, {}))
+            self.cache.policy_meta[name] = (generation, status)
+        except ApiException as e:
+            self.metrics.audit_writes.labels("error").inc()
+            if e.status == 404:  # deleted since the audit began
+                return
+            log.error(
+                "writing the status of DaemonSetPolicy %s failed: HTTP %s %s (the guard needs "
+                "patch on daemonsetpolicies/status); retrying at the next audit",
+                name, e.status, e.reason,
+            )  # fmt: skip
+            self.mark()
+
+    async def _record(self, new: Any, resolved: Any) -> None:
+        if self.recorder is None:
+            return
+        budget = MAX_EVENTS_PER_AUDIT
+        for v in new[:budget]:
+            await self._event(
+                v.namespace, v.name, VIOLATION_REASON,
+                f'violates DaemonSetPolicy "{v.policy}" ({v.rule}): {v.message}', warning=True,
+            )  # fmt: skip
+        budget -= min(len(new), budget)
+        for policy, namespace, name, rule in resolved[:budget]:
+            await self._event(
+                namespace, name, RESOLVED_REASON,
+                f'no longer violates DaemonSetPolicy "{policy}" ({rule})', warning=False,
+            )  # fmt: skip
+        skipped = len(new) + len(resolved) - MAX_EVENTS_PER_AUDIT
+        if skipped > 0:
+            log.warning(
+                "audit: %d Events not recorded (at most %d an audit); the policies' status counts all",
+                skipped, MAX_EVENTS_PER_AUDIT,
+            )  # fmt: skip
+
+    async def _event(self, namespace: str, name: str, reason: str, message: str, *, warning: bool) -> None:
+        assert self.recorder is not None
+        view = self.daemonsets.get((namespace, name))
+        uid = str(((view or {}).get("metadata") or {}).get("uid") or "")
+        try:
+            await self.recorder.record(
+                namespace=namespace, name=name, uid=uid, reason=reason, action="Audit", message=message,
+                warning=warning,
+            )  # fmt: skip
+        except SinkError as e:
+            log.warning("audit Event not recorded (the status still has it): %s", e)
+
+
+def _older_than(stamp: object, now: dt.datetime, seconds: float) -> bool:
+    if not isinstance(stamp, str):
+        return True
+    try:
+        then = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return (now - then).total_seconds() >= seconds
