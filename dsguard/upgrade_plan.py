@@ -201,7 +201,8 @@ def version_verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVer
                     img,
                     FindingKind.INCOMPATIBLE,
                     Severity.VIOLATION,
-                    nodes=tuple(n for _, ns in where for n in ns),
+                    # dict.fromkeys: equal compatibility entries are one key, met once each.
+                    nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
                     kubelets=tuple(sorted({k for k, _ in where})),
                     compatibility=compat,
                     pattern=rules[0].image,
