@@ -24,7 +24,6 @@ import orjson
 import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -260,8 +259,8 @@ def details(d: DaemonSetReport, now: float) -> list[Text]:
         if d.paused.current:
             lines.append(
                 Text(
-                    f"PAUSED by dsguard since {_since(d.paused.since, now)}"
-                    f" (revision {d.paused.revision or '?'}): {d.paused.reason}",
+                    f"PAUSED by dsguard since {_since(d.paused.since, now)}, "
+                    f"revision {d.paused.revision or '?'}: {d.paused.reason}",
                     style="bold red",
                 )
             )
@@ -345,38 +344,47 @@ def empty_message(report: StatusReport) -> str:
     return f"No DaemonSet in {where} is governed by a DaemonSetPolicy."
 
 
-def _bar(done: int, desired: int, style: str) -> Table:
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(width=20)
-    grid.add_column(justify="right")
-    total = max(desired, 1)
-    grid.add_row(
-        ProgressBar(total=total, completed=min(done, desired) if desired else total, complete_style=style),
-        Text(f"{done}/{desired}"),
+BAR_WIDTH = 10
+
+
+def _bar(done: int, desired: int, style: str) -> ProgressBar:
+    if desired <= 0:  # nothing to run: a full bar rather than a division by zero
+        return ProgressBar(total=1, completed=1, width=BAR_WIDTH, complete_style=style, finished_style=style)
+    return ProgressBar(
+        total=desired,
+        completed=min(done, desired),
+        width=BAR_WIDTH,
+        complete_style=style,
+        finished_style=style,
     )
-    return grid
 
 
 def watch_view(report: StatusReport, *, show_namespace: bool, interval: float, now: float) -> Group:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", show_edge=False)
+    """The --watch display on a terminal: progress bars (updated/desired, ready/desired), failing
+    pods and the guard's marker per DaemonSet; the details (violations too) under it."""
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, padding=(0, 1, 0, 0))
     if show_namespace:
-        table.add_column("NAMESPACE")
-    table.add_column("NAME")
-    table.add_column("UPDATED")
-    table.add_column("READY")
-    table.add_column("FAILING", justify="right")
-    table.add_column("VIOLATIONS", justify="right")
-    table.add_column("ROLLOUT")
+        table.add_column(
+            "NAMESPACE", no_wrap=True, min_width=max((len(d.namespace) for d in report.daemonsets), default=9)
+        )
+    table.add_column("NAME", no_wrap=True, min_width=max((len(d.name) for d in report.daemonsets), default=4))
+    table.add_column("UPDATED", width=BAR_WIDTH, no_wrap=True)
+    table.add_column("", justify="right", no_wrap=True)
+    table.add_column("READY", width=BAR_WIDTH, no_wrap=True)
+    table.add_column("", justify="right", no_wrap=True)
+    table.add_column("FAILING", justify="right", no_wrap=True)
+    table.add_column("ROLLOUT", no_wrap=True)
     for d in report.daemonsets:
         bad = d.rollout in (Rollout.PAUSED, Rollout.ROLLED_BACK)
-        style = "red" if bad else "green"
+        style = "red" if bad else "green" if d.rollout is Rollout.COMPLETE else "yellow"
         table.add_row(
             *([Text(d.namespace)] if show_namespace else []),
             Text(d.name, style="bold"),
             _bar(d.updated, d.desired, style),
+            Text(f"{d.updated}/{d.desired}"),
             _bar(d.ready, d.desired, style),
+            Text(f"{d.ready}/{d.desired}"),
             _count(d.failing_total, "red"),
-            _count(len(d.violations), "red"),
             _state(d),
         )
     clock = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%H:%M:%S UTC")
@@ -451,7 +459,13 @@ class Printer:
         if not report.daemonsets:
             self.err.print(empty_message(report), soft_wrap=True)
             return
-        self.out.print(status_table(report, show_namespace=self.show_namespace))
+        table = status_table(report, show_namespace=self.show_namespace)
+        if self.out.is_terminal:
+            self.out.print(table)
+        else:  # piped: no trailing padding on every line
+            with self.out.capture() as captured:
+                self.out.print(table)
+            self.out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
         for block in details_block(report, now):
             self.out.print(block, soft_wrap=True)
 
