@@ -353,7 +353,7 @@ def plan_document(plan: UpgradePlan, skipped: int = 0) -> dict[str, Any]:
         ],
         "summary": {
             "checked": len(plan.daemonsets),
-            "break": len(plan.breaking),
+            "breaking": len(plan.breaking),  # breaks + alreadyBroken: exit 1 when > 0
             **{_camel(s.value): plan.counts.get(s, 0) for s in Status},
             "notGoverned": plan.not_governed,
             "skippedDocuments": skipped,

@@ -177,7 +177,7 @@ def test_json_schema(files: Path) -> None:
     assert (unknown["kind"], unknown["severity"], unknown["nodes"]) == ("unknown-version", "warning", [])
     assert doc["summary"] == {
         "checked": 3,
-        "break": 1,
+        "breaking": 1,
         "ok": 1,
         "breaks": 1,
         "alreadyBroken": 0,
