@@ -169,7 +169,8 @@ class World:
             self.kubectl(
                 "delete", "lease", g.lease_name, "-n", g.lease_namespace, "--ignore-not-found", check=False
             )
-        self.kubectl("delete", "daemonsetpolicy", self.policy_name, "--ignore-not-found", check=False)
+        for name in (self.policy_name, f"broken-{self.ns}"):
+            self.kubectl("delete", "daemonsetpolicy", name, "--ignore-not-found", check=False)
         self.kubectl("delete", "daemonset", "agent", "-n", self.ns, "--ignore-not-found", check=False)
         self.kubectl("delete", "pods", "-n", self.ns, "--all", "--grace-period=0", "--force", "--wait=false",
                      check=False)  # fmt: skip
@@ -226,6 +227,24 @@ def test_counts_follow_nodes_and_violations_follow_nodes_and_policies(world: Wor
         row["updateRevision"]
         == max(revisions, key=lambda r: int(r["revision"]))["metadata"]["labels"]["controller-revision-hash"]
     )
+
+    # a policy the apiserver accepts but dsguard can't use: listed as a warning, not a crash
+    broken = {**w.policy(), "metadata": {"name": f"broken-{w.ns}"}}
+    broken["spec"]["versions"] = {
+        "rules": [
+            {
+                "image": "registry.example.com/agent:1.0",
+                "compatibility": [{"kubernetes": ">=1.0.0", "versions": ">=1.0.0"}],
+            }
+        ]
+    }
+    w.apply(broken)
+    proc = w.run("-n", w.ns, "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    errors = {e["policy"]: e["error"] for e in json.loads(proc.stdout)["policyErrors"]}
+    assert "spec.versions.rules[0].image" in errors[f"broken-{w.ns}"]
+    assert f"warning: DaemonSetPolicy/broken-{w.ns} is invalid and ignored" in proc.stderr
+    w.kubectl("delete", "daemonsetpolicy", f"broken-{w.ns}")
 
     # nodes join: desired grows
     w.nodes(2)
