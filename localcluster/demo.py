@@ -7,12 +7,16 @@ loudly (exit 1) if dsguard stops doing what it says; tests/cluster/test_demo.py 
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +24,69 @@ from typing import Any, TextIO
 
 import yaml
 
-from localcluster.cluster import LocalCluster
-from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
+from localcluster.cluster import ClusterError, LocalCluster, default_workdir
+from localcluster.guard_host import HostGuard
+from localcluster.nodes import (
+    POD_BEHAVIOR_ANNOTATION,
+    POD_TIMING_ANNOTATIONS,
+    NodeBehavior,
+    PodBehavior,
+    create_nodes,
+    node_manifest,
+    set_node_behavior,
+    wait_nodes_ready,
+)
 from localcluster.webhook_host import HostWebhook
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "manifests" / "examples"
 INFRA_TAINT = {"key": "dedicated", "value": "infra", "effect": "NoSchedule"}
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+FLUENT_BIT = "cr.fluentbit.io/fluent/fluent-bit"
+# kwok plays the pods: a build that crashes on start, and a healthy one that takes 2s to start.
+CRASHING = {POD_BEHAVIOR_ANNOTATION: PodBehavior.CRASHLOOP.value, POD_TIMING_ANNOTATIONS["start_delay"]: "1s",
+            POD_TIMING_ANNOTATIONS["run_for"]: "500ms", POD_TIMING_ANNOTATIONS["backoff"]: "3s"}  # fmt: skip
+SLOW_START = {POD_TIMING_ANNOTATIONS["start_delay"]: "2s"}
+
+
+class AlertInbox:
+    """The on-call team's alert webhook, on loopback: records every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        inbox = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                inbox.alerts.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="alert-inbox", daemon=True)
+
+    def __enter__(self) -> AlertInbox:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [a for a in list(self.alerts) if a.get("kind") == kind]
+
+
+@dataclass
+class DemoEnv:
+    webhook: HostWebhook
+    guard: HostGuard
+    inbox: AlertInbox
 
 
 class DemoFailed(AssertionError):
@@ -59,6 +119,24 @@ class Story:
             self.say(f"  {line}")
         return proc
 
+    def dsguard(self, *args: str, plugin: bool = False, show: str = "") -> subprocess.CompletedProcess[str]:
+        """Run the dsguard CLI against the cluster, as `dsguard ...` or as `kubectl dsguard ...` (the
+        kubectl plugin: kubectl finds kubectl-dsguard next to this Python, on PATH)."""
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "COLUMNS": "110",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+        if plugin:
+            cmd = [str(self.cluster.bin_dir / "kubectl"), "dsguard", *args]
+        else:
+            cmd = [sys.executable, "-m", "dsguard.cli", *args]
+        self.say(f"\033[36m$ {'kubectl ' if plugin else ''}dsguard {show or ' '.join(args)}\033[0m")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=120)
+        for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+            self.say(f"  {line}")
+        return proc
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.cluster.kubectl("get", *args, "-o", "json").stdout)
+
     def check(self, ok: bool, claim: str) -> None:
         if not ok:
             self.say(f"\033[31m✗ {claim}\033[0m")
@@ -75,8 +153,14 @@ class Story:
         self.check(False, claim)
 
 
-def fluent_bit(image: str, *, max_unavailable: str | int = "50%", name: str = "fluent-bit") -> dict[str, Any]:
-    return {
+def fluent_bit(
+    image: str,
+    *,
+    max_unavailable: str | int = "50%",
+    name: str = "fluent-bit",
+    tolerations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    ds: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
         "metadata": {"name": name, "namespace": "logging", "labels": {"app": name}},
@@ -89,6 +173,18 @@ def fluent_bit(image: str, *, max_unavailable: str | int = "50%", name: str = "f
             },
         },
     }
+    if tolerations is not None:
+        ds["spec"]["template"]["spec"]["tolerations"] = tolerations
+    return ds
+
+
+def template_patch(image: str, annotations: Mapping[str, str | None]) -> str:
+    """A strategic merge patch of the pod template: what `kubectl set image` does, plus the
+    annotations kwok reads (null removes one). It leaves the update strategy to the guard."""
+    return json.dumps({"spec": {"template": {
+        "metadata": {"annotations": annotations},
+        "spec": {"containers": [{"name": "fluent-bit", "image": image}]},
+    }}})  # fmt: skip
 
 
 def nodes_spec() -> list[dict[str, Any]]:
@@ -103,8 +199,16 @@ def nodes_spec() -> list[dict[str, Any]]:
     return nodes
 
 
-def run_story(cluster: LocalCluster, webhook: HostWebhook, out: TextIO = sys.stdout) -> None:
+def run_story(cluster: LocalCluster, env: DemoEnv, out: TextIO = sys.stdout) -> None:
     s = Story(cluster, out)
+    admission_chapters(s, env.webhook)
+    upgrade_chapter(s)
+    audit_chapter(s)
+    guard_chapters(s, env)
+
+
+def admission_chapters(s: Story, webhook: HostWebhook) -> None:
+    cluster = s.cluster
     s.title("a cluster with 24 nodes: 16 general, 4 tainted infra, 4 legacy on Kubernetes v1.32")
     s.kubectl("get", "nodes", "-L", "pool", "--sort-by=.metadata.name")
     s.kubectl("create", "namespace", "logging")
@@ -195,6 +299,181 @@ def run_story(cluster: LocalCluster, webhook: HostWebhook, out: TextIO = sys.std
             s.say(f"  {line}")
 
 
+def _policy_status(s: Story) -> dict[str, Any]:
+    return dict(s.get("daemonsetpolicy", "log-collector").get("status") or {})
+
+
+def _daemonset(s: Story) -> dict[str, Any]:
+    return dict(s.get("daemonset", "fluent-bit", "-n", "logging"))
+
+
+def _annotation(s: Story, key: str) -> str:
+    return str((_daemonset(s)["metadata"].get("annotations") or {}).get(key, ""))
+
+
+def _rollout_done(s: Story, desired: int) -> bool:
+    ds = _daemonset(s)
+    st = ds.get("status") or {}
+    return (
+        st.get("observedGeneration") == ds["metadata"]["generation"]
+        and st.get("desiredNumberScheduled") == desired
+        and st.get("updatedNumberScheduled") == desired
+        and st.get("numberAvailable") == desired
+    )
+
+
+def upgrade_chapter(s: Story) -> None:
+    s.title("before a Kubernetes upgrade: dsguard upgrade-check")
+    s.explain(
+        "The policy's version rules also say Fluent Bit 3.x is not supported on Kubernetes 1.38. Before "
+        "upgrading, list what would break, from the cluster as it runs:"
+    )
+    proc = s.dsguard("upgrade-check", "--to", "1.38.0")
+    s.check(
+        proc.returncode == 1 and "logging/fluent-bit" in proc.stdout and "general-0" in proc.stdout,
+        "exit status 1: fluent-bit 3.2.1 breaks on 1.38, and the nodes are named",
+    )
+    s.explain(
+        "And the other way round: would upgrading just the legacy pool to 1.33 let Fluent Bit 4.0.1 in?"
+    )
+    manifest = s.cluster.workdir / "demo" / "fluent-bit.yaml"  # 4.0.1, written by the dsguard check step
+    proc = s.dsguard(
+        "upgrade-check", "--to", "1.33.0", "--node-selector", "pool=legacy", "-f", str(manifest),
+        show="upgrade-check --to 1.33.0 --node-selector pool=legacy -f fluent-bit.yaml   # image 4.0.1",
+    )  # fmt: skip
+    s.check(
+        proc.returncode == 0, "exit status 0: after that pool upgrade, 4.0.1 is compatible with every node"
+    )
+
+
+def audit_chapter(s: Story) -> None:
+    s.title("the audit: running DaemonSets are judged again when the cluster changes")
+    s.explain(
+        "Admission judges a DaemonSet when it changes. The guard's background audit judges the ones "
+        "already running again whenever nodes, namespaces or policies change, and writes what it finds "
+        "to the policy's status, which kubectl shows."
+    )
+    s.poll(lambda: _policy_status(s).get("matchedDaemonSets") == 1, 30, "audited: 1 governed DaemonSet")
+    s.kubectl("get", "daemonsetpolicies")
+    s.check(_policy_status(s).get("violationCount") == 0, "no violations")
+    s.explain(
+        "A GPU node pool joins, tainted nvidia.com/gpu=present:NoSchedule. fluent-bit doesn't tolerate "
+        "that taint, so the DaemonSet controller skips those nodes and their logs go missing, silently. "
+        "The policy's coverage rule says a log collector must run on every node."
+    )
+    gpu = [node_manifest(f"gpu-{i}", labels={"pool": "gpu"}, taints=[GPU_TAINT], kubelet_version="v1.37.2")
+           for i in range(2)]  # fmt: skip
+    create_nodes(s.cluster.kubectl, gpu)
+    wait_nodes_ready(s.cluster.kubectl, [n["metadata"]["name"] for n in gpu], timeout=60)
+    s.say("\033[36m$ kubectl create -f gpu-nodes.yaml   # gpu-0, gpu-1\033[0m")
+    s.poll(lambda: _policy_status(s).get("violationCount") == 1, 30, "the audit found the gap")
+    s.kubectl("get", "daemonsetpolicy", "log-collector")
+    proc = s.kubectl(
+        "get", "events", "-n", "logging", "--field-selector", "reason=PolicyViolation",
+        "-o", "jsonpath={range .items[*]}{.type} {.reason} {.involvedObject.name}: {.message}{'\\n'}{end}",
+        show="get events -n logging --field-selector reason=PolicyViolation",
+    )  # fmt: skip
+    s.check(
+        "gpu-0" in proc.stdout and "gpu-1" in proc.stdout, "an Event on the DaemonSet names both GPU nodes"
+    )
+    s.explain("The team makes the collector tolerate every taint, as log collectors usually do:")
+    fixed = fluent_bit(f"{FLUENT_BIT}:3.2.1", max_unavailable="10%", tolerations=[{"operator": "Exists"}])
+    s.kubectl(
+        "apply",
+        "-f",
+        "-",
+        manifest=fixed,
+        show="apply -f fluent-bit.yaml   # tolerations: [{operator: Exists}]",
+    )
+    s.poll(lambda: _policy_status(s).get("violationCount") == 0, 30, "the audit: compliant again")
+    s.poll(lambda: _rollout_done(s, 26), 90, "fluent-bit runs on all 26 nodes, the GPU pool included")
+
+
+def guard_chapters(s: Story, env: DemoEnv) -> None:
+    s.title("a broken build: the guard pauses the rollout and pages on-call")
+    policy = yaml.safe_load((EXAMPLES / "log-collector.yaml").read_text())
+    policy["spec"]["guard"]["alerts"] = [{"type": "Webhook", "url": env.inbox.url}]
+    s.kubectl("apply", "-f", "-", manifest=policy,
+              show="apply -f log-collector.yaml   # guard.alerts: the on-call webhook")  # fmt: skip
+    generation = s.get("daemonsetpolicy", "log-collector")["metadata"]["generation"]
+    s.poll(
+        lambda: _policy_status(s).get("observedGeneration") == generation, 30, "the guard has the new policy"
+    )
+    s.explain(
+        "fluent-bit 3.2.2 crashes on start (kwok plays the pods; the policy's guard section allows 3 "
+        "failing pods). The DaemonSet controller starts replacing pods, 10% of the nodes at a time."
+    )
+    broken = template_patch(f"{FLUENT_BIT}:3.2.2", CRASHING)
+    s.kubectl(
+        "patch", "daemonset", "fluent-bit", "-n", "logging", "-p", broken,
+        show="set image daemonset/fluent-bit fluent-bit=...:3.2.2 -n logging   # crashes on start",
+    )  # fmt: skip
+    s.poll(lambda: _annotation(s, "dsguard.io/paused") == "true", 60, "the guard paused the rollout")
+    ds = _daemonset(s)
+    updated, desired = ds["status"].get("updatedNumberScheduled", 0), ds["status"]["desiredNumberScheduled"]
+    s.kubectl("get", "daemonset", "fluent-bit", "-n", "logging", "-o", "wide")
+    s.check(
+        updated < desired, f"the rollout stopped at {updated} of {desired} nodes (updateStrategy: OnDelete)"
+    )
+    s.say(f"  pause-reason: {_annotation(s, 'dsguard.io/pause-reason')}")
+    s.poll(lambda: bool(env.inbox.of_kind("paused")), 30, "on-call got the alert:")
+    alert = env.inbox.of_kind("paused")[0]
+    shown = {**alert, "failing": alert.get("failing", [])[:3]}
+    for line in json.dumps(shown, indent=2).splitlines():
+        s.say(f"  {line}")
+    s.check(
+        alert["daemonset"]["name"] == "fluent-bit" and bool(alert["failing"]),
+        "the alert names the pods and nodes",
+    )
+    s.kubectl("get", "events", "-n", "logging", "--field-selector", "reason=RolloutPaused")
+    proc = s.dsguard("status", "-n", "logging", plugin=True)
+    s.check(proc.returncode == 0 and "paused" in proc.stdout.lower() and "CrashLoopBackOff" in proc.stdout,
+            "kubectl dsguard status: paused, and why")  # fmt: skip
+
+    s.title("the fixed build, and a rack that loses power mid-rollout")
+    s.explain(
+        "3.2.3 fixes the crash. A new revision of a paused DaemonSet resumes it: the guard puts back the "
+        "update strategy it replaced and watches the new rollout from scratch."
+    )
+    fix = {**dict.fromkeys(CRASHING), **SLOW_START}
+    s.kubectl(
+        "patch", "daemonset", "fluent-bit", "-n", "logging", "-p", template_patch(f"{FLUENT_BIT}:3.2.3", fix),
+        show="set image daemonset/fluent-bit fluent-bit=...:3.2.3 -n logging",
+    )  # fmt: skip
+    s.poll(lambda: _annotation(s, "dsguard.io/paused") == "", 30, "resumed by the new revision")
+    nodes: list[str] = []
+
+    def three_updated() -> bool:
+        pods = s.get("pods", "-n", "logging", "-l", "app=fluent-bit")["items"]
+        ready = [p["spec"]["nodeName"] for p in pods if p["spec"]["containers"][0]["image"].endswith(":3.2.3")
+                 and any(c["type"] == "Ready" and c["status"] == "True"
+                         for c in p["status"].get("conditions", []))]  # fmt: skip
+        nodes[:] = sorted(ready)[:3]
+        return len(nodes) == 3
+
+    s.poll(three_updated, 60, "3.2.3 is Ready on the first nodes")
+    s.say(f"\033[36m$ # rack 7 loses power: {', '.join(nodes)} (already on 3.2.3) go NotReady\033[0m")
+    for n in nodes:
+        set_node_behavior(s.cluster.kubectl, n, NodeBehavior.NOT_READY)
+    s.poll(lambda: _annotation(s, "dsguard.io/paused") == "true", 60, "the guard paused this rollout too")
+    s.say(f"  pause-reason: {_annotation(s, 'dsguard.io/pause-reason')}")
+    proc = s.dsguard("status", "-n", "logging", plugin=True)
+    s.check("NotReady" in proc.stdout, "dsguard status: the failures are the nodes, not the build")
+    s.explain("Power comes back; the nodes are Ready again. The on-call engineer resumes the rollout:")
+    for n in nodes:
+        set_node_behavior(s.cluster.kubectl, n, None)
+    wait_nodes_ready(s.cluster.kubectl, nodes, timeout=60)
+    resumed_before = len(env.inbox.of_kind("resumed"))
+    proc = s.dsguard("resume", "logging/fluent-bit", plugin=True)
+    s.check(proc.returncode == 0, "resumed: the update strategy is back")
+    s.poll(lambda: _rollout_done(s, 26), 120, "3.2.3 rolled out to all 26 nodes")
+    s.poll(lambda: len(env.inbox.of_kind("resumed")) > resumed_before, 30, "on-call got the all-clear")
+    proc = s.dsguard("status", "-n", "logging", plugin=True)
+    done = re.search(r"fluent-bit\s+log-collector\s+26\s+26\s+26\s+0\s+-", proc.stdout)
+    s.check(proc.returncode == 0 and bool(done) and "PAUSED by" not in proc.stdout,
+            "dsguard status: 26 of 26 updated and ready, none failing, nothing paused")  # fmt: skip
+
+
 def _policies_seen(webhook: HostWebhook) -> float:
     for line in webhook.metrics().splitlines():
         if line.startswith("dsguard_policies "):
@@ -210,34 +489,71 @@ def _pods_on(cluster: LocalCluster, namespace: str, selector: str) -> int:
 
 
 @contextmanager
-def demo_environment(cluster: LocalCluster) -> Iterator[HostWebhook]:
+def demo_environment(cluster: LocalCluster) -> Iterator[DemoEnv]:
     nodes = nodes_spec()
     create_nodes(cluster.kubectl, nodes)
     wait_nodes_ready(cluster.kubectl, [n["metadata"]["name"] for n in nodes], timeout=90)
     # Only the demo's namespace: the webhook never judges the cluster's own system namespaces.
-    with HostWebhook(
-        cluster, namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": "logging"}}
-    ) as hook:
-        yield hook
+    # The guard watches the cluster's DaemonSetPolicies (so it audits them too); --tick 0.2 for a
+    # brisk demo. The guard's own changes (pause, resume) pass the webhook as any user's would.
+    with (
+        AlertInbox() as inbox,
+        HostWebhook(
+            cluster, namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": "logging"}}
+        ) as hook,
+        HostGuard(cluster, tick=0.2) as guard,
+    ):
+        yield DemoEnv(hook, guard, inbox)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster.demo", description=__doc__)
     parser.add_argument(
-        "--workdir", type=Path, default=None, help="cluster work dir (default: a new temp dir)"
-    )
+        "--workdir", type=Path, default=default_workdir(),
+        help="cluster work dir (default: $DSGUARD_CLUSTER_DIR or .cluster, where `make cluster-down` looks)",
+    )  # fmt: skip
+    parser.add_argument("--down", action="store_true", help="stop the cluster at the end")
     args = parser.parse_args(argv)
+    workdir: Path = args.workdir.resolve()
     start = time.monotonic()
+    try:  # a cluster left up by an earlier demo: start afresh
+        LocalCluster.from_state(workdir).stop()
+        print(f"Stopped the cluster an earlier run left in {workdir}.")
+    except ClusterError:
+        pass
     print("Starting a local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok)...")
-    with LocalCluster(args.workdir) as cluster:
+    cluster = LocalCluster(workdir, die_with_parent=args.down)
+    ok = False
+    try:
+        cluster.start()
         print(f"  up in {time.monotonic() - start:.1f}s; logs in {cluster.logs_dir}")
-        try:
-            with demo_environment(cluster) as webhook:
-                run_story(cluster, webhook)
-        except DemoFailed as e:
-            print(f"\n\033[31mdemo failed: {e}\033[0m\nlogs: {cluster.logs_dir}", file=sys.stderr)
-            return 1
-    print(f"\nDemo finished in {time.monotonic() - start:.0f}s; the cluster is stopped.")
+        with demo_environment(cluster) as env:
+            run_story(cluster, env)
+        ok = True
+    except DemoFailed as e:
+        print(f"\n\033[31mdemo failed: {e}\033[0m\nlogs: {cluster.logs_dir}", file=sys.stderr)
+    finally:
+        if args.down or not ok:
+            cluster.stop()
+    if not ok:
+        return 1
+    print(f"\nDemo finished in {time.monotonic() - start:.0f}s.")
+    if not args.down:
+        venv_bin = Path(sys.executable).parent
+        down = (
+            "make cluster-down"
+            if workdir == default_workdir().resolve()
+            else f"{sys.executable} -m localcluster down --workdir {workdir}"
+        )
+        print(
+            textwrap.dedent(f"""
+            The cluster is still up (dsguard's webhook and guard stopped with the demo). Look around:
+              export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:{venv_bin}:$PATH
+              kubectl get daemonsetpolicies
+              kubectl dsguard status -A
+              dsguard guard                  # run the guard again (Ctrl-C stops it)
+            Stop it with: {down}""")
+        )
     return 0
 
 
