@@ -264,8 +264,8 @@ def test_counts_follow_nodes_and_violations_follow_nodes_and_policies(world: Wor
     # the policy is deleted: the DaemonSet is no longer governed
     w.kubectl("delete", "daemonsetpolicy", w.policy_name)
     poll("agent to drop out of the governed list", lambda: w.row() is None)
-    row = w.row("agent")  # named: shown anyway, saying so
-    assert row is not None and row["governed"] is False and row["policies"] == []
+    named = w.row("agent")  # named: shown anyway, saying so
+    assert named is not None and named["governed"] is False and named["policies"] == []
     proc = w.run("-n", w.ns, "agent")
     assert proc.returncode == 0, proc.stderr
     assert "not governed" in proc.stdout
