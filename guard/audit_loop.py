@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -94,6 +95,11 @@ class Auditor:
         self.daemonsets: dict[tuple[str, str], Obj] = {}
         self.daemonsets_synced = False
         self._wake = asyncio.Event()
+        # A wake-up that couldn't be served yet (follower, caches not synced). The event itself is
+        # cleared on every pass: left set, wait() would return at once and the loop would spin.
+        self._pending = False
+        self._retry_at: float | None = None  # after a failed status write, with backoff
+        self._backoff = 1.0
         self._last_facts: ClusterFacts | None = None
         self._last_audit = -float("inf")
         self._was_leader = False
@@ -133,30 +139,39 @@ class Auditor:
 
     # -- the loop ------------------------------------------------------------------------------
     def _due(self) -> bool:
-        if self._wake.is_set():
+        if self._pending or self._wake.is_set():
             return True
         if self.cache.facts is not self._last_facts:
             return True
-        return time.monotonic() - self._last_audit >= self.resync
+        now = time.monotonic()
+        if self._retry_at is not None and now >= self._retry_at:
+            return True
+        return now - self._last_audit >= self.resync
 
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):  # the tick notices new facts snapshots and resyncs
                 await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            if self._wake.is_set():
+                self._wake.clear()
+                self._pending = True
             leading = self.is_leader()
             if leading and not self._was_leader:
                 self._reported = None  # re-read what the previous leader reported
-                self._wake.set()
+                self._pending = True
             self._was_leader = leading
             if not leading or not self.daemonsets_synced or not self.cache.synced or not self._due():
                 continue
-            self._wake.clear()
+            self._pending = False
+            self._retry_at = None
             try:
                 await self.audit_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one bad audit stop the next ones
                 log.exception("audit failed; retrying at the next change or resync")
+            if self._retry_at is None:
+                self._backoff = 1.0  # every write went through
             await asyncio.sleep(self.min_interval)
 
     async def audit_once(self) -> None:
@@ -209,12 +224,19 @@ class Auditor:
             self.metrics.audit_writes.labels("error").inc()
             if e.status == 404:  # deleted since the audit began
                 return
-            log.error(
-                "writing the status of DaemonSetPolicy %s failed: HTTP %s %s (the guard needs "
-                "patch on daemonsetpolicies/status); retrying at the next audit",
-                name, e.status, e.reason,
-            )  # fmt: skip
-            self.mark()
+            hint = " (the guard needs patch on daemonsetpolicies/status)" if e.status == 403 else ""
+            self._retry_later(
+                f"writing the status of DaemonSetPolicy {name} failed: HTTP {e.status} {e.reason}{hint}"
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self.metrics.audit_writes.labels("error").inc()
+            self._retry_later(f"writing the status of DaemonSetPolicy {name} failed: {type(e).__name__}: {e}")
+
+    def _retry_later(self, what: str) -> None:
+        log.error("%s; retrying in %.0fs", what, self._backoff)
+        if self._retry_at is None:  # one backoff step per audit, however many policies failed
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, max(self.resync, 1.0))
 
     async def _record(self, new: Any, resolved: Any) -> None:
         if self.recorder is None:
