@@ -86,17 +86,17 @@ def context_namespace(kubeconfig: str | None, context: str | None) -> str | None
     return str(ns) if ns else None
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in "90", "90s", "5m", "1h30m", "2d" (units s, m, h, d, summed)."""
+    """Seconds in "90", "90s", "500ms", "5m", "1h30m", "2d" (units ms, s, m, h, d, summed)."""
     value = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", value):
         return float(value)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|[smhd])", value)
     if not parts or "".join(n + u for n, u in parts) != value:
-        raise ValueError(f"{text!r} is not a duration like 90s, 5m, 1h30m or 2d")
+        raise ValueError(f"{text!r} is not a duration like 90s, 500ms, 5m, 1h30m or 2d")
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -36,12 +37,20 @@ class SnapshotError(Exception):
     """Reading the cluster failed; the message says what was read and why it failed."""
 
 
+# Per request: a blackholed apiserver fails the command instead of hanging it.
+REQUEST_TIMEOUT = 60.0
+
+
 async def _read(what: str, call: ListFn) -> list[Obj]:
     try:
-        items, _ = await list_all(call)
+        items, _ = await list_all(call, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         hint = " (does your user have RBAC to list it?)" if e.status in (401, 403) else ""
         raise SnapshotError(f"listing {what} failed: {e.status} {e.reason}{hint}") from None
+    except (OSError, TimeoutError, aiohttp.ClientError) as e:
+        raise SnapshotError(
+            f"listing {what} failed: {type(e).__name__}: {e or 'no answer in time'}"
+        ) from None
     return items
 
 
@@ -66,11 +75,11 @@ async def read_snapshot(
         custom.list_cluster_custom_object, policy_model.GROUP, policy_model.VERSION, policy_model.PLURAL
     )
     try:
-        version = await client.VersionApi(api).get_code()
+        version = await client.VersionApi(api).get_code(_request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         raise SnapshotError(f"reading the apiserver version failed: {e.status} {e.reason}") from None
-    except OSError as e:
-        raise SnapshotError(f"cannot reach the apiserver: {e}") from None
+    except (OSError, TimeoutError, aiohttp.ClientError) as e:
+        raise SnapshotError(f"cannot reach the apiserver: {e or 'no answer in time'}") from None
     nodes_raw, namespaces_raw, ds_raw, policies_raw = await asyncio.gather(
         _read("nodes", p(core.list_node)) if static_nodes is None else _empty(),
         _read("namespaces", p(core.list_namespace)),

@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import functools
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dsguard.cli_options import (
+    DURATION,
     all_namespaces_opt,
     context_opt,
     kubeconfig_opt,
@@ -58,37 +58,6 @@ class StatusError(click.ClickException):
     """What went wrong and how to fix it, on one line; exit status 2."""
 
     exit_code = EXIT_ERROR
-
-
-# --- durations (--timeout, --interval) ------------------------------------------------------------
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "30", "30s", "1.5s", "500ms", "5m", "1h30m" (kubectl's --timeout style)."""
-    value = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise ValueError(f"{text!r} is not a duration like 30s, 500ms, 5m or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-class _Duration(click.ParamType[float]):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-DURATION = _Duration()
 
 
 # --- reading the cluster --------------------------------------------------------------------------

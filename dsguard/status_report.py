@@ -18,7 +18,7 @@ from typing import Any
 
 from dsguard.facts import ClusterFacts
 from dsguard.policy import GuardPolicy, Policy
-from guard.pod_health import NodeHealth, PodView, failure_reason, is_mapping
+from guard.pod_health import NodeHealth, PodView, failure_reason, is_mapping, reason_kind
 from guard.rollout import (
     PAUSE_REASON,
     PAUSED,
@@ -65,17 +65,6 @@ def _int(raw: object) -> int:
         except ValueError:
             return 0
     return 0
-
-
-def reason_kind(reason: str) -> str:
-    """failure_reason without its details, for counting: "restarted 4 times" -> "restarted"."""
-    if reason.startswith("restarted"):
-        return "restarted"
-    if reason.startswith("not Ready"):
-        return "not Ready"
-    if reason.startswith("node "):
-        return "node NotReady"
-    return reason
 
 
 @dataclass(frozen=True)

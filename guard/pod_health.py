@@ -209,6 +209,17 @@ def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, no
     return None
 
 
+def reason_kind(reason: str) -> str:
+    """failure_reason without its details, for counting: "restarted 4 times" -> "restarted"."""
+    if reason.startswith("restarted"):
+        return "restarted"
+    if reason.startswith("not Ready"):
+        return "not Ready"
+    if reason.startswith("node "):
+        return "node NotReady"
+    return reason
+
+
 def next_deadline(pod: PodView, guard: GuardPolicy) -> float | None:
     """When a not-yet-Ready pod would cross readyDeadlineSeconds, so the guard can wake up then."""
     if pod.ready or pod.deleting:

@@ -16,7 +16,15 @@ from typing import Any
 from dsguard.intstr import IntOrPercent
 from dsguard.policy import GuardAction, GuardPolicy
 from guard.notify.alert import FailingPod
-from guard.pod_health import REVISION_LABEL, NodeHealth, PodView, controller_owner, failure_reason, is_mapping
+from guard.pod_health import (
+    REVISION_LABEL,
+    NodeHealth,
+    PodView,
+    controller_owner,
+    failure_reason,
+    is_mapping,
+    reason_kind,
+)
 
 ANNOTATION_PREFIX = "dsguard.io/"
 PAUSED = "dsguard.io/paused"
@@ -152,7 +160,7 @@ class Assessment:
     def summary(self) -> str:
         reasons: dict[str, int] = {}
         for f in self.failing:
-            key = _reason_kind(f.reason)
+            key = reason_kind(f.reason)
             reasons[key] = reasons.get(key, 0) + 1
         why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
         nodes = ", ".join(f.node for f in self.failing[:5]) + (" ..." if len(self.failing) > 5 else "")
@@ -160,17 +168,6 @@ class Assessment:
             f"{len(self.failing)} of {self.updated} pods on revision {self.revision} failing "
             f"(threshold {self.threshold}): {why}; nodes: {nodes}"
         )
-
-
-def _reason_kind(reason: str) -> str:
-    """failure_reason without its details, for counting: "restarted 4 times" -> "restarted"."""
-    if reason.startswith("restarted"):
-        return "restarted"
-    if reason.startswith("not Ready"):
-        return "not Ready"
-    if reason.startswith("node "):
-        return "node NotReady"
-    return reason
 
 
 def assess(

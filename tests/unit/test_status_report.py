@@ -20,8 +20,8 @@ from dsguard.status_report import (
     StatusReport,
     build_report,
     guard_policy_for,
-    reason_kind,
 )
+from guard.pod_health import reason_kind
 
 T0 = 1_800_000_000.0  # "now"
 NS = "logging"
