@@ -10,10 +10,12 @@ the same state; the loser gets 409 Conflict and decides again from the new state
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from guard.notify.alert import Alert
 from guard.rollout import (
+    ALERTS_PENDING,
     ORIGINAL_STRATEGY,
     PAUSE_ANNOTATIONS,
     PAUSE_REASON,
@@ -30,7 +32,14 @@ from guard.rollout import (
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 MAX_REASON = 1000  # annotations are small; the full list goes to the Event and alerts
+# dsguard.io/alerts-pending: each entry keeps at most this many failing pods (the alert sent at the
+# time has them all), and the whole value stays under MAX_PENDING_BYTES (a DaemonSet's annotations
+# together may take 256 KiB). An entry is about 1-3 KiB, and entries are removed within seconds of
+# delivery, so the cap only matters while sinks are down for long.
+MAX_PENDING_FAILING = 20
+MAX_PENDING_BYTES = 32 * 1024
 
 
 def _clip(text: str) -> str:
@@ -128,7 +137,74 @@ def template_matches(ds: DaemonSetState, to: Revision) -> bool:
 
 
 def stalled_patch(ds: DaemonSetState, revision: str) -> dict[str, Any]:
-    return {"metadata": {"annotations": {STALLED_REVISION: revision}}}
+    # preconditioned too: it writes dsguard.io/alerts-pending, read from this very version
+    return {"metadata": {"resourceVersion": ds.resource_version, "annotations": {STALLED_REVISION: revision}}}
+
+
+# -- the pending alerts (dsguard.io/alerts-pending) -------------------------------------------------
+
+
+def pending_entries(raw: str | None) -> list[Any] | None:
+    """The entries of a dsguard.io/alerts-pending value: [] without one, None if it is not a JSON list."""
+    if raw is None:
+        return []
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        return None
+    return entries if isinstance(entries, list) else None
+
+
+def pending_entry(alert: Alert) -> dict[str, Any]:
+    """What the annotation keeps of `alert`: its webhook body, with fewer failing pods."""
+    body = alert.to_json()
+    body["failing"] = body["failing"][:MAX_PENDING_FAILING]
+    body["summary"] = _clip(body["summary"])
+    return body
+
+
+def entry_id(entry: Any) -> tuple[str, str] | None:
+    """An entry's identity: (key, at). The key alone repeats when a revision is paused again after
+    a resume; `at` (to the microsecond) tells those alerts apart."""
+    if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("at"), str):
+        return entry["key"], entry["at"]
+    return None
+
+
+def encode_pending(entries: Sequence[Any]) -> tuple[str, int]:
+    """The annotation value for `entries`, and how many of the oldest were left out to stay under
+    MAX_PENDING_BYTES (the newest is always kept)."""
+    kept = list(entries)
+    while True:
+        value = json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
+        if len(kept) <= 1 or len(value.encode()) <= MAX_PENDING_BYTES:
+            return value, len(entries) - len(kept)
+        kept.pop(0)
+
+
+def with_pending_alert(patch: dict[str, Any], ds: DaemonSetState, alert: Alert) -> tuple[dict[str, Any], int]:
+    """`patch` (an action's, preconditioned on ds's resourceVersion) that also appends `alert` to
+    the pending alerts of that version; and how many old entries had to go (encode_pending).
+
+    A value that is not a JSON list is replaced: the guard wrote none such, and it would block the
+    outbox for good."""
+    entries = pending_entries(ds.annotations.get(ALERTS_PENDING)) or []
+    value, dropped = encode_pending([*entries, pending_entry(alert)])
+    patch.setdefault("metadata", {}).setdefault("annotations", {})[ALERTS_PENDING] = value
+    return patch, dropped
+
+
+def clear_pending_patch(current: str, keep: Sequence[Any]) -> list[dict[str, Any]]:
+    """A JSON patch that takes the pending alerts from `current` to `keep` (removing the annotation
+    when none are left). It tests for the exact `current` value first: if anything changed it in
+    between, the apiserver refuses it (422) and nothing is lost."""
+    path = "/metadata/annotations/" + ALERTS_PENDING.replace("~", "~0").replace("/", "~1")
+    ops: list[dict[str, Any]] = [{"op": "test", "path": path, "value": current}]
+    if keep:
+        ops.append({"op": "replace", "path": path, "value": encode_pending(keep)[0]})
+    else:
+        ops.append({"op": "remove", "path": path})
+    return ops
 
 
 def _mapping(raw: object) -> Mapping[str, Any]:

@@ -5,16 +5,22 @@ Each event marks the affected DaemonSets dirty; a single loop decides for the di
 and for all rollouts in progress on a timer (deadlines pass without any event). Deciding is
 pure (guard.rollout.decide); only the leader acts. Everything the guard did is recorded on the
 DaemonSet itself, so a restarted or newly elected guard decides the same and does not act twice.
+
+Alerts are at least once: an action's patch also appends its alert to the DaemonSet's
+dsguard.io/alerts-pending annotation (the outbox). Once every sink has settled the alert, the
+leader removes it (a JSON patch that tests the exact value first). A leader that finds an entry it
+did not send itself (its predecessor crashed, stopped or lost the lease first) sends it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,9 +32,18 @@ from dsguard.kube import Obj, name_of
 from dsguard.policy import GuardPolicy, Policy
 from guard import actions
 from guard.metrics import GuardMetrics
-from guard.notify.alert import Alert, AlertKind
+from guard.notify.alert import Alert, AlertKind, rfc3339
 from guard.pod_health import NodeHealth, PodView
-from guard.rollout import PAUSED_REVISION, DaemonSetState, Decision, Revision, Step, decide, update_revision
+from guard.rollout import (
+    ALERTS_PENDING,
+    PAUSED_REVISION,
+    DaemonSetState,
+    Decision,
+    Revision,
+    Step,
+    decide,
+    update_revision,
+)
 
 log = logging.getLogger("dsguard.guard")
 
@@ -38,10 +53,23 @@ log = logging.getLogger("dsguard.guard")
 # second; without this the guard spent most of a core re-deciding (the decision is the same).
 EVALUATION_DUTY = 0.1
 EVALUATION_DEFER_MAX = 0.1
+# A settled alert not yet seen in its DaemonSet's pending alerts (the watch has not brought our
+# own patch) is waited for this long; an alert this process sent is remembered this long after
+# it left the annotation (a late watch event must not make it look like someone else's).
+OUTBOX_MEMORY = 600.0
+
+AlertId = tuple[str, str]  # (key, at): see actions.entry_id
+
+
+def alert_id(alert: Alert) -> AlertId:
+    return alert.key, rfc3339(alert.at)
+
+
+PatchBody = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a JSON patch is a list of operations
 
 
 class DaemonSetPatcher(Protocol):
-    async def patch(self, namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None: ...
+    async def patch(self, namespace: str, name: str, body: PatchBody, content_type: str) -> None: ...
 
 
 Notify = Callable[[Alert, GuardPolicy], None]  # routes an alert to the sinks of the policy that asked
@@ -110,6 +138,19 @@ class Guard:
         self._acted: dict[str, tuple[str, Step]] = {}
         self._failing: dict[str, int] = {}  # uid -> failing updated pods at its last evaluation
         self.decisions: list[tuple[str, Decision]] = []  # for tests and the log; bounded below
+        # The outbox (dsguard.io/alerts-pending). Resending waits for `ready` (every watch listed):
+        # before the policies are known, an alert would go to the Events only.
+        self.ready: Callable[[], bool] = lambda: True
+        self._was_ready = False
+        self._submitted: dict[
+            str, dict[AlertId, float]
+        ] = {}  # uid -> durable alerts this process sent -> when
+        self._to_clear: dict[str, dict[AlertId, float]] = {}  # uid -> settled alerts to remove -> since when
+        self._cleared_against: dict[
+            str, str
+        ] = {}  # uid -> the value a clear was sent against (or refused on)
+        self._malformed_seen: dict[str, set[str]] = {}  # uid -> malformed entries already logged
+        self._pending: dict[str, int] = {}  # uid -> entries in its pending alerts, as last seen
 
     # -- watch callbacks ------------------------------------------------------------------
     def replace_daemonsets(self, items: list[Obj]) -> None:
@@ -254,6 +295,9 @@ class Guard:
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
             self._wake.clear()
+            if not self._was_ready and self.ready():
+                self._was_ready = True
+                self.mark_all()  # pending alerts can be resent now
             now = self.monotonic()
             if now >= next_tick:
                 next_tick = now + self.tick
@@ -271,54 +315,198 @@ class Guard:
 
     async def process(self, uids: set[str]) -> None:
         for uid in uids:
-            started = self.timer()
-            result = self.evaluate(uid)
-            took = self.timer() - started
-            self._not_before[uid] = self.monotonic() + min(
-                EVALUATION_DEFER_MAX, took * (1 / EVALUATION_DUTY - 1)
-            )
-            if result is None:
-                self._failing.pop(uid, None)
-                continue
-            decision, ds, guard = result
-            self._failing[uid] = len(decision.assessment.failing) if decision.assessment else 0
-            if decision.step is Step.NONE or not self.is_leader():
-                continue
-            acted = self._acted.get(uid)
-            if acted is not None and acted[0] == ds.resource_version:
-                continue  # our patch (or the change that beat it) hasn't come through the watch yet
-            self.decisions = [*self.decisions[-999:], (ds.ref, decision)]
-            try:
-                await self.act(decision, ds, guard)
-                self._acted[uid] = (ds.resource_version, decision.step)
-            except ApiException as e:
-                if e.status == 409:
-                    # The newer version's watch event marks the DaemonSet dirty: decide again then.
-                    log.info("%s changed while acting (%s); deciding again", ds.ref, decision.step)
-                    self._acted[uid] = (ds.resource_version, Step.NONE)
-                else:
-                    log.error("%s: %s failed: %s %s", ds.ref, decision.step, e.status, e.reason)
-                    self.metrics.action_errors.labels(decision.step.value).inc()
-            except actions.ResumeError as e:
-                # a pause annotation someone broke: no patch can be built from this version
-                log.error("%s: cannot %s: %s", ds.ref, decision.step, e)
-                self.metrics.action_errors.labels(decision.step.value).inc()
-                self._acted[uid] = (ds.resource_version, Step.NONE)
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                # the apiserver unreachable: try again at the next evaluation; the loop must live on
-                log.error("%s: %s failed: %s: %s", ds.ref, decision.step, type(e).__name__, e)
-                self.metrics.action_errors.labels(decision.step.value).inc()
+            patched = await self._evaluate_and_act(uid)
+            if self.is_leader():
+                await self._outbox(uid, patched=patched)
+            else:
+                self._count_pending(uid)
         for gone in [uid for uid in self._failing if uid not in self.store.daemonsets]:
             del self._failing[gone]
         for gone in [uid for uid in self._acted if uid not in self.store.daemonsets]:
             del self._acted[gone]
         for gone in [uid for uid in self._not_before if uid not in self.store.daemonsets]:
             del self._not_before[gone]
+        self._forget_outbox()
         self.metrics.watched.set(sum(1 for t in self.store.daemonsets.values() if not t.state.complete))
         self.metrics.failing_pods.set(sum(self._failing.values()))
+        self.metrics.alerts_pending.set(sum(self._pending.values()))
+
+    async def _evaluate_and_act(self, uid: str) -> bool:
+        """Decide for one DaemonSet and, as the leader, act. Whether a patch was sent (even refused)."""
+        started = self.timer()
+        result = self.evaluate(uid)
+        took = self.timer() - started
+        self._not_before[uid] = self.monotonic() + min(EVALUATION_DEFER_MAX, took * (1 / EVALUATION_DUTY - 1))
+        if result is None:
+            self._failing.pop(uid, None)
+            return False
+        decision, ds, guard = result
+        self._failing[uid] = len(decision.assessment.failing) if decision.assessment else 0
+        if decision.step is Step.NONE or not self.is_leader():
+            return False
+        acted = self._acted.get(uid)
+        if acted is not None and acted[0] == ds.resource_version:
+            return False  # our patch (or the change that beat it) hasn't come through the watch yet
+        self.decisions = [*self.decisions[-999:], (ds.ref, decision)]
+        try:
+            patched = await self.act(decision, ds, guard)
+            self._acted[uid] = (ds.resource_version, decision.step)
+            return patched
+        except ApiException as e:
+            if e.status == 409:
+                # The newer version's watch event marks the DaemonSet dirty: decide again then.
+                log.info("%s changed while acting (%s); deciding again", ds.ref, decision.step)
+                self._acted[uid] = (ds.resource_version, Step.NONE)
+            else:
+                log.error("%s: %s failed: %s %s", ds.ref, decision.step, e.status, e.reason)
+                self.metrics.action_errors.labels(decision.step.value).inc()
+        except actions.ResumeError as e:
+            # a pause annotation someone broke: no patch can be built from this version
+            log.error("%s: cannot %s: %s", ds.ref, decision.step, e)
+            self.metrics.action_errors.labels(decision.step.value).inc()
+            self._acted[uid] = (ds.resource_version, Step.NONE)
+            return False
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            # the apiserver unreachable: try again at the next evaluation; the loop must live on
+            log.error("%s: %s failed: %s: %s", ds.ref, decision.step, type(e).__name__, e)
+            self.metrics.action_errors.labels(decision.step.value).inc()
+        return True
+
+    # -- the outbox: dsguard.io/alerts-pending --------------------------------------------
+    def alert_settled(self, alert: Alert) -> None:
+        """Every sink is done with `alert` (AlertDispatcher's on_settled): take it off its DaemonSet."""
+        ident = alert_id(alert)
+        if ident not in self._submitted.get(alert.uid, {}):
+            return  # not one of the pending alerts (a resume by someone else: best effort)
+        self._to_clear.setdefault(alert.uid, {})[ident] = self.monotonic()
+        self._mark(alert.uid)
+
+    def will_resend(self, alert: Alert) -> bool:
+        """Whether `alert` is pending on its DaemonSet: a guard that stops before it is delivered
+        leaves it to the next one (AlertDispatcher's will_resend)."""
+        return alert_id(alert) in self._submitted.get(alert.uid, {})
+
+    def _count_pending(self, uid: str) -> None:
+        tracked = self.store.daemonsets.get(uid)
+        raw = tracked.state.annotations.get(ALERTS_PENDING) if tracked else None
+        entries = actions.pending_entries(raw)
+        count = 1 if entries is None else len(entries)
+        if count:
+            self._pending[uid] = count
+        else:
+            self._pending.pop(uid, None)
+
+    async def _outbox(self, uid: str, *, patched: bool) -> None:
+        """The leader's part: resend the pending alerts this process has not sent, and remove the
+        settled and the malformed ones (not in the round it patched the DaemonSet for an action:
+        that patch changed the value, so a clear made from the version it saw would be refused)."""
+        self._count_pending(uid)
+        tracked = self.store.daemonsets.get(uid)
+        if tracked is None:
+            return
+        ds = tracked.state
+        raw = ds.annotations.get(ALERTS_PENDING)
+        if raw is None:
+            return
+        entries = actions.pending_entries(raw)
+        drop: set[int] = set()
+        alerts: list[tuple[int, Alert]] = []
+        if entries is None:
+            self._malformed(ds, raw, "not a JSON list")
+        else:
+            for i, entry in enumerate(entries):
+                try:
+                    alert = Alert.from_json(entry)
+                    if alert.uid != ds.uid:  # copied from another DaemonSet (a backup restored?)
+                        raise ValueError(f"the alert is about DaemonSet uid {alert.uid}")
+                except ValueError as e:
+                    self._malformed(ds, json.dumps(entry, sort_keys=True), str(e))
+                    drop.add(i)
+                else:
+                    alerts.append((i, alert))
+        submitted = self._submitted.setdefault(uid, {})
+        now = self.monotonic()
+        pending = {alert_id(a) for _, a in alerts}
+        for ident in [
+            i for i, since in submitted.items() if i not in pending and now - since > OUTBOX_MEMORY
+        ]:
+            del submitted[ident]  # long gone from the annotation
+        if self.ready():
+            for _, alert in alerts:
+                self._resend(ds, alert)
+        to_clear = self._to_clear.get(uid, {})
+        cleared = [alert_id(a) for i, a in alerts if alert_id(a) in to_clear]
+        drop.update(i for i, a in alerts if alert_id(a) in to_clear)
+        if entries is not None and not drop:
+            return
+        if patched or self._cleared_against.get(uid) == raw:
+            return  # wait for the watch to bring the version our patch made
+        keep = [e for i, e in enumerate(entries or ()) if i not in drop]
+        self._cleared_against[uid] = raw
+        try:
+            await self.patcher.patch(
+                ds.namespace, ds.name, actions.clear_pending_patch(raw, keep), actions.JSON_PATCH
+            )
+        except ApiException as e:
+            if e.status in (409, 422):  # changed in between: again once the watch brings the change
+                log.info("%s: pending alerts changed while clearing; again at the next version", ds.ref)
+            else:
+                del self._cleared_against[uid]  # try again at the next evaluation
+                log.error("%s: clearing delivered alerts failed: %s %s", ds.ref, e.status, e.reason)
+            return
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            del self._cleared_against[uid]
+            log.error("%s: clearing delivered alerts failed: %s: %s", ds.ref, type(e).__name__, e)
+            return
+        for ident in cleared:
+            to_clear.pop(ident, None)
+        removed = len(entries) - len(keep) if entries is not None else 1
+        log.info("%s: %d settled or malformed alert(s) taken off %s", ds.ref, removed, ALERTS_PENDING)
+
+    def _resend(self, ds: DaemonSetState, alert: Alert) -> None:
+        ident = alert_id(alert)
+        submitted = self._submitted.setdefault(ds.uid, {})
+        if ident in submitted:
+            submitted[ident] = self.monotonic()  # still pending: forgotten only once it is gone
+            return
+        policies = [p for p in self.policies_for(ds) if p.guard is not None]
+        guard = policies[0].guard if policies and policies[0].guard is not None else GuardPolicy()
+        submitted[ident] = self.monotonic()
+        self.metrics.alerts_resent.inc()
+        log.warning(
+            "%s: sending the pending %s alert of %s (key %s) again: the guard that acted did not settle it",
+            ds.ref,
+            alert.kind.value,
+            rfc3339(alert.at),
+            alert.key,
+        )
+        self.notify(alert, guard)
+
+    def _malformed(self, ds: DaemonSetState, text: str, why: str) -> None:
+        seen = self._malformed_seen.setdefault(ds.uid, set())
+        if text not in seen:
+            seen.add(text)
+            log.error(
+                "%s: dropping a malformed entry of %s (%s): %s", ds.ref, ALERTS_PENDING, why, text[:500]
+            )
+
+    def _forget_outbox(self) -> None:
+        now = self.monotonic()
+        live = self.store.daemonsets
+        for uid in list(self._to_clear):
+            entries = self._to_clear[uid]
+            for ident in [i for i, since in entries.items() if now - since > OUTBOX_MEMORY]:
+                del entries[ident]  # never seen in the annotation (someone removed it?)
+            if uid not in live or not entries:
+                del self._to_clear[uid]
+        for other in (self._submitted, self._cleared_against, self._malformed_seen, self._pending):
+            for uid in [uid for uid in other if uid not in live]:
+                del other[uid]
 
     # -- acting ---------------------------------------------------------------------------
-    async def act(self, decision: Decision, ds: DaemonSetState, guard: GuardPolicy) -> None:
+    async def act(self, decision: Decision, ds: DaemonSetState, guard: GuardPolicy) -> bool:
+        """Patch the DaemonSet for `decision`, its alert added to the pending alerts in the same
+        patch, then send the alert. Whether it patched (a rollback to the same template does not)."""
         rev = decision.revision
         assert rev is not None
         at = datetime.fromtimestamp(self.clock(), UTC)
@@ -326,38 +514,29 @@ class Guard:
         summary = decision.assessment.summary() if decision.assessment else decision.note
         failing = decision.assessment.failing if decision.assessment else ()
         alert_revision = rev.hash
+        content_type = actions.MERGE_PATCH
         if decision.step is Step.PAUSE:
-            await self.patcher.patch(
-                ds.namespace, ds.name, actions.pause_patch(ds, rev.hash, summary, stamp), actions.MERGE_PATCH
-            )
+            patch = actions.pause_patch(ds, rev.hash, summary, stamp)
             kind, message = AlertKind.PAUSED, f"paused the rollout: {summary}"
         elif decision.step is Step.ROLLBACK:
             previous = decision.previous
             assert previous is not None
             if actions.template_matches(ds, previous):
-                return
-            await self.patcher.patch(
-                ds.namespace,
-                ds.name,
-                actions.rollback_patch(ds, rev.hash, previous, summary),
-                actions.STRATEGIC_MERGE_PATCH,
-            )
+                return False
+            patch = actions.rollback_patch(ds, rev.hash, previous, summary)
+            content_type = actions.STRATEGIC_MERGE_PATCH
             kind = AlertKind.ROLLED_BACK
             message = f"rolled back to revision {previous.number} ({previous.hash}): {summary}"
         elif decision.step is Step.RESUME:
-            await self.patcher.patch(ds.namespace, ds.name, actions.resume_patch(ds), actions.MERGE_PATCH)
+            patch = actions.resume_patch(ds)
             kind, message = AlertKind.RESUMED, f"resumed: {decision.note}"
             # about the paused revision: Alertmanager resolves that revision's paused alert with it
             alert_revision = ds.annotations.get(PAUSED_REVISION) or rev.hash
         elif decision.step is Step.STALLED:
-            await self.patcher.patch(
-                ds.namespace, ds.name, actions.stalled_patch(ds, rev.hash), actions.MERGE_PATCH
-            )
+            patch = actions.stalled_patch(ds, rev.hash)
             kind, message = AlertKind.STALLED, f"rollout stalled: {summary}"
         else:
-            return
-        self.metrics.actions.labels(decision.step.value).inc()
-        log.warning("%s: %s", ds.ref, message)
+            return False
         policy = next((p.name for p in self.policies_for(ds) if p.guard is guard), "")
         alert = Alert(
             kind=kind,
@@ -370,7 +549,22 @@ class Guard:
             policy=policy,
             at=at,
         )
+        patch, dropped = actions.with_pending_alert(patch, ds, alert)
+        if dropped:
+            log.error(
+                "%s: %d older pending alert(s) dropped from %s to keep it under %d bytes; "
+                "they are no longer resent",
+                ds.ref,
+                dropped,
+                ALERTS_PENDING,
+                actions.MAX_PENDING_BYTES,
+            )
+        await self.patcher.patch(ds.namespace, ds.name, patch, content_type)
+        self.metrics.actions.labels(decision.step.value).inc()
+        log.warning("%s: %s", ds.ref, message)
+        self._submitted.setdefault(ds.uid, {})[alert_id(alert)] = self.monotonic()
         self.notify(alert, guard)
+        return True
 
     def _on_resumed(self, before: DaemonSetState, after: DaemonSetState) -> None:
         """Someone (dsguard resume, kubectl, or our own RESUME) took the pause off: say so."""

@@ -21,7 +21,7 @@ from dsguard.kube import Obj, Reflector, api_client, raw_body
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.policy import GuardPolicy, Policy
 from guard.audit_loop import Auditor, KubeStatusWriter
-from guard.controller import Guard
+from guard.controller import Guard, PatchBody
 from guard.leader import LeaderElector
 from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert
@@ -74,18 +74,23 @@ class KubePatcher:
     def __init__(self, api: client.ApiClient) -> None:
         self.apps = client.AppsV1Api(api)
 
-    async def patch(self, namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None:
-        # _content_type picks the patch flavour (merge vs strategic); the generated stubs don't declare it.
-        # Raw response: no model building, but the status must be checked by us (raw_body).
+    async def patch(self, namespace: str, name: str, body: PatchBody, content_type: str) -> None:
+        # _content_type picks the patch flavour (merge, strategic, JSON patch); the generated stubs
+        # don't declare it. Raw response: no model building, but the status must be checked by us
+        # (raw_body).
+        payload: Any = dict(body) if isinstance(body, Mapping) else [dict(op) for op in body]
         await raw_body(
             self.apps.patch_namespaced_daemon_set(  # type: ignore[call-arg]
-                name, namespace, dict(body), _content_type=content_type, _preload_content=False
+                name, namespace, payload, _content_type=content_type, _preload_content=False
             )
         )
 
 
 class Notifier:
-    """One dispatcher per distinct `alerts` list, each with the always-on Event sink first."""
+    """One dispatcher per distinct `alerts` list, each with the always-on Event sink first.
+
+    `on_settled` and `will_resend` go to every dispatcher (Guard.alert_settled, Guard.will_resend:
+    the pending alerts on the DaemonSets)."""
 
     def __init__(
         self,
@@ -94,12 +99,16 @@ class Notifier:
         registry: Any,
         *,
         give_up_after: float = 1800.0,
+        on_settled: Callable[[Alert], None] | None = None,
+        will_resend: Callable[[Alert], bool] | None = None,
     ) -> None:
         self.session = session
         self.secrets = KubeSecretReader(api)
         self.recorder = EventRecorder.for_client(api)
         self.counter = delivery_counter(registry)
         self.give_up_after = give_up_after
+        self.on_settled = on_settled
+        self.will_resend = will_resend
         self._dispatchers: dict[tuple[Any, ...], AlertDispatcher] = {}
 
     def _dispatcher(self, guard: GuardPolicy) -> AlertDispatcher:
@@ -112,7 +121,12 @@ class Notifier:
             except ValueError as e:  # the policy parser checks the same; keep the Event sink regardless
                 log.error("alert sinks: %s; sending Events only", e)
             found = AlertDispatcher(
-                sinks, recorder=self.recorder, metrics=self.counter, give_up_after=self.give_up_after
+                sinks,
+                recorder=self.recorder,
+                metrics=self.counter,
+                give_up_after=self.give_up_after,
+                on_settled=self.on_settled,
+                will_resend=self.will_resend,
             )
             self._dispatchers[key] = found
         return found
@@ -158,7 +172,14 @@ async def run_guard(
     metrics = GuardMetrics()
     cache = ClusterCache(static_policies=policies)
     session = aiohttp.ClientSession()
-    notifier = Notifier(session, api, metrics.registry)
+    guard: Guard
+    notifier = Notifier(
+        session,
+        api,
+        metrics.registry,
+        on_settled=lambda alert: guard.alert_settled(alert),
+        will_resend=lambda alert: guard.will_resend(alert),
+    )
     guard = Guard(
         policies_for=policies_matching(cache),
         patcher=KubePatcher(api),
@@ -244,6 +265,8 @@ async def run_guard(
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
     else:
         metrics.leader.set(1)
+    # pending alerts are resent once the policies (and the namespaces they match on) are known
+    guard.ready = lambda: all(r.synced.is_set() for r in reflectors)
     tasks.append(asyncio.create_task(guard.run(), name="guard"))
 
     app = web.Application()

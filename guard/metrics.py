@@ -30,6 +30,18 @@ class GuardMetrics:
             ["step"],
             registry=self.registry,
         )
+        self.alerts_pending = Gauge(
+            "dsguard_guard_alerts_pending",
+            "Alerts pending on DaemonSets (entries of their dsguard.io/alerts-pending annotations), "
+            "as last seen.",
+            registry=self.registry,
+        )
+        self.alerts_resent = Counter(
+            "dsguard_guard_alerts_resent_total",
+            "Pending alerts found on a DaemonSet that this guard had not sent, sent again "
+            "(after a crash, a shutdown or a failover).",
+            registry=self.registry,
+        )
         self.watch_restarts = Counter(
             "dsguard_guard_watch_restarts_total",
             "List/watch restarts, by resource and reason.",

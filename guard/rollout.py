@@ -36,6 +36,10 @@ ROLLED_BACK_REVISION = "dsguard.io/rolled-back-revision"
 ROLLED_BACK_TO = "dsguard.io/rolled-back-to"
 ROLLBACK_REASON = "dsguard.io/rollback-reason"
 STALLED_REVISION = "dsguard.io/stalled-revision"
+# The guard's outbox: alerts written with the action that caused them, removed once every sink has
+# settled them (delivered, or failed for good). A guard that dies in between, or a new leader,
+# sends what is left again: alerts are at least once. A JSON list of Alert.to_json() bodies.
+ALERTS_PENDING = "dsguard.io/alerts-pending"
 PAUSE_ANNOTATIONS = (PAUSED, PAUSE_REASON, PAUSED_REVISION, PAUSED_AT, ORIGINAL_STRATEGY)
 
 

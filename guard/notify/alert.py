@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
+_STRING_FIELDS = ("revision", "policy", "summary")
 
 
 class AlertKind(StrEnum):
@@ -68,6 +69,12 @@ class FailingPod:
 
     def to_json(self) -> dict[str, str]:
         return {"pod": self.pod, "node": self.node, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: object, path: str = "failing[]") -> FailingPod:
+        if not isinstance(d, dict):
+            raise ValueError(f"alert field {path!r} must be an object, got {type(d).__name__}")
+        return cls(**{name: _string(d, name, f"{path}.{name}") for name in ("pod", "node", "reason")})
 
 
 def _now() -> datetime:
@@ -114,6 +121,63 @@ class Alert:
             "summary": self.summary,
             "failing": [p.to_json() for p in self.failing],
         }
+
+    @classmethod
+    def from_json(cls, d: object) -> Alert:
+        """The Alert that `to_json()` described; ValueError naming the first thing wrong.
+
+        Strict: the guard reads these back from its own annotation (dsguard.io/alerts-pending),
+        so anything unexpected (a hand edit, a newer schema) is reported, not guessed at.
+        `severity` and `key` are derived; they must agree with kind, uid and revision.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"an alert must be a JSON object, got {type(d).__name__}")
+        version = d.get("version")
+        if type(version) is not int or version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported alert version {version!r} (expected {SCHEMA_VERSION})")
+        kind_raw = _string(d, "kind")
+        try:
+            kind = AlertKind(kind_raw)
+        except ValueError:
+            raise ValueError(f"unknown alert kind {kind_raw!r}") from None
+        ds = d.get("daemonset")
+        if not isinstance(ds, dict):
+            raise ValueError("alert field 'daemonset' must be an object")
+        strings = {name: _string(d, name) for name in _STRING_FIELDS}
+        at_raw = _string(d, "at")
+        try:
+            at = datetime.fromisoformat(at_raw)
+        except ValueError:
+            raise ValueError(f"alert field 'at' is not an RFC 3339 time: {at_raw!r}") from None
+        if at.tzinfo is None:
+            raise ValueError(f"alert field 'at' has no time zone: {at_raw!r}")
+        failing = d.get("failing")
+        if not isinstance(failing, list):
+            raise ValueError("alert field 'failing' must be a list")
+        alert = cls(
+            kind=kind,
+            namespace=_string(ds, "namespace", "daemonset.namespace"),
+            daemonset=_string(ds, "name", "daemonset.name"),
+            uid=_string(ds, "uid", "daemonset.uid"),
+            revision=strings["revision"],
+            summary=strings["summary"],
+            failing=tuple(FailingPod.from_json(p, f"failing[{i}]") for i, p in enumerate(failing)),
+            policy=strings["policy"],
+            at=at,
+        )
+        if _string(d, "severity") != kind.severity:
+            raise ValueError(f"alert severity {d['severity']!r} does not match kind {kind.value}")
+        if _string(d, "key") != alert.key:
+            raise ValueError(f"alert key {d['key']!r} does not match its fields ({alert.key})")
+        return alert
+
+
+def _string(d: dict[str, Any], name: str, path: str | None = None) -> str:
+    value = d.get(name)
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        raise ValueError(f"alert field {path or name!r} is {what}")
+    return value
 
 
 def rfc3339(at: datetime) -> str:

@@ -5,6 +5,11 @@ minutes) delays no other sink; within a sink alerts go out in the order submitte
 never overtakes its PAUSED). An alert that finally can't be delivered (a permanent error, retries
 past `give_up_after`, or still queued at shutdown) becomes an AlertDeliveryFailed Event on its
 DaemonSet and an ERROR log line; if even that Event can't be created, the log line remains.
+
+`on_settled(alert)` is called once every sink is done with the alert's key: delivered, or failed
+for good (and recorded as above). The guard then removes the alert from the DaemonSet's pending
+alerts. It is not called for an alert still queued at shutdown: that one stays pending, and the
+next guard sends it again.
 """
 
 from __future__ import annotations
@@ -72,7 +77,11 @@ class AlertDispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         remember: int = REMEMBER,
         rng: random.Random | None = None,
+        on_settled: Callable[[Alert], None] | None = None,
+        will_resend: Callable[[Alert], bool] | None = None,
     ) -> None:
+        """`will_resend(alert)`: whether an alert left undelivered at shutdown is still pending on its
+        DaemonSet, for the next guard to send (it only changes the AlertDeliveryFailed message)."""
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique (dedupe and metrics use them): {names}")
@@ -86,6 +95,10 @@ class AlertDispatcher:
         self._sleep = sleep
         self._remember = remember
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self._on_settled = on_settled
+        self._will_resend = will_resend
+        # key -> (the alerts submitted under it, the lanes that still hold it): for on_settled
+        self._unsettled: dict[str, tuple[list[Alert], set[_Lane]]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = False
@@ -102,17 +115,27 @@ class AlertDispatcher:
             raise RuntimeError(f"alert {alert.key} submitted after the dispatcher was closed")
         if alert.kind is AlertKind.RESUMED:
             self._rearm(alert)
-        queued = False
+        queued: list[_Lane] = []
         for lane in self._lanes:
             if alert.key in lane.keys or alert.key in lane.done:
                 self._count(lane, "deduplicated")
                 continue
             lane.keys.add(alert.key)
             lane.queue.put_nowait(alert)
-            queued = True
+            queued.append(lane)
         if queued:
             self._idle.clear()
-        return queued
+        if self._on_settled is not None:
+            unsettled = self._unsettled.get(alert.key)
+            if unsettled is not None:  # some sink still holds the key: settled together with it
+                if alert not in unsettled[0]:
+                    unsettled[0].append(alert)
+                unsettled[1].update(queued)
+            elif queued:
+                self._unsettled[alert.key] = ([alert], set(queued))
+            else:  # every sink is already done with this key
+                self._settled(alert)
+        return bool(queued)
 
     async def start(self) -> None:
         if self._started:
@@ -142,13 +165,14 @@ class AlertDispatcher:
                 left.append((lane, lane.queue.get_nowait()))
         await asyncio.gather(
             *(
-                self._failed(lane, alert, _shutdown_error(lane, alert), record_timeout=RECORD_TIMEOUT)
+                self._failed(lane, alert, self._shutdown_error(lane, alert), record_timeout=RECORD_TIMEOUT)
                 for lane, alert in left
             )
         )
         for lane in self._lanes:
             lane.keys.clear()
             lane.current = None
+        self._unsettled.clear()  # not settled: still pending on their DaemonSets, for the next guard
         self._idle.set()
 
     def pending(self) -> int:
@@ -178,6 +202,7 @@ class AlertDispatcher:
             lane.current = None
             lane.keys.discard(alert.key)
             self._remember_done(lane, alert.key)
+            self._lane_done(lane, alert.key)
             if self.pending() == 0:
                 self._idle.set()
 
@@ -252,6 +277,38 @@ class AlertDispatcher:
                 "could not record AlertDeliveryFailed for %s to %s either: %s", alert.key, lane.sink.name, e
             )
 
+    # -- settling --------------------------------------------------------------------------------
+    def _lane_done(self, lane: _Lane, key: str) -> None:
+        unsettled = self._unsettled.get(key)
+        if unsettled is None:
+            return
+        unsettled[1].discard(lane)
+        if not unsettled[1]:
+            del self._unsettled[key]
+            for alert in unsettled[0]:
+                self._settled(alert)
+
+    def _settled(self, alert: Alert) -> None:
+        if self._on_settled is None:
+            return
+        try:
+            self._on_settled(alert)
+        except Exception:
+            log.exception("alert %s: on_settled failed", alert.key)  # a bug of ours; the lane lives on
+
+    def _shutdown_error(self, lane: _Lane, alert: Alert) -> str:
+        last = lane.last_error if alert is lane.current and lane.last_error else ""
+        try:
+            resend = self._will_resend is not None and self._will_resend(alert)
+        except Exception:
+            log.exception("alert %s: will_resend failed", alert.key)
+            resend = False
+        return (
+            "not delivered before shutdown"
+            + ("; the next guard will send it again (it is still pending on the DaemonSet)" if resend else "")
+            + (f"; last error: {last}" if last else "")
+        )
+
     # -- dedupe ----------------------------------------------------------------------------------
     def _remember_done(self, lane: _Lane, key: str) -> None:
         lane.done[key] = None
@@ -270,8 +327,3 @@ class AlertDispatcher:
     def _count(self, lane: _Lane, result: str) -> None:
         if self._metrics is not None:
             self._metrics.labels(sink=lane.sink.name, result=result).inc()
-
-
-def _shutdown_error(lane: _Lane, alert: Alert) -> str:
-    last = lane.last_error if alert is lane.current and lane.last_error else ""
-    return "not delivered before shutdown" + (f"; last error: {last}" if last else "")
