@@ -20,7 +20,7 @@ from typing import Any
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
-from webhook.rules import coverage, image_versions, rollout_caps, tolerations
+from webhook.rules import coverage, image_versions, pause_hold, rollout_caps, tolerations
 from webhook.rules.context import Finding, ObjectEdit, RuleContext, Severity
 
 
@@ -93,21 +93,32 @@ def evaluate(
 ) -> Evaluation:
     """judge=False skips the judgement (no denials, warnings or audits): for the mutating
     endpoint, which never denies and leaves judging the final object to /validate."""
+    held: ObjectEdit | None = None
+    hold_notices: list[str] = []
+    if mutate and old is not None:
+        held = ObjectEdit(obj)
+        hold_notices = pause_hold.keep_paused(old, held)
+        if hold_notices:
+            obj = held.obj  # the policies see (and patch on top of) the held object
+        else:
+            held = None
     ds = DaemonSetView.from_object(obj, namespace=namespace)
     matched = matching_policies(policies, ds, facts)
     if not matched:
+        if held is not None:
+            return Evaluation(ds=ds, obj=obj, patch=held.ops, notices=tuple(hold_notices))
         return Evaluation(ds=ds, obj=obj)
     template_changed = old is None or _spec_part(old, "template") != _spec_part(obj, "template")
     strategy_changed = old is None or _spec_part(old, "updateStrategy") != _spec_part(obj, "updateStrategy")
     caps_apply = template_changed or strategy_changed
 
     final: Mapping[str, Any] = obj
-    patch: list[dict[str, Any]] = []
-    notices: list[str] = []
+    patch: list[dict[str, Any]] = list(held.ops) if held is not None else []
+    notices: list[str] = list(hold_notices)
     mutators = [p for p in matched if _may_mutate(p)] if mutate else []
     if mutators:
         # Copies only the containers it changes, and records the patch as it goes.
-        edit = ObjectEdit(obj)
+        edit = held if held is not None else ObjectEdit(obj)
         work = ds
         for p in mutators:
             if p.tolerations is not None and template_changed and p.tolerations.on_missing is OnMissing.ADD:
