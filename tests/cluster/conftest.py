@@ -18,8 +18,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -151,6 +152,21 @@ def kwok_nodes(cluster: LocalCluster, namespace: str) -> Iterator[KwokNodes]:
     factory = KwokNodes(cluster, namespace)
     yield factory
     factory.cleanup()
+
+
+T = TypeVar("T")
+
+
+def poll(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
+    """fn() until it returns something truthy; TimeoutError naming `what` (and fn's last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

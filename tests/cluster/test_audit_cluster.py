@@ -9,8 +9,7 @@ policy is cluster-scoped, named after the test namespace and matches only that n
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -18,24 +17,13 @@ import pytest
 from localcluster.cluster import LocalCluster
 from localcluster.guard_host import HostGuard
 from localcluster.nodes import delete_nodes
-from tests.cluster.conftest import GROUP_LABEL, KwokNodes
+from tests.cluster.conftest import GROUP_LABEL, KwokNodes, poll
 
 pytestmark = pytest.mark.cluster
 
 T = TypeVar("T")
 Obj = dict[str, Any]
 IMAGE = "registry.example.com/agent"
-
-
-def poll(what: str, fn: Callable[[], T | None], timeout: float = 45.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(0.2)
 
 
 def policy(name: str, namespace: str, *, required_taint: str | None = None) -> Obj:

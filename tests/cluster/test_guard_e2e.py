@@ -24,7 +24,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -47,6 +47,7 @@ from localcluster.nodes import (
 )
 from localcluster.webhook_host import _free_port
 from tests.cluster.conftest import GROUP_LABEL
+from tests.cluster.conftest import poll as poll  # re-exported: other guard tests import it from here
 from tests.tlsutil import TLSFiles, write_tls_files
 
 NODES = 20
@@ -73,18 +74,6 @@ GUARD_FLAGS = {"tick": 0.2}
 
 T = TypeVar("T")
 Obj = dict[str, Any]
-
-
-def poll(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
-    """fn() until it returns something truthy; TimeoutError naming `what` (and fn's last value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 # --- the alert receiver ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from localcluster.cluster import LocalCluster
 from localcluster.guard_host import HostGuard
 from localcluster.nodes import POD_BEHAVIOR_ANNOTATION, POD_TIMING_ANNOTATIONS, PodBehavior
 from localcluster.webhook_host import REPO
-from tests.cluster.conftest import GROUP_LABEL, KwokNodes
+from tests.cluster.conftest import GROUP_LABEL, KwokNodes, poll
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -41,18 +41,6 @@ CRASHLOOP = {
     POD_TIMING_ANNOTATIONS["backoff"]: "3s",
 }
 VENV_BIN = Path(sys.executable).parent  # where pip put the kubectl-dsguard console script
-
-
-def poll(what: str, fn: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.25) -> T:
-    """fn() until it returns something truthy; TimeoutError naming `what` and fn's last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 class World:
