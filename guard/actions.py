@@ -176,7 +176,7 @@ def encode_pending(entries: Sequence[Any]) -> tuple[str, int]:
     MAX_PENDING_BYTES (the newest is always kept)."""
     kept = list(entries)
     while True:
-        value = json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
+        value = json.dumps(kept, separators=(",", ":"))
         if len(kept) <= 1 or len(value.encode()) <= MAX_PENDING_BYTES:
             return value, len(entries) - len(kept)
         kept.pop(0)

@@ -175,8 +175,8 @@ class Alert:
 def _string(d: dict[str, Any], name: str, path: str | None = None) -> str:
     value = d.get(name)
     if not isinstance(value, str):
-        what = "missing" if value is None else f"a {type(value).__name__}, not a string"
-        raise ValueError(f"alert field {path or name!r} is {what}")
+        what = "is missing" if value is None else f"must be a string, not {type(value).__name__}"
+        raise ValueError(f"alert field {path or name!r} {what}")
     return value
 
 

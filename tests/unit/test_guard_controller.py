@@ -1,9 +1,10 @@
 """guard.controller.Guard fed watch events by hand, with a fake patcher that plays the apiserver.
 
 The fake applies merge patches the way the apiserver does for the fields the guard writes
-(annotations, updateStrategy), enforces the resourceVersion precondition (409 on a stale one)
-and bumps resourceVersion/generation, so each test can hand the patched object back to the
-guard as the watch would.
+(annotations, updateStrategy), enforces the resourceVersion precondition (409 on a stale one),
+applies JSON patches (422 when a `test` op fails, as the apiserver answers) and bumps
+resourceVersion/generation, so each test can hand the patched object back to the guard as the
+watch would.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dsguard.policy import GuardPolicy, Match, Policy
+from guard import actions
 from guard.controller import Guard
 from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert, AlertKind
@@ -93,20 +95,46 @@ def merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
             target[k] = copy.deepcopy(v)
 
 
+def json_patch(target: dict[str, Any], ops: Any) -> dict[str, Any]:
+    """RFC 6902 on objects (test, add, replace, remove): the patched copy; 422 as the apiserver
+    answers when an op fails."""
+    out = copy.deepcopy(target)
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node: Any = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or (op["op"] != "add" and last not in node):
+            raise ApiException(status=422, reason=f"{op['op']}: no {op['path']}")
+        if op["op"] == "test" and node[last] != op["value"]:
+            raise ApiException(status=422, reason=f"test failed on {op['path']}")
+        if op["op"] in ("add", "replace"):
+            node[last] = copy.deepcopy(op["value"])
+        elif op["op"] == "remove":
+            del node[last]
+    return out
+
+
 class FakeApiserver:
-    """DaemonSets by name; patch() as the apiserver would answer the guard's merge patches."""
+    """DaemonSets by name; patch() as the apiserver would answer the guard's patches."""
 
     def __init__(self, *objs: dict[str, Any]) -> None:
         self.objs = {o["metadata"]["name"]: copy.deepcopy(o) for o in objs}
-        self.patches: list[dict[str, Any]] = []
+        self.patches: list[Any] = []
+        self.content_types: list[str] = []
         self.fail_with: int | None = None  # answer the next patch with this status
 
-    async def patch(self, namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None:
-        self.patches.append(copy.deepcopy(dict(body)))
+    async def patch(self, namespace: str, name: str, body: Any, content_type: str) -> None:
+        self.patches.append(copy.deepcopy(body if content_type == actions.JSON_PATCH else dict(body)))
+        self.content_types.append(content_type)
         if self.fail_with is not None:
             status, self.fail_with = self.fail_with, None
             raise ApiException(status=status, reason="fake")
         obj = self.objs[name]
+        if content_type == actions.JSON_PATCH:
+            self.objs[name] = json_patch(obj, body)
+            self.bump(name)
+            return
         want = body.get("metadata", {}).get("resourceVersion")
         if want is not None and want != obj["metadata"]["resourceVersion"]:
             raise ApiException(status=409, reason="Conflict")
@@ -134,19 +162,33 @@ class FakePatcher:
 
 
 class Harness:
-    def __init__(self, *objs: dict[str, Any]) -> None:
+    def __init__(self, *objs: dict[str, Any], policies: list[Policy] | None = None) -> None:
         self.api = FakeApiserver(*(objs or (ds_obj(),)))
         self.alerts: list[Alert] = []
+        self.sent_with: list[GuardPolicy] = []  # the policy each alert went out under
         self.metrics = GuardMetrics()
+        self.policies = [POLICY] if policies is None else policies
+        self.now = T0
+        self.mono: float | None = None  # a fake monotonic clock once set; the real one before
+
+        def notify(alert: Alert, guard: GuardPolicy) -> None:
+            self.alerts.append(alert)
+            self.sent_with.append(guard)
+
         self.guard = Guard(
-            policies_for=lambda ds: [POLICY],
+            policies_for=lambda ds: self.policies,
             patcher=self.api,
-            notify=lambda alert, guard: self.alerts.append(alert),
+            notify=notify,
             metrics=self.metrics,
-            clock=lambda: T0,
+            clock=lambda: self.now,
+            monotonic=lambda: time.monotonic() if self.mono is None else self.mono,
         )
         for o in self.api.objs.values():
             self.guard.daemonset_event("ADDED", copy.deepcopy(o))
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake monotonic clock on (starting it at 1000 s)."""
+        self.mono = (1000.0 if self.mono is None else self.mono) + seconds
 
     def rollout(self, failing: int, *, uid: str = "uid-1", name: str = "agent", bad: str = "bad") -> None:
         """Revisions good (1) and bad (2); `failing` crash-looping pods of 3 on bad."""

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import random
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 from kubernetes_asyncio import client
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
@@ -852,3 +855,201 @@ async def test_build_sinks_reports_every_error_with_its_path(session: aiohttp.Cl
         "spec.guard.alerts[5].hmacSecretRef.key: is required (a non-empty string)",
     ]
     assert SLACK_TOKEN not in str(err.value)
+
+
+# --- Alert.from_json: the pending alerts read back -----------------------------------------------
+
+_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+
+
+@st.composite
+def alerts(draw: st.DrawFn) -> Alert:
+    zone = draw(
+        st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30))])
+    )
+    at = draw(
+        st.datetimes(
+            min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(zone)
+        )
+    )
+    return Alert(
+        kind=draw(st.sampled_from(list(AlertKind))),
+        namespace=draw(_names),
+        daemonset=draw(_names),
+        uid=draw(_names),
+        revision=draw(_names),
+        summary=draw(_names),
+        failing=tuple(
+            draw(st.lists(st.builds(FailingPod, pod=_names, node=_names, reason=_names), max_size=4))
+        ),
+        policy=draw(_names),
+        at=at,
+    )
+
+
+@given(alerts())
+def test_alert_from_json_round_trips(alert: Alert) -> None:
+    assert Alert.from_json(alert.to_json()) == alert
+    assert Alert.from_json(orjson.loads(orjson.dumps(alert.to_json()))) == alert  # through the annotation
+
+
+def _body(**changes: Any) -> dict[str, Any]:
+    body = make_alert(failing=1).to_json()
+    body.update(changes)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ([], "must be a JSON object, got list"),
+        ({}, "unsupported alert version None"),
+        (_body(version=2), "unsupported alert version 2"),
+        (_body(version=True), "unsupported alert version True"),
+        (_body(kind="exploded"), "unknown alert kind 'exploded'"),
+        (_body(kind=None), "'kind' is missing"),
+        (_body(daemonset="node-agent"), "'daemonset' must be an object"),
+        (
+            _body(daemonset={"namespace": "ns", "name": "a", "uid": 7}),
+            "'daemonset.uid' must be a string, not int",
+        ),
+        (_body(summary=None), "'summary' is missing"),
+        (_body(at="yesterday"), "'at' is not an RFC 3339 time: 'yesterday'"),
+        (_body(at="2025-05-01T12:00:00"), "'at' has no time zone"),
+        (_body(failing={"pod": "x"}), "'failing' must be a list"),
+        (_body(failing=["x"]), "'failing[0]' must be an object"),
+        (_body(failing=[{"pod": "p", "node": "n"}]), "'failing[0].reason' is missing"),
+        (_body(severity="info"), "severity 'info' does not match kind paused"),
+        (_body(key="other/5d9c7b8f6/paused"), "key 'other/5d9c7b8f6/paused' does not match its fields"),
+    ],
+)
+def test_alert_from_json_rejects_malformed_entries_clearly(entry: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Alert.from_json(entry)
+
+
+# --- on_settled: when every sink is done with an alert ---------------------------------------------
+
+
+class Scripted:
+    """A sink that answers from a script: "ok", "retry" (transient), "fail" (permanent), or waits."""
+
+    def __init__(self, name: str, *script: str, gate: asyncio.Event | None = None) -> None:
+        self.name = name
+        self.script = list(script)
+        self.gate = gate
+        self.sent: list[str] = []
+
+    async def send(self, alert: Alert) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        step = self.script.pop(0) if self.script else "ok"
+        self.sent.append(alert.key)
+        if step != "ok":
+            raise SinkError(f"{self.name}: {step}", permanent=step == "fail")
+
+
+async def test_on_settled_once_every_sink_delivered() -> None:
+    settled: list[Alert] = []
+    gate = asyncio.Event()
+    slow = Scripted("slow", gate=gate)
+    d = dispatcher([Scripted("events"), slow], Failures(), CollectorRegistry(), on_settled=settled.append)
+    await d.start()
+    paused = make_alert()
+    d.submit(paused)
+    later = make_alert(at=AT + timedelta(seconds=1))  # the same key while in flight: settled with it
+    assert not d.submit(later)
+    with pytest.raises(TimeoutError):
+        await d.wait_idle(0.05)
+    assert settled == []  # one sink still holds it
+    gate.set()
+    await d.wait_idle(WAIT)
+    assert settled == [paused, later]
+    await d.close(1)
+    assert settled == [paused, later]
+
+
+async def test_on_settled_after_a_permanent_failure_and_it_is_recorded() -> None:
+    settled: list[Alert] = []
+    failures = Failures()
+    d = dispatcher(
+        [Scripted("events"), Scripted("webhook", "retry", "fail")], failures, CollectorRegistry(),
+        on_settled=settled.append,
+    )  # fmt: skip
+    await d.start()
+    d.submit(make_alert())
+    await d.wait_idle(WAIT)
+    assert settled == [make_alert()]
+    assert [(k, s) for k, s, _ in failures.recorded] == [(make_alert().key, "webhook")]
+    await d.close(1)
+
+
+async def test_on_settled_after_giving_up() -> None:
+    now = 0.0
+
+    async def sleep(delay: float) -> None:
+        nonlocal now
+        now += delay
+        await asyncio.sleep(0)
+
+    settled: list[Alert] = []
+    failures = Failures()
+    d = dispatcher(
+        [Scripted("webhook", *["retry"] * 1000)], failures, CollectorRegistry(),
+        base_delay=1.0, max_delay=60.0, give_up_after=1800.0, clock=lambda: now, sleep=sleep,
+        on_settled=settled.append,
+    )  # fmt: skip
+    await d.start()
+    d.submit(make_alert())
+    await d.wait_idle(WAIT)
+    assert settled == [make_alert()]
+    assert failures.recorded[0][2].startswith("gave up after")
+    await d.close(1)
+
+
+async def test_a_key_every_sink_is_done_with_settles_at_once() -> None:
+    settled: list[Alert] = []
+    d = dispatcher([Scripted("events")], Failures(), CollectorRegistry(), on_settled=settled.append)
+    await d.start()
+    d.submit(make_alert())
+    await d.wait_idle(WAIT)
+    resent = make_alert(at=AT + timedelta(minutes=1))  # say, resent from the DaemonSet
+    assert not d.submit(resent)  # deduplicated: not sent again...
+    assert settled == [make_alert(), resent]  # ...and nothing is left to wait for
+    await d.close(1)
+
+
+@pytest.mark.parametrize("resend", [True, False])
+async def test_not_settled_at_shutdown_and_the_failure_says_whether_it_is_resent(resend: bool) -> None:
+    settled: list[Alert] = []
+    failures = Failures()
+    stuck = Scripted("webhook", gate=asyncio.Event())
+    d = dispatcher(
+        [Scripted("events"), stuck], failures, CollectorRegistry(),
+        on_settled=settled.append, will_resend=lambda alert: resend,
+    )  # fmt: skip
+    await d.start()
+    d.submit(make_alert())
+    with pytest.raises(TimeoutError):
+        await d.wait_idle(0.05)
+    await d.close(0.05)
+    assert settled == []  # still pending on the DaemonSet: for the next guard
+    [(key, sink, error)] = failures.recorded
+    assert (key, sink) == (make_alert().key, "webhook")
+    said = "the next guard will send it again (it is still pending on the DaemonSet)"
+    assert (said in error) is resend
+    assert error.startswith("not delivered before shutdown")
+
+
+async def test_a_failing_on_settled_does_not_stop_the_sink(caplog: pytest.LogCaptureFixture) -> None:
+    def boom(alert: Alert) -> None:
+        raise RuntimeError("bug")
+
+    sink = Scripted("events")
+    d = dispatcher([sink], Failures(), CollectorRegistry(), on_settled=boom)
+    await d.start()
+    d.submit(make_alert())
+    d.submit(make_alert(AlertKind.STALLED))
+    await d.wait_idle(WAIT)
+    await d.close(1)
+    assert len(sink.sent) == 2 and "on_settled failed" in caplog.text
