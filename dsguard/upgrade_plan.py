@@ -5,8 +5,8 @@ The upgrade is modelled as facts: the selected nodes (all, or one pool) run the 
 and without a node selector the apiserver runs the target too. Each DaemonSet matched by a
 policy with a `versions` section (whatever its enforcement: compatibility is a fact about the
 image, even for an Audit policy) is judged by webhook.rules.image_versions against the facts
-today and after the upgrade. The messages are the rule's own; which nodes break is computed
-here from the same walk (version_verdicts), never read back out of a message.
+today and after the upgrade, through the rule's own verdicts (image_versions.verdicts): the
+same messages as the webhook, and which nodes break as data, never read back out of a message.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from dsguard.daemonset import ContainerImage, DaemonSetView
 from dsguard.facts import ClusterFacts
-from dsguard.policy import Compatibility, Policy, UnknownVersion, VersionPolicy
+from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
 from dsguard.selectors import (
     DOES_NOT_EXIST,
@@ -32,10 +32,10 @@ from dsguard.selectors import (
     label_value_errors,
     qualified_name_errors,
 )
-from dsguard.versions import ImageRef, Version, image_pattern_matches
-from webhook.rules import image_versions
-from webhook.rules.context import Finding, RuleContext, Severity
+from webhook.rules.context import RuleContext, Severity
 from webhook.rules.engine import matching_policies
+from webhook.rules.image_versions import FindingKind, VersionVerdict
+from webhook.rules.image_versions import verdicts as version_verdicts
 
 __all__ = [
     "DaemonSetReport",
@@ -128,99 +128,6 @@ def upgraded_facts(facts: ClusterFacts, target: str, upgrade: NodePredicate | No
     )
     server = target if upgrade is None else facts.server_version
     return replace(facts, nodes=nodes, server_version=server)
-
-
-# --- which nodes break: image_versions.check's walk, structured ---------------------------------
-
-
-class FindingKind(StrEnum):
-    INCOMPATIBLE = "incompatible"  # a version tag outside a compatibility entry's range
-    UNKNOWN_VERSION = "unknown-version"  # a governed image whose tag is not a version
-    INVALID_IMAGE = "invalid-image"  # not an image reference at all
-
-
-@dataclass(frozen=True)
-class VersionVerdict:
-    """One thing image_versions.check has to say about one image of one policy, with the nodes
-    it concerns as data. `reported` is False only for an unknown version under
-    `unknownVersion: Allow`, where the rule stays silent but the image can't be checked."""
-
-    image: ContainerImage
-    kind: FindingKind
-    severity: Severity
-    reported: bool = True
-    nodes: tuple[str, ...] = ()  # targeted nodes where the image is incompatible
-    kubelets: tuple[str, ...] = ()  # their kubelet versions (sorted); the apiserver's when no nodes
-    compatibility: Compatibility | None = None  # the entry violated (INCOMPATIBLE)
-    pattern: str = ""  # the first rule's image pattern matching the image
-
-
-def version_verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
-    """What image_versions.check(policy, ctx) finds, in its order, one verdict per finding it
-    reports (plus unreported Allow'ed unknown versions): the same images, the same rules, the
-    same targeted nodes from the walk, grouped the same way. With no nodes known the apiserver's
-    version stands in, as in the rule; the verdict then names no node."""
-    out: list[VersionVerdict] = []
-    groups: dict[str, tuple[str, ...]] | None = None
-    for img in ctx.ds.images():
-        try:
-            ref = ImageRef.parse(img.image)
-        except ValueError:
-            out.append(VersionVerdict(img, FindingKind.INVALID_IMAGE, Severity.VIOLATION))
-            continue
-        rules = [r for r in policy.rules if image_pattern_matches(r.image, ref)]
-        if not rules:
-            continue
-        version = ref.version
-        if version is None:
-            unknown = policy.unknown_version
-            out.append(
-                VersionVerdict(
-                    img,
-                    FindingKind.UNKNOWN_VERSION,
-                    Severity.VIOLATION if unknown is UnknownVersion.DENY else Severity.WARNING,
-                    reported=unknown is not UnknownVersion.ALLOW,
-                    pattern=rules[0].image,
-                )
-            )
-            continue
-        if groups is None:
-            groups = _kubelet_groups(ctx)
-        broken: dict[Compatibility, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
-        for kubelet, names in groups.items():
-            kv = Version.parse(kubelet)
-            if kv is None:
-                continue
-            for rule in rules:
-                for compat in rule.compatibility:
-                    if compat.kubernetes.contains(kv) and not compat.versions.contains(version):
-                        broken[compat].append((kubelet, names))
-        for compat, where in broken.items():
-            out.append(
-                VersionVerdict(
-                    img,
-                    FindingKind.INCOMPATIBLE,
-                    Severity.VIOLATION,
-                    # dict.fromkeys: equal compatibility entries are one key, met once each.
-                    nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
-                    kubelets=tuple(sorted({k for k, _ in where})),
-                    compatibility=compat,
-                    pattern=rules[0].image,
-                )
-            )
-    return out
-
-
-def _kubelet_groups(ctx: RuleContext) -> dict[str, tuple[str, ...]]:
-    """Kubelet version -> targeted node names, in node order; {apiserver version: ()} with no
-    nodes known (image_versions' stand-in)."""
-    if not ctx.facts.nodes:
-        return {ctx.facts.server_version: ()} if ctx.facts.server_version else {}
-    groups: dict[str, list[str]] = defaultdict(list)
-    for node in ctx.targeted:
-        if node.kubelet_version:
-            groups[node.kubelet_version].append(node.name)
-    return {k: tuple(v) for k, v in groups.items()}
 
 
 # --- the plan -----------------------------------------------------------------------------------
@@ -348,7 +255,7 @@ def plan_upgrade(
     )
 
 
-_Judged = list[tuple[Policy, list[Finding], list[VersionVerdict]]]
+_Judged = list[tuple[Policy, list[VersionVerdict]]]
 
 
 def _judge(ds: DaemonSetView, policies: Sequence[Policy], facts: ClusterFacts) -> _Judged:
@@ -356,22 +263,8 @@ def _judge(ds: DaemonSetView, policies: Sequence[Policy], facts: ClusterFacts) -
     out: _Judged = []
     for p in policies:
         assert p.versions is not None
-        out.append((p, image_versions.check(p.versions, ctx), version_verdicts(p.versions, ctx)))
+        out.append((p, version_verdicts(p.versions, ctx)))
     return out
-
-
-def _paired(
-    findings: list[Finding], verdicts: list[VersionVerdict]
-) -> list[tuple[str | None, VersionVerdict]]:
-    """Each verdict with the rule's message for it (None for an unreported one)."""
-    reported = [v for v in verdicts if v.reported]
-    if len(reported) != len(findings):  # a change to image_versions not mirrored in version_verdicts
-        raise RuntimeError(
-            f"dsguard.upgrade_plan.version_verdicts disagrees with webhook.rules.image_versions.check: "
-            f"{len(reported)} verdict(s) for {len(findings)} finding(s): {[f.message for f in findings]}"
-        )
-    messages = iter(f.message for f in findings)
-    return [(next(messages) if v.reported else None, v) for v in verdicts]
 
 
 def _report(
@@ -385,13 +278,13 @@ def _report(
     # What is wrong today, per (policy, image path): the broken nodes, and the kinds of finding.
     nodes_now: dict[tuple[str, str], set[str]] = defaultdict(set)
     kinds_now: set[tuple[str, str, FindingKind]] = set()
-    for p, findings, verdicts in today:
-        for _, v in _paired(findings, verdicts):
+    for p, verdicts in today:
+        for v in verdicts:
             nodes_now[p.name, v.image.path].update(v.nodes)
             kinds_now.add((p.name, v.image.path, v.kind))
     reports: list[FindingReport] = []
-    for p, findings, verdicts in after:
-        for message, v in _paired(findings, verdicts):
+    for p, verdicts in after:
+        for v in verdicts:
             before = nodes_now.get((p.name, v.image.path), set())
             new_nodes = tuple(n for n in v.nodes if n not in before)
             known = (p.name, v.image.path, v.kind) in kinds_now
@@ -401,7 +294,7 @@ def _report(
                     image=v.image,
                     kind=v.kind,
                     severity=v.severity,
-                    message=message if message is not None else _unchecked_message(v, target),
+                    message=v.message if v.reported else _unchecked_message(v, target),
                     nodes=v.nodes,
                     new_nodes=new_nodes,
                     new=bool(new_nodes) or (not known),

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from types import MappingProxyType
 
+from dsguard.daemonset import ContainerImage
 from dsguard.policy import Compatibility, UnknownVersion, VersionPolicy
 from dsguard.versions import ImageRef, Version, image_pattern_matches
 from webhook.rules.context import Finding, NodeWalk, RuleContext, Severity, name_nodes
 
 RULE = "versions"
+NO_NODES = "(no nodes known: the apiserver version)"
 
 
 def _nodes_by_kubelet(ctx: RuleContext) -> Mapping[str, Sequence[str]]:
     """Kubelet version -> node names; with no nodes known, the apiserver's version stands in."""
     if not ctx.facts.nodes:
-        return (
-            {ctx.facts.server_version: ["(no nodes known: the apiserver version)"]}
-            if ctx.facts.server_version
-            else {}
-        )
+        return {ctx.facts.server_version: ()} if ctx.facts.server_version else {}
     # A pass over every targeted node, on every review: memoised with the walk.
     return ctx.walk.derive(RULE, _targeted_by_kubelet)
 
@@ -33,21 +33,83 @@ def _targeted_by_kubelet(walk: NodeWalk) -> Mapping[str, tuple[str, ...]]:
     return MappingProxyType({k: tuple(v) for k, v in groups.items()})
 
 
+class FindingKind(StrEnum):
+    INCOMPATIBLE = "incompatible"  # a version tag outside a compatibility entry's range
+    UNKNOWN_VERSION = "unknown-version"  # a governed image whose tag is not a version
+    INVALID_IMAGE = "invalid-image"  # not an image reference at all
+
+
+@dataclass(frozen=True)
+class VersionVerdict:
+    """One thing the rule has to say about one image, with the nodes it concerns as data (the
+    upgrade check reads those; the webhook reads the message). `reported` is False only for an
+    unknown version under `unknownVersion: Allow`, where the rule stays silent."""
+
+    image: ContainerImage
+    kind: FindingKind
+    severity: Severity = Severity.VIOLATION
+    reported: bool = True
+    nodes: tuple[str, ...] = ()  # targeted nodes where the image is incompatible (none: no nodes known)
+    kubelets: tuple[str, ...] = ()  # their kubelet versions, sorted; the apiserver's when no nodes
+    compatibility: Compatibility | None = None  # the entry violated (INCOMPATIBLE)
+    pattern: str = ""  # the first rule's image pattern matching the image
+    error: str = ""  # why the reference doesn't parse (INVALID_IMAGE)
+
+    @property
+    def message(self) -> str:
+        img = self.image
+        if self.kind is FindingKind.INVALID_IMAGE:
+            return f"{img.path}: {self.error}"
+        if self.kind is FindingKind.UNKNOWN_VERSION:
+            return (
+                f"{img.path}: {img.image} has no version tag, so its compatibility with the nodes' "
+                f"kubelet versions cannot be checked (policy rule for {self.pattern}); use a version tag "
+                "such as :1.2.3"
+            )
+        compat = self.compatibility
+        assert compat is not None, "an INCOMPATIBLE verdict names its compatibility entry"
+        names = list(self.nodes) or [NO_NODES]
+        return (
+            f"{img.path}: {img.image} is not compatible with {len(names)} node(s) running kubelet "
+            f'{", ".join(self.kubelets)} ({name_nodes(names)}): on kubernetes "{compat.kubernetes}" the '
+            f'policy allows versions "{compat.versions}"; use a version that satisfies it, or keep '
+            "the DaemonSet off those nodes with a nodeSelector or node affinity"
+        )
+
+    def finding(self) -> Finding:
+        return Finding(RULE, self.message, self.severity)
+
+
 def check(policy: VersionPolicy, ctx: RuleContext) -> list[Finding]:
-    findings: list[Finding] = []
+    return [v.finding() for v in verdicts(policy, ctx) if v.reported]
+
+
+def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
+    """Every image of the DaemonSet a rule of `policy` governs, judged against the kubelet
+    versions of the nodes it targets, in image order."""
+    out: list[VersionVerdict] = []
     groups: Mapping[str, Sequence[str]] | None = None
     for img in ctx.ds.images():
         try:
             ref = ImageRef.parse(img.image)
         except ValueError as e:
-            findings.append(Finding(RULE, f"{img.path}: {e}"))
+            out.append(VersionVerdict(img, FindingKind.INVALID_IMAGE, error=str(e)))
             continue
         rules = [r for r in policy.rules if image_pattern_matches(r.image, ref)]
         if not rules:
             continue
         version = ref.version
         if version is None:
-            findings.extend(_unknown(policy, img.path, img.image, rules[0].image))
+            unknown = policy.unknown_version
+            out.append(
+                VersionVerdict(
+                    img,
+                    FindingKind.UNKNOWN_VERSION,
+                    Severity.VIOLATION if unknown is UnknownVersion.DENY else Severity.WARNING,
+                    reported=unknown is not UnknownVersion.ALLOW,
+                    pattern=rules[0].image,
+                )
+            )
             continue
         if groups is None:
             groups = _nodes_by_kubelet(ctx)
@@ -62,26 +124,15 @@ def check(policy: VersionPolicy, ctx: RuleContext) -> list[Finding]:
                     if compat.kubernetes.contains(kv) and not compat.versions.contains(version):
                         broken[compat].append((kubelet, names))
         for compat, where in broken.items():
-            names = [n for _, ns in where for n in ns]
-            kubelets = ", ".join(sorted({k for k, _ in where}))
-            findings.append(
-                Finding(
-                    RULE,
-                    f"{img.path}: {img.image} is not compatible with {len(names)} node(s) running kubelet "
-                    f'{kubelets} ({name_nodes(names)}): on kubernetes "{compat.kubernetes}" the policy '
-                    f'allows versions "{compat.versions}"; use a version that satisfies it, or keep '
-                    "the DaemonSet off those nodes with a nodeSelector or node affinity",
+            out.append(
+                VersionVerdict(
+                    img,
+                    FindingKind.INCOMPATIBLE,
+                    # dict.fromkeys: a node met under two equal entries is one node
+                    nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
+                    kubelets=tuple(sorted({k for k, _ in where})),
+                    compatibility=compat,
+                    pattern=rules[0].image,
                 )
             )
-    return findings
-
-
-def _unknown(policy: VersionPolicy, path: str, image: str, pattern: str) -> list[Finding]:
-    if policy.unknown_version is UnknownVersion.ALLOW:
-        return []
-    msg = (
-        f"{path}: {image} has no version tag, so its compatibility with the nodes' kubelet versions "
-        f"cannot be checked (policy rule for {pattern}); use a version tag such as :1.2.3"
-    )
-    severity = Severity.VIOLATION if policy.unknown_version is UnknownVersion.DENY else Severity.WARNING
-    return [Finding(RULE, msg, severity)]
+    return out
