@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from guard.notify.sinks import DELIVERY_HEADER
 from tests.cluster.test_guard_e2e import (
     BAD_IMAGE,
     CRASHLOOP,
@@ -66,6 +67,8 @@ def test_guard_killed_before_its_alert_got_through_the_next_guard_sends_it(scena
     body = assert_signed_alert(s, delivery, kind="paused", revision=bad)
     assert body["key"] == key
     assert body["at"] == entry["at"]  # the same alert, not a new one
+    # so the same X-Dsguard-Delivery as the attempts the first guard made: receivers dedupe on it
+    assert delivery.header(DELIVERY_HEADER) == receiver.deliveries[0].header(DELIVERY_HEADER) != ""
     poll("the delivered alert to be taken off the DaemonSet", lambda: PENDING not in s.annotations())
 
     assert guard.metric("dsguard_guard_alerts_resent_total") == 1
