@@ -142,13 +142,12 @@ class Guard:
         # before the policies are known, an alert would go to the Events only.
         self.ready: Callable[[], bool] = lambda: True
         self._was_ready = False
-        self._submitted: dict[
-            str, dict[AlertId, float]
-        ] = {}  # uid -> durable alerts this process sent -> when
-        self._to_clear: dict[str, dict[AlertId, float]] = {}  # uid -> settled alerts to remove -> since when
-        self._cleared_against: dict[
-            str, str
-        ] = {}  # uid -> the value a clear was sent against (or refused on)
+        # uid -> the pending alerts this process sent (or resent) -> when last seen pending
+        self._submitted: dict[str, dict[AlertId, float]] = {}
+        # uid -> settled alerts to take off the annotation -> since when
+        self._to_clear: dict[str, dict[AlertId, float]] = {}
+        # uid -> the annotation value a clear was sent against (or refused on): not again on it
+        self._cleared_against: dict[str, str] = {}
         self._malformed_seen: dict[str, set[str]] = {}  # uid -> malformed entries already logged
         self._pending: dict[str, int] = {}  # uid -> entries in its pending alerts, as last seen
 

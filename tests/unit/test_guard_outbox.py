@@ -6,6 +6,8 @@ on a failed `test`), plus the pure helpers in guard.actions.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -410,3 +412,33 @@ def test_entry_identity_tells_a_repeated_key_apart() -> None:
     assert a.key == b.key
     assert actions.entry_id(a.to_json()) != actions.entry_id(b.to_json())
     assert actions.entry_id({"key": 1}) is None
+
+
+async def test_the_loop_resends_once_every_watch_has_listed_without_another_event() -> None:
+    obj = ds_with_pending(foreign_alert().to_json())
+    obj["status"].update(updatedNumberScheduled=5, numberAvailable=5)  # complete: no tick re-marks it
+    h = Harness(obj)  # the real monotonic clock: the loop runs
+    listed = False
+    h.guard.ready = lambda: listed
+    h.guard.tick = 0.01
+    await h.process()  # the DaemonSet's own event, taken before the other watches listed
+    assert h.alerts == []
+    task = asyncio.create_task(h.guard.run())
+    sent = asyncio.Event()
+
+    def notify(alert: Alert, guard: GuardPolicy) -> None:
+        h.alerts.append(alert)
+        sent.set()
+
+    h.guard.notify = notify
+    try:
+        await asyncio.sleep(0.05)  # many ticks: nothing is resent while a watch has not listed
+        assert h.alerts == []
+        listed = True
+        async with asyncio.timeout(2):
+            await sent.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert h.alerts == [foreign_alert()]
