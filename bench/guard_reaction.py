@@ -374,15 +374,21 @@ async def bench_size(
         setup_s = time.monotonic() - t0
         log(f"{nodes} nodes: DaemonSet available everywhere after {setup_s:.1f}s; starting the guard")
 
+        policy = policy_file(workdir, args.threshold)
         guard = HostGuard(
             cluster,
-            policy_files=[policy_file(workdir, args.threshold)],
+            # --audit: the policy from the cluster, so the guard also runs its background audit
+            # (and its whole-Node watch); otherwise from the file, audit off.
+            policy_files=[] if args.audit else [policy],
             identity=f"bench-{nodes}",
             lease_name=f"bench-{nodes}",
             tick=args.tick,
             python_args=_profile_args(args, nodes),
             startup_timeout=300,
         )
+        if args.audit:
+            guard.ensure_crd()
+            await asyncio.to_thread(cluster.kubectl, "apply", "-f", str(policy))
         t1 = time.monotonic()
         guard.start()
         ready_s = time.monotonic() - t1
@@ -556,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threshold", type=int, default=3)
     p.add_argument("--max-unavailable", type=int, default=2)
     p.add_argument("--tick", type=float, default=1.0, help="the guard's --tick (its default: 1s)")
+    p.add_argument(
+        "--audit", action="store_true", help="policy from the cluster: the guard's background audit runs too"
+    )
     p.add_argument("--setup-timeout", type=float, default=900)
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep-cluster", action="store_true")

@@ -33,6 +33,9 @@ class ClusterCache:
         self._static = tuple(static_policies) if static_policies is not None else None
         self._server_version: str | None = None
         self._facts: ClusterFacts | None = None
+        # The same tuple until a node changes: the rules' placement memo is keyed on it, so a
+        # snapshot rebuilt for a namespace change keeps every walk.
+        self._node_tuple: tuple[NodeInfo, ...] | None = None
         self._policy_list: tuple[Policy, ...] | None = None
         self.policy_errors: dict[str, str] = {}  # policy name -> why it (or its latest change) was rejected
         # policy name -> (metadata.generation, status) as stored: the audit writes status from these
@@ -45,8 +48,10 @@ class ClusterCache:
     @property
     def facts(self) -> ClusterFacts:
         if self._facts is None:
+            if self._node_tuple is None:
+                self._node_tuple = tuple(self._nodes[n] for n in sorted(self._nodes))
             self._facts = ClusterFacts(
-                nodes=tuple(self._nodes[n] for n in sorted(self._nodes)),
+                nodes=self._node_tuple,
                 namespaces=dict(self._namespaces),
                 server_version=self._server_version,
             )
@@ -68,23 +73,23 @@ class ClusterCache:
         """Serve fixed nodes with no watch (offline runs, benchmarks)."""
         self._nodes = {n.name: n for n in nodes}
         self._server_version = server_version
-        self._facts = None
+        self._facts = self._node_tuple = None
 
     # -- nodes -------------------------------------------------------------------------------
     def replace_nodes(self, items: list[Obj]) -> None:
         self._nodes = {n.name: n for n in map(NodeInfo.from_node, items)}
-        self._facts = None
+        self._facts = self._node_tuple = None
 
     def node_event(self, kind: str, obj: Obj) -> None:
         name = name_of(obj)
         if kind == "DELETED":
             if self._nodes.pop(name, None) is not None:
-                self._facts = None
+                self._facts = self._node_tuple = None
             return
         info = NodeInfo.from_node(obj)
         if self._nodes.get(name) != info:
             self._nodes[name] = info
-            self._facts = None
+            self._facts = self._node_tuple = None
 
     # -- namespaces --------------------------------------------------------------------------
     def replace_namespaces(self, items: list[Obj]) -> None:

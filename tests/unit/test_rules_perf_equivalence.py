@@ -343,7 +343,10 @@ def test_placement_cache_hits_on_equal_specs_and_forgets_old_snapshots() -> None
     assert cache.walk(facts, {**spec, "containers": [{"name": "x"}]}) is first  # nor are other fields
     assert (cache.hits, cache.misses) == (2, 1)
     assert cache.walk(facts, {**spec, "hostNetwork": True}) is not first
-    newer = ClusterFacts(nodes=nodes)  # equal content, new snapshot: walked again
+    # A new snapshot with the same node list (what a namespace change makes): the walks stay.
+    assert cache.walk(ClusterFacts(nodes=nodes, namespaces={"ns": {}}), spec) is first
+    newer = ClusterFacts(nodes=(*nodes,))  # a new node list, equal content: walked again
+    assert newer.nodes is not nodes
     assert cache.walk(newer, spec) is not first
     assert len(cache) == 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,13 +122,14 @@ def placement_key(pod_spec: Mapping[str, Any]) -> bytes | None:
 
 
 class PlacementCache:
-    """A pure memo of NodeWalks across reviews, for the current facts snapshot only.
+    """A pure memo of NodeWalks across reviews, for the current node list only.
 
-    Facts are frozen and the webhook's cache swaps in a new object on any change, so the
-    snapshot's identity stands for its content. It is held by weak reference: comparing the
-    referent (not its id) means a later snapshot at a recycled address can never match, and a
-    replaced snapshot is freed rather than pinned here. The lock keeps the LRU consistent if
-    the offline CLI or a test calls from threads; walks themselves run outside it.
+    A walk depends on the nodes alone, not on namespaces or the apiserver version, and the
+    watched cache keeps the same nodes tuple across snapshots until a node changes: so a new
+    snapshot made for a namespace change (every CI namespace created or deleted) keeps the walks.
+    The tuple is held strongly: while it is the key, no other tuple can get its address, so a
+    new node list can never be taken for the old one. The lock keeps the LRU consistent if the
+    offline CLI or a test calls from threads; walks themselves run outside it.
     """
 
     def __init__(self, maxsize: int = 256, max_placements: int = 500_000) -> None:
@@ -137,7 +137,7 @@ class PlacementCache:
         # A walk holds a (node, placement) pair per node, ~70 bytes: on a 5,000-node cluster 256
         # walks would pin ~85 MiB, so fewer are kept there (this bounds the total near 35 MiB).
         self.max_placements = max_placements
-        self._facts: weakref.ref[ClusterFacts] | None = None
+        self._nodes: tuple[NodeInfo, ...] | None = None
         self._walks: OrderedDict[bytes, NodeWalk] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -148,9 +148,9 @@ class PlacementCache:
         if key is None:
             return NodeWalk.of(facts, pod_spec)
         with self._lock:
-            if self._facts is None or self._facts() is not facts:
+            if self._nodes is not facts.nodes:
                 self._walks.clear()
-                self._facts = weakref.ref(facts)
+                self._nodes = facts.nodes
             found = self._walks.get(key)
             if found is not None:
                 self._walks.move_to_end(key)
@@ -159,8 +159,8 @@ class PlacementCache:
             self.misses += 1
         walk = NodeWalk.of(facts, pod_spec)
         with self._lock:
-            # Another snapshot (or a clear) may have come meanwhile: never file under it.
-            if self._facts is not None and self._facts() is facts:
+            # Another node list (or a clear) may have come meanwhile: never file under it.
+            if self._nodes is facts.nodes:
                 self._walks[key] = walk
                 limit = max(1, min(self.maxsize, self.max_placements // max(1, len(facts.nodes))))
                 while len(self._walks) > limit:
@@ -170,7 +170,7 @@ class PlacementCache:
     def clear(self) -> None:
         with self._lock:
             self._walks.clear()
-            self._facts = None
+            self._nodes = None
 
     def __len__(self) -> int:
         return len(self._walks)

@@ -1,0 +1,88 @@
+"""ClusterCache: which watch events make a new facts snapshot, and which reach the rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dsguard.cluster_cache import ClusterCache
+
+
+def node(name: str, *, labels: dict[str, str] | None = None, heartbeat: str = "t0") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {
+            "nodeInfo": {"kubeletVersion": "v1.37.2"},
+            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}],
+        },
+    }
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def policy(name: str, generation: int = 1, *, status: dict[str, Any] | None = None,
+           max_unavailable: Any = 1) -> dict[str, Any]:  # fmt: skip
+    return {
+        "apiVersion": "dsguard.io/v1alpha1",
+        "kind": "DaemonSetPolicy",
+        "metadata": {"name": name, "generation": generation},
+        "spec": {"rollout": {"maxUnavailable": max_unavailable}},
+        **({"status": status} if status is not None else {}),
+    }
+
+
+def meta(cache: ClusterCache) -> tuple[int, Any]:
+    return cache.policy_meta["p"]
+
+
+def test_heartbeats_keep_the_snapshot_and_a_namespace_change_keeps_the_node_list() -> None:
+    cache = ClusterCache()
+    cache.replace_nodes([node("a"), node("b")])
+    cache.replace_namespaces([namespace("ops")])
+    first = cache.facts
+    cache.node_event("MODIFIED", node("a", heartbeat="t1"))
+    assert cache.facts is first  # nothing the rules read changed
+    cache.namespace_event("ADDED", namespace("ci-123"))
+    second = cache.facts
+    assert second is not first and "ci-123" in second.namespaces
+    assert second.nodes is first.nodes  # the placement memo is keyed on this tuple: walks survive
+    cache.node_event("MODIFIED", node("a", labels={"pool": "gpu"}))
+    third = cache.facts
+    assert third.nodes is not second.nodes and third.nodes[0].labels == {"pool": "gpu"}
+    cache.node_event("DELETED", node("b"))
+    assert [n.name for n in cache.facts.nodes] == ["a"]
+
+
+def test_only_policy_changes_the_rules_read_notify() -> None:
+    cache = ClusterCache()
+    calls: list[str] = []
+    cache.on_policies_changed = lambda: calls.append("changed")
+    cache.replace_policies([policy("p")])
+    assert calls == ["changed"]
+    # The audit's own status write: same spec, nothing to re-decide
+    cache.policy_event("MODIFIED", policy("p", status={"violationCount": 0}))
+    assert calls == ["changed"]
+    assert meta(cache) == (1, {"violationCount": 0})
+    cache.policy_event("MODIFIED", policy("p", 2, max_unavailable=2))
+    assert calls == ["changed"] * 2 and meta(cache)[0] == 2
+    cache.policy_event("DELETED", policy("p", 2))
+    assert calls == ["changed"] * 3 and "p" not in cache.policy_meta and cache.policies == ()
+
+
+def test_an_invalid_edit_keeps_the_previous_version_and_reports_it_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = ClusterCache()
+    cache.replace_policies([policy("p")])
+    before = cache.policies
+    cache.policy_event("MODIFIED", policy("p", 2, max_unavailable="110%"))
+    assert cache.policies == before  # still enforcing the last valid version
+    assert "spec.rollout.maxUnavailable" in cache.policy_errors["p"]
+    assert meta(cache)[0] == 2  # the audit reports on the generation it saw
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "still enforcing its previous valid version" in errors[0].getMessage()
+    cache.policy_event("MODIFIED", policy("p", 2, max_unavailable="110%", status={"x": 1}))
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1  # not logged again
