@@ -20,7 +20,7 @@ from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Obj, Reflector, api_client, raw_body
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.policy import GuardPolicy, Policy
-from guard.audit_loop import Auditor, KubeStatusWriter
+from guard.audit_loop import Auditor, KubeStatusWriter, audit_node_view
 from guard.controller import Guard, PatchBody
 from guard.leader import LeaderElector
 from guard.metrics import GuardMetrics
@@ -219,9 +219,7 @@ async def run_guard(
 
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     reflectors = [
-        # The audit judges placements, so it needs whole Nodes (labels, taints, kubelet version);
-        # the rollout decisions need only their Ready condition (the slim watch below).
-        *cache.reflectors_for(api, nodes=auditor is not None),
+        *cache.reflectors_for(api, nodes=False),
         reflector("daemonsets", apps.list_daemon_set_for_all_namespaces, replace_daemonsets, daemonset_event),
         reflector(
             "controllerrevisions",
@@ -239,8 +237,25 @@ async def run_guard(
             guard.replace_pods,
             guard.pod_event,
         ),
-        reflector("nodes", slim_lists(core.list_node, slim_node), guard.replace_nodes, guard.node_event),
     ]
+    if auditor is None:
+        nodes = reflector(
+            "nodes", slim_lists(core.list_node, slim_node), guard.replace_nodes, guard.node_event
+        )
+    else:
+        # One node watch for both: the rollout decisions read the Ready condition, the audit the
+        # placement fields (labels, taints, kubelet version); each page is cut to those.
+        def replace_nodes(items: list[Obj]) -> None:
+            guard.replace_nodes(items)
+            cache.replace_nodes(items)
+
+        def node_event(kind: str, obj: Obj) -> None:
+            guard.node_event(kind, obj)
+            cache.node_event(kind, obj)
+
+        nodes = reflector("nodes", slim_lists(core.list_node, audit_node_view), replace_nodes, node_event)
+        cache.reflectors.append(nodes)  # the audit waits for it (cache.synced)
+    reflectors.append(nodes)
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
     if auditor is not None:
         tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))

@@ -1,0 +1,60 @@
+"""The guard's one node watch, when it audits, keeps what both readers need of a Node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dsguard.scheduling import NodeInfo
+from guard.audit_loop import audit_node_view
+from guard.pod_health import NodeHealth
+
+FULL: dict[str, Any] = {
+    "metadata": {
+        "name": "gpu-0",
+        "labels": {"pool": "gpu", "kubernetes.io/hostname": "gpu-0"},
+        "annotations": {"kwok.x-k8s.io/node": "fake"},
+        "managedFields": [{"manager": "kubelet"}],
+    },
+    "spec": {
+        "taints": [
+            {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+            {
+                "key": "node.kubernetes.io/not-ready",
+                "effect": "NoExecute",
+                "timeAdded": "2026-01-01T00:00:00Z",
+            },
+        ],
+        "unschedulable": True,
+        "podCIDR": "10.0.0.0/24",
+    },
+    "status": {
+        "nodeInfo": {"kubeletVersion": "v1.32.6", "osImage": "x"},
+        "images": [{"names": ["a"], "sizeBytes": 1}] * 50,
+        "conditions": [
+            {"type": "MemoryPressure", "status": "False"},
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": "r"},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        FULL,
+        {"metadata": {"name": "bare"}},
+        {"metadata": {"name": "n", "labels": None}, "spec": {"taints": None}, "status": {"conditions": None}},
+    ],
+)
+def test_both_readers_see_the_same(node: dict[str, Any]) -> None:
+    view = audit_node_view(node)
+    assert NodeInfo.from_node(view) == NodeInfo.from_node(node)
+    assert NodeHealth.from_node(view) == NodeHealth.from_node(node)
+
+
+def test_it_drops_the_bulk() -> None:
+    view = audit_node_view(FULL)
+    assert "images" not in view["status"] and "managedFields" not in view["metadata"]
+    assert len(str(view)) < len(str(FULL)) / 4
