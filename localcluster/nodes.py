@@ -174,26 +174,29 @@ def delete_nodes(kubectl: Kubectl, names: Sequence[str], *, force_pods: bool = T
     """Delete nodes, then force-delete any pods still bound to them.
 
     Without a kubelet (kwok stops managing a node once it is gone) such pods would otherwise
-    wait for the pod garbage collector, and keep their namespace terminating meanwhile.
+    wait for the pod garbage collector, and keep their namespace terminating meanwhile. One list
+    and one delete per namespace, whatever the node count.
     """
     if not names:
         return
     kubectl("delete", "node", "--ignore-not-found", "--wait=false", *names, timeout=120)
     if not force_pods:
         return
-    for name in names:
+    gone = set(names)
+    listed = kubectl("get", "pods", "--all-namespaces", "-o", "json", check=False, timeout=120)
+    if listed.returncode != 0:
+        return
+    by_namespace: dict[str, list[str]] = {}
+    for pod in json.loads(listed.stdout).get("items") or ():
+        if (pod.get("spec") or {}).get("nodeName") in gone:
+            meta = pod["metadata"]
+            by_namespace.setdefault(meta["namespace"], []).append(meta["name"])
+    for namespace, pods in sorted(by_namespace.items()):
         kubectl(
-            "delete",
-            "pods",
-            "--all-namespaces",
-            f"--field-selector=spec.nodeName={name}",
-            "--grace-period=0",
-            "--force",
-            "--ignore-not-found",
-            "--wait=false",
-            check=False,
-            timeout=60,
-        )
+            "delete", "pods", "-n", namespace, *pods,
+            "--grace-period=0", "--force", "--ignore-not-found", "--wait=false",
+            check=False, timeout=60,
+        )  # fmt: skip
 
 
 def set_node_behavior(kubectl: Kubectl, name: str, behavior: NodeBehavior | str | None) -> None:

@@ -27,6 +27,7 @@ from localcluster.nodes import (
     POD_BEHAVIOR_ANNOTATION,
     NodeBehavior,
     PodBehavior,
+    delete_nodes,
     set_node_behavior,
     wait_nodes_ready,
 )
@@ -304,6 +305,24 @@ def test_daemonset_runs_one_ready_pod_per_untainted_node_created_by_the_controll
         e for e in events if e["reason"] == "SuccessfulCreate" and e["involvedObject"]["kind"] == "DaemonSet"
     ]
     assert created, "no SuccessfulCreate event from the DaemonSet controller"
+
+
+def test_delete_nodes_takes_their_pods_with_them(
+    cluster: LocalCluster, namespace: str, kwok_nodes: KwokNodes
+) -> None:
+    """Without a kubelet a pod on a deleted node would wait for the pod GC (and keep its
+    namespace terminating); delete_nodes force-deletes them, in one call per namespace."""
+    names = kwok_nodes(3)
+    apply(cluster, daemonset("agent", namespace, namespace))
+    poll("3 pods of agent", lambda: len(pods_on(cluster, namespace, names)) == 3, timeout=60)
+    delete_nodes(cluster.kubectl, names[:2])
+    poll("no pod left on the deleted nodes", lambda: not pods_on(cluster, namespace, names[:2]), timeout=15)
+    assert [p["spec"]["nodeName"] for p in pods_on(cluster, namespace, names)] == names[2:]
+
+
+def pods_on(cluster: LocalCluster, namespace: str, nodes: list[str]) -> list[Pod]:
+    items: list[Pod] = cluster.kubectl_json("get", "pods", "-n", namespace)["items"]
+    return [p for p in items if p["spec"].get("nodeName") in nodes]
 
 
 def test_daemonset_rolling_update_replaces_every_pod(
