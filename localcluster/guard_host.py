@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -31,6 +30,7 @@ from typing import Self
 from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster.cluster import LocalCluster, _set_pdeathsig
+from localcluster.host_process import log_tail, wait_ready
 from localcluster.webhook_host import CRD, REPO, _free_port
 
 LEASE_NAMESPACE = "dsguard"
@@ -174,27 +174,10 @@ class HostGuard:
         return self
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"dsguard guard exited with {self.proc.returncode}; "
-                    f"log: {self.log_path}\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except urllib.error.HTTPError as e:
-                last = e.read().decode(errors="replace")
-            except OSError as e:
-                last = str(e)
-            time.sleep(0.1)
-        raise TimeoutError(
-            f"dsguard guard {self.identity} not ready after {self.startup_timeout}s ({last}); "
-            f"log: {self.log_path}\n{self.log_tail()}"
-        )
+        wait_ready(
+            f"{self.base_url}/readyz", what=f"dsguard guard {self.identity}", proc=self.proc,
+            log_path=self.log_path, timeout=self.startup_timeout,
+        )  # fmt: skip
 
     # -- observing ------------------------------------------------------------------------
     def metrics_text(self) -> str:
@@ -220,9 +203,8 @@ class HostGuard:
             return ""
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
-    # -- stopping -------------------------------------------------------------------------
     def kill(self) -> None:
         """SIGKILL the process group: no lease release, no alert drain."""
         if self.proc is None or self.proc.poll() is not None:

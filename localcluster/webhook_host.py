@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Self
 
 from certs.issue import issue_serving, new_ca, write_files
 from localcluster.cluster import LocalCluster
+from localcluster.host_process import log_tail, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
@@ -152,27 +152,11 @@ class HostWebhook:
         return self
 
     def _wait_ready(self) -> None:
-        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
-        deadline = time.monotonic() + self.startup_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"dsguard webhook exited with {self.proc.returncode}; "
-                    f"log: {self.log_path}\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/readyz", context=ctx, timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except urllib.error.HTTPError as e:
-                last = e.read().decode(errors="replace")
-            except OSError as e:
-                last = str(e)
-            time.sleep(0.2)
-        raise TimeoutError(
-            f"dsguard webhook not ready after {self.startup_timeout}s ({last}); log: {self.log_path}"
-        )
+        wait_ready(
+            f"{self.base_url}/readyz", what="dsguard webhook", proc=self.proc, log_path=self.log_path,
+            timeout=self.startup_timeout, context=ssl.create_default_context(cadata=self.ca_pem.decode()),
+            interval=0.2,
+        )  # fmt: skip
 
     def metrics(self) -> str:
         ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
@@ -180,10 +164,7 @@ class HostWebhook:
             return str(resp.read().decode())
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def unregister(self) -> None:
         self.cluster.kubectl(
