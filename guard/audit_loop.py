@@ -28,7 +28,6 @@ from dsguard.kube import Obj, raw_body
 from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import SinkError
-from guard.pod_health import slim_node
 from guard.policy_audit import audit, known_violations, plan_events, policy_status, status_changed
 
 log = logging.getLogger("dsguard.audit")
@@ -64,20 +63,6 @@ def _audit_view(obj: Obj) -> Obj:
         "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "labels") if k in meta},
         "spec": obj.get("spec") or {},
     }
-
-
-def audit_node_view(node: Obj) -> Obj:
-    """What the guard reads of a Node when it also audits: the Ready condition (slim_node) and
-    the placement fields NodeInfo.from_node reads. NodeHealth.from_node and NodeInfo.from_node
-    give the same on it as on the whole Node."""
-    slim = slim_node(node)
-    meta = node.get("metadata") or {}
-    spec = node.get("spec") or {}
-    node_info = (node.get("status") or {}).get("nodeInfo") or {}
-    slim["metadata"] = {**slim["metadata"], "labels": meta.get("labels") or {}}
-    slim["spec"] = {"taints": spec.get("taints") or []}
-    slim["status"]["nodeInfo"] = {"kubeletVersion": node_info.get("kubeletVersion", "")}
-    return slim
 
 
 def _rfc3339(now: dt.datetime) -> str:

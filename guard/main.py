@@ -7,20 +7,19 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 from kubernetes_asyncio import client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.kube import Obj, Reflector, api_client, raw_body
+from dsguard.kube import Obj, Reflector, api_client, raw_body, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.policy import GuardPolicy, Policy
-from guard.audit_loop import Auditor, KubeStatusWriter, audit_node_view
+from guard.audit_loop import Auditor, KubeStatusWriter
 from guard.controller import Guard, PatchBody
 from guard.leader import LeaderElector
 from guard.metrics import GuardMetrics
@@ -28,46 +27,10 @@ from guard.notify.alert import Alert
 from guard.notify.dispatch import AlertDispatcher, delivery_counter
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import KubeSecretReader, Sink, build_sinks
-from guard.pod_health import REVISION_LABEL, slim_node, slim_pod
+from guard.pod_health import REVISION_LABEL, slim_node, slim_node_with_placement, slim_pod
 from guard.rollout import DaemonSetState
 
 log = logging.getLogger("dsguard.guard")
-
-
-class _Page:
-    """A list response that was already read (and cut down): what Reflector needs of one."""
-
-    status = 200
-    reason = "OK"
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    def release(self) -> None:
-        pass
-
-
-def slim_lists(list_fn: Callable[..., Awaitable[Any]], slim: Callable[[Obj], Obj | None]) -> Any:
-    """list_fn for a Reflector, whose list pages carry only what `slim` keeps of each item.
-
-    A Reflector holds every item of a (re)list until the last page is in. 5,000 Nodes and 5,000
-    Pods as the API sends them (managedFields, specs, every condition) took the guard to ~290 MiB
-    at 5,000 nodes; cut down page by page they are a few hundred bytes each. Watch responses
-    pass through: their objects come one at a time. A failed list raises ApiException (raw_body)
-    before anything is cut, as the Reflector's own check would.
-    """
-
-    async def call(**kwargs: Any) -> Any:
-        if kwargs.get("watch"):
-            return await list_fn(**kwargs)
-        data = orjson.loads(await raw_body(list_fn(**kwargs)))
-        data["items"] = [s for s in map(slim, data.get("items") or ()) if s is not None]
-        return _Page(orjson.dumps(data))
-
-    return call
 
 
 class KubePatcher:
@@ -253,7 +216,9 @@ async def run_guard(
             guard.node_event(kind, obj)
             cache.node_event(kind, obj)
 
-        nodes = reflector("nodes", slim_lists(core.list_node, audit_node_view), replace_nodes, node_event)
+        nodes = reflector(
+            "nodes", slim_lists(core.list_node, slim_node_with_placement), replace_nodes, node_event
+        )
         cache.reflectors.append(nodes)  # the audit waits for it (cache.synced)
     reflectors.append(nodes)
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]

@@ -185,6 +185,20 @@ def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def slim_node_with_placement(node: Mapping[str, Any]) -> dict[str, Any]:
+    """slim_node plus the placement fields NodeInfo.from_node reads (labels, taints, kubelet
+    version), for readers of both (the auditing guard, `dsguard status --watch`): from_node of
+    either class gives the same on it as on the whole Node."""
+    slim = slim_node(node)
+    meta = _mapping(node.get("metadata"))
+    spec = _mapping(node.get("spec"))
+    node_info = _mapping(_mapping(node.get("status")).get("nodeInfo"))
+    slim["metadata"] = {**slim["metadata"], "labels": meta.get("labels") or {}}
+    slim["spec"] = {"taints": spec.get("taints") or []}
+    slim["status"]["nodeInfo"] = {"kubeletVersion": node_info.get("kubeletVersion", "")}
+    return slim
+
+
 def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, now: float) -> str | None:
     """Why an updated pod counts as failing, or None while it is healthy (or still within its deadline)."""
     if pod.deleting:

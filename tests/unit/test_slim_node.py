@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from dsguard.scheduling import NodeInfo
-from guard.audit_loop import audit_node_view
-from guard.pod_health import NodeHealth
+from guard.pod_health import NodeHealth, slim_node_with_placement
 
 FULL: dict[str, Any] = {
     "metadata": {
@@ -49,12 +48,12 @@ FULL: dict[str, Any] = {
     ],
 )
 def test_both_readers_see_the_same(node: dict[str, Any]) -> None:
-    view = audit_node_view(node)
+    view = slim_node_with_placement(node)
     assert NodeInfo.from_node(view) == NodeInfo.from_node(node)
     assert NodeHealth.from_node(view) == NodeHealth.from_node(node)
 
 
 def test_it_drops_the_bulk() -> None:
-    view = audit_node_view(FULL)
+    view = slim_node_with_placement(FULL)
     assert "images" not in view["status"] and "managedFields" not in view["metadata"]
     assert len(str(view)) < len(str(FULL)) / 4
