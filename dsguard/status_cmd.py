@@ -43,6 +43,7 @@ from dsguard.documents import InputError, load_policies
 from dsguard.kube import ListFn, Obj, list_all
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
+from dsguard.status_live import LiveStatus
 from dsguard.status_report import DaemonSetReport, Outcome, Rollout, StatusReport, build_report
 from guard.pod_health import REVISION_LABEL
 
@@ -508,30 +509,60 @@ async def _loop(
     interval: float,
     last: list[StatusReport],
 ) -> int:
-    while True:
-        started = time.monotonic()
-        try:
-            report = await read_report(api, target)
-        except StatusError as e:
-            if not last:
-                raise  # the first read decides whether we can work at all
-            printer.note(f"refresh failed, retrying in {interval:g}s: {e.message}", "yellow")
-        else:
-            if target.name is not None and not report.daemonsets:
-                raise _not_found(target)
-            last.append(report)
-            del last[:-1]
-            printer.show(report, report.generated_at)
-            if until_done:
-                outcome = report.outcome()
-                if outcome is Outcome.FAILED:
-                    printer.note(f"rollout failed: {_verdict(report)}", "bold red")
-                    return EXIT_ROLLOUT_FAILED
-                if outcome is Outcome.DONE:
+    live: LiveStatus | None = None
+    tried_live = False
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                if live is not None:
+                    report = live.report(name=target.name, now=time.time())  # from memory
+                else:
+                    report = await read_report(api, target)
+            except StatusError as e:
+                if not last:
+                    raise  # the first read decides whether we can work at all
+                printer.note(f"refresh failed, retrying in {interval:g}s: {e.message}", "yellow")
+            else:
+                if target.name is not None and not report.daemonsets:
+                    raise _not_found(target)
+                last.append(report)
+                del last[:-1]
+                printer.show(report, report.generated_at)
+                if until_done:
+                    outcome = report.outcome()
+                    if outcome is Outcome.FAILED:
+                        printer.note(f"rollout failed: {_verdict(report)}", "bold red")
+                        return EXIT_ROLLOUT_FAILED
+                    if outcome is Outcome.DONE:
+                        return EXIT_OK
+                if not watch:
                     return EXIT_OK
-            if not watch:
-                return EXIT_OK
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                if not tried_live:
+                    # The first read worked (access, RBAC, the CRD): from now on watch instead of
+                    # reading everything again each interval.
+                    tried_live = True
+                    live = await _start_live(api, target, printer)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        if live is not None:
+            await live.close()
+
+
+WATCH_SYNC_TIMEOUT = 30.0
+
+
+async def _start_live(api: client.ApiClient, target: Target, printer: Printer) -> LiveStatus | None:
+    live = LiveStatus(api, namespace=target.namespace, static_policies=target.static_policies)
+    await live.start()
+    if await live.synced(WATCH_SYNC_TIMEOUT):
+        return live
+    await live.close()
+    printer.note(
+        f"watching the cluster did not sync in {WATCH_SYNC_TIMEOUT:g}s; reading it again each interval",
+        "yellow",
+    )
+    return None
 
 
 @click.command("status")

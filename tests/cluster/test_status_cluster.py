@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -371,3 +373,71 @@ def test_guard_pause_shows_in_status_table_until_done_and_kubectl_plugin(world: 
     [via_plugin] = json.loads(proc.stdout)["daemonsets"]
     assert via_plugin["name"] == "agent" and via_plugin["rollout"] == "paused"
     assert via_plugin["paused"]["since"] == paused["since"]
+
+
+def _pod_lists(w: World) -> float:
+    """LIST requests for pods the apiserver has served so far (its own metrics)."""
+    text = w.kubectl("get", "--raw", "/metrics").stdout
+    total = 0.0
+    for line in text.splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and 'resource="pods"' in line
+            and 'verb="LIST"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_watch_follows_the_cluster_without_listing_it_again(world: World) -> None:
+    """--watch reads the cluster once, then follows it by watching: a node joining shows up in
+    the next document, and a new revision, while the apiserver serves no new pod LIST however
+    many intervals pass."""
+    w = world
+    w.nodes(2)
+    w.apply(w.daemonset())
+    w.apply(w.policy())
+    w.rolled_out(2)
+    cmd = [sys.executable, "-m", "dsguard.cli", "status", "--kubeconfig", str(w.cluster.kubeconfig),
+           "-n", w.ns, "--watch", "-o", "json", "--interval", "100ms"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    docs: queue.Queue[Obj] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout or ():
+            docs.put(json.loads(line))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+
+    def next_row(ok: Callable[[Obj], bool], what: str, timeout: float = 30.0) -> Obj:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                doc = docs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            rows: list[Obj] = [r for r in doc["daemonsets"] if r["name"] == "agent"]
+            if rows and ok(rows[0]):
+                return rows[0]
+        raise TimeoutError(f"no --watch document with {what} in {timeout}s; stderr: {proc.stderr}")
+
+    try:
+        first = next_row(complete(2), "agent complete on 2 nodes")
+        lists_before, started = _pod_lists(w), time.monotonic()
+        w.nodes(1)
+        next_row(complete(3), "agent complete on 3 nodes, the new node included")
+        w.apply(w.daemonset(image="registry.example.com/agent:1.1"))
+        next_row(
+            lambda r: complete(3)(r) and r["updateRevision"] != first["updateRevision"],
+            "the new revision rolled out on all 3 nodes",
+        )
+        elapsed, lists = time.monotonic() - started, _pod_lists(w) - lists_before
+        # Reading the cluster every 100 ms would have listed pods elapsed/0.1 times; the watch
+        # lists once when it starts (possibly inside this window).
+        assert elapsed >= 0.5, f"the window ({elapsed:.1f}s) is too short to tell watching from polling"
+        assert lists <= 2, f"{lists:g} pod LISTs in {elapsed:.1f}s"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        reader.join(timeout=15)
