@@ -25,6 +25,7 @@ from dsguard.status_cmd import status
 from dsguard.upgrade_cmd import upgrade_check
 
 EXIT_DENIED = 1
+MIN_AUDIT_RESYNC = 10.0
 EXIT_BAD_INPUT = 2
 
 
@@ -299,6 +300,12 @@ def guard(
     log_level: str,
 ) -> None:
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
+    if audit_resync < MIN_AUDIT_RESYNC:
+        raise click.BadParameter(
+            f"must be at least {MIN_AUDIT_RESYNC:g}s (got {audit_resync:g}s): every resync may write "
+            "each DaemonSetPolicy's status; changes are audited at once anyway",
+            param_hint="--audit-resync",
+        )
     from guard.main import default_identity, run_guard
 
     setup_logging(log_level)

@@ -46,6 +46,11 @@ async def _read(what: str, call: ListFn) -> list[Obj]:
         items, _ = await list_all(call, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         hint = " (does your user have RBAC to list it?)" if e.status in (401, 403) else ""
+        if e.status == 404 and what == "daemonsetpolicies":
+            hint = (
+                " (is the DaemonSetPolicy CRD installed? `kubectl apply -k manifests/base`, "
+                "or give the policies with --policy-file)"
+            )
         raise SnapshotError(f"listing {what} failed: {e.status} {e.reason}{hint}") from None
     except (OSError, TimeoutError, aiohttp.ClientError) as e:
         raise SnapshotError(

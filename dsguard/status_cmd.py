@@ -113,13 +113,7 @@ async def read_report(api: client.ApiClient, target: Target) -> StatusReport:
             static_nodes=[NodeInfo.from_node(n) for n in nodes],
         )
     except SnapshotError as e:
-        message = str(e)
-        if "daemonsetpolicies failed: 404" in message:
-            message += (
-                " (is the DaemonSetPolicy CRD installed? `kubectl apply -k manifests/base`, "
-                "or judge with --policy-file)"
-            )
-        raise StatusError(message) from None
+        raise StatusError(str(e)) from None
     except (OSError, aiohttp.ClientError, TimeoutError) as e:
         host = api.configuration.host
         raise StatusError(
@@ -526,6 +520,13 @@ async def _loop(
             else:
                 if target.name is not None and not report.daemonsets:
                     raise _not_found(target)
+                if until_done and not report.daemonsets:
+                    # Nothing to wait for is more likely a wrong -n (or policy match) than success.
+                    where = f"namespace {target.namespace}" if target.namespace else "any namespace"
+                    raise StatusError(
+                        f"--until-done: no governed DaemonSet in {where}, so nothing to wait for "
+                        "(check -n NAMESPACE / -A, or name the DaemonSet)"
+                    )
                 last.append(report)
                 del last[:-1]
                 printer.show(report, report.generated_at)

@@ -204,7 +204,12 @@ class StatusReport:
 
     def outcome(self) -> Outcome:
         states = [d.rollout for d in self.daemonsets]
-        if any(s in (Rollout.PAUSED, Rollout.ROLLED_BACK) for s in states):
+        # A pause counts once the controller has seen the latest spec: until then a new template
+        # (`kubectl apply` of the fix) may be about to replace the paused revision.
+        if any(
+            d.rollout in (Rollout.PAUSED, Rollout.ROLLED_BACK) and d.generation_observed
+            for d in self.daemonsets
+        ):
             return Outcome.FAILED
         if all(s is Rollout.COMPLETE for s in states):
             return Outcome.DONE

@@ -148,9 +148,13 @@ def pending_entries(raw: str | None) -> list[Any] | None:
     """The entries of a dsguard.io/alerts-pending value: [] without one, None if it is not a JSON list."""
     if raw is None:
         return []
+    # Anyone who may annotate the DaemonSet writes here: a value far over what the guard writes,
+    # or nested deep enough to exhaust the parser's recursion, is malformed, not a crash.
+    if len(raw) > 2 * MAX_PENDING_BYTES:
+        return None
     try:
         entries = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return entries if isinstance(entries, list) else None
 

@@ -150,8 +150,11 @@ class Auditor:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):  # the tick notices new facts snapshots and resyncs
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            # The tick notices new facts snapshots and resyncs. asyncio.timeout, not wait_for:
+            # on 3.11 wait_for can swallow the cancellation that stops the guard.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tick):
+                    await self._wake.wait()
             if self._wake.is_set():
                 self._wake.clear()
                 self._pending = True
@@ -217,12 +220,18 @@ class Auditor:
         try:
             await self.writer.write(name, status)
             self.metrics.audit_writes.labels("ok").inc()
-            # Keep what was written, so a status the watch hasn't echoed yet isn't written twice.
-            generation, _ = self.cache.policy_meta.get(name, (0, {}))
-            self.cache.policy_meta[name] = (generation, status)
+            # Keep what was written, so a status the watch hasn't echoed yet isn't written twice
+            # (unless the policy was deleted meanwhile: then there is nothing to keep).
+            if name in self.cache.policy_meta:
+                generation, _ = self.cache.policy_meta[name]
+                self.cache.policy_meta[name] = (generation, status)
         except ApiException as e:
             self.metrics.audit_writes.labels("error").inc()
-            if e.status == 404:  # deleted since the audit began
+            if e.status == 404:  # deleted since the audit began; the watch will say so too
+                self.cache.policy_meta.pop(name, None)
+                if name in self._gauged:
+                    self.metrics.violating.remove(name)
+                    self._gauged.discard(name)
                 return
             hint = " (the guard needs patch on daemonsetpolicies/status)" if e.status == 403 else ""
             self._retry_later(

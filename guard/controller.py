@@ -314,11 +314,20 @@ class Guard:
 
     async def process(self, uids: set[str]) -> None:
         for uid in uids:
-            patched = await self._evaluate_and_act(uid)
-            if self.is_leader():
-                await self._outbox(uid, patched=patched)
-            else:
-                self._count_pending(uid)
+            try:
+                patched = await self._evaluate_and_act(uid)
+                if self.is_leader():
+                    await self._outbox(uid, patched=patched)
+                else:
+                    self._count_pending(uid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One DaemonSet's odd object (its annotations are anyone's to write) must not stop
+                # the guard for every other one; it is decided again at its next change.
+                tracked = self.store.daemonsets.get(uid)
+                log.exception("%s: evaluation failed", tracked.state.ref if tracked else uid)
+                self.metrics.action_errors.labels("evaluate").inc()
         for gone in [uid for uid in self._failing if uid not in self.store.daemonsets]:
             del self._failing[gone]
         for gone in [uid for uid in self._acted if uid not in self.store.daemonsets]:
@@ -489,13 +498,26 @@ class Guard:
                 "%s: dropping a malformed entry of %s (%s): %s", ds.ref, ALERTS_PENDING, why, text[:500]
             )
 
+    def _pending_ids(self, uid: str) -> set[AlertId]:
+        """The alerts pending in the DaemonSet's annotation now (still to clear when settled,
+        however long this replica was not the leader)."""
+        tracked = self.store.daemonsets.get(uid)
+        entries = actions.pending_entries(tracked.state.annotations.get(ALERTS_PENDING) if tracked else None)
+        ids: set[AlertId] = set()
+        for entry in entries or ():
+            with contextlib.suppress(ValueError):
+                ids.add(alert_id(Alert.from_json(entry)))
+        return ids
+
     def _forget_outbox(self) -> None:
         now = self.monotonic()
         live = self.store.daemonsets
         for uid in list(self._to_clear):
             entries = self._to_clear[uid]
+            pending = self._pending_ids(uid)
             for ident in [i for i, since in entries.items() if now - since > OUTBOX_MEMORY]:
-                del entries[ident]  # never seen in the annotation (someone removed it?)
+                if ident not in pending:  # never seen in the annotation (someone removed it?)
+                    del entries[ident]
             if uid not in live or not entries:
                 del self._to_clear[uid]
         for other in (self._submitted, self._cleared_against, self._malformed_seen, self._pending):

@@ -222,8 +222,10 @@ async def run_guard(
         cache.reflectors.append(nodes)  # the audit waits for it (cache.synced)
     reflectors.append(nodes)
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
+    # Done once it has read the version: not one of the loops /healthz expects to run forever.
+    one_shot: list[asyncio.Task[None]] = []
     if auditor is not None:
-        tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
+        one_shot.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
         tasks.append(asyncio.create_task(auditor.run(), name="audit"))
     else:
         log.info("background audit off (%s)", "--no-audit" if not audit else "policies from --policy-file")
@@ -252,7 +254,7 @@ async def run_guard(
     app = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
-        dead = [t.get_name() for t in tasks if t.done()]
+        dead = [t.get_name() for t in tasks if t.done()]  # the loops: each runs until shutdown
         return web.Response(status=500, text=f"stopped: {dead}") if dead else web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
@@ -280,7 +282,7 @@ async def run_guard(
         log.info("shutting down")
         if elector is not None:
             await elector.release()
-        await cancel_and_wait(tasks)
+        await cancel_and_wait([*tasks, *one_shot])
         await notifier.close(drain_timeout=10.0)
         await runner.cleanup()
         await session.close()

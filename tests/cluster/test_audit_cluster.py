@@ -9,6 +9,7 @@ policy is cluster-scoped, named after the test namespace and matches only that n
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -169,6 +170,10 @@ def test_audit_follows_nodes_and_policies(
         "compliance after the fix",
         lambda: (s := status_of(cluster, policy_name))["violationCount"] == 0 and s,
     )
+    # Healthy as long as it runs: the one-shot read of the apiserver version (done by now, the
+    # audit needs it) is not a loop that stopped.
+    with urllib.request.urlopen(f"{guard.base_url}/healthz", timeout=5) as resp:  # noqa: S310 - loopback
+        assert resp.status == 200
     metrics = guard.metrics_text()
     assert f'dsguard_audit_violating_daemonsets{{policy="{policy_name}"}} 0.0' in metrics
     writes = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()

@@ -499,6 +499,13 @@ async def test_not_found_write_is_quiet(caplog: pytest.LogCaptureFixture) -> Non
         await rig.auditor.audit_once()
     assert not [r for r in caplog.records if r.name == "dsguard.audit" and r.levelno >= logging.WARNING]
     assert len(writer.writes) == 3 and writer.attempts == 4  # the others were written
+    # The policy that was gone is forgotten (until the watch brings it back), not written again
+    # on every audit; the ones written keep what was written.
+    (gone,) = {"broken", "exporters", "gpu", "log-collector"} - set(writer.names())
+    assert gone not in rig.cache.policy_meta
+    rig.clock.now += timedelta(seconds=1)
+    await rig.auditor.audit_once()
+    assert writer.attempts == 4
 
 
 # -- Events ----------------------------------------------------------------------------------------

@@ -328,6 +328,39 @@ async def test_a_pending_annotation_that_is_not_a_list_is_removed(caplog: pytest
     assert len([r for r in caplog.records if "not a JSON list" in r.getMessage()]) == 1
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000 + "]" * 100_000,  # deep enough to exhaust the JSON parser's recursion
+        json.dumps(["x" * 1000] * 200),  # far over what the guard ever writes
+    ],
+    ids=["deeply-nested", "oversized"],
+)
+async def test_a_hostile_pending_annotation_is_removed_not_a_crash(raw: str) -> None:
+    """Anyone who may annotate the DaemonSet writes this annotation: neither the leader nor a
+    follower may crash on it (a crash would stop the guard for every DaemonSet)."""
+    follower = leader_harness(ds_with_pending(raw=raw))
+    follower.guard.is_leader = lambda: False
+    await follower.process()
+    h = leader_harness(ds_with_pending(raw=raw))
+    await h.process()
+    assert h.api.patches[0][1] == {"op": "remove", "path": "/metadata/annotations/dsguard.io~1alerts-pending"}
+    assert ALERTS_PENDING not in h.api.get()["metadata"]["annotations"]
+
+
+async def test_one_daemonset_failing_to_evaluate_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = leader_harness(ds_with_pending(raw="[]"))
+
+    async def boom(uid: str) -> bool:
+        raise KeyError("an object the guard did not expect")
+
+    monkeypatch.setattr(h.guard, "_evaluate_and_act", boom)
+    await h.process()  # logged and counted, not raised: the loop goes on with the other DaemonSets
+    assert h.guard.metrics.action_errors.labels("evaluate")._value.get() == 1
+
+
 async def test_a_refused_clear_other_than_a_conflict_is_tried_again() -> None:
     alert = foreign_alert()
     h = leader_harness(ds_with_pending(alert.to_json()))

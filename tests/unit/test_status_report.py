@@ -406,7 +406,18 @@ def test_outcome_over_several_daemonsets() -> None:
     assert World(daemonsets=[done]).report().outcome() is Outcome.DONE
     assert World(daemonsets=[done, moving]).report().outcome() is Outcome.WAITING
     assert World(daemonsets=[done, moving, paused]).report().outcome() is Outcome.FAILED
-    assert World(daemonsets=[]).report().outcome() is Outcome.DONE  # nothing to wait for
+    assert World(daemonsets=[]).report().outcome() is Outcome.DONE  # the command refuses it (exit 2)
+
+
+def test_a_pause_the_controller_has_not_caught_up_with_is_not_a_failure_yet() -> None:
+    """`kubectl apply` of a fix to a paused DaemonSet: until the controller has seen the new
+    generation its newest revision is still the paused one; --until-done must wait, not fail."""
+    applied_fix = daemonset("c", uid="uc", annotations=PAUSED, generation=3, observed=2)
+    report = World(daemonsets=[applied_fix]).report()
+    assert report.daemonsets[0].rollout is Rollout.PAUSED  # shown as it stands
+    assert report.outcome() is Outcome.WAITING
+    seen = daemonset("c", uid="uc", annotations=PAUSED, generation=3, observed=3)
+    assert World(daemonsets=[seen]).report().outcome() is Outcome.FAILED
 
 
 def test_schema() -> None:
