@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -96,6 +97,9 @@ class Reflector:
         self._on_restart = on_restart or (lambda reason: None)
         self.synced = asyncio.Event()
         self.resource_version = ""
+        # When list/watch began failing (time.monotonic()); None while it works. Cleared by the
+        # next complete list, so a reader can tell a view that is falling behind.
+        self.failing_since: float | None = None
 
     async def run(self) -> None:
         backoff = 0.5
@@ -106,11 +110,14 @@ class Reflector:
                 while True:
                     await self._watch()
             except Gone:
+                # not a failure: the watch is too old, the next list catches up at once
                 self._on_restart("gone")
                 log.info("%s: resourceVersion %s expired, listing again", self.name, self.resource_version)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the API or the network failed: back off and start over
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 self._on_restart("error")
                 log.warning(
                     "%s: list/watch failed (%s: %s); retrying in %.1fs",
@@ -125,6 +132,7 @@ class Reflector:
     async def _list_all(self) -> None:
         items, self.resource_version = await list_all(self._list, page_size=self._page_size)
         self._on_replace(items)
+        self.failing_since = None
         self.synced.set()
 
     async def _watch(self) -> None:

@@ -505,12 +505,26 @@ async def _loop(
 ) -> int:
     live: LiveStatus | None = None
     tried_live = False
+    was_stale = False
     try:
         while True:
             started = time.monotonic()
+            stale: dict[str, float] = {}
             try:
                 if live is not None:
                     report = live.report(name=target.name, now=time.time())  # from memory
+                    stale = live.stale(older_than=max(3 * interval, 5.0))
+                    if bool(stale) != was_stale:
+                        was_stale = bool(stale)
+                        if stale:
+                            what = ", ".join(f"{n} for {age:.0f}s" for n, age in sorted(stale.items()))
+                            printer.note(
+                                f"not up to date: watching the cluster fails ({what}); retrying, "
+                                "showing what was last seen" + (" and not deciding" if until_done else ""),
+                                "yellow",
+                            )
+                        else:
+                            printer.note("up to date again", "green")
                 else:
                     report = await read_report(api, target)
             except StatusError as e:
@@ -530,7 +544,7 @@ async def _loop(
                 last.append(report)
                 del last[:-1]
                 printer.show(report, report.generated_at)
-                if until_done:
+                if until_done and not stale:  # never decide on data known to be old
                     outcome = report.outcome()
                     if outcome is Outcome.FAILED:
                         printer.note(f"rollout failed: {_verdict(report)}", "bold red")

@@ -119,6 +119,16 @@ class LiveStatus:
             await asyncio.sleep(0.05)
         return True
 
+    def stale(self, older_than: float) -> dict[str, float]:
+        """Resources whose list/watch has been failing for more than `older_than` seconds, and
+        for how long: the report shows what was last seen of them."""
+        now = time.monotonic()
+        return {
+            r.name: now - r.failing_since
+            for r in self.reflectors
+            if r.failing_since is not None and now - r.failing_since > older_than
+        }
+
     def report(self, *, name: str | None, now: float) -> StatusReport:
         return build_report(
             daemonsets=list(self.daemonsets.items.values()),

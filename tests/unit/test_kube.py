@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -112,3 +113,41 @@ async def test_watch_events_are_delivered_and_bookmarks_move_the_resource_versio
     await asyncio.sleep(0.05)
     assert got == [("ADDED", "n1")]
     assert r.resource_version == "9"
+
+
+async def test_failing_since_marks_a_view_falling_behind_until_the_next_complete_list() -> None:
+    """`dsguard status --watch` tells the user when what it shows is no longer current."""
+    fail = asyncio.Event()
+    fail.set()
+    failed, listed_again = asyncio.Event(), asyncio.Event()
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        if fail.is_set():
+            failed.set()
+            return FakeResponse(403, FORBIDDEN)
+        if not kwargs.get("watch"):
+            listed_again.set()
+        return FakeResponse(200, orjson.dumps({"items": [], "metadata": {"resourceVersion": "9"}}))
+
+    r = Reflector("pods", list_fn, on_replace=lambda items: None, on_event=lambda k, o: None)
+    assert r.failing_since is None
+    task = asyncio.create_task(r.run())
+    try:
+        await asyncio.wait_for(failed.wait(), timeout=5)
+        await until(lambda: r.failing_since is not None)  # the reflector handles the error it got
+        assert not r.synced.is_set()
+        fail.clear()  # the apiserver answers again: the retry (after its backoff) lists
+        await asyncio.wait_for(listed_again.wait(), timeout=5)
+        await until(lambda: r.synced.is_set())
+        assert r.failing_since is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until condition() holds; TimeoutError after 5 s."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - plain attributes, no event to wait on
+            await asyncio.sleep(0.01)
