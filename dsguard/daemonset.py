@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from dsguard.intstr import IntOrPercent
 
@@ -21,8 +21,15 @@ TOLERATIONS_PATH = "spec.template.spec.tolerations"
 ROLLING_UPDATE_PATH = "spec.updateStrategy.rollingUpdate"
 
 
-def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if isinstance(raw, Mapping) else {}
+def is_mapping(raw: object) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(raw, Mapping), fast for the dicts JSON parses into: an ABC check costs ~10x a
+    type check, and the guard runs several per pod on every watch event (and 5,000+ per list)."""
+    return type(raw) is dict or isinstance(raw, Mapping)
+
+
+def as_mapping(raw: object) -> Mapping[str, Any]:
+    """raw when it is a mapping, else {}: for reading fields of API objects that may be absent or null."""
+    return raw if is_mapping(raw) else {}
 
 
 @dataclass(frozen=True)
@@ -44,17 +51,17 @@ class DaemonSetView:
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any], *, namespace: str = "") -> DaemonSetView:
-        meta = _mapping(obj.get("metadata"))
-        spec = _mapping(obj.get("spec"))
-        strategy = _mapping(spec.get("updateStrategy"))
-        rolling = _mapping(strategy.get("rollingUpdate"))
+        meta = as_mapping(obj.get("metadata"))
+        spec = as_mapping(obj.get("spec"))
+        strategy = as_mapping(spec.get("updateStrategy"))
+        rolling = as_mapping(strategy.get("rollingUpdate"))
         max_unavailable = rolling.get("maxUnavailable")
         max_surge = rolling.get("maxSurge")
         return cls(
             namespace=namespace or str(meta.get("namespace") or "default"),
             name=str(meta.get("name") or meta.get("generateName") or ""),
-            labels=_mapping(meta.get("labels")),
-            pod_spec=_mapping(_mapping(spec.get("template")).get("spec")),
+            labels=as_mapping(meta.get("labels")),
+            pod_spec=as_mapping(as_mapping(spec.get("template")).get("spec")),
             strategy_type=str(strategy.get("type") or ROLLING_UPDATE),
             max_unavailable=max_unavailable
             if isinstance(max_unavailable, int | str)
@@ -72,7 +79,7 @@ class DaemonSetView:
             if not isinstance(containers, list):
                 continue
             for i, c in enumerate(containers):
-                c = _mapping(c)
+                c = as_mapping(c)
                 image = c.get("image")
                 if isinstance(image, str) and image:
                     yield ContainerImage(

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from dsguard.daemonset import as_mapping
 from dsguard.facts import ClusterFacts
 from dsguard.policy import GuardPolicy, Policy
-from guard.pod_health import NodeHealth, PodView, failure_reason, is_mapping, reason_kind
+from guard.pod_health import NodeHealth, PodView, failure_reason, reason_kind
 from guard.rollout import (
     PAUSE_REASON,
     PAUSED,
@@ -52,10 +53,6 @@ class Outcome(StrEnum):
     DONE = "done"  # every rollout complete: exit 0
     FAILED = "failed"  # one paused or rolled back by the guard: exit 1
     WAITING = "waiting"
-
-
-def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if is_mapping(raw) else {}
 
 
 def _int(raw: object) -> int:
@@ -312,10 +309,10 @@ def daemonset_report(
     now: float,
 ) -> DaemonSetReport:
     """One DaemonSet's row. pods and revisions may include other owners' (filtered by owner uid)."""
-    meta = _mapping(ds.get("metadata"))
-    status = _mapping(ds.get("status"))
+    meta = as_mapping(ds.get("metadata"))
+    status = as_mapping(ds.get("status"))
     uid = str(meta.get("uid", ""))
-    annotations = _mapping(meta.get("annotations"))
+    annotations = as_mapping(meta.get("annotations"))
     found = findings_by_policy(policies, ds, facts=facts)
     names = tuple(p.name for p, _ in found)
     guard_name, guard = guard_policy_for([p for p, _ in found])
@@ -378,7 +375,7 @@ def build_report(
     health = {h.name: h for h in map(NodeHealth.from_node, nodes)}
     rows: list[DaemonSetReport] = []
     for ds in daemonsets:
-        meta = _mapping(ds.get("metadata"))
+        meta = as_mapping(ds.get("metadata"))
         if name is not None and str(meta.get("name", "")) != name:
             continue
         uid = str(meta.get("uid", ""))

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dsguard.daemonset import as_mapping
 from guard.notify.alert import Alert
 from guard.rollout import (
     ALERTS_PENDING,
@@ -131,7 +132,7 @@ def rollback_patch(ds: DaemonSetState, bad: str, to: Revision, reason: str) -> d
 
 def template_matches(ds: DaemonSetState, to: Revision) -> bool:
     """kubectl's daemonSetMatch: skip a rollback to the template the DaemonSet already has."""
-    target = _mapping(_mapping(to.data.get("spec")).get("template"))
+    target = as_mapping(as_mapping(to.data.get("spec")).get("template"))
     clean = {k: v for k, v in target.items() if k != "$patch"}
     return bool(_strip_empty(clean) == _strip_empty(dict(ds.template)))
 
@@ -209,10 +210,6 @@ def clear_pending_patch(current: str, keep: Sequence[Any]) -> list[dict[str, Any
     else:
         ops.append({"op": "remove", "path": path})
     return ops
-
-
-def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if isinstance(raw, Mapping) else {}
 
 
 def _strip_empty(value: Any) -> Any:

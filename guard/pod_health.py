@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeGuard
+from typing import Any
 
+from dsguard.daemonset import as_mapping, is_mapping
 from dsguard.policy import GuardPolicy
 
 REVISION_LABEL = "controller-revision-hash"
@@ -38,22 +39,12 @@ def parse_time(value: object) -> float | None:
         return None
 
 
-def is_mapping(raw: object) -> TypeGuard[Mapping[str, Any]]:
-    """isinstance(raw, Mapping), fast for the dicts JSON parses into: an ABC check costs ~10x a
-    type check, and the guard runs several per pod on every watch event (and 5,000+ per list)."""
-    return type(raw) is dict or isinstance(raw, Mapping)
-
-
 def controller_owner(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The ownerReference of the DaemonSet controlling an object (pod or ControllerRevision), if any."""
     for o in meta.get("ownerReferences") or ():
         if is_mapping(o) and o.get("controller") and o.get("kind") == "DaemonSet":
             return o
     return None
-
-
-def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if is_mapping(raw) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +65,12 @@ class PodView:
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
         """None for pods no DaemonSet controls: the guard doesn't keep them."""
-        meta = _mapping(pod.get("metadata"))
+        meta = as_mapping(pod.get("metadata"))
         owner = controller_owner(meta)
         if owner is None:
             return None
-        spec = _mapping(pod.get("spec"))
-        status = _mapping(pod.get("status"))
+        spec = as_mapping(pod.get("spec"))
+        status = as_mapping(pod.get("status"))
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in status.get("conditions") or ()
@@ -92,10 +83,10 @@ class PodView:
                 if not is_mapping(cs):
                     continue
                 restarts += int(cs.get("restartCount") or 0)
-                reason = _mapping(_mapping(cs.get("state")).get("waiting")).get("reason")
+                reason = as_mapping(as_mapping(cs.get("state")).get("waiting")).get("reason")
                 if reason:
                     waiting.append(str(reason))
-        labels = _mapping(meta.get("labels"))
+        labels = as_mapping(meta.get("labels"))
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
@@ -120,8 +111,8 @@ class NodeHealth:
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeHealth:
-        meta = _mapping(node.get("metadata"))
-        for c in _mapping(node.get("status")).get("conditions") or ():
+        meta = as_mapping(node.get("metadata"))
+        for c in as_mapping(node.get("status")).get("conditions") or ():
             if is_mapping(c) and c.get("type") == "Ready":
                 return cls(
                     str(meta.get("name", "")),
@@ -138,12 +129,12 @@ def _keep(src: Mapping[str, Any], *keys: str) -> dict[str, Any]:
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """Just the fields PodView.from_pod reads (None for a pod no DaemonSet controls), so a list
     of thousands of pods isn't held whole while it is read. from_pod(slim_pod(p)) == from_pod(p)."""
-    meta = _mapping(pod.get("metadata"))
+    meta = as_mapping(pod.get("metadata"))
     owner = controller_owner(meta)
     if owner is None:
         return None
-    labels = _mapping(meta.get("labels"))
-    status = _mapping(pod.get("status"))
+    labels = as_mapping(meta.get("labels"))
+    status = as_mapping(pod.get("status"))
     slim_status = _keep(status, "phase", "startTime")
     slim_status["conditions"] = [
         _keep(c, "type", "status")
@@ -155,7 +146,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
         for cs in status.get(field) or ():
             if not is_mapping(cs):
                 continue
-            waiting = _mapping(_mapping(cs.get("state")).get("waiting"))
+            waiting = as_mapping(as_mapping(cs.get("state")).get("waiting"))
             state = {"waiting": _keep(waiting, "reason")} if waiting else {}
             statuses.append({**_keep(cs, "restartCount"), "state": state})
         slim_status[field] = statuses
@@ -165,16 +156,16 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
             "ownerReferences": [{**_keep(owner, "kind", "controller", "uid")}],
             "labels": _keep(labels, REVISION_LABEL),
         },
-        "spec": _keep(_mapping(pod.get("spec")), "nodeName"),
+        "spec": _keep(as_mapping(pod.get("spec")), "nodeName"),
         "status": slim_status,
     }
 
 
 def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
     """Just the fields NodeHealth.from_node reads; from_node(slim_node(n)) == from_node(n)."""
-    conditions = _mapping(node.get("status")).get("conditions") or ()
+    conditions = as_mapping(node.get("status")).get("conditions") or ()
     return {
-        "metadata": _keep(_mapping(node.get("metadata")), "name"),
+        "metadata": _keep(as_mapping(node.get("metadata")), "name"),
         "status": {
             "conditions": [
                 _keep(c, "type", "status", "lastTransitionTime")
@@ -190,9 +181,9 @@ def slim_node_with_placement(node: Mapping[str, Any]) -> dict[str, Any]:
     version), for readers of both (the auditing guard, `dsguard status --watch`): from_node of
     either class gives the same on it as on the whole Node."""
     slim = slim_node(node)
-    meta = _mapping(node.get("metadata"))
-    spec = _mapping(node.get("spec"))
-    node_info = _mapping(_mapping(node.get("status")).get("nodeInfo"))
+    meta = as_mapping(node.get("metadata"))
+    spec = as_mapping(node.get("spec"))
+    node_info = as_mapping(as_mapping(node.get("status")).get("nodeInfo"))
     slim["metadata"] = {**slim["metadata"], "labels": meta.get("labels") or {}}
     slim["spec"] = {"taints": spec.get("taints") or []}
     slim["status"]["nodeInfo"] = {"kubeletVersion": node_info.get("kubeletVersion", "")}

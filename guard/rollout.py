@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from dsguard.daemonset import as_mapping
 from dsguard.intstr import IntOrPercent
 from dsguard.policy import GuardAction, GuardPolicy
 from guard.notify.alert import FailingPod
@@ -22,7 +23,6 @@ from guard.pod_health import (
     PodView,
     controller_owner,
     failure_reason,
-    is_mapping,
     reason_kind,
 )
 
@@ -43,10 +43,6 @@ ALERTS_PENDING = "dsguard.io/alerts-pending"
 PAUSE_ANNOTATIONS = (PAUSED, PAUSE_REASON, PAUSED_REVISION, PAUSED_AT, ORIGINAL_STRATEGY)
 
 
-def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if is_mapping(raw) else {}
-
-
 @dataclass(frozen=True, slots=True)
 class Revision:
     name: str
@@ -57,11 +53,11 @@ class Revision:
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Revision | None:
-        meta = _mapping(obj.get("metadata"))
+        meta = as_mapping(obj.get("metadata"))
         owner = controller_owner(meta)
         if owner is None:
             return None
-        labels = _mapping(meta.get("labels"))
+        labels = as_mapping(meta.get("labels"))
         name = str(meta.get("name", ""))
         return cls(
             name=name,
@@ -69,7 +65,7 @@ class Revision:
             hash=str(labels.get(REVISION_LABEL) or name.rsplit("-", 1)[-1]),
             number=int(obj.get("revision") or 0),
             owner_uid=str(owner.get("uid", "")),
-            data=_mapping(obj.get("data")),
+            data=as_mapping(obj.get("data")),
         )
 
 
@@ -92,9 +88,9 @@ class DaemonSetState:
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> DaemonSetState:
-        meta = _mapping(obj.get("metadata"))
-        spec = _mapping(obj.get("spec"))
-        status = _mapping(obj.get("status"))
+        meta = as_mapping(obj.get("metadata"))
+        spec = as_mapping(obj.get("spec"))
+        status = as_mapping(obj.get("status"))
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
@@ -102,10 +98,10 @@ class DaemonSetState:
             resource_version=str(meta.get("resourceVersion", "")),
             generation=int(meta.get("generation") or 0),
             observed_generation=int(status.get("observedGeneration") or 0),
-            labels=_mapping(meta.get("labels")),
-            annotations=_mapping(meta.get("annotations")),
-            strategy=_mapping(spec.get("updateStrategy")),
-            template=_mapping(spec.get("template")),
+            labels=as_mapping(meta.get("labels")),
+            annotations=as_mapping(meta.get("annotations")),
+            strategy=as_mapping(spec.get("updateStrategy")),
+            template=as_mapping(spec.get("template")),
             desired=int(status.get("desiredNumberScheduled") or 0),
             updated=int(status.get("updatedNumberScheduled") or 0),
             available=int(status.get("numberAvailable") or 0),

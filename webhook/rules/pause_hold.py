@@ -19,22 +19,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dsguard.daemonset import ON_DELETE, as_mapping
 from guard.rollout import PAUSE_REASON, PAUSED, PAUSED_REVISION
 from webhook.rules.context import ObjectEdit
 
-ON_DELETE = "OnDelete"
-
-
-def _mapping(raw: object) -> Mapping[str, Any]:
-    return raw if isinstance(raw, Mapping) else {}
-
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(_mapping(obj.get("metadata")).get("annotations"))
+    return as_mapping(as_mapping(obj.get("metadata")).get("annotations"))
 
 
 def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(obj.get("spec"))
+    return as_mapping(obj.get("spec"))
 
 
 def keep_paused(old: Mapping[str, Any], edit: ObjectEdit) -> list[str]:
@@ -44,12 +39,12 @@ def keep_paused(old: Mapping[str, Any], edit: ObjectEdit) -> list[str]:
     if _annotations(old).get(PAUSED) != "true" or _annotations(new).get(PAUSED) != "true":
         return []
     held = _spec(old).get("updateStrategy")
-    if _mapping(held).get("type") != ON_DELETE:
+    if as_mapping(held).get("type") != ON_DELETE:
         return []  # someone else changed the strategy since the pause; not ours to hold
     if _spec(new).get("updateStrategy") == held or _spec(new).get("template") != _spec(old).get("template"):
         return []
-    edit.set(["spec"], "updateStrategy", dict(_mapping(held)))
-    meta = _mapping(new.get("metadata"))
+    edit.set(["spec"], "updateStrategy", dict(as_mapping(held)))
+    meta = as_mapping(new.get("metadata"))
     ref = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
     revision = _annotations(old).get(PAUSED_REVISION, "")
     reason = _annotations(old).get(PAUSE_REASON, "")
