@@ -30,7 +30,7 @@ from typing import Self
 from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster.cluster import LocalCluster, _set_pdeathsig
-from localcluster.host_process import log_tail, wait_ready
+from localcluster.host_process import log_tail, stop_group, wait_ready
 from localcluster.webhook_host import CRD, REPO, _free_port
 
 LEASE_NAMESPACE = "dsguard"
@@ -214,14 +214,7 @@ class HostGuard:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (the guard releases its lease and drains alerts), SIGKILL after `timeout`."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -1,8 +1,10 @@
 """What the host-run dsguard processes of the tests and the demo share (HostWebhook, HostGuard):
-waiting for /readyz while watching that the process is still alive, and their logs."""
+waiting for /readyz while watching that the process is still alive, stopping them, their logs."""
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -45,3 +47,16 @@ def wait_ready(
             last = str(e)
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s ({last}); log: {log_path}\n{log_tail(log_path)}")
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM the process group (a clean shutdown: lease release, alert drain), SIGKILL it after
+    `timeout` seconds. Nothing to do for a process never started or already gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)

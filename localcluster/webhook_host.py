@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any, Self
 
 from certs.issue import issue_serving, new_ca, write_files
 from localcluster.cluster import LocalCluster
-from localcluster.host_process import log_tail, wait_ready
+from localcluster.host_process import log_tail, stop_group, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
@@ -174,14 +173,7 @@ class HostWebhook:
 
     def stop(self) -> None:
         self.unregister()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_group(self.proc, 15)
 
     def __enter__(self) -> Self:
         return self.start()
