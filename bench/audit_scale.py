@@ -12,11 +12,11 @@ For each node count, over --runs runs:
                   after a node or namespace change; node placements are walked again.
   audit warm      audit() on the snapshot of the previous run: a DaemonSet or policy change, or a
                   resync, with nothing the rules read about nodes changed.
-  admission       the same DaemonSets judged one by one through webhook.rules.engine.evaluate
-                  (mutate=False, as /validate judges a CREATE), cold and warm in the same way:
+  admission       the same DaemonSets judged one by one through dsguard.rules.engine.judge
+                  (as /validate judges a CREATE), cold and warm in the same way:
                   what admitting every one of them again would cost. audit/admission is the ratio.
 
-Both share the process-wide placement memo (webhook.rules.context.PLACEMENTS), as they would in
+Both share the process-wide placement memo (dsguard.rules.context.PLACEMENTS), as they would in
 one process. Reported: p50/p99 (nearest rank; with few runs p99 is the largest), per-DaemonSet
 cost at p50, the snapshot build, the violations found, and the process's peak RSS
 (getrusage ru_maxrss: the high-water mark so far, so it only grows across node counts).
@@ -46,9 +46,9 @@ if str(REPO) not in sys.path:
 
 from dsguard.facts import ClusterFacts  # noqa: E402
 from dsguard.policy import Policy, parse_policy  # noqa: E402
+from dsguard.rules import engine  # noqa: E402
 from dsguard.scheduling import NodeInfo  # noqa: E402
 from guard.policy_audit import audit  # noqa: E402
-from webhook.rules.engine import evaluate  # noqa: E402
 
 SERVER_VERSION = "v1.33.4"
 KUBELETS = ("v1.33.4", "v1.33.4", "v1.32.8", "v1.31.12")  # mid-upgrade: half the nodes still behind
@@ -304,7 +304,7 @@ def bench_size(
 
     def admit_all(facts: ClusterFacts) -> None:
         for obj in objs:
-            evaluate(pols, obj, facts=facts, mutate=False)
+            engine.judge(pols, obj, facts=facts)
 
     audit_cold: list[float] = []
     audit_warm: list[float] = []

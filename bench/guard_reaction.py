@@ -13,7 +13,7 @@ What is measured (per run), all on one clock in this process, which watches the 
 pods and the DaemonSet through the apiserver (list+watch, like the guard):
 
   crossing  the arrival of the pod update after which `failureThreshold` pods of the new
-            revision fail by the guard's own rule (guard.pod_health.failure_reason): the
+            revision fail by the guard's own rule (dsguard.pod_health.failure_reason): the
             threshold-crossing pod status as the apiserver hands it to watchers.
   pause     the arrival of the DaemonSet update carrying dsguard.io/paused=true.
   reaction  pause - crossing. It includes the guard's watch delivery, its evaluation, the
@@ -58,10 +58,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dsguard.annotations import PAUSED  # noqa: E402
 from dsguard.kube import Obj, Reflector, api_client  # noqa: E402
+from dsguard.pod_health import PodView, failure_reason  # noqa: E402
 from dsguard.policy import GuardPolicy  # noqa: E402
-from guard.pod_health import PodView, failure_reason  # noqa: E402
-from guard.rollout import PAUSED, DaemonSetState  # noqa: E402
+from guard.rollout import DaemonSetState  # noqa: E402
 from localcluster.cluster import DEFAULT_STAGES, LocalCluster  # noqa: E402
 from localcluster.guard_host import HostGuard, ProcessStats  # noqa: E402
 from localcluster.nodes import POD_BEHAVIOR_ANNOTATION, POD_TIMING_ANNOTATIONS, create_nodes, node_manifest  # noqa: E402

@@ -4,7 +4,7 @@ The apiserver verifies the webhook against the `caBundle` and the Service's DNS 
 `SERVICE.NAMESPACE.svc`, so every form of the name goes in the SANs (kopf's issue #785 was a
 certificate with `.svc.cluster.local` only).
 
-Everything here is pure except `write_private`/`write_public`/`write_files`; the time of issue is
+Everything here is pure except `write_files` (through dsguard.atomic_files); the time of issue is
 a parameter (`now`) so that planners and tests can run on a fake clock.
 """
 
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from dsguard.atomic_files import write_private, write_public
 
 CA_LIFETIME = dt.timedelta(days=5 * 365)
 LEAF_LIFETIME = dt.timedelta(days=90)
@@ -244,39 +244,6 @@ def describe(cert: x509.Certificate) -> str:
 
 
 # --- files -----------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write to a new file next to `path` with `mode` from the start, then rename it over `path`.
-
-    A reader sees the old or the new content, never a torn one; a symlink at `path` is replaced,
-    not followed; the bytes never sit in a file with a wider mode.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed it; never wider than asked
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write key material readable by the owner only (0600), never world-readable even for an instant."""
-    _write_atomic(path, data, 0o600)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    """Write a certificate (0644), atomically."""
-    _write_atomic(path, data, 0o644)
 
 
 def write_files(

@@ -117,10 +117,10 @@ async def _run_webhook(
     kubernetes_version: str | None,
     exempt_users: frozenset[str],
 ) -> None:
-    from certs.tls import CertReloader, server_context
     from dsguard.cluster_cache import ClusterCache
     from dsguard.kube import api_client
     from webhook.server import WebhookState, run
+    from webhook.tls import CertReloader, server_context
 
     ctx = server_context(cert, key)
     cache = ClusterCache(static_policies=policies)
@@ -181,7 +181,7 @@ def check(
 
     Exit 0 when all are allowed, 1 when any is denied, 2 on bad input.
     """
-    from webhook.rules.engine import evaluate
+    from dsguard.rules.engine import evaluate
 
     try:
         policies = load_policies(list(policy_files))
@@ -198,7 +198,7 @@ def check(
         if body.get("kind") != "DaemonSet" or not str(body.get("apiVersion", "")).startswith("apps/"):
             skipped += 1
             continue
-        ev = evaluate(policies, body, facts=facts, mutate=True)
+        ev = evaluate(policies, body, facts=facts)
         results.append(
             {
                 "kind": "DaemonSet",

@@ -464,3 +464,12 @@ def _alert(r: _Reader, raw: object, path: str) -> AlertSink | None:
     if hmac_ref is not None and kind is not AlertType.WEBHOOK:
         r.errors.add(f"{path}.hmacSecretRef", "applies only to type Webhook")
     return AlertSink(type=kind, url=url, url_secret_ref=url_ref, hmac_secret_ref=hmac_ref)
+
+
+def guard_policy_for(policies: Sequence[Policy]) -> tuple[str | None, GuardPolicy]:
+    """The guard section in force for a DaemonSet: the first matching policy with one, in the
+    order given (the guard, its audit and `dsguard status` all pick it this way), or the defaults."""
+    for p in policies:
+        if p.guard is not None:
+            return p.name, p.guard
+    return None, GuardPolicy()

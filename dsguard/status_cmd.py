@@ -41,11 +41,11 @@ from dsguard.cli_options import (
 )
 from dsguard.documents import InputError, load_policies
 from dsguard.kube import ListFn, Obj, list_all
+from dsguard.pod_health import REVISION_LABEL
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
 from dsguard.status_live import LiveStatus
 from dsguard.status_report import DaemonSetReport, Outcome, Rollout, StatusReport, build_report
-from guard.pod_health import REVISION_LABEL
 
 EXIT_OK = 0
 EXIT_ROLLOUT_FAILED = 1  # --until-done: paused or rolled back by the guard, or --timeout passed

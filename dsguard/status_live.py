@@ -18,9 +18,9 @@ from kubernetes_asyncio import client
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import ListFn, Obj, Reflector, slim_lists
+from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
 from dsguard.status_report import StatusReport, build_report
-from guard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 
 
 class _Objects:

@@ -16,23 +16,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from dsguard.annotations import PauseInfo, RollbackInfo, pause_info, rollback_info, stalled
 from dsguard.daemonset import as_mapping
 from dsguard.facts import ClusterFacts
-from dsguard.policy import GuardPolicy, Policy
-from guard.pod_health import NodeHealth, PodView, failure_reason, reason_kind
-from guard.rollout import (
-    PAUSE_REASON,
-    PAUSED,
-    PAUSED_AT,
-    PAUSED_REVISION,
-    ROLLBACK_REASON,
-    ROLLED_BACK_REVISION,
-    ROLLED_BACK_TO,
-    STALLED_REVISION,
-    Revision,
-    update_revision,
-)
-from webhook.rules.engine import findings_by_policy
+from dsguard.pod_health import NodeHealth, PodView, failure_reason, reason_kind
+from dsguard.policy import GuardPolicy, Policy, guard_policy_for
+from dsguard.revisions import Revision, update_revision
+from dsguard.rules.engine import findings_by_policy
 
 SCHEMA_API_VERSION = "dsguard.io/v1alpha1"
 SCHEMA_KIND = "DaemonSetStatusReport"
@@ -72,33 +62,6 @@ class ReasonCount:
 
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "count": self.count, "updated": self.updated}
-
-
-@dataclass(frozen=True)
-class PauseInfo:
-    since: str  # dsguard.io/paused-at as written (RFC 3339), "" when missing
-    reason: str
-    revision: str  # the paused revision's hash, "" when missing
-    current: bool  # False once a newer revision replaced the paused one (the guard resumes it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "since": self.since,
-            "reason": self.reason,
-            "revision": self.revision,
-            "current": self.current,
-        }
-
-
-@dataclass(frozen=True)
-class RollbackInfo:
-    revision: str  # the bad revision's hash
-    to: str  # "<hash> (revision <n>)"
-    reason: str
-    current: bool  # the DaemonSet still runs the template the guard rolled back to
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"revision": self.revision, "to": self.to, "reason": self.reason, "current": self.current}
 
 
 @dataclass(frozen=True)
@@ -234,14 +197,6 @@ def format_time(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def guard_policy_for(policies: Sequence[Policy]) -> tuple[str | None, GuardPolicy]:
-    """The first policy with a guard section (policies in the order given), or the defaults."""
-    for p in policies:
-        if p.guard is not None:
-            return p.name, p.guard
-    return None, GuardPolicy()
-
-
 def _failing(
     pods: Iterable[PodView],
     revision: str | None,
@@ -265,37 +220,6 @@ def _failing(
         c[1] += on_update
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))
     return total, updated, tuple(ReasonCount(r, n, u) for r, (n, u) in ordered)
-
-
-def _pause_info(annotations: Mapping[str, Any], revision: str | None) -> PauseInfo | None:
-    if annotations.get(PAUSED) != "true":
-        return None
-    paused_revision = str(annotations.get(PAUSED_REVISION) or "")
-    return PauseInfo(
-        since=str(annotations.get(PAUSED_AT) or ""),
-        reason=str(annotations.get(PAUSE_REASON) or ""),
-        revision=paused_revision,
-        # The guard resumes a DaemonSet whose paused revision a newer one replaced (decide: RESUME).
-        current=not paused_revision or revision is None or paused_revision == revision,
-    )
-
-
-def _rollback_info(
-    annotations: Mapping[str, Any], revision: str | None, generation_observed: bool
-) -> RollbackInfo | None:
-    bad = annotations.get(ROLLED_BACK_REVISION)
-    if not bad:
-        return None
-    to = str(annotations.get(ROLLED_BACK_TO) or "")
-    # The annotations stay after later rollouts: the rollback is the DaemonSet's current state
-    # only while the controller has seen the latest spec and its update revision is the one the
-    # guard went back to (a newer template, or the bad one re-applied, is a new rollout).
-    return RollbackInfo(
-        revision=str(bad),
-        to=to,
-        reason=str(annotations.get(ROLLBACK_REASON) or ""),
-        current=generation_observed and (revision is None or to.split(" ", 1)[0] == revision),
-    )
 
 
 def daemonset_report(
@@ -341,9 +265,9 @@ def daemonset_report(
         pods=total,
         updated_pods=updated_pods,
         failing=failing,
-        paused=_pause_info(annotations, revision),
-        rolled_back=_rollback_info(annotations, revision, observed >= generation),
-        stalled=revision is not None and annotations.get(STALLED_REVISION) == revision,
+        paused=pause_info(annotations, revision),
+        rolled_back=rollback_info(annotations, revision, observed >= generation),
+        stalled=stalled(annotations, revision),
         violations=violations,
     )
 

@@ -18,6 +18,7 @@ from dsguard.cli_options import all_namespaces_opt, context_opt, kubeconfig_opt,
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
+from dsguard.rules.context import Severity
 from dsguard.scheduling import NodeInfo
 from dsguard.selectors import LabelSelector
 from dsguard.upgrade_plan import (
@@ -29,7 +30,6 @@ from dsguard.upgrade_plan import (
     parse_target_version,
     plan_upgrade,
 )
-from webhook.rules.context import Severity
 
 if TYPE_CHECKING:
     from dsguard.cluster_snapshot import ClusterSnapshot

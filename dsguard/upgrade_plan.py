@@ -4,7 +4,7 @@ planning for `dsguard upgrade-check` (no I/O; the command reads the cluster or t
 The upgrade is modelled as facts: the selected nodes (all, or one pool) run the target kubelet,
 and without a node selector the apiserver runs the target too. Each DaemonSet matched by a
 policy with a `versions` section (whatever its enforcement: compatibility is a fact about the
-image, even for an Audit policy) is judged by webhook.rules.image_versions against the facts
+image, even for an Audit policy) is judged by dsguard.rules.image_versions against the facts
 today and after the upgrade, through the rule's own verdicts (image_versions.verdicts): the
 same messages as the webhook, and which nodes break as data, never read back out of a message.
 """
@@ -21,6 +21,10 @@ from typing import Any
 from dsguard.daemonset import ContainerImage, DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
+from dsguard.rules.context import RuleContext, Severity
+from dsguard.rules.engine import matching_policies
+from dsguard.rules.image_versions import FindingKind, VersionVerdict
+from dsguard.rules.image_versions import verdicts as version_verdicts
 from dsguard.scheduling import NodeInfo
 from dsguard.selectors import (
     DOES_NOT_EXIST,
@@ -32,10 +36,6 @@ from dsguard.selectors import (
     label_value_errors,
     qualified_name_errors,
 )
-from webhook.rules.context import RuleContext, Severity
-from webhook.rules.engine import matching_policies
-from webhook.rules.image_versions import FindingKind, VersionVerdict
-from webhook.rules.image_versions import verdicts as version_verdicts
 
 __all__ = [
     "DaemonSetReport",

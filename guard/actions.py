@@ -13,9 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dsguard.daemonset import as_mapping
-from guard.notify.alert import Alert
-from guard.rollout import (
+from dsguard.annotations import (
     ALERTS_PENDING,
     ORIGINAL_STRATEGY,
     PAUSE_ANNOTATIONS,
@@ -27,9 +25,11 @@ from guard.rollout import (
     ROLLED_BACK_REVISION,
     ROLLED_BACK_TO,
     STALLED_REVISION,
-    DaemonSetState,
-    Revision,
 )
+from dsguard.daemonset import as_mapping
+from dsguard.revisions import Revision
+from guard.notify.alert import Alert
+from guard.rollout import DaemonSetState
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"

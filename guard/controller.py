@@ -28,22 +28,15 @@ from typing import Any, Protocol
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dsguard.annotations import ALERTS_PENDING, PAUSED_REVISION
 from dsguard.kube import Obj, name_of
+from dsguard.pod_health import NodeHealth, PodView
 from dsguard.policy import GuardPolicy, Policy
+from dsguard.revisions import Revision, update_revision
 from guard import actions
 from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert, AlertKind, rfc3339
-from guard.pod_health import NodeHealth, PodView
-from guard.rollout import (
-    ALERTS_PENDING,
-    PAUSED_REVISION,
-    DaemonSetState,
-    Decision,
-    Revision,
-    Step,
-    decide,
-    update_revision,
-)
+from guard.rollout import DaemonSetState, Decision, Step, decide
 
 log = logging.getLogger("dsguard.guard")
 

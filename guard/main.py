@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Obj, Reflector, api_client, raw_body, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
+from dsguard.pod_health import REVISION_LABEL, slim_node, slim_node_with_placement, slim_pod
 from dsguard.policy import GuardPolicy, Policy
 from guard.audit_loop import Auditor, KubeStatusWriter
 from guard.controller import Guard, PatchBody
@@ -27,7 +28,6 @@ from guard.notify.alert import Alert
 from guard.notify.dispatch import AlertDispatcher, delivery_counter
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import KubeSecretReader, Sink, build_sinks
-from guard.pod_health import REVISION_LABEL, slim_node, slim_node_with_placement, slim_pod
 from guard.rollout import DaemonSetState
 
 log = logging.getLogger("dsguard.guard")

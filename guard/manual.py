@@ -9,9 +9,10 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dsguard.kube import api_client, raw_body
+from dsguard.revisions import Revision, previous_revision, update_revision
 from guard import actions
 from guard.main import KubePatcher
-from guard.rollout import DaemonSetState, Revision, previous_revision, update_revision
+from guard.rollout import DaemonSetState
 
 
 async def _get_json(call: Any) -> Any:

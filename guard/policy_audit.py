@@ -16,8 +16,8 @@ from typing import Any
 
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
-from webhook.rules.context import Severity
-from webhook.rules.engine import findings_by_policy
+from dsguard.rules.context import Severity
+from dsguard.rules.engine import findings_by_policy
 
 # The status stays small whatever the cluster holds (etcd objects are capped at 1.5 MiB, and
 # `kubectl get -o yaml` should stay readable): the count is exact, the list is not.

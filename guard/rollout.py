@@ -13,60 +13,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from dsguard.annotations import PAUSED_REVISION, STALLED_REVISION, is_paused, rolled_back_here
 from dsguard.daemonset import as_mapping
 from dsguard.intstr import IntOrPercent
-from dsguard.policy import GuardAction, GuardPolicy
-from guard.notify.alert import FailingPod
-from guard.pod_health import (
-    REVISION_LABEL,
+from dsguard.pod_health import (
     NodeHealth,
     PodView,
-    controller_owner,
     failure_reason,
     reason_kind,
 )
-
-ANNOTATION_PREFIX = "dsguard.io/"
-PAUSED = "dsguard.io/paused"
-PAUSE_REASON = "dsguard.io/pause-reason"
-PAUSED_REVISION = "dsguard.io/paused-revision"
-PAUSED_AT = "dsguard.io/paused-at"
-ORIGINAL_STRATEGY = "dsguard.io/original-update-strategy"
-ROLLED_BACK_REVISION = "dsguard.io/rolled-back-revision"
-ROLLED_BACK_TO = "dsguard.io/rolled-back-to"
-ROLLBACK_REASON = "dsguard.io/rollback-reason"
-STALLED_REVISION = "dsguard.io/stalled-revision"
-# The guard's outbox: alerts written with the action that caused them, removed once every sink has
-# settled them (delivered, or failed for good). A guard that dies in between, or a new leader,
-# sends what is left again: alerts are at least once. A JSON list of Alert.to_json() bodies.
-ALERTS_PENDING = "dsguard.io/alerts-pending"
-PAUSE_ANNOTATIONS = (PAUSED, PAUSE_REASON, PAUSED_REVISION, PAUSED_AT, ORIGINAL_STRATEGY)
-
-
-@dataclass(frozen=True, slots=True)
-class Revision:
-    name: str
-    hash: str
-    number: int
-    owner_uid: str
-    data: Mapping[str, Any]  # the strategic-merge patch that restores its template
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> Revision | None:
-        meta = as_mapping(obj.get("metadata"))
-        owner = controller_owner(meta)
-        if owner is None:
-            return None
-        labels = as_mapping(meta.get("labels"))
-        name = str(meta.get("name", ""))
-        return cls(
-            name=name,
-            # The DaemonSet controller names revisions <ds>-<hash> and labels them with the hash.
-            hash=str(labels.get(REVISION_LABEL) or name.rsplit("-", 1)[-1]),
-            number=int(obj.get("revision") or 0),
-            owner_uid=str(owner.get("uid", "")),
-            data=as_mapping(obj.get("data")),
-        )
+from dsguard.policy import GuardAction, GuardPolicy
+from dsguard.revisions import Revision, previous_revision, update_revision
+from guard.notify.alert import FailingPod
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +72,7 @@ class DaemonSetState:
 
     @property
     def paused(self) -> bool:
-        return self.annotations.get(PAUSED) == "true"
+        return is_paused(self.annotations)
 
     @property
     def strategy_type(self) -> str:
@@ -127,16 +85,6 @@ class DaemonSetState:
     @property
     def complete(self) -> bool:
         return self.updated >= self.desired and self.available >= self.desired
-
-
-def update_revision(revisions: Iterable[Revision]) -> Revision | None:
-    return max(revisions, key=lambda r: r.number, default=None)
-
-
-def previous_revision(revisions: Iterable[Revision]) -> Revision | None:
-    """The second newest revision: what `kubectl rollout undo` goes back to."""
-    ordered = sorted(revisions, key=lambda r: r.number)
-    return ordered[-2] if len(ordered) >= 2 else None
 
 
 def threshold_count(threshold: IntOrPercent, updated: int) -> int:
@@ -236,7 +184,7 @@ def decide(
     quiet = Decision(Step.NONE, current, assessment)
     if ds.paused:
         return quiet
-    if ds.annotations.get(ROLLED_BACK_REVISION) == current.hash:
+    if rolled_back_here(ds.annotations, current.hash):
         return quiet  # re-applying the exact template that was rolled back is a deliberate choice
     if assessment.crossed:
         if guard.action is GuardAction.ROLLBACK:

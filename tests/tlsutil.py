@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certs.issue import KeyPair, issue_serving, new_ca
-from certs.issue import write_private as write_private_atomic
+from dsguard.atomic_files import write_private as write_private_atomic
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 _VALIDITY = datetime.timedelta(days=1)
@@ -72,7 +72,7 @@ class TLSFiles:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Overwrite `path` IN PLACE with mode 0600. Unlike certs.issue.write_private (atomic rename),
+    """Overwrite `path` IN PLACE with mode 0600. Unlike dsguard.atomic_files.write_private (atomic rename),
     this is how a plain copy lands, so reload tests can observe half-written files."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

@@ -18,12 +18,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from certs.tls import CertReloader
 from dsguard.cluster_cache import ClusterCache
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
+from dsguard.rules import engine
 from webhook import review
 from webhook.metrics import Metrics
-from webhook.rules.engine import evaluate
+from webhook.pause_hold import hold_then_mutate
+from webhook.tls import CertReloader
 
 log = logging.getLogger("dsguard.webhook")
 
@@ -66,19 +67,21 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
         return 200, review.encode(req.uid, allowed=True), "exempt"
 
     cache = state.cache
-    result = evaluate(
-        cache.policies,
-        req.object,
-        facts=cache.facts,
-        namespace=req.namespace,
-        old=req.old_object if req.operation == "UPDATE" else None,
-        mutate=endpoint == "mutate",
-        judge=endpoint == "validate",  # /mutate never denies, and audits are /validate's to record
-    )
+    previous = req.old_object if req.operation == "UPDATE" else None
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
-        verdict = "patched" if result.patch else "allowed"
-        return 200, review.encode(req.uid, allowed=True, patch=result.patch, warnings=result.notices), verdict
+        mutated = hold_then_mutate(
+            cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+        )
+        verdict = "patched" if mutated.patch else "allowed"
+        return (
+            200,
+            review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=mutated.notices),
+            verdict,
+        )
+    result = engine.judge(
+        cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+    )
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:
         state.metrics.audits.labels(a.policy, a.rule).inc()

@@ -35,7 +35,6 @@ from certs.bootstrap import Conflict, KubeStore, Round, reconcile_once
 from certs.bundle import parse_bundle, same_bundle, webhook_bundles
 from certs.issue import issue_serving, issued_by, load_key_pair, new_ca, service_dns_names
 from certs.rotate import ConfigRef, Settings, secret_data
-from certs.tls import CertReloader, server_context
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import api_client
 from dsguard.policy import parse_policy
@@ -43,6 +42,7 @@ from localcluster.cluster import LocalCluster
 from localcluster.webhook_host import webhook_configurations
 from tests.unit.test_certs import AheadClock, SecretVolume
 from webhook.server import WebhookState, make_app
+from webhook.tls import CertReloader, server_context
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "dsguard-webhook"

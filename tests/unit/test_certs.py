@@ -58,7 +58,6 @@ from certs.issue import (
     service_dns_names,
     subject_alt_names,
     write_files,
-    write_private,
 )
 from certs.rotate import (
     CA_SECRET_TYPE,
@@ -68,12 +67,13 @@ from certs.rotate import (
     Settings,
     secret_data,
 )
-from certs.tls import CertReloader, as_files, server_context
+from dsguard.atomic_files import write_private
 from dsguard.cli import main
 from dsguard.cli_options import parse_duration
 from dsguard.cluster_cache import ClusterCache
 from dsguard.policy import parse_policy
 from webhook.server import WebhookState, make_app
+from webhook.tls import CertReloader, as_files, server_context
 
 Obj = dict[str, Any]
 

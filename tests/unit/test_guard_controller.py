@@ -22,12 +22,12 @@ import aiohttp
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dsguard.annotations import ORIGINAL_STRATEGY, PAUSED, PAUSED_REVISION
 from dsguard.policy import GuardPolicy, Match, Policy
 from guard import actions
 from guard.controller import Guard
 from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert, AlertKind
-from guard.rollout import ORIGINAL_STRATEGY, PAUSED, PAUSED_REVISION
 
 T0 = 1_800_000_000.0
 POLICY = Policy(name="agents", match=Match(), guard=GuardPolicy(failure_threshold=2))

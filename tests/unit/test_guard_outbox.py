@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from dsguard.annotations import ALERTS_PENDING, PAUSED
 from dsguard.policy import GuardAction, GuardPolicy, Match, Policy
 from guard import actions
 from guard.controller import OUTBOX_MEMORY
 from guard.notify.alert import Alert, AlertKind, FailingPod
-from guard.rollout import ALERTS_PENDING, PAUSED, DaemonSetState
+from guard.rollout import DaemonSetState
 from tests.unit.test_guard_controller import T0, Harness, ds_obj, revision_obj
 
 JSON_PATCH = "application/json-patch+json"

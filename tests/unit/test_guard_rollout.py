@@ -7,21 +7,18 @@ from typing import Any
 
 import pytest
 
-from dsguard.policy import GuardAction, GuardPolicy
-from guard import actions
-from guard.pod_health import NodeHealth, PodView, failure_reason
-from guard.rollout import (
+from dsguard.annotations import (
     ORIGINAL_STRATEGY,
     PAUSED,
     PAUSED_REVISION,
     ROLLED_BACK_REVISION,
     STALLED_REVISION,
-    DaemonSetState,
-    Revision,
-    Step,
-    decide,
-    threshold_count,
 )
+from dsguard.pod_health import NodeHealth, PodView, failure_reason
+from dsguard.policy import GuardAction, GuardPolicy
+from dsguard.revisions import Revision
+from guard import actions
+from guard.rollout import DaemonSetState, Step, decide, threshold_count
 
 T0 = 1_800_000_000.0  # "now" in these tests
 GUARD = GuardPolicy(

@@ -10,9 +10,9 @@ import pytest
 
 from dsguard.facts import ClusterFacts
 from dsguard.policy import parse_policy
-from webhook.rules.context import ObjectEdit
-from webhook.rules.engine import evaluate
-from webhook.rules.pause_hold import keep_paused
+from dsguard.rules.context import ObjectEdit
+from dsguard.rules.engine import judge
+from webhook.pause_hold import hold_then_mutate, keep_paused
 
 ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
 ON_DELETE = {"type": "OnDelete"}
@@ -84,7 +84,7 @@ def test_keep_paused(name: str, old: dict[str, Any], new: dict[str, Any], held: 
 
 def test_held_by_the_mutating_endpoint_with_no_policy_matching() -> None:
     """The hold needs no policy: the annotation is only there because the guard paused it."""
-    result = evaluate([], ds(ROLLING, PAUSE), facts=ClusterFacts(), old=PAUSED_OLD, mutate=True, judge=False)
+    result = hold_then_mutate([], ds(ROLLING, PAUSE), facts=ClusterFacts(), old=PAUSED_OLD)
     assert result.patch == [{"op": "replace", "path": "/spec/updateStrategy", "value": ON_DELETE}]
     assert any("paused by the dsguard guard" in n for n in result.notices)
 
@@ -100,14 +100,14 @@ def test_held_and_then_mutated_by_policies_in_one_patch() -> None:
         }
     )
     new = ds({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 5}}, PAUSE)
-    mutated = evaluate([policy], new, facts=ClusterFacts(), old=PAUSED_OLD, mutate=True, judge=False)
+    mutated = hold_then_mutate([policy], new, facts=ClusterFacts(), old=PAUSED_OLD)
     final = jsonpatch.apply_patch(new, mutated.patch)
     assert final["spec"]["updateStrategy"] == ON_DELETE
-    judged = evaluate([policy], final, facts=ClusterFacts(), old=PAUSED_OLD, mutate=False, judge=True)
+    judged = judge([policy], final, facts=ClusterFacts(), old=PAUSED_OLD)
     assert judged.allowed, judged.denials
 
 
 def test_validate_alone_does_not_hold() -> None:
     """/validate judges what it is given; the hold is a mutation."""
-    result = evaluate([], ds(ROLLING, PAUSE), facts=ClusterFacts(), old=PAUSED_OLD, mutate=False, judge=True)
+    result = judge([], ds(ROLLING, PAUSE), facts=ClusterFacts(), old=PAUSED_OLD)
     assert result.patch == [] and result.allowed

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy, parse_policy
+from dsguard.rules.engine import Evaluation, evaluate, judge
 from dsguard.scheduling import NodeInfo, Taint
-from webhook.rules.engine import Evaluation, evaluate
 
 
 def ds(
@@ -161,7 +161,7 @@ def test_add_mutates_missing_ones_in_and_keeps_existing() -> None:
 
 def test_add_on_validate_without_mutation_denies_with_a_hint() -> None:
     p = policy({"tolerations": {"required": [INFRA], "onMissing": "Add"}})
-    ev = evaluate([p], ds(), facts=facts(), mutate=False)
+    ev = judge([p], ds(), facts=facts())
     assert not ev.allowed
     assert "MutatingWebhookConfiguration" in messages(ev)
 
@@ -272,7 +272,7 @@ def test_clamp_lowers_to_the_cap() -> None:
     assert ev.patch == [
         {"op": "replace", "path": "/spec/updateStrategy/rollingUpdate/maxUnavailable", "value": "10%"}
     ]
-    assert evaluate([p], ev.obj, facts=nodes(20), mutate=False).allowed
+    assert judge([p], ev.obj, facts=nodes(20)).allowed
 
 
 def test_clamp_adds_the_field_when_defaulted() -> None:
@@ -442,11 +442,11 @@ def test_update_with_unchanged_template_is_not_denied() -> None:
     assert any("not enforced" in w for w in ev.warnings)
     changed = copy.deepcopy(new)
     changed["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/agent:2.2.0"
-    assert evaluate([p], changed, facts=nodes(3), old=old, mutate=False).denials
+    assert judge([p], changed, facts=nodes(3), old=old).denials
     # the guard's pause: only updateStrategy changes, to OnDelete
     paused = copy.deepcopy(old)
     paused["spec"]["updateStrategy"] = {"type": "OnDelete"}
-    assert evaluate([p], paused, facts=nodes(3), old=old, mutate=False).allowed
+    assert judge([p], paused, facts=nodes(3), old=old).allowed
 
 
 # -- properties ----------------------------------------------------------------------------
@@ -505,6 +505,4 @@ def test_mutation_is_idempotent_and_its_result_passes(
     assert patched == first.obj
     second = evaluate([p], patched, facts=f)
     assert second.patch == []
-    assert evaluate([p], patched, facts=f, mutate=False).allowed, messages(
-        evaluate([p], patched, facts=f, mutate=False)
-    )
+    assert judge([p], patched, facts=f).allowed, messages(judge([p], patched, facts=f))

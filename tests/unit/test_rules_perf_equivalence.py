@@ -22,6 +22,18 @@ from hypothesis import strategies as st
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Coverage, Enforcement, OnMissing, Policy, TolerationPolicy, parse_policy
+from dsguard.rules import coverage, rollout_caps, tolerations
+from dsguard.rules.context import (
+    PLACEMENTS,
+    Finding,
+    ObjectEdit,
+    PlacementCache,
+    RuleContext,
+    name_nodes,
+    placement_key,
+)
+from dsguard.rules.engine import Evaluation, evaluate, mutate
+from dsguard.rules.image_versions import _nodes_by_kubelet
 from dsguard.scheduling import (
     NO_EXECUTE,
     NO_SCHEDULE,
@@ -31,18 +43,6 @@ from dsguard.scheduling import (
     Taint,
 )
 from dsguard.selectors import LabelSelector
-from webhook.rules import coverage, rollout_caps, tolerations
-from webhook.rules.context import (
-    PLACEMENTS,
-    Finding,
-    ObjectEdit,
-    PlacementCache,
-    RuleContext,
-    name_nodes,
-    placement_key,
-)
-from webhook.rules.engine import Evaluation, evaluate
-from webhook.rules.image_versions import _nodes_by_kubelet
 
 # -- strategies ------------------------------------------------------------------------------------
 
@@ -255,11 +255,11 @@ def reference_mutation(
     notices: list[str] = []
     for p in mutators:
         if p.tolerations is not None and p.tolerations.on_missing is OnMissing.ADD:
-            notices += tolerations.add_missing(p.tolerations, edit, DaemonSetView.from_object(edit.obj))
+            notices += tolerations.mutate(p, edit, RuleContext(DaemonSetView.from_object(edit.obj), facts))
     ctx = RuleContext(DaemonSetView.from_object(edit.obj), facts)
     for p in mutators:
         if p.rollout is not None:
-            notices += rollout_caps.clamp(p.rollout, edit, ctx)
+            notices += rollout_caps.mutate(p, edit, ctx)
             ctx = RuleContext(DaemonSetView.from_object(edit.obj), facts)
     if not notices:
         return dict(obj), [], []
@@ -283,7 +283,7 @@ def _check_context(facts: ClusterFacts, spec: dict[str, Any]) -> None:
     assert list(ctx.placements) == expected
     assert ctx.targeted == tuple(n for n, p in expected if p.should_run)
     for selector in (LabelSelector(), LabelSelector(match_labels=(("pool", "a"),))):
-        policy = TolerationPolicy(coverage=Coverage(node_selector=selector))
+        policy = Policy(name="p", tolerations=TolerationPolicy(coverage=Coverage(node_selector=selector)))
         assert coverage.check(policy, ctx) == reference_coverage(selector, facts, spec)
     if facts.nodes:
         assert dict(_nodes_by_kubelet(ctx)) == reference_kubelets(facts, spec)
@@ -555,7 +555,7 @@ def test_patch_matches_the_whole_object_diff(obj: dict[str, Any], policies: list
     assert ev.obj["metadata"] is obj["metadata"]
     assert ev.obj["spec"]["selector"] is obj["spec"]["selector"]
     # /mutate skips the judgement and gets the same patch.
-    quick = evaluate(policies, obj, facts=facts, judge=False)
+    quick = mutate(policies, obj, facts=facts)
     assert (quick.obj, quick.patch, quick.notices, quick.policies) == (
         ev.obj,
         ev.patch,
@@ -622,7 +622,7 @@ def test_mutate_without_judgement_neither_denies_nor_warns() -> None:
     obj = {"metadata": {"name": "a", "namespace": "ns"}, "spec": {"template": {"spec": {}}}}
     full = evaluate([p], obj, facts=ClusterFacts())
     assert full.audits
-    quick = evaluate([p], obj, facts=ClusterFacts(), judge=False)
+    quick = mutate([p], obj, facts=ClusterFacts())
     assert quick == Evaluation(ds=quick.ds, obj=obj, policies=("p",))
 
 

@@ -1,7 +1,7 @@
 """The webhook over real HTTPS: AdmissionReviews in, verdicts, patches, errors and metrics out.
 
 Each test starts the aiohttp app on 127.0.0.1 (port 0) with the server's own SSLContext
-(certs.tls.server_context) and talks to it with a client that trusts only a throwaway CA.
+(webhook.tls.server_context) and talks to it with a client that trusts only a throwaway CA.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from certs.tls import CertReloader, server_context
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Reflector
 from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo
 from tests.tlsutil import TLSFiles, write_private, write_serving, write_tls_files
 from webhook.server import MAX_BODY_BYTES, WebhookState, make_app, serve_admission
+from webhook.tls import CertReloader, server_context
 
 Endpoint = Literal["mutate", "validate"]
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]

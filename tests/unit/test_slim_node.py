@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from dsguard.pod_health import NodeHealth, slim_node_with_placement
 from dsguard.scheduling import NodeInfo
-from guard.pod_health import NodeHealth, slim_node_with_placement
 
 FULL: dict[str, Any] = {
     "metadata": {

@@ -12,16 +12,15 @@ from typing import Any
 import pytest
 
 from dsguard.facts import ClusterFacts
-from dsguard.policy import Policy, parse_policy
+from dsguard.pod_health import reason_kind
+from dsguard.policy import Policy, guard_policy_for, parse_policy
 from dsguard.scheduling import NodeInfo
 from dsguard.status_report import (
     Outcome,
     Rollout,
     StatusReport,
     build_report,
-    guard_policy_for,
 )
-from guard.pod_health import reason_kind
 
 T0 = 1_800_000_000.0  # "now"
 NS = "logging"

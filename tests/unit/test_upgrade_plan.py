@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy, parse_policy
+from dsguard.rules import image_versions
+from dsguard.rules.context import RuleContext, Severity, name_nodes
 from dsguard.scheduling import NodeInfo, Taint
 from dsguard.upgrade_plan import (
     FindingKind,
@@ -26,8 +28,6 @@ from dsguard.upgrade_plan import (
     version_verdicts,
 )
 from dsguard.versions import Version
-from webhook.rules import image_versions
-from webhook.rules.context import RuleContext, Severity, name_nodes
 
 AGENT = "registry.example.com/agent"
 
@@ -396,7 +396,7 @@ def test_parse_node_selector_rejects(text: str, message: str) -> None:
 def assert_agree(p: Policy, obj: Mapping[str, Any], facts: ClusterFacts) -> None:
     assert p.versions is not None
     ctx = RuleContext(DaemonSetView.from_object(obj), facts)
-    findings = image_versions.check(p.versions, ctx)
+    findings = image_versions.check(p, ctx)
     verdicts = [v for v in version_verdicts(p.versions, ctx) if v.reported]
     assert len(verdicts) == len(findings), ([f.message for f in findings], verdicts)
     targeted = {n.name for n in ctx.targeted}

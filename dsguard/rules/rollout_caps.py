@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from dsguard.daemonset import ROLLING_UPDATE, ROLLING_UPDATE_PATH
 from dsguard.intstr import IntOrPercent, is_zero, scaled_value
-from dsguard.policy import OnExceed, RolloutPolicy
-from webhook.rules.context import Finding, ObjectEdit, RuleContext
+from dsguard.policy import OnExceed, Policy, RolloutPolicy
+from dsguard.rules.context import ROLLOUT, Finding, ObjectEdit, RuleContext
 
 RULE = "rollout"
+JUDGES = ROLLOUT
 _ROLLING_UPDATE = ("spec", "updateStrategy", "rollingUpdate")
 _MEANING = {"maxUnavailable": "unavailable", "maxSurge": "surged"}
 
@@ -73,8 +74,11 @@ def _clamped(ctx: RuleContext, excesses: list[_Excess]) -> tuple[IntOrPercent, I
     return values["maxUnavailable"], values["maxSurge"]
 
 
-def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
-    excesses = _excesses(policy, ctx)
+def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
+    section = policy.rollout
+    if section is None:
+        return []
+    excesses = _excesses(section, ctx)
     total = len(ctx.targeted)
     findings = []
     for e in excesses:
@@ -89,7 +93,7 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
                 f"{ROLLING_UPDATE_PATH}.{e.field}: {show(e.value)} is over the cap {show(e.cap)} (no "
                 f"targeted nodes known, so compared as written); set it to at most {show(e.cap)}"
             )
-        if policy.on_exceed is OnExceed.CLAMP:
+        if section.on_exceed is OnExceed.CLAMP:
             unavailable, surge = _clamped(ctx, excesses)
             if is_zero(unavailable) and is_zero(surge):
                 msg += (
@@ -102,13 +106,13 @@ def check(policy: RolloutPolicy, ctx: RuleContext) -> list[Finding]:
     return findings
 
 
-def clamp(policy: RolloutPolicy, edit: ObjectEdit, ctx: RuleContext) -> list[str]:
-    """Lower values over their cap to the cap itself (as written, so a percent cap keeps scaling).
-
-    ctx.ds is the view of edit.obj as it stands."""
-    if policy.on_exceed is not OnExceed.CLAMP:
+def mutate(policy: Policy, edit: ObjectEdit, ctx: RuleContext) -> list[str]:
+    """onExceed: Clamp lowers values over their cap to the cap itself (as written, so a percent
+    cap keeps scaling); returns notices. ctx.ds is the view of edit.obj as it stands."""
+    section = policy.rollout
+    if section is None or section.on_exceed is not OnExceed.CLAMP:
         return []
-    excesses = _excesses(policy, ctx)
+    excesses = _excesses(section, ctx)
     if not excesses:
         return []
     unavailable, surge = _clamped(ctx, excesses)

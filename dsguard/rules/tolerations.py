@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dsguard.daemonset import TOLERATIONS_PATH, DaemonSetView
-from dsguard.policy import OnMissing, TolerationPolicy
+from dsguard.policy import OnMissing, Policy
+from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext
 from dsguard.scheduling import Toleration
-from webhook.rules.context import Finding, ObjectEdit
 
 RULE = "tolerations"
+JUDGES = TEMPLATE
 _POD_SPEC = ("spec", "template", "spec")
 
 
@@ -24,12 +25,15 @@ def missing(required: Sequence[Toleration], present: Sequence[Toleration]) -> li
     return [r for r in required if not any(t.covers(r) for t in present)]
 
 
-def check(policy: TolerationPolicy, ds: DaemonSetView) -> list[Finding]:
-    absent = missing(policy.required, present_tolerations(ds))
+def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
+    section = policy.tolerations
+    if section is None:
+        return []
+    absent = missing(section.required, present_tolerations(ctx.ds))
     if not absent:
         return []
     listed = "; ".join(f"{{{_yaml_inline(t)}}}" for t in absent)
-    if policy.on_missing is OnMissing.ADD:
+    if section.on_missing is OnMissing.ADD:
         fix = (
             "the mutating webhook should have added them: "
             "check that dsguard's MutatingWebhookConfiguration is installed"
@@ -39,11 +43,13 @@ def check(policy: TolerationPolicy, ds: DaemonSetView) -> list[Finding]:
     return [Finding(RULE, f"{TOLERATIONS_PATH}: missing required toleration(s) {listed}; {fix}")]
 
 
-def add_missing(policy: TolerationPolicy, edit: ObjectEdit, ds: DaemonSetView) -> list[str]:
-    """Append the missing required tolerations to the edited pod template; returns notices.
-
-    ds is the view of edit.obj as it stands."""
-    absent = missing(policy.required, present_tolerations(ds))
+def mutate(policy: Policy, edit: ObjectEdit, ctx: RuleContext) -> list[str]:
+    """onMissing: Add appends the missing required tolerations to the edited pod template;
+    returns notices. ctx.ds is the view of edit.obj as it stands."""
+    section = policy.tolerations
+    if section is None or section.on_missing is not OnMissing.ADD:
+        return []
+    absent = missing(section.required, present_tolerations(ctx.ds))
     if not absent:
         return []
     edit.append(_POD_SPEC, "tolerations", [t.to_dict() for t in absent])

@@ -24,6 +24,17 @@ class Severity(StrEnum):
     WARNING = "warning"  # never denies (e.g. unknownVersion: Warn)
 
 
+class SpecPart(StrEnum):
+    """What part of the spec a rule judges: on UPDATE, a rule is enforced only when it changed."""
+
+    TEMPLATE = "template"  # spec.template
+    ROLLOUT = "rollout"  # spec.template or spec.updateStrategy (a template change starts a rollout)
+
+
+TEMPLATE = SpecPart.TEMPLATE
+ROLLOUT = SpecPart.ROLLOUT
+
+
 @dataclass(frozen=True)
 class Finding:
     rule: str

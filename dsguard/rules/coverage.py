@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dsguard.policy import TolerationPolicy
+from dsguard.policy import Policy
+from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, name_nodes
 from dsguard.selectors import LabelSelector
-from webhook.rules.context import Finding, NodeWalk, RuleContext, name_nodes
 
 RULE = "coverage"
+JUDGES = TEMPLATE
 
 
-def check(policy: TolerationPolicy, ctx: RuleContext) -> list[Finding]:
-    if policy.coverage is None:
+def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
+    if policy.tolerations is None or policy.tolerations.coverage is None:
         return []
-    selector = policy.coverage.node_selector
+    selector = policy.tolerations.coverage.node_selector
     # A pass over every node, on every review: memoised with the walk. Selectors compare by value
     # and the findings depend on nothing else.
     return list(ctx.walk.derive((RULE, selector), lambda walk: _findings(selector, walk)))

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from certs.issue import write_private
+from dsguard.atomic_files import write_private
 
 log = logging.getLogger("dsguard.certs")
 

@@ -1,8 +1,12 @@
-"""All matching policies applied to one DaemonSet: mutations first, then judgement of the result.
+"""All matching policies applied to one DaemonSet: `mutate` (the patch), then `judge` (the verdict
+on the result). The mutating endpoint calls mutate, the validating endpoint judge (what the
+apiserver is about to store), `dsguard check` both (`evaluate`), the audit and `dsguard status`
+`findings_by_policy`. Node placements are memoised across calls (RuleContext), which doesn't
+change results.
 
-One pure function serves the mutating endpoint (judge=False: only the patch), the validating
-endpoint (mutate=False: judge what the apiserver is about to store) and the offline CLI (both at
-once). Node placements are memoised across calls (RuleContext), which doesn't change results.
+Every rule is a module with the same signature (`Rule`): `check(policy, ctx)` and, for the rules
+that can fix what they find, `mutate(policy, edit, ctx)`; each reads its own section of the
+policy and returns nothing when the policy has none.
 
 UPDATE: a rule is enforced only when the part of the spec it judges changed, so a DaemonSet that
 predates a policy is not blocked from metadata edits (labels, finalizers, deletion) nor from the
@@ -14,14 +18,30 @@ template change is what starts a rollout). Unenforced violations come back as wa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
-from webhook.rules import coverage, image_versions, pause_hold, rollout_caps, tolerations
-from webhook.rules.context import Finding, ObjectEdit, RuleContext, Severity
+from dsguard.rules import coverage, image_versions, rollout_caps, tolerations
+from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext, Severity, SpecPart
+
+
+class Rule(Protocol):
+    RULE: str
+    JUDGES: SpecPart
+
+    def check(self, policy: Policy, ctx: RuleContext) -> list[Finding]: ...
+
+
+class MutatingRule(Rule, Protocol):
+    def mutate(self, policy: Policy, edit: ObjectEdit, ctx: RuleContext) -> list[str]: ...
+
+
+# In the order their findings are reported and their mutations applied.
+RULES: tuple[Rule, ...] = (tolerations, coverage, image_versions, rollout_caps)
+MUTATING_RULES: tuple[MutatingRule, ...] = (tolerations, rollout_caps)
 
 
 @dataclass(frozen=True)
@@ -81,67 +101,72 @@ def _may_mutate(p: Policy) -> bool:
     return adds or clamps
 
 
-def evaluate(
+@dataclass(frozen=True)
+class _Changed:
+    """Which spec parts an UPDATE changed (everything, for a CREATE)."""
+
+    template: bool
+    rollout: bool
+
+    @classmethod
+    def between(cls, old: Mapping[str, Any] | None, obj: Mapping[str, Any]) -> _Changed:
+        template = old is None or _spec_part(old, "template") != _spec_part(obj, "template")
+        strategy = old is None or _spec_part(old, "updateStrategy") != _spec_part(obj, "updateStrategy")
+        return cls(template=template, rollout=template or strategy)
+
+    def covers(self, part: SpecPart) -> bool:
+        return self.template if part is TEMPLATE else self.rollout
+
+
+def mutate(
     policies: Sequence[Policy],
     obj: Mapping[str, Any],
     *,
     facts: ClusterFacts,
     namespace: str = "",
     old: Mapping[str, Any] | None = None,
-    mutate: bool = True,
-    judge: bool = True,
 ) -> Evaluation:
-    """judge=False skips the judgement (no denials, warnings or audits): for the mutating
-    endpoint, which never denies and leaves judging the final object to /validate."""
-    held: ObjectEdit | None = None
-    hold_notices: list[str] = []
-    if mutate and old is not None:
-        held = ObjectEdit(obj)
-        hold_notices = pause_hold.keep_paused(old, held)
-        if hold_notices:
-            obj = held.obj  # the policies see (and patch on top of) the held object
-        else:
-            held = None
+    """What the matching policies change in `obj` (tolerations added, caps clamped), as a patch;
+    never denies. Only `ds`, `obj`, `patch`, `policies` and `notices` are set."""
+    ds = DaemonSetView.from_object(obj, namespace=namespace)
+    matched = matching_policies(policies, ds, facts)
+    names = tuple(p.name for p in matched)
+    mutators = [p for p in matched if _may_mutate(p)]
+    if not mutators:
+        return Evaluation(ds=ds, obj=obj, policies=names)
+    changed = _Changed.between(old, obj)
+    # Copies only the containers it changes, and records the patch as it goes.
+    edit = ObjectEdit(obj)
+    ctx = RuleContext(ds, facts)
+    notices: list[str] = []
+    for rule in MUTATING_RULES:
+        if not changed.covers(rule.JUDGES):
+            continue
+        for p in mutators:
+            done = rule.mutate(p, edit, ctx)
+            if done:
+                notices += done
+                ctx = RuleContext(DaemonSetView.from_object(edit.obj, namespace=ds.namespace), facts)
+    if not notices:
+        return Evaluation(ds=ds, obj=obj, policies=names)
+    return Evaluation(ds=ctx.ds, obj=edit.obj, patch=edit.ops, policies=names, notices=tuple(notices))
+
+
+def judge(
+    policies: Sequence[Policy],
+    obj: Mapping[str, Any],
+    *,
+    facts: ClusterFacts,
+    namespace: str = "",
+    old: Mapping[str, Any] | None = None,
+) -> Evaluation:
+    """The verdict on `obj` as it will be stored: denials, warnings and audit findings by each
+    matching policy's enforcement. Never changes the object."""
     ds = DaemonSetView.from_object(obj, namespace=namespace)
     matched = matching_policies(policies, ds, facts)
     if not matched:
-        if held is not None:
-            return Evaluation(ds=ds, obj=obj, patch=held.ops, notices=tuple(hold_notices))
         return Evaluation(ds=ds, obj=obj)
-    template_changed = old is None or _spec_part(old, "template") != _spec_part(obj, "template")
-    strategy_changed = old is None or _spec_part(old, "updateStrategy") != _spec_part(obj, "updateStrategy")
-    caps_apply = template_changed or strategy_changed
-
-    final: Mapping[str, Any] = obj
-    patch: list[dict[str, Any]] = list(held.ops) if held is not None else []
-    notices: list[str] = list(hold_notices)
-    mutators = [p for p in matched if _may_mutate(p)] if mutate else []
-    if mutators:
-        # Copies only the containers it changes, and records the patch as it goes.
-        edit = held if held is not None else ObjectEdit(obj)
-        work = ds
-        for p in mutators:
-            if p.tolerations is not None and template_changed and p.tolerations.on_missing is OnMissing.ADD:
-                added = tolerations.add_missing(p.tolerations, edit, work)
-                if added:
-                    notices += added
-                    work = DaemonSetView.from_object(edit.obj, namespace=ds.namespace)
-        ctx = RuleContext(work, facts)
-        for p in mutators:
-            if p.rollout is not None and caps_apply:
-                clamped = rollout_caps.clamp(p.rollout, edit, ctx)
-                if clamped:
-                    notices += clamped
-                    ctx = RuleContext(DaemonSetView.from_object(edit.obj, namespace=ds.namespace), facts)
-        if notices:
-            patch = edit.ops
-            final = edit.obj
-            ds = ctx.ds
-
-    if not judge:
-        return Evaluation(
-            ds=ds, obj=final, patch=patch, policies=tuple(p.name for p in matched), notices=tuple(notices)
-        )
+    changed = _Changed.between(old, obj)
     ctx = RuleContext(ds, facts)
     denials: list[PolicyFinding] = []
     warnings: list[str] = []
@@ -149,9 +174,8 @@ def evaluate(
     for p in matched:
         enforced: list[Finding] = []
         unenforced: list[Finding] = []
-        (enforced if template_changed else unenforced).extend(_template_findings(p, ctx))
-        if p.rollout is not None:
-            (enforced if caps_apply else unenforced).extend(rollout_caps.check(p.rollout, ctx))
+        for rule in RULES:
+            (enforced if changed.covers(rule.JUDGES) else unenforced).extend(rule.check(p, ctx))
         for f in enforced:
             pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message)
             if p.enforcement is Enforcement.AUDIT:
@@ -168,24 +192,26 @@ def evaluate(
                 warnings.append(f"{pf} (not enforced: unchanged by this update)")
     return Evaluation(
         ds=ds,
-        obj=final,
-        patch=patch,
+        obj=obj,
         policies=tuple(p.name for p in matched),
         denials=tuple(denials),
         warnings=tuple(dict.fromkeys(warnings)),
-        notices=tuple(notices),
         audits=tuple(audits),
     )
 
 
-def _template_findings(p: Policy, ctx: RuleContext) -> list[Finding]:
-    out: list[Finding] = []
-    if p.tolerations is not None:
-        out += tolerations.check(p.tolerations, ctx.ds)
-        out += coverage.check(p.tolerations, ctx)
-    if p.versions is not None:
-        out += image_versions.check(p.versions, ctx)
-    return out
+def evaluate(
+    policies: Sequence[Policy],
+    obj: Mapping[str, Any],
+    *,
+    facts: ClusterFacts,
+    namespace: str = "",
+    old: Mapping[str, Any] | None = None,
+) -> Evaluation:
+    """mutate, then judge the result: what the two webhooks together decide (`dsguard check`)."""
+    mutated = mutate(policies, obj, facts=facts, namespace=namespace, old=old)
+    verdict = judge(policies, mutated.obj, facts=facts, namespace=namespace, old=old)
+    return replace(verdict, patch=mutated.patch, notices=mutated.notices)
 
 
 def findings_by_policy(
@@ -203,8 +229,6 @@ def findings_by_policy(
     ctx = RuleContext(ds, facts)
     out: list[tuple[Policy, list[Finding]]] = []
     for p in matched:
-        found = _template_findings(p, ctx)
-        if p.rollout is not None:
-            found += rollout_caps.check(p.rollout, ctx)
+        found = [f for rule in RULES for f in rule.check(p, ctx)]
         out.append((p, list(dict.fromkeys(found))))
     return out

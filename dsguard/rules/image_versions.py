@@ -9,11 +9,12 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from dsguard.daemonset import ContainerImage
-from dsguard.policy import Compatibility, UnknownVersion, VersionPolicy
+from dsguard.policy import Compatibility, Policy, UnknownVersion, VersionPolicy
+from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, Severity, name_nodes
 from dsguard.versions import ImageRef, Version, image_pattern_matches
-from webhook.rules.context import Finding, NodeWalk, RuleContext, Severity, name_nodes
 
 RULE = "versions"
+JUDGES = TEMPLATE
 NO_NODES = "(no nodes known: the apiserver version)"
 
 
@@ -80,8 +81,10 @@ class VersionVerdict:
         return Finding(RULE, self.message, self.severity)
 
 
-def check(policy: VersionPolicy, ctx: RuleContext) -> list[Finding]:
-    return [v.finding() for v in verdicts(policy, ctx) if v.reported]
+def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
+    if policy.versions is None:
+        return []
+    return [v.finding() for v in verdicts(policy.versions, ctx) if v.reported]
 
 
 def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
