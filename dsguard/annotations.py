@@ -26,6 +26,20 @@ STALLED_REVISION = "dsguard.io/stalled-revision"
 # sends what is left again: alerts are at least once. A JSON list of Alert.to_json() bodies.
 ALERTS_PENDING = "dsguard.io/alerts-pending"
 PAUSE_ANNOTATIONS = (PAUSED, PAUSE_REASON, PAUSED_REVISION, PAUSED_AT, ORIGINAL_STRATEGY)
+# The pause itself, without the strategy it replaced: what resuming a wave rollout removes (the
+# guard keeps driving it under OnDelete, and restores ORIGINAL_STRATEGY when it completes).
+PAUSE_MARKS = (PAUSED, PAUSE_REASON, PAUSED_REVISION, PAUSED_AT)
+
+# Progressive rollouts (spec.guard.waves): the guard drives the rollout of one revision under
+# OnDelete, wave by wave; the user's strategy is in ORIGINAL_STRATEGY until it completes.
+WAVES_REVISION = "dsguard.io/waves-revision"  # the revision being rolled out in waves
+WAVE = "dsguard.io/wave"  # index of the current wave (0: the canary, when there is one)
+WAVE_STARTED_AT = "dsguard.io/wave-started-at"
+BAKE_STARTED_AT = "dsguard.io/bake-started-at"  # the current wave is updated and Ready: baking
+PROMOTED_WAVE = "dsguard.io/promoted-wave"  # `dsguard promote`: wave N may start (ends a bake early)
+WAVES_TAKEOVER = "dsguard.io/waves-takeover"  # pods the controller replaced before the guard took over
+WAVES_COMPLETED = "dsguard.io/waves-completed"  # the last revision rolled out in waves, completed
+WAVE_ANNOTATIONS = (WAVES_REVISION, WAVE, WAVE_STARTED_AT, BAKE_STARTED_AT, PROMOTED_WAVE, WAVES_TAKEOVER)
 
 
 def is_paused(annotations: Mapping[str, Any]) -> bool:
@@ -88,6 +102,50 @@ def rollback_info(
         to=to,
         reason=str(annotations.get(ROLLBACK_REASON) or ""),
         current=generation_observed and (revision is None or to.split(" ", 1)[0] == revision),
+    )
+
+
+@dataclass(frozen=True)
+class WaveInfo:
+    revision: str  # the revision the guard is rolling out in waves
+    index: int  # the current wave
+    started_at: str  # RFC 3339, as written
+    bake_started_at: str  # "" while the wave is still being updated
+    promoted: int | None  # the wave `dsguard promote` approved, if any
+    takeover: int | None  # pods already replaced when the guard took over (webhook missed it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "wave": self.index,
+            "startedAt": self.started_at,
+            "bakeStartedAt": self.bake_started_at,
+            "promoted": self.promoted,
+            "takeover": self.takeover,
+        }
+
+
+def _int(raw: object) -> int | None:
+    try:
+        value = int(str(raw))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def wave_info(annotations: Mapping[str, Any]) -> WaveInfo | None:
+    """The wave rollout in progress, if any (a malformed index reads as wave 0: the guard then
+    redoes the canary rather than skip it)."""
+    revision = annotations.get(WAVES_REVISION)
+    if not revision:
+        return None
+    return WaveInfo(
+        revision=str(revision),
+        index=_int(annotations.get(WAVE)) or 0,
+        started_at=str(annotations.get(WAVE_STARTED_AT) or ""),
+        bake_started_at=str(annotations.get(BAKE_STARTED_AT) or ""),
+        promoted=_int(annotations.get(PROMOTED_WAVE)) if annotations.get(PROMOTED_WAVE) else None,
+        takeover=_int(annotations.get(WAVES_TAKEOVER)) if annotations.get(WAVES_TAKEOVER) else None,
     )
 
 

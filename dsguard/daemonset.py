@@ -39,6 +39,11 @@ class ContainerImage:
     image: str
 
 
+def _seconds(raw: object) -> int:
+    # apps/v1 validation rejects anything but a non-negative int32; judge what it would store.
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0
+
+
 @dataclass(frozen=True)
 class DaemonSetView:
     namespace: str
@@ -48,6 +53,7 @@ class DaemonSetView:
     strategy_type: str
     max_unavailable: IntOrPercent
     max_surge: IntOrPercent
+    min_ready_seconds: int = 0
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any], *, namespace: str = "") -> DaemonSetView:
@@ -67,6 +73,7 @@ class DaemonSetView:
             if isinstance(max_unavailable, int | str)
             else DEFAULT_MAX_UNAVAILABLE,
             max_surge=max_surge if isinstance(max_surge, int | str) else DEFAULT_MAX_SURGE,
+            min_ready_seconds=_seconds(spec.get("minReadySeconds")),
         )
 
     @property

@@ -61,6 +61,17 @@ class PodView:
     created: float
     started: float | None
     deleting: bool
+    uid: str = ""
+    ready_since: float | None = None  # lastTransitionTime of the Ready condition, while Ready
+
+    def available(self, min_ready_seconds: int, now: float) -> bool:
+        """Ready for at least minReadySeconds, as the DaemonSet controller counts it
+        (podutil.IsPodAvailable); not while being deleted."""
+        if self.deleting or not self.ready:
+            return False
+        if min_ready_seconds <= 0:
+            return True
+        return self.ready_since is not None and self.ready_since + min_ready_seconds <= now
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
@@ -71,11 +82,12 @@ class PodView:
             return None
         spec = as_mapping(pod.get("spec"))
         status = as_mapping(pod.get("status"))
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or ()
-            if is_mapping(c)
-        )
+        ready = False
+        ready_since = None
+        for c in status.get("conditions") or ():
+            if is_mapping(c) and c.get("type") == "Ready" and c.get("status") == "True":
+                ready = True
+                ready_since = parse_time(c.get("lastTransitionTime"))
         restarts = 0
         waiting: list[str] = []
         for field in ("initContainerStatuses", "containerStatuses"):
@@ -100,6 +112,8 @@ class PodView:
             created=parse_time(meta.get("creationTimestamp")) or 0.0,
             started=parse_time(status.get("startTime")),
             deleting=meta.get("deletionTimestamp") is not None,
+            uid=str(meta.get("uid", "")),
+            ready_since=ready_since,
         )
 
 
@@ -137,7 +151,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     status = as_mapping(pod.get("status"))
     slim_status = _keep(status, "phase", "startTime")
     slim_status["conditions"] = [
-        _keep(c, "type", "status")
+        _keep(c, "type", "status", "lastTransitionTime")
         for c in status.get("conditions") or ()
         if is_mapping(c) and c.get("type") == "Ready"
     ]
@@ -152,7 +166,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
         slim_status[field] = statuses
     return {
         "metadata": {
-            **_keep(meta, "namespace", "name", "creationTimestamp", "deletionTimestamp"),
+            **_keep(meta, "namespace", "name", "uid", "creationTimestamp", "deletionTimestamp"),
             "ownerReferences": [{**_keep(owner, "kind", "controller", "uid")}],
             "labels": _keep(labels, REVISION_LABEL),
         },

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from dsguard.fielderrors import ErrorList
 from dsguard.intstr import IntOrPercent, parse_int_or_percent
 from dsguard.scheduling import Toleration
-from dsguard.selectors import LabelSelector
+from dsguard.selectors import LabelSelector, qualified_name_errors
 from dsguard.versions import VersionRange, validate_image_pattern
 
 GROUP = "dsguard.io"
@@ -80,6 +80,9 @@ class TolerationPolicy:
 class RolloutPolicy:
     max_unavailable: IntOrPercent | None = None
     max_surge: IntOrPercent | None = None
+    # A floor under spec.minReadySeconds: the DaemonSet controller counts a new pod available
+    # (and moves on) only after it has been Ready this long.
+    min_ready_seconds: int | None = None
     on_exceed: OnExceed = OnExceed.DENY
 
 
@@ -104,6 +107,44 @@ class VersionPolicy:
 class GuardAction(StrEnum):
     PAUSE = "Pause"
     ROLLBACK = "Rollback"
+
+
+class Approval(StrEnum):
+    AUTO = "Auto"  # the next wave starts once the bake is over and the gates pass
+    MANUAL = "Manual"  # ... and `dsguard promote` approved it
+
+
+@dataclass(frozen=True)
+class WavesPolicy:
+    """The guard drives the rollout itself: a canary, then one wave per groupBy value (or per
+    cumulative step), each baked before the next (docs/guard.md, Progressive rollouts)."""
+
+    canary: IntOrPercent | None = None  # nodes in the first wave, spread across groupBy values
+    group_by: str | None = None  # a node label: one wave per value
+    order: tuple[str, ...] = ()  # groupBy values first, in this order; the others after, sorted
+    steps: tuple[str, ...] = ()  # or: cumulative shares of the DaemonSet's nodes, "10%" .. "100%"
+    max_unavailable: IntOrPercent | None = None  # inside a wave; None: the DaemonSet's own
+    bake_seconds: int = 0
+    approval: Approval = Approval.AUTO
+
+
+@dataclass(frozen=True)
+class ApiserverGate:
+    max_request_rate_increase: str  # "50%": the rate during the rollout over the baseline before it
+
+
+@dataclass(frozen=True)
+class PrometheusGate:
+    url: str
+    query: str
+    max: float | None = None
+    min: float | None = None
+
+
+@dataclass(frozen=True)
+class GatesPolicy:
+    apiserver: ApiserverGate | None = None
+    prometheus: tuple[PrometheusGate, ...] = ()
 
 
 class AlertType(StrEnum):
@@ -145,6 +186,8 @@ class GuardPolicy:
     progress_deadline_seconds: int = 1800
     action: GuardAction = GuardAction.PAUSE
     alerts: tuple[AlertSink, ...] = ()
+    waves: WavesPolicy | None = None
+    gates: GatesPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +282,34 @@ class _Reader:
             self.errors.add(path, f"{raw!r} is not one of {allowed}")
             return default
 
+    def integer(self, raw: object, path: str, *, minimum: int, maximum: int | None = None) -> int | None:
+        if raw is None:
+            return None
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
+            self.errors.add(path, f"{raw!r} must be an integer >= {minimum}")
+            return None
+        if maximum is not None and raw > maximum:
+            self.errors.add(path, f"{raw!r} must be at most {maximum}")
+            return None
+        return raw
+
+    def number(self, raw: object, path: str) -> float | None:
+        if raw is None:
+            return None
+        if (
+            isinstance(raw, bool)
+            or not isinstance(raw, int | float)
+            or raw != raw
+            or raw
+            in (
+                float("inf"),
+                float("-inf"),
+            )
+        ):
+            self.errors.add(path, f"{raw!r} must be a number")
+            return None
+        return float(raw)
+
     def version_range(self, raw: object, path: str) -> VersionRange | None:
         text = self.string(raw, path)
         if text is None:
@@ -306,7 +377,7 @@ def _rollout(r: _Reader, raw: object, path: str) -> RolloutPolicy | None:
     m = r.mapping(raw, path)
     if m is None:
         return None
-    _unknown_fields(r, m, path, {"maxUnavailable", "maxSurge", "onExceed"})
+    _unknown_fields(r, m, path, {"maxUnavailable", "maxSurge", "minReadySeconds", "onExceed"})
     caps: dict[str, IntOrPercent | None] = {}
     for field in ("maxUnavailable", "maxSurge"):
         caps[field] = None
@@ -317,6 +388,7 @@ def _rollout(r: _Reader, raw: object, path: str) -> RolloutPolicy | None:
     return RolloutPolicy(
         max_unavailable=caps["maxUnavailable"],
         max_surge=caps["maxSurge"],
+        min_ready_seconds=r.integer(m.get("minReadySeconds"), f"{path}.minReadySeconds", minimum=0),
         on_exceed=r.enum(m.get("onExceed"), f"{path}.onExceed", OnExceed, OnExceed.DENY),
     )
 
@@ -376,6 +448,8 @@ def _guard(r: _Reader, raw: object, path: str) -> GuardPolicy | None:
         "progressDeadlineSeconds",
         "action",
         "alerts",
+        "waves",
+        "gates",
     }
     _unknown_fields(r, m, path, known)
     defaults = GuardPolicy()
@@ -416,7 +490,128 @@ def _guard(r: _Reader, raw: object, path: str) -> GuardPolicy | None:
         progress_deadline_seconds=numbers["progressDeadlineSeconds"],
         action=r.enum(m.get("action"), f"{path}.action", GuardAction, GuardAction.PAUSE),
         alerts=tuple(alerts),
+        waves=_waves(r, m.get("waves"), f"{path}.waves"),
+        gates=_gates(r, m.get("gates"), f"{path}.gates"),
     )
+
+
+def _positive_count(r: _Reader, raw: object, path: str) -> IntOrPercent | None:
+    """A node count: an integer >= 1 or a percentage from 1% to 100%."""
+    value, errs = parse_int_or_percent(raw, path)
+    r.errors.extend(errs)
+    if value is None or errs:
+        return None
+    if (value if isinstance(value, int) else int(value[:-1])) < 1:
+        r.errors.add(path, f'{value!r} must be at least 1 (or "1%")')
+        return None
+    return value
+
+
+def _waves(r: _Reader, raw: object, path: str) -> WavesPolicy | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(
+        r, m, path, {"canary", "groupBy", "order", "steps", "maxUnavailable", "bakeSeconds", "approval"}
+    )
+    canary = None
+    cm = r.mapping(m.get("canary"), f"{path}.canary")
+    if cm is not None:
+        _unknown_fields(r, cm, f"{path}.canary", {"nodes"})
+        if cm.get("nodes") is None:
+            r.errors.add(f"{path}.canary.nodes", 'is required: a node count (2) or a share ("1%")')
+        else:
+            canary = _positive_count(r, cm["nodes"], f"{path}.canary.nodes")
+    group_by = None
+    if m.get("groupBy") is not None:
+        group_by = r.string(m["groupBy"], f"{path}.groupBy")
+        if group_by is not None:
+            for problem in qualified_name_errors(group_by):
+                r.errors.add(f"{path}.groupBy", f"{group_by!r} is not a node label key: {problem}")
+    order: list[str] = []
+    for i, item in enumerate(r.sequence(m.get("order"), f"{path}.order")):
+        value = item if isinstance(item, str) else None
+        if value is None:
+            r.errors.add(f"{path}.order[{i}]", f"{item!r} must be a label value (a string)")
+        elif value in order:
+            r.errors.add(f"{path}.order[{i}]", f"{value!r} is listed twice")
+        else:
+            order.append(value)
+    if order and group_by is None:
+        r.errors.add(f"{path}.order", "applies only with groupBy (the order of its values)")
+    steps: list[str] = []
+    raw_steps = r.sequence(m.get("steps"), f"{path}.steps")
+    last = 0
+    for i, item in enumerate(raw_steps):
+        sp = f"{path}.steps[{i}]"
+        if not isinstance(item, str) or not item.endswith("%") or not item[:-1].isdigit():
+            r.errors.add(sp, f'{item!r} must be a percentage like "10%" (a cumulative share of the nodes)')
+            continue
+        share = int(item[:-1])
+        if not last < share <= 100:
+            r.errors.add(sp, f"{item!r} must be over the step before ({last}%) and at most 100%")
+            continue
+        last = share
+        steps.append(item)
+    if steps and last != 100:
+        r.errors.add(f"{path}.steps", f'the last step must be "100%" (every node), got "{last}%"')
+    if steps and group_by is not None:
+        r.errors.add(f"{path}.steps", "give groupBy or steps, not both")
+    max_unavailable = None
+    if m.get("maxUnavailable") is not None:
+        max_unavailable = _positive_count(r, m["maxUnavailable"], f"{path}.maxUnavailable")
+    bake = r.integer(m.get("bakeSeconds"), f"{path}.bakeSeconds", minimum=0, maximum=7 * 24 * 3600)
+    return WavesPolicy(
+        canary=canary,
+        group_by=group_by,
+        order=tuple(order),
+        steps=tuple(steps),
+        max_unavailable=max_unavailable,
+        bake_seconds=bake or 0,
+        approval=r.enum(m.get("approval"), f"{path}.approval", Approval, Approval.AUTO),
+    )
+
+
+def _gates(r: _Reader, raw: object, path: str) -> GatesPolicy | None:
+    m = r.mapping(raw, path)
+    if m is None:
+        return None
+    _unknown_fields(r, m, path, {"apiserver", "prometheus"})
+    apiserver = None
+    am = r.mapping(m.get("apiserver"), f"{path}.apiserver")
+    if am is not None:
+        ap = f"{path}.apiserver.maxRequestRateIncrease"
+        _unknown_fields(r, am, f"{path}.apiserver", {"maxRequestRateIncrease"})
+        raw_inc = am.get("maxRequestRateIncrease")
+        if not isinstance(raw_inc, str) or not raw_inc.endswith("%") or not raw_inc[:-1].isdigit():
+            r.errors.add(
+                ap, f'{raw_inc!r} must be a percentage like "50%" (over the rate before the rollout)'
+            )
+        elif int(raw_inc[:-1]) < 1:
+            r.errors.add(ap, f'{raw_inc!r} must be at least "1%"')
+        else:
+            apiserver = ApiserverGate(max_request_rate_increase=raw_inc)
+    prometheus: list[PrometheusGate] = []
+    for i, item in enumerate(r.sequence(m.get("prometheus"), f"{path}.prometheus")):
+        pp = f"{path}.prometheus[{i}]"
+        pm = r.mapping(item, pp)
+        if pm is None:
+            continue
+        _unknown_fields(r, pm, pp, {"url", "query", "max", "min"})
+        url = r.string(pm.get("url"), f"{pp}.url")
+        if url is not None and not url.startswith(("https://", "http://")):
+            r.errors.add(f"{pp}.url", f"{url!r} must be an http:// or https:// URL (the Prometheus server)")
+            url = None
+        query = r.string(pm.get("query"), f"{pp}.query")
+        high = r.number(pm.get("max"), f"{pp}.max")
+        low = r.number(pm.get("min"), f"{pp}.min")
+        if pm.get("max") is None and pm.get("min") is None:
+            r.errors.add(pp, "give max, min or both: the limits the query's value must stay within")
+        elif high is not None and low is not None and low > high:
+            r.errors.add(f"{pp}.min", f"{low} is over max {high}")
+        if url is not None and query is not None:
+            prometheus.append(PrometheusGate(url=url, query=query, max=high, min=low))
+    return GatesPolicy(apiserver=apiserver, prometheus=tuple(prometheus))
 
 
 def _secret_ref(r: _Reader, raw: object, path: str) -> SecretRef | None:

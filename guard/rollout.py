@@ -43,6 +43,7 @@ class DaemonSetState:
     updated: int
     available: int
     ready: int
+    min_ready_seconds: int = 0
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> DaemonSetState:
@@ -64,6 +65,7 @@ class DaemonSetState:
             updated=int(status.get("updatedNumberScheduled") or 0),
             available=int(status.get("numberAvailable") or 0),
             ready=int(status.get("numberReady") or 0),
+            min_ready_seconds=_non_negative(spec.get("minReadySeconds")),
         )
 
     @property
@@ -85,6 +87,10 @@ class DaemonSetState:
     @property
     def complete(self) -> bool:
         return self.updated >= self.desired and self.available >= self.desired
+
+
+def _non_negative(raw: object) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0
 
 
 def threshold_count(threshold: IntOrPercent, updated: int) -> int:

@@ -12,20 +12,16 @@ back and says why. It lets through:
 * the guard itself (an exempt user in the install manifests).
 
 Independent of the policies: the annotation is only there because the guard paused the rollout.
-/mutate applies it before the policies' mutations (`hold_then_mutate`), in one patch.
+/mutate applies it before the policies' mutations (webhook/mutation.py), in one patch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 from dsguard.annotations import PAUSE_REASON, PAUSED, PAUSED_REVISION
 from dsguard.daemonset import ON_DELETE, as_mapping
-from dsguard.facts import ClusterFacts
-from dsguard.policy import Policy
-from dsguard.rules import engine
 from dsguard.rules.context import ObjectEdit
 
 
@@ -58,23 +54,3 @@ def keep_paused(old: Mapping[str, Any], edit: ObjectEdit) -> list[str]:
         f"dsguard guard (revision {revision}: {reason}). Run `dsguard resume {ref}` to resume it, or "
         "change the pod template to roll out a new revision"
     ]
-
-
-def hold_then_mutate(
-    policies: Sequence[Policy],
-    obj: Mapping[str, Any],
-    *,
-    facts: ClusterFacts,
-    namespace: str = "",
-    old: Mapping[str, Any] | None = None,
-) -> engine.Evaluation:
-    """What /mutate answers: the pause hold, then the policies' mutations on top, as one patch."""
-    if old is None:
-        return engine.mutate(policies, obj, facts=facts, namespace=namespace)
-    held = ObjectEdit(obj)
-    hold_notices = keep_paused(old, held)
-    if not hold_notices:
-        return engine.mutate(policies, obj, facts=facts, namespace=namespace, old=old)
-    # The policies see (and patch on top of) the held object; the two patches apply in sequence.
-    result = engine.mutate(policies, held.obj, facts=facts, namespace=namespace, old=old)
-    return replace(result, patch=held.ops + result.patch, notices=(*hold_notices, *result.notices))

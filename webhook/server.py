@@ -23,7 +23,7 @@ from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.rules import engine
 from webhook import review
 from webhook.metrics import Metrics
-from webhook.pause_hold import hold_then_mutate
+from webhook.mutation import hold_then_mutate
 from webhook.tls import CertReloader
 
 log = logging.getLogger("dsguard.webhook")

@@ -11,8 +11,8 @@ policy and returns nothing when the policy has none.
 UPDATE: a rule is enforced only when the part of the spec it judges changed, so a DaemonSet that
 predates a policy is not blocked from metadata edits (labels, finalizers, deletion) nor from the
 guard's pause (updateStrategy -> OnDelete). Template rules (tolerations, coverage, versions) need
-spec.template to change; rollout caps need spec.template or spec.updateStrategy to change (a
-template change is what starts a rollout). Unenforced violations come back as warnings.
+spec.template to change; rollout caps and the minReadySeconds floor need spec.template,
+spec.updateStrategy or spec.minReadySeconds to change (a template change is what starts a rollout). Unenforced violations come back as warnings.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
-from dsguard.rules import coverage, image_versions, rollout_caps, tolerations
+from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
 from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext, Severity, SpecPart
 
 
@@ -40,8 +40,8 @@ class MutatingRule(Rule, Protocol):
 
 
 # In the order their findings are reported and their mutations applied.
-RULES: tuple[Rule, ...] = (tolerations, coverage, image_versions, rollout_caps)
-MUTATING_RULES: tuple[MutatingRule, ...] = (tolerations, rollout_caps)
+RULES: tuple[Rule, ...] = (tolerations, coverage, image_versions, rollout_caps, min_ready)
+MUTATING_RULES: tuple[MutatingRule, ...] = (tolerations, rollout_caps, min_ready)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _may_mutate(p: Policy) -> bool:
         and p.tolerations.on_missing is OnMissing.ADD
         and bool(p.tolerations.required)
     )
-    clamps = p.rollout is not None and p.rollout.on_exceed is OnExceed.CLAMP
+    clamps = p.rollout is not None and p.rollout.on_exceed is OnExceed.CLAMP  # caps, minReadySeconds
     return adds or clamps
 
 
@@ -111,8 +111,10 @@ class _Changed:
     @classmethod
     def between(cls, old: Mapping[str, Any] | None, obj: Mapping[str, Any]) -> _Changed:
         template = old is None or _spec_part(old, "template") != _spec_part(obj, "template")
-        strategy = old is None or _spec_part(old, "updateStrategy") != _spec_part(obj, "updateStrategy")
-        return cls(template=template, rollout=template or strategy)
+        pacing = old is None or any(
+            _spec_part(old, key) != _spec_part(obj, key) for key in ("updateStrategy", "minReadySeconds")
+        )
+        return cls(template=template, rollout=template or pacing)
 
     def covers(self, part: SpecPart) -> bool:
         return self.template if part is TEMPLATE else self.rollout

@@ -12,7 +12,8 @@ from dsguard.facts import ClusterFacts
 from dsguard.policy import parse_policy
 from dsguard.rules.context import ObjectEdit
 from dsguard.rules.engine import judge
-from webhook.pause_hold import hold_then_mutate, keep_paused
+from webhook.mutation import hold_then_mutate
+from webhook.pause_hold import keep_paused
 
 ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
 ON_DELETE = {"type": "OnDelete"}

@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from dsguard.fielderrors import InvalidSpec
-from dsguard.policy import Enforcement, GuardAction, OnExceed, OnMissing, UnknownVersion, parse_policy
+from dsguard.policy import (
+    Approval,
+    Enforcement,
+    GuardAction,
+    OnExceed,
+    OnMissing,
+    UnknownVersion,
+    parse_policy,
+)
 from dsguard.scheduling import Toleration
 
 CRD = Path(__file__).parents[2] / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
@@ -179,10 +187,18 @@ def test_crd_schema_covers_the_model() -> None:
         "progressDeadlineSeconds",
         "action",
         "alerts",
+        "waves",
+        "gates",
     }
     assert spec["guard"]["properties"]["action"]["enum"] == [a.value for a in GuardAction]
     assert set(spec["tolerations"]["properties"]) == {"required", "onMissing", "coverage"}
-    assert set(spec["rollout"]["properties"]) == {"maxUnavailable", "maxSurge", "onExceed"}
+    assert set(spec["rollout"]["properties"]) == {"maxUnavailable", "maxSurge", "minReadySeconds", "onExceed"}
+    waves = spec["guard"]["properties"]["waves"]["properties"]
+    assert set(waves) == {"canary", "groupBy", "order", "steps", "maxUnavailable", "bakeSeconds", "approval"}
+    assert waves["approval"]["enum"] == [a.value for a in Approval]
+    gates = spec["guard"]["properties"]["gates"]["properties"]
+    assert set(gates) == {"apiserver", "prometheus"}
+    assert set(gates["prometheus"]["items"]["properties"]) == {"url", "query", "max", "min"}
     assert set(spec["versions"]["properties"]) == {"rules", "unknownVersion"}
     assert spec["enforcement"]["enum"] == [e.value for e in Enforcement]
     assert spec["rollout"]["properties"]["onExceed"]["enum"] == [e.value for e in OnExceed]
@@ -228,3 +244,100 @@ def test_crd_range_pattern_agrees_with_the_parser(text: str) -> None:
     except ValueError:
         parser_ok = False
     assert schema_ok == parser_ok
+
+
+WAVES_OK = {
+    "guard": {
+        "waves": {
+            "canary": {"nodes": "1%"},
+            "groupBy": "topology.kubernetes.io/zone",
+            "order": ["us-east-1a", "us-east-1b"],
+            "maxUnavailable": 1,
+            "bakeSeconds": 600,
+            "approval": "Manual",
+        },
+        "gates": {
+            "apiserver": {"maxRequestRateIncrease": "50%"},
+            "prometheus": [{"url": "http://prometheus:9090", "query": "sum(rate(x[2m]))", "max": 0.5}],
+        },
+    },
+    "rollout": {"minReadySeconds": 30, "onExceed": "Clamp"},
+}
+
+
+def test_waves_and_gates_parse() -> None:
+    p = parse_policy(doc(WAVES_OK))
+    assert p.guard is not None and p.guard.waves is not None and p.guard.gates is not None
+    w = p.guard.waves
+    assert (w.canary, w.group_by, w.order, w.max_unavailable, w.bake_seconds, w.approval) == (
+        "1%",
+        "topology.kubernetes.io/zone",
+        ("us-east-1a", "us-east-1b"),
+        1,
+        600,
+        Approval.MANUAL,
+    )
+    assert p.guard.gates.apiserver is not None
+    assert p.guard.gates.apiserver.max_request_rate_increase == "50%"
+    assert p.guard.gates.prometheus[0].max == 0.5 and p.guard.gates.prometheus[0].min is None
+    assert p.rollout is not None and p.rollout.min_ready_seconds == 30
+    steps = parse_policy(doc({"guard": {"waves": {"steps": ["10%", "50%", "100%"]}}}))
+    assert steps.guard is not None and steps.guard.waves is not None
+    assert steps.guard.waves.steps == ("10%", "50%", "100%") and steps.guard.waves.approval is Approval.AUTO
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "message"),
+    [
+        ({"waves": {"canary": {"nodes": 0}}}, "spec.guard.waves.canary.nodes", "must be at least 1"),
+        ({"waves": {"canary": {}}}, "spec.guard.waves.canary.nodes", "is required"),
+        ({"waves": {"canary": {"nodes": "150%"}}}, "spec.guard.waves.canary.nodes", "over 100%"),
+        ({"waves": {"groupBy": "a b"}}, "spec.guard.waves.groupBy", "not a node label key"),
+        ({"waves": {"order": ["a"]}}, "spec.guard.waves.order", "applies only with groupBy"),
+        ({"waves": {"groupBy": "z", "order": ["a", "a"]}}, "spec.guard.waves.order[1]", "listed twice"),
+        ({"waves": {"steps": ["50%", "40%", "100%"]}}, "spec.guard.waves.steps[1]", "over the step before"),
+        ({"waves": {"steps": ["10%", "50%"]}}, "spec.guard.waves.steps", 'must be "100%"'),
+        ({"waves": {"steps": [10, "100%"]}}, "spec.guard.waves.steps[0]", "must be a percentage"),
+        ({"waves": {"steps": ["100%"], "groupBy": "z"}}, "spec.guard.waves.steps", "not both"),
+        ({"waves": {"bakeSeconds": -1}}, "spec.guard.waves.bakeSeconds", "integer >= 0"),
+        ({"waves": {"bakeSeconds": True}}, "spec.guard.waves.bakeSeconds", "integer >= 0"),
+        ({"waves": {"approval": "Later"}}, "spec.guard.waves.approval", "not one of Auto, Manual"),
+        ({"waves": {"maxUnavailable": 0}}, "spec.guard.waves.maxUnavailable", "must be at least 1"),
+        ({"waves": {"bake": 5}}, "spec.guard.waves.bake", "unknown field"),
+        (
+            {"gates": {"apiserver": {"maxRequestRateIncrease": 50}}},
+            "spec.guard.gates.apiserver.maxRequestRateIncrease",
+            'like "50%"',
+        ),
+        (
+            {"gates": {"prometheus": [{"url": "prometheus:9090", "query": "q", "max": 1}]}},
+            "spec.guard.gates.prometheus[0].url",
+            "http:// or https://",
+        ),
+        (
+            {"gates": {"prometheus": [{"url": "http://p", "query": "q"}]}},
+            "spec.guard.gates.prometheus[0]",
+            "give max, min or both",
+        ),
+        (
+            {"gates": {"prometheus": [{"url": "http://p", "query": "q", "max": "high"}]}},
+            "spec.guard.gates.prometheus[0].max",
+            "must be a number",
+        ),
+        (
+            {"gates": {"prometheus": [{"url": "http://p", "query": "q", "max": 1, "min": 2}]}},
+            "spec.guard.gates.prometheus[0].min",
+            "over max",
+        ),
+    ],
+)
+def test_waves_and_gates_errors(section: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(InvalidSpec) as e:
+        parse_policy(doc({"guard": section}))
+    text = str(e.value)
+    assert f"{field}: " in text and message in text, text
+
+
+def test_min_ready_seconds_must_be_a_non_negative_integer() -> None:
+    with pytest.raises(InvalidSpec, match=r"spec.rollout.minReadySeconds: -5 must be an integer >= 0"):
+        parse_policy(doc({"rollout": {"minReadySeconds": -5}}))

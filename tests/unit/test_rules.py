@@ -296,6 +296,52 @@ def test_strictest_cap_wins_across_policies() -> None:
     assert ev.obj["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 2
 
 
+# -- minReadySeconds floor ------------------------------------------------------------------
+
+
+def with_min_ready(obj: dict[str, Any], seconds: object) -> dict[str, Any]:
+    obj["spec"]["minReadySeconds"] = seconds
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("title", "value", "on_exceed", "allowed", "patched_to"),
+    [
+        ("unset is 0: under the floor", None, "Deny", False, None),
+        ("under the floor", 10, "Deny", False, None),
+        ("at the floor", 30, "Deny", True, None),
+        ("over the floor", 600, "Deny", True, None),
+        ("clamp raises unset", None, "Clamp", True, 30),
+        ("clamp raises a lower value", 5, "Clamp", True, 30),
+        ("clamp leaves a higher value", 45, "Clamp", True, None),
+    ],
+)
+def test_min_ready_seconds_floor(
+    title: str, value: int | None, on_exceed: str, allowed: bool, patched_to: int | None
+) -> None:
+    p = policy({"rollout": {"minReadySeconds": 30, "onExceed": on_exceed}})
+    obj = ds() if value is None else with_min_ready(ds(), value)
+    ev = evaluate([p], obj, facts=nodes(3))
+    assert ev.allowed is allowed, (title, messages(ev))
+    if patched_to is None:
+        assert not ev.patch, title
+    else:
+        assert ev.obj["spec"]["minReadySeconds"] == patched_to, title
+        assert ev.notices == (f"dsguard raised spec.minReadySeconds from {value or 0} to the floor 30",)
+    if not allowed:
+        assert "spec.minReadySeconds: " in messages(ev) and "set it to at least 30" in messages(ev)
+
+
+def test_min_ready_seconds_lowered_alone_is_judged_on_update() -> None:
+    p = policy({"rollout": {"minReadySeconds": 30}})
+    old = with_min_ready(ds(), 30)
+    assert not judge([p], with_min_ready(ds(), 0), facts=nodes(3), old=old).allowed
+    # unchanged and already under the floor (predates the policy): a warning, not a denial
+    stale = with_min_ready(ds(), 0)
+    ev = judge([p], with_min_ready(ds(), 0), facts=nodes(3), old=stale)
+    assert ev.allowed and any("not enforced" in w for w in ev.warnings)
+
+
 # -- versions ------------------------------------------------------------------------------
 
 VERSIONS: dict[str, Any] = {

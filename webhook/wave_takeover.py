@@ -1,0 +1,91 @@
+"""Hand a template change to the guard's wave rollout before the DaemonSet controller starts one.
+
+For a DaemonSet whose guard policy has `waves`, the guard drives the rollout (guard/waves.py).
+If the DaemonSet controller saw the new template under RollingUpdate it would start replacing
+pods at once, before the guard's canary. So on an UPDATE that changes spec.template, /mutate sets
+`updateStrategy: OnDelete` and records the user's strategy in dsguard.io/original-update-strategy
+(as a pause does); the guard restores it when the wave rollout completes. While a wave rollout is
+in progress, a re-apply of the same template (GitOps self-heal, kubectl apply) that writes the
+manifest's strategy back gets OnDelete again; the strategy it brought becomes the one restored.
+
+Left alone: a CREATE (a first revision is not a rollout), a user's own OnDelete, the guard's own
+rollback (it restores the user's strategy itself), and DaemonSets no waves policy governs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dsguard.annotations import ORIGINAL_STRATEGY, ROLLED_BACK_REVISION, WAVES_COMPLETED, WAVES_REVISION
+from dsguard.daemonset import ON_DELETE, DaemonSetView, as_mapping
+from dsguard.facts import ClusterFacts
+from dsguard.policy import Policy, guard_policy_for
+from dsguard.rules.context import ObjectEdit
+from dsguard.rules.engine import matching_policies
+
+ON_DELETE_STRATEGY: dict[str, Any] = {"type": ON_DELETE}
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return as_mapping(as_mapping(obj.get("metadata")).get("annotations"))
+
+
+def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return as_mapping(obj.get("spec"))
+
+
+def _strategy_type(strategy: object) -> str:
+    return str(as_mapping(strategy).get("type") or "RollingUpdate")
+
+
+def strategy_json(strategy: object) -> str:
+    return json.dumps(dict(as_mapping(strategy)), sort_keys=True, separators=(",", ":"))
+
+
+def wave_rollout_in_progress(annotations: Mapping[str, Any]) -> bool:
+    revision = annotations.get(WAVES_REVISION)
+    return bool(revision) and annotations.get(WAVES_COMPLETED) != revision
+
+
+def take_over(
+    policies: Sequence[Policy],
+    edit: ObjectEdit,
+    old: Mapping[str, Any],
+    *,
+    facts: ClusterFacts,
+    namespace: str = "",
+) -> list[str]:
+    """Set OnDelete on `edit` when the guard is to drive this update in waves; returns the
+    notice for the user (empty when nothing was done)."""
+    new = edit.obj
+    strategy = _spec(new).get("updateStrategy")
+    if _strategy_type(strategy) == ON_DELETE:
+        return []  # the user's own OnDelete, or already held
+    if _annotations(new).get(ROLLED_BACK_REVISION) != _annotations(old).get(ROLLED_BACK_REVISION):
+        return []  # the guard's rollback: it restores the user's strategy on purpose
+    template_changed = _spec(new).get("template") != _spec(old).get("template")
+    in_progress = (
+        wave_rollout_in_progress(_annotations(old))
+        and _strategy_type(_spec(old).get("updateStrategy")) == ON_DELETE
+    )
+    if not template_changed and not in_progress:
+        return []
+    ds = DaemonSetView.from_object(new, namespace=namespace)
+    _, guard = guard_policy_for(matching_policies(policies, ds, facts))
+    if guard.waves is None:
+        return []
+    edit.set(["metadata", "annotations"], ORIGINAL_STRATEGY, strategy_json(strategy))
+    edit.set(["spec"], "updateStrategy", dict(ON_DELETE_STRATEGY))
+    if template_changed:
+        return [
+            f"dsguard set spec.updateStrategy to OnDelete: the rollout guard rolls this change out in "
+            f"waves (canary first); your {_strategy_type(strategy)} strategy is kept in {ORIGINAL_STRATEGY} "
+            "and restored when the rollout completes. `dsguard status` shows the waves"
+        ]
+    return [
+        f"dsguard kept spec.updateStrategy OnDelete: DaemonSet {ds.ref} is being rolled out in waves by "
+        f"the rollout guard; the strategy applied ({_strategy_type(strategy)}) is kept in "
+        f"{ORIGINAL_STRATEGY} and restored when the rollout completes"
+    ]
