@@ -12,7 +12,8 @@ UPDATE: a rule is enforced only when the part of the spec it judges changed, so 
 predates a policy is not blocked from metadata edits (labels, finalizers, deletion) nor from the
 guard's pause (updateStrategy -> OnDelete). Template rules (tolerations, coverage, versions) need
 spec.template to change; rollout caps and the minReadySeconds floor need spec.template,
-spec.updateStrategy or spec.minReadySeconds to change (a template change is what starts a rollout). Unenforced violations come back as warnings.
+spec.updateStrategy or spec.minReadySeconds to change (a template change is what starts a
+rollout). Unenforced violations come back as warnings.
 """
 
 from __future__ import annotations
