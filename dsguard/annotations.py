@@ -149,6 +149,14 @@ def wave_info(annotations: Mapping[str, Any]) -> WaveInfo | None:
     )
 
 
+def waves_in_progress(annotations: Mapping[str, Any], revision: str | None = None) -> bool:
+    """A wave rollout is under way (of `revision`, when given): the guard drives it under OnDelete."""
+    info = wave_info(annotations)
+    if info is None or annotations.get(WAVES_COMPLETED) == info.revision:
+        return False
+    return revision is None or info.revision == revision
+
+
 def stalled(annotations: Mapping[str, Any], revision: str | None) -> bool:
     return revision is not None and annotations.get(STALLED_REVISION) == revision
 

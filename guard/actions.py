@@ -17,6 +17,7 @@ from dsguard.annotations import (
     ALERTS_PENDING,
     ORIGINAL_STRATEGY,
     PAUSE_ANNOTATIONS,
+    PAUSE_MARKS,
     PAUSE_REASON,
     PAUSED,
     PAUSED_AT,
@@ -25,6 +26,8 @@ from dsguard.annotations import (
     ROLLED_BACK_REVISION,
     ROLLED_BACK_TO,
     STALLED_REVISION,
+    WAVE_ANNOTATIONS,
+    waves_in_progress,
 )
 from dsguard.daemonset import as_mapping
 from dsguard.revisions import Revision
@@ -48,17 +51,13 @@ def _clip(text: str) -> str:
 
 
 def pause_patch(ds: DaemonSetState, revision: str, reason: str, at: str) -> dict[str, Any]:
+    annotations = {PAUSED: "true", PAUSE_REASON: _clip(reason), PAUSED_REVISION: revision, PAUSED_AT: at}
+    if ds.strategy_type == "OnDelete" and ORIGINAL_STRATEGY in ds.annotations:
+        # A wave rollout (already OnDelete): the recorded strategy is the user's, keep it.
+        return {"metadata": {"resourceVersion": ds.resource_version, "annotations": annotations}}
+    annotations[ORIGINAL_STRATEGY] = json.dumps(dict(ds.strategy), sort_keys=True, separators=(",", ":"))
     return {
-        "metadata": {
-            "resourceVersion": ds.resource_version,
-            "annotations": {
-                PAUSED: "true",
-                PAUSE_REASON: _clip(reason),
-                PAUSED_REVISION: revision,
-                PAUSED_AT: at,
-                ORIGINAL_STRATEGY: json.dumps(dict(ds.strategy), sort_keys=True, separators=(",", ":")),
-            },
-        },
+        "metadata": {"resourceVersion": ds.resource_version, "annotations": annotations},
         # rollingUpdate must go: apps/v1 validation forbids it with type OnDelete
         "spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": None}},
     }
@@ -89,9 +88,14 @@ def original_strategy(ds: DaemonSetState) -> dict[str, Any]:
 
 
 def resume_patch(ds: DaemonSetState) -> dict[str, Any]:
-    """Restore the strategy the pause replaced and clear the pause annotations."""
+    """Restore the strategy the pause replaced and clear the pause annotations. A paused wave
+    rollout stays OnDelete: resuming it lets the guard continue from the wave it stopped at."""
     if not ds.paused:
         raise ResumeError(f"DaemonSet {ds.ref} is not paused by dsguard (no {PAUSED}=true annotation)")
+    if waves_in_progress(ds.annotations) and ds.strategy_type == "OnDelete":
+        return {
+            "metadata": {"resourceVersion": ds.resource_version, "annotations": dict.fromkeys(PAUSE_MARKS)}
+        }
     strategy = original_strategy(ds)
     return {
         "metadata": {
@@ -120,9 +124,13 @@ def rollback_patch(ds: DaemonSetState, bad: str, to: Revision, reason: str) -> d
             ROLLBACK_REASON: _clip(reason),
         }
     )
-    if ds.paused:  # a rollback supersedes a pause: restore the strategy so the old template rolls out
+    waving = waves_in_progress(ds.annotations) and ds.strategy_type == "OnDelete"
+    if ds.paused or waving:
+        # A rollback supersedes a pause and a wave rollout: restore the user's strategy so the
+        # DaemonSet controller rolls every updated node back to the old template.
         strategy = original_strategy(ds)
         annotations.update(dict.fromkeys(PAUSE_ANNOTATIONS))
+        annotations.update(dict.fromkeys(WAVE_ANNOTATIONS))
         patch.setdefault("spec", {})["updateStrategy"] = {
             "type": strategy.get("type", "RollingUpdate"),
             "rollingUpdate": strategy.get("rollingUpdate"),

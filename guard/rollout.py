@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from dsguard.annotations import PAUSED_REVISION, STALLED_REVISION, is_paused, rolled_back_here
+from dsguard.annotations import (
+    PAUSED_REVISION,
+    STALLED_REVISION,
+    is_paused,
+    rolled_back_here,
+    waves_in_progress,
+)
 from dsguard.daemonset import as_mapping
 from dsguard.intstr import IntOrPercent
 from dsguard.pod_health import (
@@ -195,9 +201,9 @@ def decide(
     if assessment.crossed:
         if guard.action is GuardAction.ROLLBACK:
             return Decision(Step.ROLLBACK, current, assessment, previous)
-        if ds.strategy_type != "OnDelete":
-            return Decision(Step.PAUSE, current, assessment)
-        return quiet  # OnDelete already replaces pods only when someone deletes them
+        if ds.strategy_type != "OnDelete" or waves_in_progress(ds.annotations, current.hash):
+            return Decision(Step.PAUSE, current, assessment)  # a wave rollout stops deleting pods
+        return quiet  # the user's OnDelete already replaces pods only when someone deletes them
     if (
         not ds.complete
         and ds.strategy_type != "OnDelete"

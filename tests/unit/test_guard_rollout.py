@@ -8,17 +8,37 @@ from typing import Any
 import pytest
 
 from dsguard.annotations import (
+    BAKE_STARTED_AT,
     ORIGINAL_STRATEGY,
+    PAUSE_MARKS,
+    PAUSE_REASON,
     PAUSED,
+    PAUSED_AT,
     PAUSED_REVISION,
+    PROMOTED_WAVE,
     ROLLED_BACK_REVISION,
     STALLED_REVISION,
+    WAVE,
+    WAVE_ANNOTATIONS,
+    WAVE_STARTED_AT,
+    WAVES_COMPLETED,
+    WAVES_REVISION,
+    WAVES_TAKEOVER,
 )
 from dsguard.pod_health import NodeHealth, PodView, failure_reason
 from dsguard.policy import GuardAction, GuardPolicy
 from dsguard.revisions import Revision
 from guard import actions
+from guard.actions import ResumeError, pause_patch, resume_patch, rollback_patch
 from guard.rollout import DaemonSetState, Step, decide, threshold_count
+from guard.wave_actions import (
+    advance_patch,
+    bake_patch,
+    complete_patch,
+    delete_preconditions,
+    promote_patch,
+    start_patch,
+)
 
 T0 = 1_800_000_000.0  # "now" in these tests
 GUARD = GuardPolicy(
@@ -114,6 +134,7 @@ def test_threshold_count(threshold: int | str, updated: int, count: int) -> None
 
 ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0}}
 CONTAINER = {"name": "c", "image": "agent:2"}
+ON_DELETE_STRATEGY = {"type": "OnDelete"}
 
 
 def ds_state(
@@ -250,3 +271,82 @@ def test_rollback_patch_is_the_revision_data_plus_our_record() -> None:
     assert patch["metadata"]["annotations"][ROLLED_BACK_REVISION] == "new"
     assert not actions.template_matches(ds_state(), OLD)
     assert actions.template_matches(ds_state(), NEW)
+
+
+# -- wave rollouts (spec.guard.waves) -------------------------------------------------------------
+
+WAVING = {
+    WAVES_REVISION: "new",
+    WAVE: "1",
+    ORIGINAL_STRATEGY: json.dumps(ROLLING, sort_keys=True, separators=(",", ":")),
+}
+
+
+def test_a_failing_wave_rollout_is_paused_under_on_delete() -> None:
+    ds = ds_state(annotations=dict(WAVING), strategy=ON_DELETE_STRATEGY)
+    assert run_decide(ds, CRASHING) is Step.PAUSE
+    # the user's own OnDelete is left alone, as before
+    assert run_decide(ds_state(strategy=ON_DELETE_STRATEGY), CRASHING) is Step.NONE
+    # a completed wave rollout is the user's OnDelete again
+    done = {**WAVING, WAVES_COMPLETED: "new"}
+    assert run_decide(ds_state(annotations=done, strategy=ON_DELETE_STRATEGY), CRASHING) is Step.NONE
+
+
+def test_pausing_a_wave_rollout_keeps_the_users_strategy() -> None:
+    ds = ds_state(annotations=dict(WAVING), strategy=ON_DELETE_STRATEGY)
+    patch = pause_patch(ds, "new", "2 failing", iso(T0))
+    assert ORIGINAL_STRATEGY not in patch["metadata"]["annotations"]
+    assert "spec" not in patch
+    assert patch["metadata"]["annotations"][PAUSED] == "true"
+
+
+def test_resuming_a_wave_rollout_only_lifts_the_pause() -> None:
+    paused = {**WAVING, PAUSED: "true", PAUSED_REVISION: "new", PAUSE_REASON: "r", PAUSED_AT: iso(T0)}
+    patch = resume_patch(ds_state(annotations=paused, strategy=ON_DELETE_STRATEGY))
+    assert patch == {
+        "metadata": {"resourceVersion": "42", "annotations": dict.fromkeys(PAUSE_MARKS)},
+    }
+
+
+def test_rolling_back_a_wave_rollout_restores_the_users_strategy() -> None:
+    ds = ds_state(annotations=dict(WAVING), strategy=ON_DELETE_STRATEGY)
+    patch = rollback_patch(ds, "new", OLD, "2 failing")
+    assert patch["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": ROLLING["rollingUpdate"],
+    }
+    annotations = patch["metadata"]["annotations"]
+    assert all(annotations[a] is None for a in WAVE_ANNOTATIONS)
+    assert annotations[ORIGINAL_STRATEGY] is None
+
+
+def test_wave_patches() -> None:
+    rolling = ds_state(strategy=ROLLING)
+    taken = start_patch(rolling, "new", 3, iso(T0))
+    assert taken["spec"]["updateStrategy"] == {"type": "OnDelete", "rollingUpdate": None}
+    assert json.loads(taken["metadata"]["annotations"][ORIGINAL_STRATEGY]) == ROLLING
+    assert taken["metadata"]["annotations"][WAVES_TAKEOVER] == "3"
+    assert taken["metadata"]["annotations"][WAVE] == "0"
+    assert taken["metadata"]["resourceVersion"] == "42"
+    held = start_patch(ds_state(annotations=dict(WAVING), strategy=ON_DELETE_STRATEGY), "new", 0, iso(T0))
+    assert "spec" not in held and ORIGINAL_STRATEGY not in held["metadata"]["annotations"]
+    assert held["metadata"]["annotations"][WAVES_TAKEOVER] is None
+
+    done = complete_patch(ds_state(annotations=dict(WAVING), strategy=ON_DELETE_STRATEGY), "new")
+    assert done["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": ROLLING["rollingUpdate"],
+    }
+    assert done["metadata"]["annotations"][WAVES_COMPLETED] == "new"
+    assert done["metadata"]["annotations"][WAVES_REVISION] is None
+    with pytest.raises(ResumeError):
+        complete_patch(ds_state(annotations={WAVES_REVISION: "new"}, strategy=ON_DELETE_STRATEGY), "new")
+
+    assert advance_patch(rolling, 2, iso(T0))["metadata"]["annotations"] == {
+        WAVE: "2",
+        WAVE_STARTED_AT: iso(T0),
+        BAKE_STARTED_AT: None,
+    }
+    assert bake_patch(rolling, iso(T0))["metadata"]["annotations"] == {BAKE_STARTED_AT: iso(T0)}
+    assert promote_patch(rolling, 1)["metadata"]["annotations"] == {PROMOTED_WAVE: "1"}
+    assert delete_preconditions("u1")["preconditions"] == {"uid": "u1"}
