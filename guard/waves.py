@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from dsguard.annotations import WaveInfo, wave_info
+from dsguard.daemonset import DaemonSetView
+from dsguard.facts import ClusterFacts
 from dsguard.intstr import IntOrPercent
 from dsguard.pod_health import PodView, parse_time
 from dsguard.policy import Approval, WavesPolicy
+from dsguard.rules.context import RuleContext
 
 CANARY = "canary"
 
@@ -294,3 +297,10 @@ def _drive(
             note=f"wave {index + 2}/{len(waves)} ({waves[index + 1].name}) waits for `dsguard promote`",
         )
     return WaveDecision(WaveStep.ADVANCE, waves, index + 1)
+
+
+def targeted_plan(policy: WavesPolicy, ds: Mapping[str, object], facts: ClusterFacts) -> tuple[Wave, ...]:
+    """The waves for a DaemonSet that has no pods yet (a manifest, `dsguard plan -f`): over the
+    nodes it would run on, as dsguard.scheduling predicts the DaemonSet controller places it."""
+    ctx = RuleContext(DaemonSetView.from_object(ds), facts)
+    return plan_waves(policy, (PlanNode(n.name, n.labels) for n in ctx.targeted))

@@ -21,6 +21,7 @@ from guard.waves import (
     plan_waves,
     progress,
     resolve_count,
+    targeted_plan,
 )
 
 T0 = 1_800_000_000.0
@@ -340,3 +341,20 @@ def test_progress_counts_updated_and_available() -> None:
         (f"{ZONE}=a", 2, 1, 0),
         (f"{ZONE}=b", 3, 0, 0),
     ]
+
+
+def test_targeted_plan_leaves_out_the_nodes_the_daemonset_would_not_run_on() -> None:
+    from dsguard.facts import ClusterFacts
+    from dsguard.scheduling import NodeInfo, Taint
+
+    nodes = [
+        NodeInfo("a-0", {ZONE: "a"}, (), "v1.33.0"),
+        NodeInfo("a-1", {ZONE: "a"}, (Taint("gpu", "", "NoSchedule"),), "v1.33.0"),
+        NodeInfo("b-0", {ZONE: "b"}, (), "v1.33.0"),
+    ]
+    ds = {
+        "metadata": {"name": "agent", "namespace": "ns"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "agent:1"}]}}},
+    }
+    waves = targeted_plan(WavesPolicy(group_by=ZONE), ds, ClusterFacts(nodes=tuple(nodes)))
+    assert names(waves) == [(f"{ZONE}=a", ["a-0"]), (f"{ZONE}=b", ["b-0"])]
