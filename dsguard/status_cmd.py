@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import click
 import orjson
 import yaml
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -40,7 +37,7 @@ from dsguard.cli_options import (
     resolve_namespace,
 )
 from dsguard.documents import InputError, load_policies
-from dsguard.kube import ListFn, Obj, list_all
+from dsguard.kube import ListError, list_explained, list_scoped
 from dsguard.pod_health import REVISION_LABEL
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
@@ -71,40 +68,19 @@ class Target:
     static_policies: tuple[Policy, ...] | None  # --policy-file
 
 
-async def _list(what: str, call: ListFn, **kwargs: Any) -> list[Obj]:
-    try:
-        items, _ = await list_all(call, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-    except ApiException as e:
-        hint = (
-            " (does your user have RBAC to list it? `kubectl auth can-i list " + what + "`)"
-            if e.status in (401, 403)
-            else ""
-        )
-        raise StatusError(f"listing {what} failed: {e.status} {e.reason}{hint}") from None
-    return items
-
-
 async def read_report(api: client.ApiClient, target: Target) -> StatusReport:
     """One refresh: everything the report needs, read now."""
     # Imported here: the snapshot module pulls in the Kubernetes client models, slow to import,
     # and `dsguard status --help` or a usage error needn't wait for them.
     from dsguard.cluster_snapshot import SnapshotError, read_snapshot
 
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    p = functools.partial
     ns = target.namespace
-    pods_call = p(core.list_pod_for_all_namespaces) if ns is None else p(core.list_namespaced_pod, ns)
-    revisions_call = (
-        p(apps.list_controller_revision_for_all_namespaces)
-        if ns is None
-        else p(apps.list_namespaced_controller_revision, ns)
-    )
     try:
-        nodes = await _list("nodes", p(core.list_node))
+        nodes = await list_explained("nodes", list_scoped(api, "nodes", None))
         pods, revisions = await asyncio.gather(
             # Only pods a controller labels with its revision (DaemonSets' and StatefulSets').
-            _list("pods", pods_call, label_selector=REVISION_LABEL),
-            _list("controllerrevisions", revisions_call),
+            list_explained("pods", list_scoped(api, "pods", ns, label_selector=REVISION_LABEL)),
+            list_explained("controllerrevisions", list_scoped(api, "controllerrevisions", ns)),
         )
         snapshot = await read_snapshot(
             api,
@@ -112,14 +88,15 @@ async def read_report(api: client.ApiClient, target: Target) -> StatusReport:
             static_policies=target.static_policies,
             static_nodes=[NodeInfo.from_node(n) for n in nodes],
         )
+    except ListError as e:
+        if e.unreachable:
+            raise StatusError(
+                f"cannot reach the apiserver at {api.configuration.host}: {e} "
+                "(is the cluster up? check --kubeconfig / --context)"
+            ) from None
+        raise StatusError(str(e)) from None
     except SnapshotError as e:
         raise StatusError(str(e)) from None
-    except (OSError, aiohttp.ClientError, TimeoutError) as e:
-        host = api.configuration.host
-        raise StatusError(
-            f"cannot reach the apiserver at {host}: {type(e).__name__}: {e} "
-            "(is the cluster up? check --kubeconfig / --context)"
-        ) from None
     return build_report(
         daemonsets=snapshot.daemonsets,
         pods=pods,
@@ -136,16 +113,13 @@ async def read_report(api: client.ApiClient, target: Target) -> StatusReport:
 
 
 async def _api(kubeconfig: str | None, context: str | None) -> client.ApiClient:
-    from dsguard.kube import api_client
+    from dsguard.kube import ClientConfigError, api_client
 
     try:
         return await api_client(kubeconfig, context)
-    except Exception as e:  # kubeconfig parsing and in-cluster setup raise several kinds
-        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config or the in-cluster config"
-        detail = " ".join(str(e).split()) or type(e).__name__
+    except ClientConfigError as e:
         raise StatusError(
-            f"cannot load the Kubernetes client config from {where}: {detail} "
-            "(pass --kubeconfig FILE, set KUBECONFIG, or pick a context with --context)"
+            f"{e} (pass --kubeconfig FILE, set KUBECONFIG, or pick a context with --context)"
         ) from None
 
 

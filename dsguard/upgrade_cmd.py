@@ -234,15 +234,14 @@ async def _read_cluster(
     read_daemonsets: bool,
 ) -> ClusterSnapshot:
     import aiohttp
-    from kubernetes_asyncio.config import ConfigException
 
+    from dsguard import kube
     from dsguard.cluster_snapshot import SnapshotError, read_snapshot
-    from dsguard.kube import api_client
 
     try:
-        api = await api_client(kubeconfig, context)
-    except (ConfigException, OSError, ValueError) as e:
-        raise InputError(f"cannot load the kubeconfig: {e}") from None
+        api = await kube.api_client(kubeconfig, context)
+    except kube.ClientConfigError as e:
+        raise InputError(str(e)) from None
     try:
         return await read_snapshot(
             api,
