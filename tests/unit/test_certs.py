@@ -69,7 +69,7 @@ from certs.rotate import (
 )
 from dsguard.atomic_files import write_private
 from dsguard.cli import main
-from dsguard.cli_options import parse_duration
+from dsguard.cli.options import parse_duration
 from dsguard.cluster_cache import ClusterCache
 from dsguard.policy import parse_policy
 from webhook.server import WebhookState, make_app

@@ -14,7 +14,7 @@ import click
 import orjson
 import yaml
 
-from dsguard.cli_options import all_namespaces_opt, context_opt, kubeconfig_opt, output_opt, policy_files_opt
+from dsguard.cli.options import all_namespaces_opt, context_opt, kubeconfig_opt, output_opt, policy_files_opt
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
@@ -63,7 +63,7 @@ class _NodeSelector(click.ParamType[tuple[str, LabelSelector]]):
             self.fail(str(e), param, ctx)
 
 
-# Not cli_options.namespace_opt: kubectl's default (the context's namespace) would be wrong here,
+# Not options.namespace_opt: kubectl's default (the context's namespace) would be wrong here,
 # an upgrade hits every namespace.
 _namespace_opt = click.option(
     "-n",

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dsguard.cli import main
-from dsguard.cli_options import parse_duration
-from dsguard.status_cmd import age
+from dsguard.cli.options import parse_duration
+from dsguard.cli.status.render import age
 
 GOOD_POLICY = """
 apiVersion: dsguard.io/v1alpha1
