@@ -34,7 +34,12 @@ class ClusterSnapshot:
 
 
 class SnapshotError(Exception):
-    """Reading the cluster failed; the message says what was read and why it failed."""
+    """Reading the cluster failed; the message says what was read and why it failed.
+    `unreachable`: the apiserver didn't answer (refused, reset, timed out)."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 _CRD_MISSING = (
@@ -48,7 +53,7 @@ async def _read(what: str, call: ListFn) -> list[Obj]:
         hints = {404: _CRD_MISSING} if what == "daemonsetpolicies" else None
         return await list_explained(what, call, hints=hints)
     except ListError as e:
-        raise SnapshotError(str(e)) from None
+        raise SnapshotError(str(e), unreachable=e.unreachable) from None
 
 
 async def read_snapshot(
@@ -72,7 +77,9 @@ async def read_snapshot(
     except ApiException as e:
         raise SnapshotError(f"reading the apiserver version failed: {e.status} {e.reason}") from None
     except (OSError, TimeoutError, aiohttp.ClientError) as e:
-        raise SnapshotError(f"cannot reach the apiserver: {e or 'no answer in time'}") from None
+        raise SnapshotError(
+            f"cannot reach the apiserver: {e or 'no answer in time'}", unreachable=True
+        ) from None
     nodes_raw, namespaces_raw, ds_raw, policies_raw = await asyncio.gather(
         _read("nodes", list_scoped(api, "nodes", None)) if static_nodes is None else _empty(),
         _read("namespaces", list_scoped(api, "namespaces", None)),

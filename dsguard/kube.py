@@ -44,7 +44,7 @@ async def api_client(kubeconfig: str | None = None, context: str | None = None) 
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except Exception as e:  # kubeconfig parsing and in-cluster setup raise several kinds
         where = path or ("~/.kube/config" if _use_default_kubeconfig() else "the in-cluster config")
-        detail = " ".join(str(e).split()) or type(e).__name__
+        detail = " ".join(str(e).split()).rstrip(".") or type(e).__name__
         raise ClientConfigError(f"cannot load the Kubernetes client config from {where}: {detail}") from e
     return client.ApiClient(configuration=cfg)
 
