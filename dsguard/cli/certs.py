@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from dsguard.cli import exits
 from dsguard.cli.options import DURATION, kubeconfig_opt, log_level_opt, setup_logging
 
 
@@ -70,36 +71,29 @@ def certs_generate(
     import base64
     import datetime as dt
 
-    from certs.issue import describe, issue_serving, load_key_pair, new_ca, service_dns_names, write_files
+    from certs.issue import FilesExist, describe, generate_files
 
-    names = service_dns_names(service, namespace) + [
-        d for d in dns if d not in service_dns_names(service, namespace)
-    ]
-    targets = ["tls.crt", "tls.key"] if reuse_ca else ["ca.crt", "ca.key", "tls.crt", "tls.key"]
-    existing = [out_dir / n for n in targets if (out_dir / n).exists() or (out_dir / n).is_symlink()]
-    if existing and not force:
-        raise click.ClickException(
-            f"{', '.join(map(str, existing))} already exist(s); pass --force to replace"
-            + ("" if reuse_ca else ", or --reuse-ca to keep the CA and issue a new serving certificate")
-        )
     try:
-        if reuse_ca:
-            try:
-                ca = load_key_pair((out_dir / "ca.crt").read_bytes(), (out_dir / "ca.key").read_bytes())
-            except OSError as e:
-                raise click.ClickException(f"--reuse-ca: {e}") from None
-        else:
-            ca = new_ca(f"{service}.{namespace}-ca", dt.timedelta(days=ca_days))
-        leaf = issue_serving(ca, dns_names=names, ip_addresses=list(ips), lifetime=dt.timedelta(days=days))
+        done = generate_files(
+            out_dir, service=service, namespace=namespace, dns=dns, ips=ips,
+            ca_lifetime=dt.timedelta(days=ca_days), leaf_lifetime=dt.timedelta(days=days),
+            replace=force, reuse_ca=reuse_ca,
+        )  # fmt: skip
+    except FilesExist as e:
+        keep_ca = "" if reuse_ca else ", or --reuse-ca to keep the CA and issue a new serving certificate"
+        raise exits.BadInput(str(e), fix=f"pass --force to replace{keep_ca}") from None
     except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    paths = write_files(out_dir, ca, leaf, include_ca_key=not reuse_ca)
-    for _, path in sorted(paths.items()):
+        raise exits.BadInput(str(e)) from None
+    except OSError as e:
+        raise exits.BadInput(
+            f"--out-dir {out_dir}: {e.strerror or e}", fix="give a writable directory"
+        ) from None
+    for _, path in sorted(done.paths.items()):
         click.echo(f"wrote {path}")
-    click.echo(f"CA:      {describe(ca.cert)}")
-    click.echo(f"serving: {describe(leaf.cert)}")
-    click.echo(f"SANs:    {', '.join([*names, *ips])}")
-    click.echo(f"caBundle: {base64.b64encode(ca.cert_pem).decode()}")
+    click.echo(f"CA:      {describe(done.ca.cert)}")
+    click.echo(f"serving: {describe(done.leaf.cert)}")
+    click.echo(f"SANs:    {', '.join([*done.dns_names, *done.ip_addresses])}")
+    click.echo(f"caBundle: {base64.b64encode(done.ca.cert_pem).decode()}")
 
 
 def _certs_settings(
@@ -207,40 +201,30 @@ def certs_run(
         namespace=namespace, service=service, secret=secret, ca_secret=ca_secret, configs=configs,
         dns=dns, ips=ips, ca_days=ca_days, days=days, propagation_delay=propagation_delay, grace=grace,
     )  # fmt: skip
+    from certs.bootstrap import StoreError
+    from certs.main import preview, run_certs
+    from dsguard.kube import ClientConfigError
+
     setup_logging(log_level)
-    sys.exit(asyncio.run(_certs_run(settings, kubeconfig, interval=interval, once=once, dry_run=dry_run)))
-
-
-async def _certs_run(
-    settings: Any, kubeconfig: str | None, *, interval: float, once: bool, dry_run: bool
-) -> int:
-    import datetime as dt
-
-    from certs.bootstrap import KubeStore, StoreError, observe, run
-    from certs.rotate import plan
-    from dsguard.kube import api_client
-
-    api = await api_client(kubeconfig)
     try:
-        store = KubeStore(api)
         if not dry_run:
-            return await run(store, settings, interval=interval, once=once)
+            sys.exit(asyncio.run(run_certs(settings, kubeconfig=kubeconfig, interval=interval, once=once)))
         try:
-            p = plan(await observe(store, settings), settings, dt.datetime.now(dt.UTC))
-        except StoreError as e:
+            p = asyncio.run(preview(settings, kubeconfig=kubeconfig))
+        except StoreError as e:  # as --once: an error of the round, exit 1
             click.echo(f"dsguard certs run: {e}", err=True)
-            return 1
-        for w in p.writes:
-            click.echo(f"would {w}")
-        for n in p.notes:
-            click.echo(f"note: {n}")
-        for err in p.errors:
-            click.echo(f"error: {err}")
-        if not p.writes and not p.errors:
-            click.echo(f"up to date; next check due {p.next_check.isoformat(timespec='seconds')}")
-        return 1 if p.errors else 0
-    finally:
-        await api.close()
+            sys.exit(exits.PROBLEM)
+    except ClientConfigError as e:
+        raise exits.bad_kubeconfig(e, context_flag=False) from None
+    for w in p.writes:
+        click.echo(f"would {w}")
+    for n in p.notes:
+        click.echo(f"note: {n}")
+    for err in p.errors:
+        click.echo(f"error: {err}")
+    if not p.writes and not p.errors:
+        click.echo(f"up to date; next check due {p.next_check.isoformat(timespec='seconds')}")
+    sys.exit(exits.PROBLEM if p.errors else exits.OK)
 
 
 @certs.command("inject")
@@ -260,36 +244,26 @@ async def _certs_run(
 @kubeconfig_opt
 def certs_inject(ca_file: Path, configs: tuple[str, ...], kubeconfig: str | None) -> None:
     """Set CA_FILE as the caBundle of every webhook of the named configurations, once."""
-    from certs.bundle import parse_bundle
-    from certs.issue import is_ca
+    from certs.bootstrap import StoreError
+    from certs.bundle import ca_bundle_file
+    from certs.main import inject_bundle
     from certs.rotate import ConfigRef
+    from dsguard.kube import ClientConfigError
 
     pem = ca_file.read_bytes()
-    if b"PRIVATE KEY" in pem:
-        raise click.BadParameter(
-            "the file holds a private key; give the CA certificate(s) only", param_hint="--ca-file"
-        )
-    bundle = parse_bundle(pem)
-    if not bundle or not all(is_ca(c) for c in bundle):
-        raise click.BadParameter("expected PEM CA certificates", param_hint="--ca-file")
+    try:
+        ca_bundle_file(pem)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--ca-file") from None
     try:
         refs = [ConfigRef.parse(c) for c in configs]
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--webhook-configuration") from None
-    for line in asyncio.run(_certs_inject(refs, pem, kubeconfig)):
-        click.echo(line)
-
-
-async def _certs_inject(refs: list[Any], pem: bytes, kubeconfig: str | None) -> list[str]:
-    import datetime as dt
-
-    from certs.bootstrap import KubeStore, StoreError, inject
-    from dsguard.kube import api_client
-
-    api = await api_client(kubeconfig)
     try:
-        return await inject(KubeStore(api), refs, pem, now=dt.datetime.now(dt.UTC))
+        lines = asyncio.run(inject_bundle(refs, pem, kubeconfig=kubeconfig))
+    except ClientConfigError as e:
+        raise exits.bad_kubeconfig(e, context_flag=False) from None
     except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        await api.close()
+        raise exits.BadInput(str(e)) from None
+    for line in lines:
+        click.echo(line)

@@ -8,11 +8,9 @@ from typing import Any
 import click
 import orjson
 
+from dsguard.cli import exits
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
-
-EXIT_DENIED = 1
-EXIT_BAD_INPUT = 2
 
 
 @click.command()
@@ -53,11 +51,16 @@ def check(
 
     try:
         policies = load_policies(list(policy_files))
+    except InputError as e:
+        raise exits.bad_file("--policy", e, fix=exits.FIX_POLICY_FILE) from None
+    try:
         nodes = load_nodes(list(node_files)) if node_files else []
+    except InputError as e:
+        raise exits.bad_file("--nodes", e, fix=exits.FIX_NODES_FILE) from None
+    try:
         docs = list(load_documents(list(manifests)))
     except InputError as e:
-        click.echo(f"dsguard check: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        raise exits.BadInput(str(e)) from None
     facts = ClusterFacts(nodes=tuple(nodes), server_version=kubernetes_version)
     results: list[dict[str, Any]] = []
     skipped = 0
@@ -87,7 +90,7 @@ def check(
         click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     else:
         _print_text(results, skipped)
-    sys.exit(EXIT_DENIED if any(not r["allowed"] for r in results) else 0)
+    sys.exit(exits.PROBLEM if any(not r["allowed"] for r in results) else exits.OK)
 
 
 def _print_text(results: list[dict[str, Any]], skipped: int) -> None:

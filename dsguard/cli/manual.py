@@ -6,6 +6,7 @@ import asyncio
 
 import click
 
+from dsguard.cli import exits
 from dsguard.cli.options import kubeconfig_opt
 
 
@@ -17,14 +18,24 @@ def _split_ref(ref: str) -> tuple[str, str]:
 
 
 def _run_on_daemonset(daemonset: str, kubeconfig: str | None, action: str) -> None:
+    """Exit 0 when done (or nothing to do); 2 when it can't be done: not found, not paused, no
+    previous revision, refused by the apiserver, or no cluster to ask."""
+    import aiohttp
+
+    from dsguard.kube import ClientConfigError
     from guard import manual
 
     run = manual.resume_daemonset if action == "resume" else manual.rollback_daemonset
     namespace, name = _split_ref(daemonset)
     try:
         click.echo(asyncio.run(run(namespace, name, kubeconfig=kubeconfig)))
+    except ClientConfigError as e:
+        raise exits.bad_kubeconfig(e, context_flag=False) from None
+    except (OSError, TimeoutError, aiohttp.ClientError) as e:
+        detail = f"{type(e).__name__}: {e or 'no answer in time'}"
+        raise exits.BadInput(f"cannot reach the apiserver: {detail}", fix=exits.FIX_UNREACHABLE) from None
     except ValueError as e:
-        raise click.ClickException(str(e)) from None
+        raise exits.BadInput(str(e)) from None
 
 
 _daemonset_arg = click.argument("daemonset")

@@ -7,6 +7,7 @@ import asyncio
 
 import click
 
+from dsguard.cli import exits
 from dsguard.cli.options import (
     DURATION,
     kubeconfig_opt,
@@ -16,7 +17,6 @@ from dsguard.cli.options import (
 )
 from dsguard.documents import InputError, load_nodes, load_policies
 from dsguard.policy import Policy
-from dsguard.scheduling import NodeInfo
 
 MIN_AUDIT_RESYNC = 10.0
 
@@ -67,70 +67,41 @@ def webhook(
     log_level: str,
 ) -> None:
     """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
-    setup_logging(log_level)
+    from dsguard.kube import ClientConfigError
+    from webhook.main import run_webhook
+    from webhook.tls import ServingFileError
+
+    policies = _policies(policy_files)
     try:
-        policies = load_policies(list(policy_files)) if policy_files else None
         nodes = load_nodes(list(node_files)) if node_files else None
     except InputError as e:
-        raise click.ClickException(str(e)) from None
+        raise exits.bad_file("--nodes", e, fix=exits.FIX_NODES_FILE) from None
     if nodes is not None and policies is None:
         raise click.UsageError(
             "--nodes needs --policy-file: without a cluster there are no policies to watch"
         )
-    asyncio.run(
-        _run_webhook(
-            tls_cert_file,
-            tls_private_key_file,
-            host,
-            port,
-            policies,
-            kubeconfig,
-            nodes,
-            kubernetes_version,
-            frozenset(exempt_users),
-        )
-    )
-
-
-async def _run_webhook(
-    cert: str,
-    key: str,
-    host: str,
-    port: int,
-    policies: list[Policy] | None,
-    kubeconfig: str | None,
-    nodes: list[NodeInfo] | None,
-    kubernetes_version: str | None,
-    exempt_users: frozenset[str],
-) -> None:
-    from dsguard.cluster_cache import ClusterCache
-    from dsguard.kube import api_client
-    from webhook.server import WebhookState, run
-    from webhook.tls import CertReloader, server_context
-
-    ctx = server_context(cert, key)
-    cache = ClusterCache(static_policies=policies)
-    tasks: list[asyncio.Task[None]] = []
-    api = None
-    if nodes is not None:
-        cache.use_static_facts(nodes, kubernetes_version or "")
-    else:
-        api = await api_client(kubeconfig)
-        for reflector in cache.reflectors_for(api):
-            tasks.append(asyncio.create_task(reflector.run(), name=f"watch-{reflector.name}"))
-        tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
+    setup_logging(log_level)
     try:
-        await run(
-            WebhookState(cache=cache, exempt_users=exempt_users),
-            ssl_context=ctx,
-            reloader=CertReloader(ctx, cert, key),
-            host=host,
-            port=port,
-            tasks=tasks,
-        )
-    finally:
-        if api is not None:
-            await api.close()
+        asyncio.run(
+            run_webhook(
+                tls_cert_file=tls_cert_file, tls_private_key_file=tls_private_key_file, host=host, port=port,
+                kubeconfig=kubeconfig, policies=policies, nodes=nodes, kubernetes_version=kubernetes_version,
+                exempt_users=frozenset(exempt_users),
+            )
+        )  # fmt: skip
+    except ServingFileError as e:
+        flag = "--tls-cert-file" if e.which == "cert" else "--tls-private-key-file"
+        raise exits.BadInput(f"{flag} {e.path}: {e.problem}", fix=e.fix) from None
+    except ClientConfigError as e:
+        raise exits.bad_kubeconfig(e, context_flag=False) from None
+
+
+def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
+    """--policy-file's policies (None: watch the cluster's); a bad file is exit 2, one line."""
+    try:
+        return load_policies(list(policy_files)) if policy_files else None
+    except InputError as e:
+        raise exits.bad_file("--policy-file", e, fix=exits.FIX_POLICY_FILE) from None
 
 
 @click.command()
@@ -195,18 +166,19 @@ def guard(
             "each DaemonSetPolicy's status; changes are audited at once anyway",
             param_hint="--audit-resync",
         )
+    from dsguard.kube import ClientConfigError
     from guard.main import default_identity, run_guard
 
+    policies = _policies(policy_files)
     setup_logging(log_level)
     try:
-        policies = load_policies(list(policy_files)) if policy_files else None
-    except InputError as e:
-        raise click.ClickException(str(e)) from None
-    asyncio.run(
-        run_guard(
-            kubeconfig=kubeconfig, policies=policies, lease_namespace=lease_namespace, lease_name=lease_name,
-            identity=identity or default_identity(), host=host, port=port, tick=tick,
-            leader_election=not no_leader_election, lease_duration=lease_duration,
-            audit=audit, audit_resync=audit_resync,
-        )
-    )  # fmt: skip
+        asyncio.run(
+            run_guard(
+                kubeconfig=kubeconfig, policies=policies, lease_namespace=lease_namespace,
+                lease_name=lease_name, identity=identity or default_identity(), host=host, port=port,
+                tick=tick, leader_election=not no_leader_election, lease_duration=lease_duration,
+                audit=audit, audit_resync=audit_resync,
+            )
+        )  # fmt: skip
+    except ClientConfigError as e:  # raised before anything runs: the client is built first
+        raise exits.bad_kubeconfig(e, context_flag=False) from None

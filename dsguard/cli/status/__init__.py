@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from dsguard.cli import exits
 from dsguard.cli.options import (
     DURATION,
     all_namespaces_opt,
@@ -23,8 +24,8 @@ from dsguard.cli.options import (
     policy_files_opt,
     resolve_namespace,
 )
-from dsguard.cli.status.loop import EXIT_INTERRUPTED, EXIT_OK, run
-from dsguard.cli.status.read import StatusError, Target
+from dsguard.cli.status.loop import run
+from dsguard.cli.status.read import Target
 from dsguard.cli.status.render import Printer
 from dsguard.documents import InputError, load_policies
 from dsguard.policy import Policy
@@ -91,9 +92,7 @@ def status(
         try:
             static = tuple(load_policies(list(policy_files)))
         except InputError as e:
-            head, _, rest = str(e).partition("\n")
-            lines = [line.strip() for line in rest.splitlines() if line.strip()]
-            raise StatusError(f"{head} {'; '.join(lines)}".strip() + " (fix the --policy-file)") from None
+            raise exits.bad_file("--policy-file", e, fix=exits.FIX_POLICY_FILE) from None
     target = Target(
         namespace=resolve_namespace(kubeconfig, context, namespace, all_namespaces),
         name=name,
@@ -115,5 +114,5 @@ def status(
             )
         )
     except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED if until_done else EXIT_OK
+        code = exits.INTERRUPTED if until_done else exits.OK
     sys.exit(code)

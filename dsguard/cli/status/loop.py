@@ -8,15 +8,11 @@ import time
 
 from kubernetes_asyncio import client
 
+from dsguard.cli import exits
 from dsguard.cli.status.live import LiveStatus
 from dsguard.cli.status.read import StatusError, Target, api_for, not_found, read_report
 from dsguard.cli.status.render import Printer
 from dsguard.status_report import Outcome, Rollout, StatusReport
-
-EXIT_OK = 0
-EXIT_ROLLOUT_FAILED = 1  # --until-done: paused or rolled back by the guard, or --timeout passed
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130  # --until-done interrupted (Ctrl-C) before the rollouts finished
 
 
 def _verdict(report: StatusReport) -> str:
@@ -68,7 +64,7 @@ async def run(
                 printer.note(
                     f"timed out after {give_up_after:g}s waiting for the rollouts: {progress}", "red"
                 )
-                return EXIT_ROLLOUT_FAILED
+                return exits.PROBLEM
     finally:
         await api.close()
 
@@ -128,11 +124,11 @@ async def _loop(
                     outcome = report.outcome()
                     if outcome is Outcome.FAILED:
                         printer.note(f"rollout failed: {_verdict(report)}", "bold red")
-                        return EXIT_ROLLOUT_FAILED
+                        return exits.PROBLEM
                     if outcome is Outcome.DONE:
-                        return EXIT_OK
+                        return exits.OK
                 if not watch:
-                    return EXIT_OK
+                    return exits.OK
                 if not tried_live:
                     # The first read worked (access, RBAC, the CRD): from now on watch instead of
                     # reading everything again each interval.

@@ -8,22 +8,19 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import click
 from kubernetes_asyncio import client
 
+from dsguard.cli import exits
 from dsguard.kube import ListError, list_explained, list_scoped
 from dsguard.pod_health import REVISION_LABEL
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
 from dsguard.status_report import StatusReport, build_report
 
-EXIT_ERROR = 2
 
-
-class StatusError(click.ClickException):
-    """What went wrong and how to fix it, on one line; exit status 2."""
-
-    exit_code = EXIT_ERROR
+class StatusError(exits.BadInput):
+    """Reading the cluster failed, or it has nothing to show: one line saying why and how to fix
+    it; exit 2 when it happens at the first read (a later refresh is retried, loop.py)."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +53,11 @@ async def read_report(api: client.ApiClient, target: Target) -> StatusReport:
     except ListError as e:
         if e.unreachable:
             raise StatusError(
-                f"cannot reach the apiserver at {api.configuration.host}: {e} "
-                "(is the cluster up? check --kubeconfig / --context)"
+                f"cannot reach the apiserver at {api.configuration.host}: {e}", fix=exits.FIX_UNREACHABLE
             ) from None
         raise StatusError(str(e)) from None
     except SnapshotError as e:
-        raise StatusError(str(e)) from None
+        raise StatusError(str(e), fix=exits.FIX_UNREACHABLE if e.unreachable else None) from None
     return build_report(
         daemonsets=snapshot.daemonsets,
         pods=pods,
@@ -83,9 +79,7 @@ async def api_for(kubeconfig: str | None, context: str | None) -> client.ApiClie
     try:
         return await api_client(kubeconfig, context)
     except ClientConfigError as e:
-        raise StatusError(
-            f"{e} (pass --kubeconfig FILE, set KUBECONFIG, or pick a context with --context)"
-        ) from None
+        raise exits.bad_kubeconfig(e, context_flag=True) from None
 
 
 def not_found(target: Target) -> StatusError:
