@@ -60,6 +60,20 @@ def parse_bundle(pem: bytes) -> Bundle:
         return ()
 
 
+def ca_bundle_file(pem: bytes) -> Bundle:
+    """The CA certificates of a file meant to become a caBundle (`dsguard certs inject`).
+
+    ValueError when it holds a private key (which must never end up in a webhook configuration),
+    or anything but PEM CA certificates.
+    """
+    if b"PRIVATE KEY" in pem:
+        raise ValueError("the file holds a private key; give the CA certificate(s) only")
+    bundle = parse_bundle(pem)
+    if not bundle or not all(is_ca(c) for c in bundle):
+        raise ValueError("expected PEM CA certificates")
+    return bundle
+
+
 def same_bundle(a: Sequence[x509.Certificate], b: Sequence[x509.Certificate]) -> bool:
     return [_der(c) for c in a] == [_der(c) for c in b]
 

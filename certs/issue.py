@@ -4,8 +4,8 @@ The apiserver verifies the webhook against the `caBundle` and the Service's DNS 
 `SERVICE.NAMESPACE.svc`, so every form of the name goes in the SANs (kopf's issue #785 was a
 certificate with `.svc.cluster.local` only).
 
-Everything here is pure except `write_files` (through dsguard.atomic_files); the time of issue is
-a parameter (`now`) so that planners and tests can run on a fake clock.
+Everything here is pure except `write_files` and `generate_files` (through dsguard.atomic_files);
+the time of issue is a parameter (`now`) so that planners and tests can run on a fake clock.
 """
 
 from __future__ import annotations
@@ -268,3 +268,59 @@ def write_files(
     write_private(paths["tls.key"], leaf.key_pem)
     write_public(paths["tls.crt"], leaf.cert_pem)
     return paths
+
+
+class FilesExist(ValueError):
+    """generate_files would replace these files (and wasn't told to)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        super().__init__(f"{', '.join(map(str, paths))} already exist(s)")
+        self.paths = tuple(paths)
+
+
+@dataclass(frozen=True)
+class Generated:
+    ca: KeyPair
+    leaf: KeyPair
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    paths: dict[str, Path]
+
+
+def generate_files(
+    directory: Path,
+    *,
+    service: str,
+    namespace: str,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    ca_lifetime: dt.timedelta = CA_LIFETIME,
+    leaf_lifetime: dt.timedelta = LEAF_LIFETIME,
+    replace: bool = False,
+    reuse_ca: bool = False,
+) -> Generated:
+    """A CA (or, with reuse_ca, the one in directory/ca.crt and ca.key) and a serving certificate
+    for SERVICE.NAMESPACE in every form (service_dns_names) plus `dns` and `ips`, written with
+    write_files (ca.key only when the CA is new).
+
+    Raises FilesExist when files it would write exist and not `replace`; ValueError for a CA that
+    can't be read or used, or a bad SAN; OSError when the directory can't be written.
+    """
+    names = service_dns_names(service, namespace)
+    names += [d for d in dns if d not in names]
+    targets = ["tls.crt", "tls.key"] if reuse_ca else ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    existing = [directory / n for n in targets if (directory / n).exists() or (directory / n).is_symlink()]
+    if existing and not replace:
+        raise FilesExist(existing)
+    if reuse_ca:
+        try:
+            ca = load_key_pair((directory / "ca.crt").read_bytes(), (directory / "ca.key").read_bytes())
+        except OSError as e:
+            raise ValueError(f"{e.filename}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ValueError(f"{directory / 'ca.crt'} and ca.key: {e}") from None
+    else:
+        ca = new_ca(f"{service}.{namespace}-ca", ca_lifetime)
+    leaf = issue_serving(ca, dns_names=names, ip_addresses=list(ips), lifetime=leaf_lifetime)
+    paths = write_files(directory, ca, leaf, include_ca_key=not reuse_ca)
+    return Generated(ca, leaf, tuple(names), tuple(ips), paths)

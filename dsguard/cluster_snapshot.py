@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from dsguard import policy as policy_model
 from dsguard.facts import ClusterFacts
 from dsguard.fielderrors import InvalidSpec
-from dsguard.kube import ListFn, Obj, list_all, name_of
+from dsguard.kube import REQUEST_TIMEOUT, ListError, ListFn, Obj, list_explained, list_scoped, name_of
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
 
@@ -34,29 +34,26 @@ class ClusterSnapshot:
 
 
 class SnapshotError(Exception):
-    """Reading the cluster failed; the message says what was read and why it failed."""
+    """Reading the cluster failed; the message says what was read and why it failed.
+    `unreachable`: the apiserver didn't answer (refused, reset, timed out)."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
-# Per request: a blackholed apiserver fails the command instead of hanging it.
-REQUEST_TIMEOUT = 60.0
+_CRD_MISSING = (
+    "is the DaemonSetPolicy CRD installed? `kubectl apply -k manifests/base`, "
+    "or give the policies with --policy-file"
+)
 
 
 async def _read(what: str, call: ListFn) -> list[Obj]:
     try:
-        items, _ = await list_all(call, _request_timeout=REQUEST_TIMEOUT)
-    except ApiException as e:
-        hint = " (does your user have RBAC to list it?)" if e.status in (401, 403) else ""
-        if e.status == 404 and what == "daemonsetpolicies":
-            hint = (
-                " (is the DaemonSetPolicy CRD installed? `kubectl apply -k manifests/base`, "
-                "or give the policies with --policy-file)"
-            )
-        raise SnapshotError(f"listing {what} failed: {e.status} {e.reason}{hint}") from None
-    except (OSError, TimeoutError, aiohttp.ClientError) as e:
-        raise SnapshotError(
-            f"listing {what} failed: {type(e).__name__}: {e or 'no answer in time'}"
-        ) from None
-    return items
+        hints = {404: _CRD_MISSING} if what == "daemonsetpolicies" else None
+        return await list_explained(what, call, hints=hints)
+    except ListError as e:
+        raise SnapshotError(str(e), unreachable=e.unreachable) from None
 
 
 async def read_snapshot(
@@ -69,26 +66,24 @@ async def read_snapshot(
 ) -> ClusterSnapshot:
     """namespace=None reads DaemonSets in every namespace. Policies that don't parse are left
     out and reported in policy_errors, as the webhook and the guard leave them out."""
-    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
-    p = functools.partial
-    ds_call = (
-        p(apps.list_daemon_set_for_all_namespaces)
-        if namespace is None
-        else p(apps.list_namespaced_daemon_set, namespace)
-    )
-    policy_call = p(
-        custom.list_cluster_custom_object, policy_model.GROUP, policy_model.VERSION, policy_model.PLURAL
+    policy_call = functools.partial(
+        client.CustomObjectsApi(api).list_cluster_custom_object,
+        policy_model.GROUP,
+        policy_model.VERSION,
+        policy_model.PLURAL,
     )
     try:
         version = await client.VersionApi(api).get_code(_request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         raise SnapshotError(f"reading the apiserver version failed: {e.status} {e.reason}") from None
     except (OSError, TimeoutError, aiohttp.ClientError) as e:
-        raise SnapshotError(f"cannot reach the apiserver: {e or 'no answer in time'}") from None
+        raise SnapshotError(
+            f"cannot reach the apiserver: {e or 'no answer in time'}", unreachable=True
+        ) from None
     nodes_raw, namespaces_raw, ds_raw, policies_raw = await asyncio.gather(
-        _read("nodes", p(core.list_node)) if static_nodes is None else _empty(),
-        _read("namespaces", p(core.list_namespace)),
-        _read("daemonsets", ds_call) if read_daemonsets else _empty(),
+        _read("nodes", list_scoped(api, "nodes", None)) if static_nodes is None else _empty(),
+        _read("namespaces", list_scoped(api, "namespaces", None)),
+        _read("daemonsets", list_scoped(api, "daemonsets", namespace)) if read_daemonsets else _empty(),
         _read("daemonsetpolicies", policy_call) if static_policies is None else _empty(),
     )
     nodes = tuple(static_nodes) if static_nodes is not None else tuple(map(NodeInfo.from_node, nodes_raw))

@@ -7,6 +7,7 @@ _preload_content=False and parsed with orjson into plain dicts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -23,18 +25,94 @@ log = logging.getLogger("dsguard.kube")
 Obj = dict[str, Any]
 
 
+class ClientConfigError(Exception):
+    """The Kubernetes client config can't be loaded; the message (one line) says from where and why."""
+
+
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
-    """An ApiClient from --kubeconfig, $KUBECONFIG, ~/.kube/config, or the in-cluster service account."""
+    """An ApiClient from --kubeconfig, $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+
+    Raises ClientConfigError when that config can't be loaded (a missing or broken file, an
+    unknown context, no in-cluster service account). Nothing is sent to the apiserver here.
+    """
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path or _use_default_kubeconfig():
-        await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-    else:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    try:
+        if path or _use_default_kubeconfig():
+            await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+        else:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except Exception as e:  # kubeconfig parsing and in-cluster setup raise several kinds
+        where = path or ("~/.kube/config" if _use_default_kubeconfig() else "the in-cluster config")
+        detail = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+        raise ClientConfigError(f"cannot load the Kubernetes client config from {where}: {detail}") from e
     return client.ApiClient(configuration=cfg)
 
 
 ListFn = Callable[..., Awaitable[Any]]  # a kubernetes-asyncio list_* method
+
+# Per list request: a blackholed apiserver fails a command instead of hanging it.
+REQUEST_TIMEOUT = 60.0
+
+# resource -> (API group class, the list in every namespace (or cluster-scoped), the list in one)
+_LISTS: dict[str, tuple[Callable[[client.ApiClient], Any], str, str | None]] = {
+    "nodes": (client.CoreV1Api, "list_node", None),
+    "namespaces": (client.CoreV1Api, "list_namespace", None),
+    "pods": (client.CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
+    "daemonsets": (client.AppsV1Api, "list_daemon_set_for_all_namespaces", "list_namespaced_daemon_set"),
+    "controllerrevisions": (
+        client.AppsV1Api,
+        "list_controller_revision_for_all_namespaces",
+        "list_namespaced_controller_revision",
+    ),
+}
+
+
+def list_scoped(api: client.ApiClient, resource: str, namespace: str | None, **kwargs: Any) -> ListFn:
+    """The list call of `resource` in `namespace`, or in every namespace when it is None (-A);
+    kwargs (e.g. label_selector) are bound into it. Cluster-scoped resources ignore namespace."""
+    group, every, one = _LISTS[resource]
+    apis = group(api)
+    if namespace is None or one is None:
+        return functools.partial(getattr(apis, every), **kwargs)
+    return functools.partial(getattr(apis, one), namespace, **kwargs)
+
+
+class ListError(Exception):
+    """A one-shot list failed; the message (one line) names what and why, with a hint when the
+    answer suggests one. `status` is the HTTP status (None: no answer, see `unreachable`)."""
+
+    def __init__(self, message: str, *, status: int | None = None, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.unreachable = unreachable
+
+
+async def list_explained(
+    what: str,
+    call: ListFn,
+    *,
+    hints: Mapping[int, str] | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
+    **kwargs: Any,
+) -> list[Obj]:
+    """Every item of `call` (list_all), each request bounded by `request_timeout`. Raises ListError: an
+    RBAC hint on 401/403, `hints[status]` for other statuses, unreachable=True when the apiserver
+    didn't answer (refused, reset, timed out)."""
+    try:
+        items, _ = await list_all(call, _request_timeout=request_timeout, **kwargs)
+    except ApiException as e:
+        hint = (hints or {}).get(e.status or 0, "")
+        if e.status in (401, 403):
+            hint = f"does your user have RBAC to list it? `kubectl auth can-i list {what}`"
+        raise ListError(
+            f"listing {what} failed: {e.status} {e.reason}" + (f" ({hint})" if hint else ""), status=e.status
+        ) from None
+    except (OSError, TimeoutError, aiohttp.ClientError) as e:
+        raise ListError(
+            f"listing {what} failed: {type(e).__name__}: {e or 'no answer in time'}", unreachable=True
+        ) from e
+    return items
 
 
 def _use_default_kubeconfig() -> bool:

@@ -1,5 +1,5 @@
 """What `dsguard status` reports about each DaemonSet. Pure: raw API dicts and a clock in, frozen
-dataclasses out; the command (dsguard/status_cmd.py) reads the cluster and renders.
+dataclasses out; the command (dsguard/cli/status/) reads the cluster and renders.
 
 Per DaemonSet: the rollout counts of its status, the pods failing by reason (the guard's own
 `failure_reason`, with the guard section of the first matching policy that has one), what the

@@ -19,7 +19,13 @@ import os
 import ssl
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from dsguard.atomic_files import write_private
 
@@ -32,6 +38,77 @@ def server_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContex
     ctx.set_alpn_protocols(["http/1.1"])  # the apiserver's webhook client speaks HTTP/1.1 only
     ctx.load_cert_chain(str(cert_file), str(key_file))
     return ctx
+
+
+@dataclass(frozen=True)
+class ServingFileError(Exception):
+    """A serving certificate or key file the webhook can't start with: which file, what is wrong
+    with it and how to fix it (OpenSSL's own error names neither the file nor the fix)."""
+
+    which: Literal["cert", "key"]
+    path: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}; fix: {self.fix}"
+
+
+_A_PAIR = "`dsguard certs generate` writes a matching tls.crt and tls.key"
+_FIX_CERT = f"give the serving certificate (chain) in PEM; {_A_PAIR}"
+_FIX_KEY = f"give the certificate's private key in PEM; {_A_PAIR}"
+_FIX_ENCRYPTED = "decrypt it (`openssl pkey -in KEY -out tls.key`): the webhook reads keys unencrypted"
+_FIX_MISMATCH = f"give the key and certificate of one pair (the same Secret's tls.crt and tls.key); {_A_PAIR}"
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def checked_server_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
+    """server_context, after checking the files one by one so that a bad one is named: raises
+    ServingFileError for an unreadable file, a certificate or key that isn't PEM (or is the other
+    one), an encrypted key, or a key that doesn't belong to the certificate."""
+    paths = {"cert": str(cert_file), "key": str(key_file)}
+
+    def fail(which: Literal["cert", "key"], problem: str, fix: str) -> ServingFileError:
+        return ServingFileError(which, paths[which], problem, fix)
+
+    def read(which: Literal["cert", "key"]) -> bytes:
+        try:
+            return Path(paths[which]).read_bytes()
+        except OSError as e:
+            raise fail(
+                which, f"cannot read it ({e.strerror or e})", "check the path and its permissions"
+            ) from None
+
+    cert_pem, key_pem = read("cert"), read("key")
+    has_cert, has_key = b"-----BEGIN CERTIFICATE-----", b"PRIVATE KEY-----"
+    if has_cert not in cert_pem:
+        what = "it holds a private key" if has_key in cert_pem else "no -----BEGIN CERTIFICATE----- block"
+        raise fail("cert", f"not a PEM certificate ({what})", _FIX_CERT)
+    try:
+        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    except ValueError as e:
+        raise fail("cert", f"not a PEM certificate ({_one_line(e)})", _FIX_CERT) from None
+    if has_key not in key_pem:
+        what = "it holds a certificate" if has_cert in key_pem else "no -----BEGIN PRIVATE KEY----- block"
+        raise fail("key", f"not a PEM private key ({what})", _FIX_KEY)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # a password is needed
+        raise fail("key", "the private key is encrypted", _FIX_ENCRYPTED) from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise fail("key", f"not a PEM private key ({_one_line(e)})", _FIX_KEY) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        subject = leaf.subject.rfc4514_string() or "no subject"
+        problem = f"not the private key of the certificate in {paths['cert']} ({subject})"
+        raise fail("key", problem, _FIX_MISMATCH)
+    try:
+        return server_context(paths["cert"], paths["key"])
+    except ssl.SSLError as e:  # e.g. an algorithm this OpenSSL refuses
+        raise fail("cert", f"OpenSSL refused the pair ({e.reason or _one_line(e)})", _FIX_CERT) from None
 
 
 def _digest(cert: bytes, key: bytes) -> bytes:

@@ -69,9 +69,10 @@ from certs.rotate import (
 )
 from dsguard.atomic_files import write_private
 from dsguard.cli import main
-from dsguard.cli_options import parse_duration
+from dsguard.cli.options import parse_duration
 from dsguard.cluster_cache import ClusterCache
 from dsguard.policy import parse_policy
+from tests.tlsutil import AheadClock, SecretVolume
 from webhook.server import WebhookState, make_app
 from webhook.tls import CertReloader, as_files, server_context
 
@@ -837,40 +838,6 @@ async def test_loop_over_three_ca_lifetimes_never_leaves_a_served_certificate_un
 # --- TLS: reload under load, and the rotation overlap with real handshakes --------------------------
 
 
-class SecretVolume:
-    """A directory laid out like the kubelet's Secret volume: each file is a symlink into `..data`,
-    a symlink to a timestamped directory that is swapped by one atomic rename."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._versions = itertools.count()
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def update(self, files: Mapping[str, bytes]) -> None:
-        version = self.root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{next(self._versions)}"
-        version.mkdir(mode=0o700)
-        for name, data in files.items():
-            write_private(version / name, data)  # 0600 for all: keys among them
-        data_link = self.root / "..data"
-        old = data_link.resolve() if data_link.is_symlink() else None
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(version.name)
-        os.replace(tmp, data_link)
-        for name in files:
-            if not self.path(name).is_symlink():
-                self.path(name).symlink_to(Path("..data") / name)
-        if old is not None:
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-
-    def update_from_secret(self, secret: Mapping[str, Any]) -> None:
-        self.update({k: secret_data(secret, k) or b"" for k in ("tls.crt", "tls.key", "ca.crt")})
-
-
 async def peer_certificate(
     port: int, ctx: ssl.SSLContext, server_hostname: str = "127.0.0.1"
 ) -> x509.Certificate:
@@ -1094,18 +1061,6 @@ def test_as_files_in_memory_and_on_disk_load_the_same_pair(tmp_path: Path) -> No
                 assert _mode(Path(key_path).parent) == 0o700
         if not memfd:
             assert not Path(key_path).exists()
-
-
-class AheadClock:
-    """Real time plus an offset that only grows, never by BACKDATE or more: certificates issued on it
-    are already valid (notBefore = issue - BACKDATE) for a TLS client on the real clock."""
-
-    def __init__(self) -> None:
-        self.start = dt.datetime.now(dt.UTC)
-
-    def at(self, offset: dt.timedelta) -> dt.datetime:
-        assert offset < BACKDATE - 10 * SECOND, "certificates issued then would not be valid yet"
-        return self.start + offset
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

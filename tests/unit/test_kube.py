@@ -8,14 +8,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
+from kubernetes_asyncio import client
 
-from dsguard.kube import Reflector
+from dsguard.kube import ListError, Reflector, list_explained, list_scoped
 
 
 class FakeResponse:
     def __init__(self, status: int, body: bytes, lines: list[bytes] | None = None) -> None:
         self.status = status
-        self.reason = {200: "OK", 403: "Forbidden"}.get(status, "")
+        self.reason = {200: "OK", 403: "Forbidden", 404: "Not Found"}.get(status, "")
         self._body = body
         self.content = self
         # an error's Status body is what a watch stream carries, once, and then it ends
@@ -151,3 +153,72 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110 - plain attributes, no event to wait on
             await asyncio.sleep(0.01)
+
+
+# --- one-shot lists: one scope switch, one error wording -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resource", "namespace", "method", "args"),
+    [
+        ("pods", None, "list_pod_for_all_namespaces", ()),
+        ("pods", "logging", "list_namespaced_pod", ("logging",)),
+        ("daemonsets", None, "list_daemon_set_for_all_namespaces", ()),
+        ("daemonsets", "logging", "list_namespaced_daemon_set", ("logging",)),
+        ("controllerrevisions", None, "list_controller_revision_for_all_namespaces", ()),
+        ("controllerrevisions", "logging", "list_namespaced_controller_revision", ("logging",)),
+        ("nodes", "logging", "list_node", ()),  # cluster-scoped: the namespace doesn't apply
+        ("namespaces", None, "list_namespace", ()),
+    ],
+)
+async def test_list_scoped_picks_every_namespace_or_one(
+    resource: str, namespace: str | None, method: str, args: tuple[str, ...]
+) -> None:
+    api = client.ApiClient(client.Configuration())
+    try:
+        call = list_scoped(api, resource, namespace, label_selector="x")
+        assert call.func.__name__ == method  # type: ignore[attr-defined]
+        assert call.args == args  # type: ignore[attr-defined]
+        assert call.keywords == {"label_selector": "x"}  # type: ignore[attr-defined]
+    finally:
+        await api.close()
+
+
+async def test_list_explained_pages_and_bounds_each_request() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        seen.append(kwargs)
+        page = len(seen)
+        meta = {"continue": "more"} if page == 1 else {}
+        return FakeResponse(200, orjson.dumps({"items": [{"n": page}], "metadata": meta}))
+
+    assert await list_explained("pods", list_fn, label_selector="x") == [{"n": 1}, {"n": 2}]
+    assert [k["_request_timeout"] for k in seen] == [60.0, 60.0]
+    assert seen[0]["label_selector"] == "x" and seen[1]["_continue"] == "more"
+
+
+async def test_list_explained_says_why_with_an_rbac_hint_or_the_callers_hint() -> None:
+    async def forbidden(**kwargs: Any) -> FakeResponse:
+        return FakeResponse(403, FORBIDDEN)
+
+    async def not_found(**kwargs: Any) -> FakeResponse:
+        return FakeResponse(404, b"{}")
+
+    async def refused(**kwargs: Any) -> FakeResponse:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ListError) as e:
+        await list_explained("pods", forbidden)
+    assert str(e.value) == (
+        "listing pods failed: 403 Forbidden "
+        "(does your user have RBAC to list it? `kubectl auth can-i list pods`)"
+    )
+    assert e.value.status == 403 and not e.value.unreachable
+    with pytest.raises(ListError) as e:
+        await list_explained("widgets", not_found, hints={404: "is the CRD installed?"})
+    assert str(e.value) == "listing widgets failed: 404 Not Found (is the CRD installed?)"
+    with pytest.raises(ListError) as e:
+        await list_explained("nodes", refused)
+    assert e.value.unreachable and e.value.status is None
+    assert str(e.value).startswith("listing nodes failed: ConnectionRefusedError:")

@@ -3,7 +3,6 @@ exit 2 with a one-line message naming what is wrong; no traceback."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +10,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dsguard.cli import main
-from dsguard.cli_options import parse_duration
-from dsguard.status_cmd import age
+from dsguard.cli.options import parse_duration
+from dsguard.cli.status.render import age
+from tests import cliutil
+from tests.cliutil import kubeconfig
 
 GOOD_POLICY = """
 apiVersion: dsguard.io/v1alpha1
@@ -22,23 +23,10 @@ spec: {match: {namespaces: [logging]}}
 """
 
 
-def kubeconfig(server: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Config
-clusters: [{{name: c, cluster: {{server: "{server}", insecure-skip-tls-verify: true}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-contexts: [{{name: ctx, context: {{cluster: c, user: u, namespace: from-context}}}}]
-current-context: ctx
-"""
-
-
 @pytest.fixture
 def closed_port() -> Iterator[int]:
-    """A loopback port nothing listens on (bound, never listening: connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield int(s.getsockname()[1])
+    with cliutil.closed_port() as port:
+        yield port
 
 
 def run(*args: str) -> Result:

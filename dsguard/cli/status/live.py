@@ -10,14 +10,13 @@ read does). Pages and Nodes are cut to what the report reads as they arrive.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Mapping
 
 from kubernetes_asyncio import client
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.kube import ListFn, Obj, Reflector, slim_lists
+from dsguard.kube import Obj, Reflector, list_scoped, slim_lists
 from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
 from dsguard.status_report import StatusReport, build_report
@@ -63,33 +62,21 @@ class LiveStatus:
             _Objects(),
             _Objects(),
         )
-        core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-        p = functools.partial
         ns = namespace
-        in_scope: dict[str, ListFn] = {
-            "daemonsets": p(apps.list_daemon_set_for_all_namespaces)
-            if ns is None
-            else p(apps.list_namespaced_daemon_set, ns),
-            "pods": p(core.list_pod_for_all_namespaces, label_selector=REVISION_LABEL)
-            if ns is None
-            else p(core.list_namespaced_pod, ns, label_selector=REVISION_LABEL),
-            "controllerrevisions": p(apps.list_controller_revision_for_all_namespaces)
-            if ns is None
-            else p(apps.list_namespaced_controller_revision, ns),
-        }
+        pods = list_scoped(api, "pods", ns, label_selector=REVISION_LABEL)
         self.reflectors = [
             *self.cache.reflectors_for(api, nodes=False),
             Reflector(
                 "nodes",
-                slim_lists(core.list_node, slim_node_with_placement),
+                slim_lists(list_scoped(api, "nodes", None), slim_node_with_placement),
                 on_replace=self._replace_nodes,
                 on_event=self._node_event,
             ),
-            Reflector("daemonsets", in_scope["daemonsets"], on_replace=self.daemonsets.replace,
+            Reflector("daemonsets", list_scoped(api, "daemonsets", ns), on_replace=self.daemonsets.replace,
                       on_event=self.daemonsets.event),
-            Reflector("pods", slim_lists(in_scope["pods"], slim_pod), on_replace=self.pods.replace,
+            Reflector("pods", slim_lists(pods, slim_pod), on_replace=self.pods.replace,
                       on_event=self._pod_event),
-            Reflector("controllerrevisions", in_scope["controllerrevisions"],
+            Reflector("controllerrevisions", list_scoped(api, "controllerrevisions", ns),
                       on_replace=self.revisions.replace, on_event=self.revisions.event),
         ]  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []

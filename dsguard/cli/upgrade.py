@@ -14,7 +14,8 @@ import click
 import orjson
 import yaml
 
-from dsguard.cli_options import all_namespaces_opt, context_opt, kubeconfig_opt, output_opt, policy_files_opt
+from dsguard.cli import exits
+from dsguard.cli.options import all_namespaces_opt, context_opt, kubeconfig_opt, output_opt, policy_files_opt
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
@@ -34,8 +35,6 @@ from dsguard.upgrade_plan import (
 if TYPE_CHECKING:
     from dsguard.cluster_snapshot import ClusterSnapshot
 
-EXIT_BREAKS = 1
-EXIT_BAD_INPUT = 2
 NODES_SHOWN = 10
 
 
@@ -63,7 +62,7 @@ class _NodeSelector(click.ParamType[tuple[str, LabelSelector]]):
             self.fail(str(e), param, ctx)
 
 
-# Not cli_options.namespace_opt: kubectl's default (the context's namespace) would be wrong here,
+# Not options.namespace_opt: kubectl's default (the context's namespace) would be wrong here,
 # an upgrade hits every namespace.
 _namespace_opt = click.option(
     "-n",
@@ -144,18 +143,16 @@ def upgrade_check(
     try:
         inputs = _load(filenames, policy_files, node_files, kubeconfig, context, ns)
     except InputError as e:
-        click.echo(f"dsguard upgrade-check: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        raise exits.BadInput(str(e)) from None
     for name, why in sorted(inputs.policy_errors.items()):
         click.echo(f"dsguard upgrade-check: warning: DaemonSetPolicy {name} ignored: {why}", err=True)
     selector = node_selector[1] if node_selector else None
     if selector is not None and not any(selector.matches(n.labels) for n in inputs.facts.nodes):
-        click.echo(
-            f"dsguard upgrade-check: --node-selector {node_selector[0] if node_selector else ''} "
+        raise exits.BadInput(
+            f"--node-selector {node_selector[0] if node_selector else ''} "
             f"matches none of the {len(inputs.facts.nodes)} node(s)",
-            err=True,
+            fix="check the labels (`kubectl get nodes --show-labels`)",
         )
-        sys.exit(EXIT_BAD_INPUT)
     plan = plan_upgrade(
         inputs.policies,
         inputs.manifests,
@@ -172,7 +169,7 @@ def upgrade_check(
             click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         else:
             click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
-    sys.exit(EXIT_BREAKS if plan.breaking else 0)
+    sys.exit(exits.PROBLEM if plan.breaking else exits.OK)
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ def _load(
     context: str | None,
     namespace: str | None,
 ) -> _Inputs:
-    """Raises InputError for bad files and for a cluster that can't be read."""
+    """Raises InputError for bad files, exits.BadInput for a cluster that can't be read."""
     policies = load_policies(list(policy_files)) if policy_files else None
     nodes = load_nodes(list(node_files)) if node_files else None
     manifests: list[Manifest] = []
@@ -234,15 +231,14 @@ async def _read_cluster(
     read_daemonsets: bool,
 ) -> ClusterSnapshot:
     import aiohttp
-    from kubernetes_asyncio.config import ConfigException
 
+    from dsguard import kube
     from dsguard.cluster_snapshot import SnapshotError, read_snapshot
-    from dsguard.kube import api_client
 
     try:
-        api = await api_client(kubeconfig, context)
-    except (ConfigException, OSError, ValueError) as e:
-        raise InputError(f"cannot load the kubeconfig: {e}") from None
+        api = await kube.api_client(kubeconfig, context)
+    except kube.ClientConfigError as e:
+        raise exits.bad_kubeconfig(e, context_flag=True) from None
     try:
         return await read_snapshot(
             api,
@@ -252,9 +248,9 @@ async def _read_cluster(
             read_daemonsets=read_daemonsets,
         )
     except SnapshotError as e:
-        raise InputError(str(e)) from None
+        raise exits.BadInput(str(e), fix=exits.FIX_UNREACHABLE if e.unreachable else None) from None
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
-        raise InputError(f"reading the cluster failed: {e}") from None
+        raise exits.BadInput(f"reading the cluster failed: {e}", fix=exits.FIX_UNREACHABLE) from None
     finally:
         await api.close()
 
