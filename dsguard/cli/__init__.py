@@ -7,7 +7,8 @@ import click
 
 from dsguard.cli.certs import certs
 from dsguard.cli.check import check
-from dsguard.cli.manual import resume, rollback
+from dsguard.cli.manual import pause, promote, resume, rollback
+from dsguard.cli.plan import plan
 from dsguard.cli.run import guard, webhook
 from dsguard.cli.status import status
 from dsguard.cli.upgrade import upgrade_check
@@ -19,5 +20,5 @@ def main() -> None:
     """Guardrails for Kubernetes DaemonSets."""
 
 
-for _command in (webhook, guard, check, status, upgrade_check, resume, rollback, certs):
+for _command in (webhook, guard, check, status, upgrade_check, plan, resume, rollback, pause, promote, certs):
     main.add_command(_command)

@@ -1,4 +1,4 @@
-"""`dsguard resume` and `dsguard rollback`: the guard's actions by hand (guard.manual)."""
+"""`dsguard resume`, `rollback`, `pause` and `promote`: the guard's actions by hand (guard.manual)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ def _run_on_daemonset(daemonset: str, kubeconfig: str | None, action: str) -> No
     from dsguard.kube import ClientConfigError
     from guard import manual
 
-    run = manual.resume_daemonset if action == "resume" else manual.rollback_daemonset
+    run = {
+        "resume": manual.resume_daemonset,
+        "rollback": manual.rollback_daemonset,
+        "pause": manual.pause_daemonset,
+        "promote": manual.promote_daemonset,
+    }[action]
     namespace, name = _split_ref(daemonset)
     try:
         click.echo(asyncio.run(run(namespace, name, kubeconfig=kubeconfig)))
@@ -55,3 +60,20 @@ def resume(daemonset: str, kubeconfig: str | None) -> None:
 def rollback(daemonset: str, kubeconfig: str | None) -> None:
     """Roll a DaemonSet (NAMESPACE/NAME) back to its previous revision, as `kubectl rollout undo` does."""
     _run_on_daemonset(daemonset, kubeconfig, "rollback")
+
+
+@click.command()
+@_daemonset_arg
+@kubeconfig_opt
+def pause(daemonset: str, kubeconfig: str | None) -> None:
+    """Pause a DaemonSet's rollout (NAMESPACE/NAME), which `kubectl rollout pause` can't: switch it
+    to OnDelete, recorded the guard's way; `dsguard resume` continues it."""
+    _run_on_daemonset(daemonset, kubeconfig, "pause")
+
+
+@click.command()
+@_daemonset_arg
+@kubeconfig_opt
+def promote(daemonset: str, kubeconfig: str | None) -> None:
+    """Approve the next wave of a DaemonSet's wave rollout (NAMESPACE/NAME), or end its bake early."""
+    _run_on_daemonset(daemonset, kubeconfig, "promote")
