@@ -7,6 +7,7 @@ place reads them, so "paused since X because Y" means the same everywhere.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,16 @@ BAKE_STARTED_AT = "dsguard.io/bake-started-at"  # the current wave is updated an
 PROMOTED_WAVE = "dsguard.io/promoted-wave"  # `dsguard promote`: wave N may start (ends a bake early)
 WAVES_TAKEOVER = "dsguard.io/waves-takeover"  # pods the controller replaced before the guard took over
 WAVES_COMPLETED = "dsguard.io/waves-completed"  # the last revision rolled out in waves, completed
-WAVE_ANNOTATIONS = (WAVES_REVISION, WAVE, WAVE_STARTED_AT, BAKE_STARTED_AT, PROMOTED_WAVE, WAVES_TAKEOVER)
+GATE_BASELINES = "dsguard.io/gate-baselines"  # JSON: {"apiserver": <req/s before the rollout>}
+WAVE_ANNOTATIONS = (
+    WAVES_REVISION,
+    WAVE,
+    WAVE_STARTED_AT,
+    BAKE_STARTED_AT,
+    PROMOTED_WAVE,
+    WAVES_TAKEOVER,
+    GATE_BASELINES,
+)
 
 
 def is_paused(annotations: Mapping[str, Any]) -> bool:
@@ -155,6 +165,18 @@ def waves_in_progress(annotations: Mapping[str, Any], revision: str | None = Non
     if info is None or annotations.get(WAVES_COMPLETED) == info.revision:
         return False
     return revision is None or info.revision == revision
+
+
+def gate_baseline(annotations: Mapping[str, Any], gate: str) -> float | None:
+    """A gate's baseline recorded at the start of the wave rollout (None when missing or malformed)."""
+    raw = annotations.get(GATE_BASELINES)
+    if not isinstance(raw, str) or len(raw) > 4096:
+        return None
+    try:
+        value = json.loads(raw).get(gate)
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def stalled(annotations: Mapping[str, Any], revision: str | None) -> bool:
