@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
-from dsguard.kube import Reflector
+from dsguard.kube import Reflector, Subscriber
 
 
 class FakeResponse:
@@ -151,3 +152,51 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110 - plain attributes, no event to wait on
             await asyncio.sleep(0.01)
+
+
+async def test_a_shared_watch_feeds_every_subscriber_in_turn() -> None:
+    """One watch, several readers (the guard's node watch feeds its store and the audit's cache)."""
+    calls: list[tuple[str, str, Any]] = []
+    done = asyncio.Event()
+    lines = [
+        orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "n1", "resourceVersion": "8"}}})
+        + b"\n"
+    ]
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        if kwargs.get("watch"):
+            return FakeResponse(200, b"", lines)
+        return FakeResponse(200, orjson.dumps({"items": [{"metadata": {"name": "n0"}}], "metadata": {}}))
+
+    def subscriber(who: str) -> Subscriber:
+        def on_event(kind: str, obj: Any) -> None:
+            calls.append((who, kind, obj["metadata"]["name"]))
+            if who == "second":
+                done.set()
+
+        return Subscriber(
+            lambda items: calls.append((who, "replace", [i["metadata"]["name"] for i in items])), on_event
+        )
+
+    r = Reflector("nodes", list_fn, subscribers=[subscriber("first"), subscriber("second")])
+    await run_briefly(r, done)
+    assert calls == [
+        ("first", "replace", ["n0"]),
+        ("second", "replace", ["n0"]),
+        ("first", "ADDED", "n1"),
+        ("second", "ADDED", "n1"),
+    ]
+    assert r.synced.is_set()
+
+
+def test_a_reflector_needs_something_to_feed() -> None:
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        raise AssertionError("not called")
+
+    with pytest.raises(TypeError, match="nothing to feed"):
+        Reflector("nodes", list_fn)
+    with pytest.raises(TypeError, match="together"):
+        Reflector("nodes", list_fn, on_event=lambda k, o: None)
+    first = Reflector("nodes", list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                      subscribers=[Subscriber(lambda items: None, lambda k, o: None)])  # fmt: skip
+    assert len(first.subscribers) == 2
