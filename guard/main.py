@@ -78,11 +78,7 @@ class Notifier:
         key = guard.alerts
         found = self._dispatchers.get(key)
         if found is None:
-            sinks: list[Sink] = [self.recorder]
-            try:
-                sinks += build_sinks([a.to_spec() for a in guard.alerts], self.session, self.secrets)
-            except ValueError as e:  # the policy parser checks the same; keep the Event sink regardless
-                log.error("alert sinks: %s; sending Events only", e)
+            sinks: list[Sink] = [self.recorder, *build_sinks(guard.alerts, self.session, self.secrets)]
             found = AlertDispatcher(
                 sinks,
                 recorder=self.recorder,
