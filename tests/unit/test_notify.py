@@ -28,10 +28,11 @@ from kubernetes_asyncio import client
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
-from dsguard.policy import AlertSink, AlertType, SecretRef, parse_policy
+from dsguard.policy import AlertSink, AlertType, GuardPolicy, SecretRef, parse_policy
 from guard.notify.alert import Alert, AlertKind, FailingPod
 from guard.notify.dispatch import AlertDispatcher, delivery_counter
 from guard.notify.events import DELIVERY_FAILED, EventRecorder
+from guard.notify.notifier import Notifier
 from guard.notify.sinks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -826,6 +827,59 @@ async def test_build_sinks_names_and_types(session: aiohttp.ClientSession) -> No
     )
     assert [type(s) for s in sinks] == [SlackSink, WebhookSink, AlertmanagerSink]
     assert [s.name for s in sinks] == ["policy-a/slack-0", "policy-a/webhook-1", "policy-a/alertmanager-2"]
+
+
+@dataclass
+class PendingAlerts:
+    """What the Notifier reports to (the guard's Outbox)."""
+
+    settled: list[Alert] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def alert_settled(self, alert: Alert) -> None:
+        self.settled.append(alert)
+        self.changed.set()
+
+    def will_resend(self, alert: Alert) -> bool:
+        return True
+
+
+async def test_notifier_routes_to_the_policys_sinks_and_reports_settled_alerts(
+    receiver: MakeReceiver, session: aiohttp.ClientSession
+) -> None:
+    r = await receiver()
+    events_api = FakeEventsAPI()
+    pending = PendingAlerts()
+    notifier = Notifier(
+        session,
+        secrets=FakeSecrets({}),
+        recorder=EventRecorder(events_api, instance="dsguard-guard-0"),
+        registry=CollectorRegistry(),
+        pending=pending,
+    )
+    hook = {"type": "Webhook", "url": f"{r.url}/hook"}
+    paused, stalled, resumed = (
+        make_alert(k) for k in (AlertKind.PAUSED, AlertKind.STALLED, AlertKind.RESUMED)
+    )
+    notifier(paused, GuardPolicy(alerts=parsed_alerts(hook)))
+    notifier(stalled, GuardPolicy())  # no alert sinks: the Event only
+    notifier(resumed, GuardPolicy(failure_threshold=9, alerts=parsed_alerts(hook)))  # the same sinks
+    try:
+        await r.wait_for(2)
+        async with asyncio.timeout(WAIT):
+            while len(pending.settled) < 3:
+                pending.changed.clear()
+                await pending.changed.wait()
+    finally:
+        await notifier.close(1)
+    assert [s.path for s in r.seen] == ["/hook", "/hook"]
+    assert [s.json()["kind"] for s in r.seen] == ["paused", "resumed"]
+    assert sorted(e["reason"] for e in events_api.created) == [
+        "RolloutPaused",
+        "RolloutResumed",
+        "RolloutStalled",
+    ]
+    assert {a.kind for a in pending.settled} == {AlertKind.PAUSED, AlertKind.STALLED, AlertKind.RESUMED}
 
 
 # --- Alert.from_json: the pending alerts read back -----------------------------------------------
