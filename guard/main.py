@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from kubernetes_asyncio import client
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Reflector, Subscriber, api_client, raw_body, slim_lists
@@ -30,7 +30,7 @@ from guard.notify.notifier import Notifier
 from guard.notify.sinks import KubeSecretReader
 from guard.outbox import Outbox
 from guard.rollout import DaemonSetState
-from guard.store import Dirty
+from guard.store import Dirty, Store
 
 log = logging.getLogger("dsguard.guard")
 
@@ -145,13 +145,56 @@ async def run_guard(
         else None
     )  # fmt: skip
 
-    restart = metrics.watch_restarts
+    reflectors = [
+        *cache_reflectors,
+        *guard_watches(api, guard.store, cache=cache, auditor=auditor, restarts=metrics.watch_restarts),
+    ]
+    tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
+    # Done once it has read the version: not one of the loops /healthz expects to run forever.
+    one_shot: list[asyncio.Task[None]] = []
+    if auditor is not None:
+        one_shot.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
+        tasks.append(asyncio.create_task(auditor.run(), name="audit"))
+    else:
+        log.info("background audit off (%s)", "--no-audit" if not audit else "policies from --policy-file")
+    if elector is not None:
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    tasks.append(asyncio.create_task(guard.run(), name="guard"))
+
+    app = health_app(tasks, reflectors, metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("guard %s serving /healthz /readyz /metrics on http://%s:%d", identity, host, port)
+
+    try:
+        await wait_for_shutdown_signal()
+    finally:
+        log.info("shutting down")
+        if elector is not None:
+            await elector.release()
+        await cancel_and_wait([*tasks, *one_shot])
+        await notifier.close(drain_timeout=10.0)
+        await runner.cleanup()
+        await session.close()
+        await api.close()
+
+
+def guard_watches(
+    api: client.ApiClient,
+    store: Store,
+    *,
+    cache: ClusterCache,
+    auditor: Auditor | None,
+    restarts: Counter,
+) -> list[Reflector]:
+    """The guard's own watches: DaemonSets, ControllerRevisions, pods and nodes, feeding its store
+    and, with the audit, the auditor (DaemonSets) and the cache (nodes)."""
 
     def reflector(name: str, list_fn: Any, *subscribers: Subscriber) -> Reflector:
         return Reflector(name, list_fn, subscribers=subscribers,
-                         on_restart=lambda reason: restart.labels(name, reason).inc())  # fmt: skip
+                         on_restart=lambda reason: restarts.labels(name, reason).inc())  # fmt: skip
 
-    store = guard.store
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     daemonsets = reflector(
         "daemonsets",
@@ -186,23 +229,18 @@ async def run_guard(
             Subscriber(store.replace_nodes, store.node_event),
             Subscriber(cache.replace_nodes, cache.node_event),
         )
-    reflectors = [*cache_reflectors, daemonsets, revisions, pods, nodes]
-    tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
-    # Done once it has read the version: not one of the loops /healthz expects to run forever.
-    one_shot: list[asyncio.Task[None]] = []
-    if auditor is not None:
-        one_shot.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
-        tasks.append(asyncio.create_task(auditor.run(), name="audit"))
-    else:
-        log.info("background audit off (%s)", "--no-audit" if not audit else "policies from --policy-file")
-    if elector is not None:
-        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
-    tasks.append(asyncio.create_task(guard.run(), name="guard"))
+    return [daemonsets, revisions, pods, nodes]
 
+
+def health_app(
+    tasks: Sequence[asyncio.Task[None]], reflectors: Sequence[Reflector], metrics: GuardMetrics
+) -> web.Application:
+    """/healthz: 500 once one of `tasks` (loops that run until shutdown) has stopped; /readyz:
+    503 until every watch has listed; /metrics."""
     app = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
-        dead = [t.get_name() for t in tasks if t.done()]  # the loops: each runs until shutdown
+        dead = [t.get_name() for t in tasks if t.done()]
         return web.Response(status=500, text=f"stopped: {dead}") if dead else web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
@@ -219,22 +257,7 @@ async def run_guard(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("guard %s serving /healthz /readyz /metrics on http://%s:%d", identity, host, port)
-
-    try:
-        await wait_for_shutdown_signal()
-    finally:
-        log.info("shutting down")
-        if elector is not None:
-            await elector.release()
-        await cancel_and_wait([*tasks, *one_shot])
-        await notifier.close(drain_timeout=10.0)
-        await runner.cleanup()
-        await session.close()
-        await api.close()
+    return app
 
 
 def default_identity() -> str:
