@@ -26,7 +26,13 @@ log = logging.getLogger("dsguard.cache")
 
 
 class ClusterCache:
-    def __init__(self, *, static_policies: Sequence[Policy] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        static_policies: Sequence[Policy] | None = None,
+        on_policies_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_policies_changed()`: called after the policies in force (or their errors) changed."""
         self._nodes: dict[str, NodeInfo] = {}
         self._namespaces: dict[str, Mapping[str, str]] = {}
         self._policies: dict[str, Policy] = {}
@@ -41,8 +47,10 @@ class ClusterCache:
         # policy name -> (metadata.generation, status) as stored: the audit writes status from these
         self.policy_meta: dict[str, tuple[int, Mapping[str, Any]]] = {}
         self.reflectors: list[Reflector] = []
+        self._await_nodes = False  # synced waits for a node list from a watch it shares (reflectors_for)
+        self._nodes_listed = False
         self.on_restart: Callable[[str, str], None] = lambda resource, reason: None
-        self.on_policies_changed: Callable[[], None] = lambda: None
+        self.on_policies_changed = on_policies_changed
 
     # -- snapshots read by the reviews -------------------------------------------------------
     @property
@@ -67,7 +75,11 @@ class ClusterCache:
 
     @property
     def synced(self) -> bool:
-        return all(r.synced.is_set() for r in self.reflectors) and self._server_version is not None
+        return (
+            all(r.synced.is_set() for r in self.reflectors)
+            and self._server_version is not None
+            and (self._nodes_listed or not self._await_nodes)
+        )
 
     def use_static_facts(self, nodes: Sequence[NodeInfo], server_version: str) -> None:
         """Serve fixed nodes with no watch (offline runs, benchmarks)."""
@@ -79,6 +91,7 @@ class ClusterCache:
     def replace_nodes(self, items: list[Obj]) -> None:
         self._nodes = {n.name: n for n in map(NodeInfo.from_node, items)}
         self._facts = self._node_tuple = None
+        self._nodes_listed = True
 
     def node_event(self, kind: str, obj: Obj) -> None:
         name = name_of(obj)
@@ -157,7 +170,15 @@ class ClusterCache:
                 log.error("%s; %s", e, why)
 
     # -- running -----------------------------------------------------------------------------
-    def reflectors_for(self, api: client.ApiClient, *, nodes: bool = True) -> list[Reflector]:
+    def reflectors_for(
+        self, api: client.ApiClient, *, nodes: bool = True, shared_nodes: bool = False
+    ) -> list[Reflector]:
+        """The watches that feed this cache; `synced` waits for them. `nodes`: a node watch of its
+        own. `shared_nodes` (with nodes=False): the caller runs a node watch that feeds this cache
+        too (replace_nodes, node_event), and `synced` waits for its first list as well."""
+        if nodes and shared_nodes:
+            raise ValueError("nodes=True is a node watch of its own: not shared_nodes as well")
+        self._await_nodes = shared_nodes
         core = client.CoreV1Api(api)
         self.reflectors = []
         if nodes:

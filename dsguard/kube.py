@@ -12,7 +12,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -148,11 +149,21 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (HTTP 410): list again."""
 
 
+@dataclass(frozen=True)
+class Subscriber:
+    """What a Reflector feeds: on_replace(items) after each (re)list, on_event(type, obj) for
+    ADDED/MODIFIED/DELETED."""
+
+    on_replace: Callable[[list[Obj]], None]
+    on_event: Callable[[str, Obj], None]
+
+
 class Reflector:
     """Keeps one resource's objects in step with the apiserver and calls back on every change.
 
-    on_replace(items) after each (re)list, on_event(type, obj) for ADDED/MODIFIED/DELETED.
-    `synced` is set after the first complete list.
+    on_replace(items) after each (re)list, on_event(type, obj) for ADDED/MODIFIED/DELETED; or,
+    for a watch several readers share, `subscribers`, each called in turn (on_replace/on_event,
+    when given, first). `synced` is set after the first complete list.
     """
 
     def __init__(
@@ -160,16 +171,27 @@ class Reflector:
         name: str,
         list_fn: ListFn,
         *,
-        on_replace: Callable[[list[Obj]], None],
-        on_event: Callable[[str, Obj], None],
+        on_replace: Callable[[list[Obj]], None] | None = None,
+        on_event: Callable[[str, Obj], None] | None = None,
+        subscribers: Sequence[Subscriber] = (),
         page_size: int = 500,
         watch_timeout: int = 300,
         on_restart: Callable[[str], None] | None = None,
     ) -> None:
+        if (on_replace is None) != (on_event is None):
+            raise TypeError("give on_replace and on_event together (or subscribers)")
+        subs = list(subscribers)
+        if on_replace is not None and on_event is not None:
+            subs.insert(0, Subscriber(on_replace, on_event))
+        if not subs:
+            raise TypeError(f"reflector {name}: nothing to feed (on_replace/on_event or subscribers)")
         self.name = name
         self._list = list_fn
-        self._on_replace = on_replace
-        self._on_event = on_event
+        self.subscribers = tuple(subs)
+        if len(subs) == 1:  # the common case: no fan-out on the hot path
+            self._on_replace, self._on_event = subs[0].on_replace, subs[0].on_event
+        else:
+            self._on_replace, self._on_event = self._replace_all, self._event_all
         self._page_size = page_size
         self._watch_timeout = watch_timeout
         self._on_restart = on_restart or (lambda reason: None)
@@ -178,6 +200,14 @@ class Reflector:
         # When list/watch began failing (time.monotonic()); None while it works. Cleared by the
         # next complete list, so a reader can tell a view that is falling behind.
         self.failing_since: float | None = None
+
+    def _replace_all(self, items: list[Obj]) -> None:
+        for s in self.subscribers:
+            s.on_replace(items)
+
+    def _event_all(self, kind: str, obj: Obj) -> None:
+        for s in self.subscribers:
+            s.on_event(kind, obj)
 
     async def run(self) -> None:
         backoff = 0.5

@@ -6,6 +6,7 @@ used offline never met an apiserver) and reports every error with its field path
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -162,20 +163,15 @@ class SecretRef:
 
 @dataclass(frozen=True)
 class AlertSink:
+    """One entry of spec.guard.alerts, as the parser accepted it (see `_alert` for the rules): the
+    URL inline (`url`, Webhook and Alertmanager only) or from a Secret (`url_secret_ref`), never
+    both; an HMAC key only from a Secret and only for Webhook. guard.notify.sinks.build_sinks
+    builds the sinks from these as they are."""
+
     type: AlertType
     url: str | None = None
     url_secret_ref: SecretRef | None = None
     hmac_secret_ref: SecretRef | None = None
-
-    def to_spec(self) -> dict[str, Any]:
-        """Back to the policy's YAML shape (what the notifiers are built from)."""
-        out: dict[str, Any] = {"type": self.type.value}
-        if self.url is not None:
-            out["url"] = self.url
-        for key, ref in (("urlSecretRef", self.url_secret_ref), ("hmacSecretRef", self.hmac_secret_ref)):
-            if ref is not None:
-                out[key] = {"namespace": ref.namespace, "name": ref.name, "key": ref.key}
-        return out
 
 
 @dataclass(frozen=True)
@@ -625,39 +621,87 @@ def _secret_ref(r: _Reader, raw: object, path: str) -> SecretRef | None:
     return SecretRef(ns, name, key)
 
 
+# An inline alert `url`: http:// or https://, a host (and port), then optionally a path, query or
+# fragment; no user info (a credential) and no whitespace. The CRD's `pattern` for the field is
+# this one, and it is matched whole (as the apiserver's RE2 does, and Python's fullmatch).
+INLINE_URL_PATTERN = r"^https?://[^\t\n\v\f\r /?#@]+([/?#][^\t\n\v\f\r ]*)?$"
+_INLINE_URL = re.compile(INLINE_URL_PATTERN)
+_WHITESPACE = frozenset("\t\n\v\f\r ")
+_URL_EXAMPLE = "e.g. https://alerts.example.com/dsguard"
+
+
+def _inline_url(r: _Reader, raw: object, path: str) -> str | None:
+    """The `url` of a Webhook or Alertmanager sink. Errors never repeat the value: a URL may carry
+    a credential even where it should not."""
+    url = r.string(raw, path)
+    if url is None or _INLINE_URL.fullmatch(url):
+        return url
+    scheme, sep, rest = url.partition("://")
+    authority = rest
+    for stop in "/?#":
+        authority = authority.split(stop, 1)[0]
+    if not sep or scheme not in ("http", "https"):
+        r.errors.add(path, f"must be an http:// or https:// URL; fix: {_URL_EXAMPLE}")
+    elif _WHITESPACE.intersection(url):
+        r.errors.add(path, "must not contain whitespace; fix: remove it (a space in a path is %20)")
+    elif "@" in authority:
+        r.errors.add(
+            path,
+            "carries user info before '@' (a credential); fix: put the whole URL in a Secret "
+            "and use urlSecretRef instead of url",
+        )
+    else:
+        r.errors.add(path, f"has no host; fix: {_URL_EXAMPLE}")
+    return None
+
+
 def _alert(r: _Reader, raw: object, path: str) -> AlertSink | None:
+    """One alert sink. The rules (the CRD's schema says the same):
+
+    - `type` is required: Slack, Webhook or Alertmanager;
+    - the URL is inline (`url`) or from a Secret (`urlSecretRef`), one of the two, except for
+      Slack: a Slack webhook URL is a credential, so only `urlSecretRef`;
+    - an inline `url` is http(s) with a host, without user info (a credential: use urlSecretRef)
+      or whitespace;
+    - `hmacSecretRef` (the signing key, only from a Secret) only for Webhook;
+    - a Secret reference names namespace, name and key.
+
+    An explicit null is taken as absent, as the apiserver prunes it."""
+    if raw is None:
+        r.errors.add(path, "must be a mapping with type and url or urlSecretRef")
+        return None
     m = r.mapping(raw, path)
     if m is None:
         return None
+    had_errors = len(r.errors.errors)
     _unknown_fields(r, m, path, {"type", "url", "urlSecretRef", "hmacSecretRef"})
     if m.get("type") is None:
         r.errors.add(f"{path}.type", "is required: one of Slack, Webhook, Alertmanager")
         return None
     kind = r.enum(m.get("type"), f"{path}.type", AlertType, AlertType.WEBHOOK)
+    has_url, has_url_ref = m.get("url") is not None, m.get("urlSecretRef") is not None
     url = None
-    if m.get("url") is not None:
-        url = r.string(m.get("url"), f"{path}.url")
-        if url is not None and not url.startswith(("https://", "http://")):
-            r.errors.add(f"{path}.url", f"{url!r} must be an http:// or https:// URL")
-    url_ref = _secret_ref(r, m.get("urlSecretRef"), f"{path}.urlSecretRef") if "urlSecretRef" in m else None
-    hmac_ref = (
-        _secret_ref(r, m.get("hmacSecretRef"), f"{path}.hmacSecretRef") if "hmacSecretRef" in m else None
-    )
     if kind is AlertType.SLACK:
-        if url is not None:
+        if has_url:
             r.errors.add(
                 f"{path}.url", "a Slack webhook URL is a credential: put it in a Secret and use urlSecretRef"
             )
-        elif url_ref is None:
+        elif not has_url_ref:
             r.errors.add(
                 f"{path}.urlSecretRef", "is required for Slack (the Secret key holding the webhook URL)"
             )
-    elif url is None and url_ref is None:
+    elif has_url:
+        url = _inline_url(r, m["url"], f"{path}.url")
+    elif not has_url_ref:
         r.errors.add(f"{path}.url", f"is required for {kind.value} (or urlSecretRef)")
-    if url is not None and url_ref is not None:
+    url_ref = _secret_ref(r, m.get("urlSecretRef"), f"{path}.urlSecretRef")
+    if has_url and has_url_ref:
         r.errors.add(f"{path}.urlSecretRef", "give url or urlSecretRef, not both")
-    if hmac_ref is not None and kind is not AlertType.WEBHOOK:
+    hmac_ref = _secret_ref(r, m.get("hmacSecretRef"), f"{path}.hmacSecretRef")
+    if m.get("hmacSecretRef") is not None and kind is not AlertType.WEBHOOK:
         r.errors.add(f"{path}.hmacSecretRef", "applies only to type Webhook")
+    if len(r.errors.errors) > had_errors:
+        return None
     return AlertSink(type=kind, url=url, url_secret_ref=url_ref, hmac_secret_ref=hmac_ref)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from dsguard.annotations import (
     ALERTS_PENDING,
@@ -44,6 +44,14 @@ MAX_REASON = 1000  # annotations are small; the full list goes to the Event and 
 # delivery, so the cap only matters while sinks are down for long.
 MAX_PENDING_FAILING = 20
 MAX_PENDING_BYTES = 32 * 1024
+
+PatchBody = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a JSON patch is a list of operations
+
+
+class DaemonSetPatcher(Protocol):
+    """Sends a patch of one of the content types above (guard.main.KubePatcher: the apiserver)."""
+
+    async def patch(self, namespace: str, name: str, body: PatchBody, content_type: str) -> None: ...
 
 
 def _clip(text: str) -> str:

@@ -78,6 +78,7 @@ class Auditor:
         metrics: GuardMetrics,
         *,
         is_leader: Callable[[], bool] = lambda: True,
+        wake: asyncio.Event | None = None,
         resync: float = 300.0,
         min_interval: float = 1.0,
         tick: float = 1.0,
@@ -94,7 +95,8 @@ class Auditor:
         self.now = now
         self.daemonsets: dict[tuple[str, str], Obj] = {}
         self.daemonsets_synced = False
-        self._wake = asyncio.Event()
+        # set by mark(), or by whoever shares it (`wake`): a policy change, a new leader
+        self._wake = wake if wake is not None else asyncio.Event()
         # A wake-up that couldn't be served yet (follower, caches not synced). The event itself is
         # cleared on every pass: left set, wait() would return at once and the loop would spin.
         self._pending = False

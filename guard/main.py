@@ -7,30 +7,36 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from kubernetes_asyncio import client
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.kube import Obj, Reflector, api_client, raw_body, slim_lists
+from dsguard.kube import Reflector, Subscriber, api_client, raw_body, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.pod_health import REVISION_LABEL, slim_node, slim_node_with_placement, slim_pod
-from dsguard.policy import GuardPolicy, Policy
+from dsguard.policy import Policy
+from guard.actions import PatchBody
 from guard.audit_loop import Auditor, KubeStatusWriter
-from guard.controller import Guard, PatchBody
+from guard.controller import Guard, PolicyLookup
 from guard.leader import LeaderElector
 from guard.metrics import GuardMetrics
-from guard.notify.alert import Alert
-from guard.notify.dispatch import AlertDispatcher, delivery_counter
 from guard.notify.events import EventRecorder
-from guard.notify.sinks import KubeSecretReader, Sink, build_sinks
+from guard.notify.notifier import Notifier
+from guard.notify.sinks import KubeSecretReader
+from guard.outbox import Outbox
 from guard.rollout import DaemonSetState
+from guard.store import Dirty, Store
 
 log = logging.getLogger("dsguard.guard")
+
+
+def _always() -> bool:
+    return True
 
 
 class KubePatcher:
@@ -49,62 +55,7 @@ class KubePatcher:
         )
 
 
-class Notifier:
-    """One dispatcher per distinct `alerts` list, each with the always-on Event sink first.
-
-    `on_settled` and `will_resend` go to every dispatcher (Guard.alert_settled, Guard.will_resend:
-    the pending alerts on the DaemonSets)."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        api: client.ApiClient,
-        registry: Any,
-        *,
-        give_up_after: float = 1800.0,
-        on_settled: Callable[[Alert], None] | None = None,
-        will_resend: Callable[[Alert], bool] | None = None,
-    ) -> None:
-        self.session = session
-        self.secrets = KubeSecretReader(api)
-        self.recorder = EventRecorder.for_client(api)
-        self.counter = delivery_counter(registry)
-        self.give_up_after = give_up_after
-        self.on_settled = on_settled
-        self.will_resend = will_resend
-        self._dispatchers: dict[tuple[Any, ...], AlertDispatcher] = {}
-
-    def _dispatcher(self, guard: GuardPolicy) -> AlertDispatcher:
-        key = guard.alerts
-        found = self._dispatchers.get(key)
-        if found is None:
-            sinks: list[Sink] = [self.recorder]
-            try:
-                sinks += build_sinks([a.to_spec() for a in guard.alerts], self.session, self.secrets)
-            except ValueError as e:  # the policy parser checks the same; keep the Event sink regardless
-                log.error("alert sinks: %s; sending Events only", e)
-            found = AlertDispatcher(
-                sinks,
-                recorder=self.recorder,
-                metrics=self.counter,
-                give_up_after=self.give_up_after,
-                on_settled=self.on_settled,
-                will_resend=self.will_resend,
-            )
-            self._dispatchers[key] = found
-        return found
-
-    def __call__(self, alert: Alert, guard: GuardPolicy) -> None:
-        dispatcher = self._dispatcher(guard)
-        asyncio.get_running_loop().create_task(dispatcher.start())
-        dispatcher.submit(alert)
-
-    async def close(self, drain_timeout: float) -> None:
-        for d in self._dispatchers.values():
-            await d.close(drain_timeout)
-
-
-def policies_matching(cache: ClusterCache) -> Any:
+def policies_matching(cache: ClusterCache) -> PolicyLookup:
     def lookup(ds: DaemonSetState) -> list[Policy]:
         ns_labels = cache.facts.namespace_labels(ds.namespace)
         return [
@@ -133,94 +84,71 @@ async def run_guard(
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
-    cache = ClusterCache(static_policies=policies)
     session = aiohttp.ClientSession()
-    guard: Guard
+    patcher = KubePatcher(api)
+    # The audit writes DaemonSetPolicy status, so it needs the policies to come from the cluster.
+    auditing = audit and policies is None
+    # What wakes the loops: the DaemonSets the guard decides for again, the audit's wake-up.
+    dirty = Dirty()
+    audit_wake = asyncio.Event()
+
+    def policies_changed() -> None:
+        dirty.mark_all()
+        audit_wake.set()
+
+    def leadership_changed(leading: bool) -> None:
+        metrics.leader.set(1 if leading else 0)
+        dirty.mark_all()  # a new leader decides for everything at once
+        audit_wake.set()
+
+    cache = ClusterCache(static_policies=policies, on_policies_changed=policies_changed)
+    elector = (
+        LeaderElector(
+            api, namespace=lease_namespace, name=lease_name, identity=identity, lease_duration=lease_duration,
+            renew_deadline=lease_duration * 2 / 3, retry=lease_duration / 7.5, on_change=leadership_changed,
+        )
+        if leader_election
+        else None
+    )  # fmt: skip
+    is_leader = elector.is_leader if elector is not None else _always
+    if elector is None:
+        metrics.leader.set(1)
+
+    # The watches the policy lookup reads (namespaces, and the policies unless from files): the
+    # guard resends pending alerts once they (and its own) have listed. With the audit, the guard's
+    # node watch (below) feeds the cache too, and cache.synced waits for it.
+    cache_reflectors = cache.reflectors_for(api, nodes=False, shared_nodes=auditing)
+
+    def policies_known() -> bool:
+        return all(r.synced.is_set() for r in cache_reflectors)
+
+    outbox = Outbox(patcher=patcher, mark=dirty.mark, metrics=metrics)
+    recorder = EventRecorder.for_client(api)
     notifier = Notifier(
-        session,
-        api,
-        metrics.registry,
-        on_settled=lambda alert: guard.alert_settled(alert),
-        will_resend=lambda alert: guard.will_resend(alert),
+        session, secrets=KubeSecretReader(api), recorder=recorder, registry=metrics.registry, pending=outbox
     )
     guard = Guard(
         policies_for=policies_matching(cache),
-        patcher=KubePatcher(api),
+        patcher=patcher,
+        outbox=outbox,
         notify=notifier,
+        dirty=dirty,
+        is_leader=is_leader,
+        ready=policies_known,
         metrics=metrics,
         tick=tick,
     )
-    # The audit writes DaemonSetPolicy status, so it needs the policies to come from the cluster.
     auditor = (
-        Auditor(cache, KubeStatusWriter(api), notifier.recorder, metrics, is_leader=lambda: guard.is_leader(),
+        Auditor(cache, KubeStatusWriter(api), recorder, metrics, is_leader=is_leader, wake=audit_wake,
                 resync=audit_resync)
-        if audit and policies is None
+        if auditing
         else None
     )  # fmt: skip
 
-    def policies_changed() -> None:
-        guard.mark_all()
-        if auditor is not None:
-            auditor.mark()
-
-    cache.on_policies_changed = policies_changed
-    restart = metrics.watch_restarts
-
-    def replace_daemonsets(items: list[Obj]) -> None:
-        guard.replace_daemonsets(items)
-        if auditor is not None:
-            auditor.replace_daemonsets(items)
-
-    def daemonset_event(kind: str, obj: Obj) -> None:
-        guard.daemonset_event(kind, obj)
-        if auditor is not None:
-            auditor.daemonset_event(kind, obj)
-
-    def reflector(name: str, list_fn: Any, on_replace: Any, on_event: Any) -> Reflector:
-        return Reflector(name, list_fn, on_replace=on_replace, on_event=on_event,
-                         on_restart=lambda reason: restart.labels(name, reason).inc())  # fmt: skip
-
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     reflectors = [
-        *cache.reflectors_for(api, nodes=False),
-        reflector("daemonsets", apps.list_daemon_set_for_all_namespaces, replace_daemonsets, daemonset_event),
-        reflector(
-            "controllerrevisions",
-            apps.list_controller_revision_for_all_namespaces,
-            guard.replace_revisions,
-            guard.revision_event,
-        ),
-        # One cluster-wide pod watch, narrowed to pods that carry a revision hash (DaemonSet and
-        # StatefulSet pods); PodView drops the StatefulSet ones.
-        reflector(
-            "pods",
-            slim_lists(
-                functools.partial(core.list_pod_for_all_namespaces, label_selector=REVISION_LABEL), slim_pod
-            ),
-            guard.replace_pods,
-            guard.pod_event,
-        ),
+        *cache_reflectors,
+        *guard_watches(api, guard.store, cache=cache, auditor=auditor, restarts=metrics.watch_restarts),
     ]
-    if auditor is None:
-        nodes = reflector(
-            "nodes", slim_lists(core.list_node, slim_node), guard.replace_nodes, guard.node_event
-        )
-    else:
-        # One node watch for both: the rollout decisions read the Ready condition, the audit the
-        # placement fields (labels, taints, kubelet version); each page is cut to those.
-        def replace_nodes(items: list[Obj]) -> None:
-            guard.replace_nodes(items)
-            cache.replace_nodes(items)
-
-        def node_event(kind: str, obj: Obj) -> None:
-            guard.node_event(kind, obj)
-            cache.node_event(kind, obj)
-
-        nodes = reflector(
-            "nodes", slim_lists(core.list_node, slim_node_with_placement), replace_nodes, node_event
-        )
-        cache.reflectors.append(nodes)  # the audit waits for it (cache.synced)
-    reflectors.append(nodes)
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
     # Done once it has read the version: not one of the loops /healthz expects to run forever.
     one_shot: list[asyncio.Task[None]] = []
@@ -229,48 +157,11 @@ async def run_guard(
         tasks.append(asyncio.create_task(auditor.run(), name="audit"))
     else:
         log.info("background audit off (%s)", "--no-audit" if not audit else "policies from --policy-file")
-    elector: LeaderElector | None = None
-
-    def leadership_changed(leading: bool) -> None:
-        metrics.leader.set(1 if leading else 0)
-        guard.mark_all()  # a new leader decides for everything at once
-        if auditor is not None:
-            auditor.mark()
-
-    if leader_election:
-        elector = LeaderElector(
-            api, namespace=lease_namespace, name=lease_name, identity=identity, lease_duration=lease_duration,
-            renew_deadline=lease_duration * 2 / 3, retry=lease_duration / 7.5,
-            on_change=leadership_changed,
-        )  # fmt: skip
-        guard.is_leader = elector.is_leader
+    if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
-    else:
-        metrics.leader.set(1)
-    # pending alerts are resent once the policies (and the namespaces they match on) are known
-    guard.ready = lambda: all(r.synced.is_set() for r in reflectors)
     tasks.append(asyncio.create_task(guard.run(), name="guard"))
 
-    app = web.Application()
-
-    async def healthz(_: web.Request) -> web.Response:
-        dead = [t.get_name() for t in tasks if t.done()]  # the loops: each runs until shutdown
-        return web.Response(status=500, text=f"stopped: {dead}") if dead else web.Response(text="ok")
-
-    async def readyz(_: web.Request) -> web.Response:
-        pending = [r.name for r in reflectors if not r.synced.is_set()]
-        return (
-            web.Response(status=503, text=f"waiting for: {pending}") if pending else web.Response(text="ok")
-        )
-
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    app = health_app(tasks, reflectors, metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -287,6 +178,86 @@ async def run_guard(
         await runner.cleanup()
         await session.close()
         await api.close()
+
+
+def guard_watches(
+    api: client.ApiClient,
+    store: Store,
+    *,
+    cache: ClusterCache,
+    auditor: Auditor | None,
+    restarts: Counter,
+) -> list[Reflector]:
+    """The guard's own watches: DaemonSets, ControllerRevisions, pods and nodes, feeding its store
+    and, with the audit, the auditor (DaemonSets) and the cache (nodes)."""
+
+    def reflector(name: str, list_fn: Any, *subscribers: Subscriber) -> Reflector:
+        return Reflector(name, list_fn, subscribers=subscribers,
+                         on_restart=lambda reason: restarts.labels(name, reason).inc())  # fmt: skip
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    daemonsets = reflector(
+        "daemonsets",
+        apps.list_daemon_set_for_all_namespaces,
+        Subscriber(store.replace_daemonsets, store.daemonset_event),
+        *([Subscriber(auditor.replace_daemonsets, auditor.daemonset_event)] if auditor else []),
+    )
+    revisions = reflector(
+        "controllerrevisions",
+        apps.list_controller_revision_for_all_namespaces,
+        Subscriber(store.replace_revisions, store.revision_event),
+    )
+    # One cluster-wide pod watch, narrowed to pods that carry a revision hash (DaemonSet and
+    # StatefulSet pods); PodView drops the StatefulSet ones.
+    pods = reflector(
+        "pods",
+        slim_lists(
+            functools.partial(core.list_pod_for_all_namespaces, label_selector=REVISION_LABEL), slim_pod
+        ),
+        Subscriber(store.replace_pods, store.pod_event),
+    )
+    if auditor is None:
+        nodes = reflector(
+            "nodes", slim_lists(core.list_node, slim_node), Subscriber(store.replace_nodes, store.node_event)
+        )
+    else:
+        # One node watch for both: the rollout decisions read the Ready condition, the audit the
+        # placement fields (labels, taints, kubelet version); each page is cut to those.
+        nodes = reflector(
+            "nodes",
+            slim_lists(core.list_node, slim_node_with_placement),
+            Subscriber(store.replace_nodes, store.node_event),
+            Subscriber(cache.replace_nodes, cache.node_event),
+        )
+    return [daemonsets, revisions, pods, nodes]
+
+
+def health_app(
+    tasks: Sequence[asyncio.Task[None]], reflectors: Sequence[Reflector], metrics: GuardMetrics
+) -> web.Application:
+    """/healthz: 500 once one of `tasks` (loops that run until shutdown) has stopped; /readyz:
+    503 until every watch has listed; /metrics."""
+    app = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        dead = [t.get_name() for t in tasks if t.done()]
+        return web.Response(status=500, text=f"stopped: {dead}") if dead else web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        pending = [r.name for r in reflectors if not r.synced.is_set()]
+        return (
+            web.Response(status=503, text=f"waiting for: {pending}") if pending else web.Response(text="ok")
+        )
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
 
 
 def default_identity() -> str:

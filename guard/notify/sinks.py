@@ -25,7 +25,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -37,8 +36,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from yarl import URL
 
-from dsguard.fielderrors import ErrorList
-from dsguard.policy import SecretRef
+from dsguard.policy import AlertSink, AlertType, SecretRef
 from guard.notify.alert import Alert, AlertKind, rfc3339
 
 SIGNATURE_HEADER = "X-Dsguard-Signature"
@@ -443,86 +441,41 @@ class AlertmanagerSink(_HTTPSink):
 
 # --- from the policy ------------------------------------------------------------------------------
 
-_TYPES = ("Slack", "Webhook", "Alertmanager")
-_FIELDS = {"type", "url", "urlSecretRef", "hmacSecretRef"}
-_URL_RE = re.compile(r"^https?://[^/\s]+", re.IGNORECASE)
-
-
-def _secret_ref(errors: ErrorList, raw: object, path: str) -> SecretRef | None:
-    if not isinstance(raw, Mapping):
-        errors.add(path, "must be an object with namespace, name and key")
-        return None
-    for unknown in sorted(set(raw) - {"namespace", "name", "key"}):
-        errors.add(f"{path}.{unknown}", "unknown field; expected namespace, name, key")
-    values = []
-    for f in ("namespace", "name", "key"):
-        v = raw.get(f)
-        if not isinstance(v, str) or not v:
-            errors.add(f"{path}.{f}", "is required (a non-empty string)")
-        values.append(v if isinstance(v, str) else "")
-    return SecretRef(*values) if all(values) else None
-
 
 def build_sinks(
-    alert_specs: Sequence[Mapping[str, Any]],
+    alerts: Sequence[AlertSink],
     session: aiohttp.ClientSession,
     secrets: SecretReader,
     *,
-    path: str = "spec.guard.alerts",
     name_prefix: str = "",
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[Sink]:
-    """Sinks for a policy's `alerts` (AlertSink.to_spec() shape), named `<prefix><type>-<index>`.
+    """Sinks for a policy's `spec.guard.alerts`, named `<prefix><type>-<index>`.
 
-    Secrets are not read here but at each send. Every problem is reported at once as an
-    InvalidSpec (a ValueError) naming its field, e.g. `spec.guard.alerts[1].url: ...`. The
-    always-on Events sink is not among these: add the EventRecorder yourself.
+    The AlertSinks are as dsguard.policy parsed them: that parser is the one place the rules on
+    alert sinks are checked (and reported with their field paths), so nothing is checked here
+    again. Secrets are not read here but at each send. The always-on Events sink is not among
+    these: add the EventRecorder yourself.
     """
-    errors = ErrorList()
     sinks: list[Sink] = []
-    for i, spec in enumerate(alert_specs):
-        p = f"{path}[{i}]"
-        if not isinstance(spec, Mapping):
-            errors.add(p, "must be an object")
-            continue
-        for unknown in sorted(set(spec) - _FIELDS):
-            errors.add(f"{p}.{unknown}", f"unknown field; expected one of {', '.join(sorted(_FIELDS))}")
-        kind = spec.get("type")
-        if kind not in _TYPES:
-            errors.add(f"{p}.type", f"{kind!r} is not one of {', '.join(_TYPES)}" if kind else "is required")
-            continue
-        url: str | SecretValue | None = None
-        raw_url = spec.get("url")
-        if raw_url is not None:
-            if not isinstance(raw_url, str) or not _URL_RE.match(raw_url):
-                # Never echo it: a Slack URL is a credential even where it shouldn't be inline.
-                errors.add(f"{p}.url", "must be an http:// or https:// URL")
-            else:
-                url = raw_url
-        if "urlSecretRef" in spec:
-            ref = _secret_ref(errors, spec["urlSecretRef"], f"{p}.urlSecretRef")
-            if raw_url is not None:
-                errors.add(f"{p}.urlSecretRef", "set url or urlSecretRef, not both")
-            elif ref is not None:
-                url = SecretValue.from_secret(ref, secrets)
-        elif raw_url is None:
-            need = "urlSecretRef (or url)" if kind == "Slack" else "url (or urlSecretRef)"
-            errors.add(f"{p}.{need.split()[0]}", f"is required for {kind}: {need}")
-        hmac_key: SecretValue | None = None
-        if "hmacSecretRef" in spec:
-            if kind != "Webhook":
-                errors.add(f"{p}.hmacSecretRef", "applies only to type Webhook")
-            ref = _secret_ref(errors, spec["hmacSecretRef"], f"{p}.hmacSecretRef")
-            if ref is not None:
-                hmac_key = SecretValue.from_secret(ref, secrets)
-        if url is None:
-            continue
-        name = f"{name_prefix}{kind.lower()}-{i}"
-        if kind == "Slack":
+    for i, alert in enumerate(alerts):
+        name = f"{name_prefix}{alert.type.value.lower()}-{i}"
+        url: str | SecretValue
+        if alert.url_secret_ref is not None:
+            url = SecretValue.from_secret(alert.url_secret_ref, secrets)
+        elif alert.url is not None:
+            url = alert.url
+        else:  # not what the parser makes
+            raise ValueError(f"alert sink {name} has neither url nor urlSecretRef")
+        if alert.type is AlertType.SLACK:
             sinks.append(SlackSink(url, session, timeout=timeout, name=name))
-        elif kind == "Webhook":
+        elif alert.type is AlertType.WEBHOOK:
+            hmac_key = (
+                SecretValue.from_secret(alert.hmac_secret_ref, secrets)
+                if alert.hmac_secret_ref is not None
+                else None
+            )
             sinks.append(WebhookSink(url, session, hmac_key=hmac_key, timeout=timeout, name=name))
         else:
             sinks.append(AlertmanagerSink(url, session, timeout=timeout, name=name))
-    errors.raise_if_any()
     return sinks

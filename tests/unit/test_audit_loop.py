@@ -662,6 +662,21 @@ async def test_daemonset_status_update_does_not_wake_the_auditor_but_a_spec_chan
     assert rig.writer.last("log-collector")["violationCount"] == 0
 
 
+async def test_a_wake_shared_at_construction_wakes_the_audit() -> None:
+    """guard.main hands the same wake-up to the policy cache and the leader election."""
+    wake = asyncio.Event()
+    rig = make_rig(tick=0.02, min_interval=0.01)
+    auditor = Auditor(
+        rig.cache, rig.writer, None, rig.metrics, wake=wake, resync=RESYNC, tick=60, min_interval=0.01
+    )
+    auditor.replace_daemonsets(daemonsets())  # as the watch lists: a wake-up too
+    async with running(auditor):
+        await until("the first audit", lambda: rig.sample("dsguard_audit_runs_total") == 1)
+        assert not wake.is_set()
+        wake.set()  # say a policy changed: well before the 60 s tick
+        await until("the re-audit", lambda: rig.sample("dsguard_audit_runs_total") == 2)
+
+
 async def test_not_leader_writes_nothing_until_it_leads() -> None:
     leader = LeaderFlag(False)
     rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)

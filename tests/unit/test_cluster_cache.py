@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import client
 
 from dsguard.cluster_cache import ClusterCache
 
@@ -86,3 +87,30 @@ def test_an_invalid_edit_keeps_the_previous_version_and_reports_it_once(
     assert len(errors) == 1 and "still enforcing its previous valid version" in errors[0].getMessage()
     cache.policy_event("MODIFIED", policy("p", 2, max_unavailable="110%", status={"x": 1}))
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1  # not logged again
+
+
+def test_policy_changes_reach_the_hook_given_at_construction() -> None:
+    calls: list[str] = []
+    cache = ClusterCache(on_policies_changed=lambda: calls.append("changed"))
+    cache.replace_policies([policy("p")])
+    assert calls == ["changed"]
+
+
+async def test_synced_waits_for_a_shared_node_watch_too() -> None:
+    """The auditing guard feeds the cache from its own node watch; the audit waits for it."""
+    async with client.ApiClient() as api:
+        cache = ClusterCache()
+        [namespaces, policies] = cache.reflectors_for(api, nodes=False, shared_nodes=True)
+        namespaces.synced.set()
+        policies.synced.set()
+        cache.use_static_facts([], "v1.37.2")  # the server version read
+        assert not cache.synced
+        cache.replace_nodes([node("a")])
+        assert cache.synced
+        unshared = ClusterCache()
+        for r in unshared.reflectors_for(api, nodes=False):
+            r.synced.set()
+        unshared.use_static_facts([], "v1.37.2")
+        assert unshared.synced
+        with pytest.raises(ValueError, match="not shared_nodes as well"):
+            ClusterCache().reflectors_for(api, nodes=True, shared_nodes=True)

@@ -1,7 +1,7 @@
 """The guard's pending alerts (dsguard.io/alerts-pending): written with the action, cleared once
-settled, resent by a guard that did not send them. Guard against the fake apiserver of
-test_guard_controller (merge patches with resourceVersion preconditions, JSON patches with 422
-on a failed `test`), plus the pure helpers in guard.actions.
+settled, resent by a guard that did not send them. A Guard and its Outbox against the fake
+apiserver of tests.support.guard_fakes (merge patches with resourceVersion preconditions, JSON
+patches with 422 on a failed `test`), plus the pure helpers in guard.actions.
 """
 
 from __future__ import annotations
@@ -18,38 +18,23 @@ import pytest
 from dsguard.annotations import ALERTS_PENDING, PAUSED
 from dsguard.policy import GuardAction, GuardPolicy, Match, Policy
 from guard import actions
-from guard.controller import OUTBOX_MEMORY
+from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert, AlertKind, FailingPod
+from guard.outbox import OUTBOX_MEMORY, Outbox
 from guard.rollout import DaemonSetState
-from tests.unit.test_guard_controller import T0, Harness, ds_obj, revision_obj
+from guard.store import Tracked
+from tests.support.guard_fakes import (
+    T0,
+    FakeApiserver,
+    Harness,
+    ds_obj,
+    ds_with_pending,
+    foreign_alert,
+    pending,
+    revision_obj,
+)
 
 JSON_PATCH = "application/json-patch+json"
-
-
-def pending(h: Harness, name: str = "agent") -> list[dict[str, Any]]:
-    raw = h.api.get(name)["metadata"].get("annotations", {}).get(ALERTS_PENDING)
-    return [] if raw is None else list(json.loads(raw))
-
-
-def foreign_alert(uid: str = "uid-1", kind: AlertKind = AlertKind.PAUSED, revision: str = "bad") -> Alert:
-    """An alert another guard wrote (and was killed before it was delivered)."""
-    return Alert(
-        kind=kind,
-        namespace="ns",
-        daemonset="agent",
-        uid=uid,
-        revision=revision,
-        summary="paused the rollout: 2 of 3 pods failing",
-        failing=(FailingPod("agent-0", "node-agent-0", "CrashLoopBackOff"),),
-        policy="agents",
-        at=datetime(2027, 1, 15, 8, 0, 0, 123456, tzinfo=UTC),
-    )
-
-
-def ds_with_pending(*entries: Any, raw: str | None = None) -> dict[str, Any]:
-    obj = ds_obj()
-    obj["metadata"]["annotations"][ALERTS_PENDING] = raw if raw is not None else json.dumps(list(entries))
-    return obj
 
 
 def leader_harness(*objs: dict[str, Any], **kw: Any) -> Harness:
@@ -111,7 +96,7 @@ async def test_resume_patch_appends_its_alert_to_the_ones_still_pending() -> Non
     h.rollout(failing=2)
     await h.process()
     h.watch()  # paused, its alert still pending (the sinks have not settled it)
-    h.guard.revision_event("ADDED", revision_obj("fixed", 3))
+    h.store.revision_event("ADDED", revision_obj("fixed", 3))
     h.api.bump("agent", spec=True)
     h.watch()
     await h.process()
@@ -142,7 +127,7 @@ async def test_a_settled_alert_is_cleared_with_a_json_patch_that_tests_the_exact
     h.rollout(failing=2)
     await h.process()
     [alert] = h.alerts
-    h.guard.alert_settled(alert)  # delivered before the watch brought our own patch
+    h.outbox.alert_settled(alert)  # delivered before the watch brought our own patch
     await h.process()
     assert len(h.api.patches) == 1  # the annotation as seen has no such entry yet: wait
     h.watch()
@@ -172,7 +157,7 @@ async def test_a_clear_refused_because_the_value_changed_waits_for_the_next_vers
     annotations = h.api.objs["agent"]["metadata"]["annotations"]
     annotations[ALERTS_PENDING] = json.dumps([*json.loads(annotations[ALERTS_PENDING]), other])
     h.api.bump("agent")
-    h.guard.alert_settled(alert)
+    h.outbox.alert_settled(alert)
     await h.process()
     assert h.api.content_types[-1] == JSON_PATCH
     assert len(pending(h)) == 2  # refused: 422
@@ -191,13 +176,13 @@ async def test_a_settled_alert_whose_daemonset_is_gone_or_never_shows_up_is_forg
     h.rollout(failing=2)
     await h.process()
     [alert] = h.alerts
-    h.guard.alert_settled(alert)
+    h.outbox.alert_settled(alert)
     h.advance(OUTBOX_MEMORY + 1)  # the watch never brought our patch (someone overwrote it)
     await h.process()
-    assert h.guard._to_clear == {}
-    h.guard.daemonset_event("DELETED", h.api.get())
+    assert h.outbox._to_clear == {}
+    h.store.daemonset_event("DELETED", h.api.get())
     await h.process()
-    assert h.guard._submitted == {} and h.guard._pending == {}
+    assert h.outbox._submitted == {} and h.outbox._pending == {}
 
 
 async def test_the_alert_of_a_resume_by_someone_else_is_best_effort_not_pending() -> None:
@@ -205,20 +190,20 @@ async def test_the_alert_of_a_resume_by_someone_else_is_best_effort_not_pending(
     h.rollout(failing=2)
     await h.process()
     h.watch()
-    h.guard.alert_settled(h.alerts[0])
+    h.outbox.alert_settled(h.alerts[0])
     await h.process()
     h.watch()
     obj = h.api.get()
     obj["metadata"]["annotations"] = {}
     obj["metadata"]["resourceVersion"] = "99"
-    h.guard.daemonset_event("MODIFIED", obj)  # `dsguard resume` by a person
+    h.store.daemonset_event("MODIFIED", obj)  # `dsguard resume` by a person
     resumed = h.alerts[-1]
     assert resumed.kind is AlertKind.RESUMED
-    assert not h.guard.will_resend(resumed)
+    assert not h.outbox.will_resend(resumed)
     patches = len(h.api.patches)
-    h.guard.alert_settled(resumed)
+    h.outbox.alert_settled(resumed)
     await h.process()
-    assert len(h.api.patches) == patches and h.guard._to_clear.get("uid-1", {}) == {}
+    assert len(h.api.patches) == patches and h.outbox._to_clear.get("uid-1", {}) == {}
 
 
 # --- pending alerts this process did not send are resent --------------------------------------
@@ -232,12 +217,12 @@ async def test_a_pending_alert_another_guard_wrote_is_resent_once_then_cleared()
     assert h.sent_with == [POLICY_GUARD]
     assert h.metrics.registry.get_sample_value("dsguard_guard_alerts_resent_total") == 1
     assert h.gauge("dsguard_guard_alerts_pending") == 1
-    assert h.guard.will_resend(alert)
+    assert h.outbox.will_resend(alert)
     await h.process()
     h.watch()
     await h.process()
     assert h.alerts == [alert]  # once
-    h.guard.alert_settled(alert)
+    h.outbox.alert_settled(alert)
     await h.process()
     assert pending(h) == []
     h.watch()
@@ -271,18 +256,18 @@ async def test_the_guards_own_pending_alerts_are_not_resent() -> None:
 async def test_a_follower_neither_resends_nor_clears() -> None:
     alert = foreign_alert()
     h = leader_harness(ds_with_pending(alert.to_json()))
-    h.guard.is_leader = lambda: False
+    h.leading = False
     await h.process()
     assert h.alerts == [] and h.api.patches == []
     assert h.gauge("dsguard_guard_alerts_pending") == 1  # it still counts what it sees
-    h.guard.is_leader = lambda: True  # elected
+    h.leading = True  # elected
     await h.process()
     assert h.alerts == [alert]
-    h.guard.alert_settled(alert)
-    h.guard.is_leader = lambda: False  # and lost the lease before clearing
+    h.outbox.alert_settled(alert)
+    h.leading = False  # and lost the lease before clearing
     await h.process()
     assert h.api.patches == [] and len(pending(h)) == 1
-    h.guard.is_leader = lambda: True
+    h.leading = True
     await h.process()
     assert pending(h) == []
     assert h.alerts == [alert]
@@ -291,10 +276,10 @@ async def test_a_follower_neither_resends_nor_clears() -> None:
 async def test_nothing_is_resent_before_every_watch_has_listed() -> None:
     alert = foreign_alert()
     h = leader_harness(ds_with_pending(alert.to_json()))
-    h.guard.ready = lambda: False  # the policies may not be known yet: the alert would miss its sinks
+    h.listed = False  # the policies may not be known yet: the alert would miss its sinks
     await h.process()
     assert h.alerts == []
-    h.guard.ready = lambda: True
+    h.listed = True
     await h.process()
     assert h.alerts == [alert]
 
@@ -341,7 +326,7 @@ async def test_a_hostile_pending_annotation_is_removed_not_a_crash(raw: str) -> 
     """Anyone who may annotate the DaemonSet writes this annotation: neither the leader nor a
     follower may crash on it (a crash would stop the guard for every DaemonSet)."""
     follower = leader_harness(ds_with_pending(raw=raw))
-    follower.guard.is_leader = lambda: False
+    follower.leading = False
     await follower.process()
     h = leader_harness(ds_with_pending(raw=raw))
     await h.process()
@@ -366,7 +351,7 @@ async def test_a_refused_clear_other_than_a_conflict_is_tried_again() -> None:
     alert = foreign_alert()
     h = leader_harness(ds_with_pending(alert.to_json()))
     await h.process()
-    h.guard.alert_settled(alert)
+    h.outbox.alert_settled(alert)
     h.api.fail_with = 500
     await h.process()
     assert len(pending(h)) == 1
@@ -374,7 +359,7 @@ async def test_a_refused_clear_other_than_a_conflict_is_tried_again() -> None:
     assert pending(h) == []
 
 
-# --- Guard.will_resend and the dispatcher's view ---------------------------------------------------
+# --- Outbox.will_resend and the dispatcher's view ---------------------------------------------------
 
 
 async def test_will_resend_is_true_for_pending_alerts_only() -> None:
@@ -382,8 +367,81 @@ async def test_will_resend_is_true_for_pending_alerts_only() -> None:
     h.rollout(failing=2)
     await h.process()
     [alert] = h.alerts
-    assert h.guard.will_resend(alert)
-    assert not h.guard.will_resend(foreign_alert(uid="uid-9"))
+    assert h.outbox.will_resend(alert)
+    assert not h.outbox.will_resend(foreign_alert(uid="uid-9"))
+
+
+# --- the Outbox on its own ----------------------------------------------------------------------
+
+
+class OutboxRig:
+    """An Outbox against the fake apiserver, the DaemonSet handed in as the guard would."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.api = FakeApiserver(obj)
+        self.marked: list[str] = []
+        self.resent: list[Alert] = []
+        self.mono = 1000.0
+        self.metrics = GuardMetrics()
+        self.outbox = Outbox(
+            patcher=self.api, mark=self.marked.append, metrics=self.metrics, monotonic=lambda: self.mono
+        )
+
+    def state(self) -> DaemonSetState:
+        return DaemonSetState.from_object(self.api.get())
+
+    async def sync(self, *, patched: bool = False, listed: bool = True) -> None:
+        ds = self.state()
+
+        def resend(on: DaemonSetState, alert: Alert) -> None:
+            assert on == ds
+            self.resent.append(alert)
+
+        await self.outbox.sync(ds.uid, ds, patched=patched, resend=resend if listed else None)
+
+
+async def test_outbox_takes_settled_alerts_it_has_pending_and_marks_their_daemonset() -> None:
+    alert = foreign_alert()
+    rig = OutboxRig(ds_with_pending(alert.to_json()))
+    rig.outbox.alert_settled(alert)  # not one it sent or resent: nothing to take off
+    assert rig.marked == [] and rig.outbox._to_clear == {}
+    assert not rig.outbox.will_resend(alert)
+    rig.outbox.sent(alert)
+    assert rig.outbox.will_resend(alert)
+    rig.outbox.alert_settled(alert)
+    assert rig.marked == ["uid-1"]
+    await rig.sync(patched=True)  # the round the guard patched in: the value it saw is stale
+    assert rig.api.patches == []
+    await rig.sync()
+    path = "/metadata/annotations/dsguard.io~1alerts-pending"
+    raw = json.dumps([alert.to_json()])
+    assert rig.api.patches == [[{"op": "test", "path": path, "value": raw}, {"op": "remove", "path": path}]]
+    assert rig.resent == []  # its own: never sent again
+
+
+async def test_outbox_resends_another_guards_alert_once_every_watch_has_listed() -> None:
+    alert = foreign_alert()
+    rig = OutboxRig(ds_with_pending(alert.to_json()))
+    await rig.sync(listed=False)
+    assert rig.resent == [] and not rig.outbox.will_resend(alert)
+    await rig.sync()
+    await rig.sync()
+    assert rig.resent == [alert] and rig.outbox.will_resend(alert)
+    assert rig.metrics.registry.get_sample_value("dsguard_guard_alerts_resent_total") == 1
+    assert rig.api.patches == []  # pending until it settles
+
+
+async def test_outbox_counts_what_it_sees_and_forgets_daemonsets_that_are_gone() -> None:
+    rig = OutboxRig(ds_with_pending(foreign_alert().to_json(), foreign_alert(revision="other").to_json()))
+    ds = rig.state()
+    rig.outbox.count(ds.uid, ds)  # a follower only counts
+    rig.outbox.tidy({ds.uid: Tracked(ds)})
+    assert rig.metrics.registry.get_sample_value("dsguard_guard_alerts_pending") == 2
+    await rig.sync()
+    assert rig.outbox._submitted
+    rig.outbox.tidy({})  # deleted
+    assert rig.metrics.registry.get_sample_value("dsguard_guard_alerts_pending") == 0
+    assert rig.outbox._submitted == {} and rig.outbox._pending == {}
 
 
 # --- the pure helpers ------------------------------------------------------------------------------
@@ -452,25 +510,17 @@ async def test_the_loop_resends_once_every_watch_has_listed_without_another_even
     obj = ds_with_pending(foreign_alert().to_json())
     obj["status"].update(updatedNumberScheduled=5, numberAvailable=5)  # complete: no tick re-marks it
     h = Harness(obj)  # the real monotonic clock: the loop runs
-    listed = False
-    h.guard.ready = lambda: listed
+    h.listed = False
     h.guard.tick = 0.01
     await h.process()  # the DaemonSet's own event, taken before the other watches listed
     assert h.alerts == []
     task = asyncio.create_task(h.guard.run())
-    sent = asyncio.Event()
-
-    def notify(alert: Alert, guard: GuardPolicy) -> None:
-        h.alerts.append(alert)
-        sent.set()
-
-    h.guard.notify = notify
     try:
         await asyncio.sleep(0.05)  # many ticks: nothing is resent while a watch has not listed
         assert h.alerts == []
-        listed = True
+        h.listed = True
         async with asyncio.timeout(2):
-            await sent.wait()
+            await h.notified.wait()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from kubernetes_asyncio import client
 
-from dsguard.kube import ListError, Reflector, list_explained, list_scoped
+from dsguard.kube import ListError, Reflector, Subscriber, list_explained, list_scoped
 
 
 class FakeResponse:
@@ -222,3 +222,51 @@ async def test_list_explained_says_why_with_an_rbac_hint_or_the_callers_hint() -
         await list_explained("nodes", refused)
     assert e.value.unreachable and e.value.status is None
     assert str(e.value).startswith("listing nodes failed: ConnectionRefusedError:")
+
+
+async def test_a_shared_watch_feeds_every_subscriber_in_turn() -> None:
+    """One watch, several readers (the guard's node watch feeds its store and the audit's cache)."""
+    calls: list[tuple[str, str, Any]] = []
+    done = asyncio.Event()
+    lines = [
+        orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "n1", "resourceVersion": "8"}}})
+        + b"\n"
+    ]
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        if kwargs.get("watch"):
+            return FakeResponse(200, b"", lines)
+        return FakeResponse(200, orjson.dumps({"items": [{"metadata": {"name": "n0"}}], "metadata": {}}))
+
+    def subscriber(who: str) -> Subscriber:
+        def on_event(kind: str, obj: Any) -> None:
+            calls.append((who, kind, obj["metadata"]["name"]))
+            if who == "second":
+                done.set()
+
+        return Subscriber(
+            lambda items: calls.append((who, "replace", [i["metadata"]["name"] for i in items])), on_event
+        )
+
+    r = Reflector("nodes", list_fn, subscribers=[subscriber("first"), subscriber("second")])
+    await run_briefly(r, done)
+    assert calls == [
+        ("first", "replace", ["n0"]),
+        ("second", "replace", ["n0"]),
+        ("first", "ADDED", "n1"),
+        ("second", "ADDED", "n1"),
+    ]
+    assert r.synced.is_set()
+
+
+def test_a_reflector_needs_something_to_feed() -> None:
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        raise AssertionError("not called")
+
+    with pytest.raises(TypeError, match="nothing to feed"):
+        Reflector("nodes", list_fn)
+    with pytest.raises(TypeError, match="together"):
+        Reflector("nodes", list_fn, on_event=lambda k, o: None)
+    first = Reflector("nodes", list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                      subscribers=[Subscriber(lambda items: None, lambda k, o: None)])  # fmt: skip
+    assert len(first.subscribers) == 2

@@ -28,11 +28,11 @@ from kubernetes_asyncio import client
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
-from dsguard.fielderrors import InvalidSpec
-from dsguard.policy import SecretRef
+from dsguard.policy import AlertSink, AlertType, GuardPolicy, SecretRef, parse_policy
 from guard.notify.alert import Alert, AlertKind, FailingPod
 from guard.notify.dispatch import AlertDispatcher, delivery_counter
 from guard.notify.events import DELIVERY_FAILED, EventRecorder
+from guard.notify.notifier import Notifier
 from guard.notify.sinks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -183,6 +183,13 @@ class Failures:
         self.recorded.append((alert.key, sink, error))
 
 
+def parsed_alerts(*specs: dict[str, Any]) -> tuple[AlertSink, ...]:
+    """`spec.guard.alerts` as the guard gets them: through the policy parser, their one authority."""
+    policy = parse_policy({"metadata": {"name": "agents"}, "spec": {"guard": {"alerts": list(specs)}}})
+    assert policy.guard is not None
+    return policy.guard.alerts
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -242,13 +249,13 @@ async def test_webhook_body_headers_and_signature(
     r = await receiver()
     secrets = FakeSecrets({("dsguard", "alert-hmac", "key"): HMAC_KEY})
     [sink] = build_sinks(
-        [
+        parsed_alerts(
             {
                 "type": "Webhook",
                 "url": f"{r.url}/dsguard",
                 "hmacSecretRef": {"namespace": "dsguard", "name": "alert-hmac", "key": "key"},
             }
-        ],
+        ),
         session,
         secrets,
     )
@@ -280,7 +287,9 @@ async def test_slack_message(receiver: MakeReceiver, session: aiohttp.ClientSess
     r = await receiver()
     secrets = FakeSecrets({("dsguard", "alert-slack", "url"): f"{r.url}/services/{SLACK_TOKEN}\n".encode()})
     [sink] = build_sinks(
-        [{"type": "Slack", "urlSecretRef": {"namespace": "dsguard", "name": "alert-slack", "key": "url"}}],
+        parsed_alerts(
+            {"type": "Slack", "urlSecretRef": {"namespace": "dsguard", "name": "alert-slack", "key": "url"}}
+        ),
         session,
         secrets,
     )
@@ -461,7 +470,9 @@ async def test_400_is_final_and_becomes_an_event_without_the_secret(
     secret_url = f"{r.url}/services/{SLACK_TOKEN}"
     secrets = FakeSecrets({("dsguard", "alert-slack", "url"): secret_url.encode()})
     sinks = build_sinks(
-        [{"type": "Slack", "urlSecretRef": {"namespace": "dsguard", "name": "alert-slack", "key": "url"}}],
+        parsed_alerts(
+            {"type": "Slack", "urlSecretRef": {"namespace": "dsguard", "name": "alert-slack", "key": "url"}}
+        ),
         session,
         secrets,
     )
@@ -657,19 +668,18 @@ async def test_secrets_never_in_repr_str_errors_or_logs(
             ("dsguard", "am", "url"): f"http://dsguard:pa55SECRETword@127.0.0.1:{port}".encode(),
         }
     )
-    sinks = build_sinks(
-        [
-            {"type": "Slack", "urlSecretRef": {"namespace": "dsguard", "name": "alert-slack", "key": "url"}},
-            {
-                "type": "Webhook",
-                "url": f"http://user:inlineSECRET@127.0.0.1:{port}/hook",
-                "hmacSecretRef": {"namespace": "dsguard", "name": "alert-hmac", "key": "key"},
-            },
-            {"type": "Alertmanager", "urlSecretRef": {"namespace": "dsguard", "name": "am", "key": "url"}},
-        ],
-        session,
-        secrets,
+    slack, am = parsed_alerts(
+        {"type": "Slack", "urlSecretRef": {"namespace": "dsguard", "name": "alert-slack", "key": "url"}},
+        {"type": "Alertmanager", "urlSecretRef": {"namespace": "dsguard", "name": "am", "key": "url"}},
     )
+    # A password inline, which the policy parser refuses (tests/unit/test_policy.py): should one
+    # reach a sink anyway, it is not shown either.
+    inline = AlertSink(
+        AlertType.WEBHOOK,
+        url=f"http://user:inlineSECRET@127.0.0.1:{port}/hook",
+        hmac_secret_ref=SecretRef("dsguard", "alert-hmac", "key"),
+    )
+    sinks = build_sinks([slack, inline, am], session, secrets)
     shown = [repr(sinks), str(sinks), repr(SecretValue.literal(HMAC_KEY)), str(SecretValue.literal("x"))]
     assert "Secret dsguard/alert-slack key 'url'" in shown[0] and "alert-hmac" in shown[0]
     for sink in sinks:
@@ -806,11 +816,11 @@ async def test_event_body_through_the_kubernetes_client() -> None:
 async def test_build_sinks_names_and_types(session: aiohttp.ClientSession) -> None:
     ref = {"namespace": "dsguard", "name": "alert-slack", "key": "url"}
     sinks = build_sinks(
-        [
+        parsed_alerts(
             {"type": "Slack", "urlSecretRef": ref},
             {"type": "Webhook", "url": "https://alerts.example.internal/dsguard"},
             {"type": "Alertmanager", "url": "http://alertmanager.monitoring:9093"},
-        ],
+        ),
         session,
         FakeSecrets({}),
         name_prefix="policy-a/",
@@ -819,42 +829,57 @@ async def test_build_sinks_names_and_types(session: aiohttp.ClientSession) -> No
     assert [s.name for s in sinks] == ["policy-a/slack-0", "policy-a/webhook-1", "policy-a/alertmanager-2"]
 
 
-async def test_build_sinks_reports_every_error_with_its_path(session: aiohttp.ClientSession) -> None:
-    with pytest.raises(InvalidSpec) as err:
-        build_sinks(
-            [
-                {"type": "Slack"},
-                {"type": "Webhook", "hmacSecretRef": {"namespace": "dsguard", "name": "h"}},
-                {"type": "Pager", "url": "https://x"},
-                {"type": "Alertmanager", "url": "ftp://am"},
-                {
-                    "type": "Slack",
-                    "url": f"https://hooks.slack.com/services/{SLACK_TOKEN}",
-                    "urlSecretRef": {},
-                },
-                {"type": "Alertmanager", "url": "http://am:9093", "hmacSecretRef": {}, "extra": 1},
-            ],
-            session,
-            FakeSecrets({}),
-        )
-    assert isinstance(err.value, ValueError)
-    assert [str(e) for e in err.value.errors] == [
-        "spec.guard.alerts[0].urlSecretRef: is required for Slack: urlSecretRef (or url)",
-        "spec.guard.alerts[1].url: is required for Webhook: url (or urlSecretRef)",
-        "spec.guard.alerts[1].hmacSecretRef.key: is required (a non-empty string)",
-        "spec.guard.alerts[2].type: 'Pager' is not one of Slack, Webhook, Alertmanager",
-        "spec.guard.alerts[3].url: must be an http:// or https:// URL",
-        "spec.guard.alerts[4].urlSecretRef.namespace: is required (a non-empty string)",
-        "spec.guard.alerts[4].urlSecretRef.name: is required (a non-empty string)",
-        "spec.guard.alerts[4].urlSecretRef.key: is required (a non-empty string)",
-        "spec.guard.alerts[4].urlSecretRef: set url or urlSecretRef, not both",
-        "spec.guard.alerts[5].extra: unknown field; expected one of hmacSecretRef, type, url, urlSecretRef",
-        "spec.guard.alerts[5].hmacSecretRef: applies only to type Webhook",
-        "spec.guard.alerts[5].hmacSecretRef.namespace: is required (a non-empty string)",
-        "spec.guard.alerts[5].hmacSecretRef.name: is required (a non-empty string)",
-        "spec.guard.alerts[5].hmacSecretRef.key: is required (a non-empty string)",
+@dataclass
+class PendingAlerts:
+    """What the Notifier reports to (the guard's Outbox)."""
+
+    settled: list[Alert] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def alert_settled(self, alert: Alert) -> None:
+        self.settled.append(alert)
+        self.changed.set()
+
+    def will_resend(self, alert: Alert) -> bool:
+        return True
+
+
+async def test_notifier_routes_to_the_policys_sinks_and_reports_settled_alerts(
+    receiver: MakeReceiver, session: aiohttp.ClientSession
+) -> None:
+    r = await receiver()
+    events_api = FakeEventsAPI()
+    pending = PendingAlerts()
+    notifier = Notifier(
+        session,
+        secrets=FakeSecrets({}),
+        recorder=EventRecorder(events_api, instance="dsguard-guard-0"),
+        registry=CollectorRegistry(),
+        pending=pending,
+    )
+    hook = {"type": "Webhook", "url": f"{r.url}/hook"}
+    paused, stalled, resumed = (
+        make_alert(k) for k in (AlertKind.PAUSED, AlertKind.STALLED, AlertKind.RESUMED)
+    )
+    notifier(paused, GuardPolicy(alerts=parsed_alerts(hook)))
+    notifier(stalled, GuardPolicy())  # no alert sinks: the Event only
+    notifier(resumed, GuardPolicy(failure_threshold=9, alerts=parsed_alerts(hook)))  # the same sinks
+    try:
+        await r.wait_for(2)
+        async with asyncio.timeout(WAIT):
+            while len(pending.settled) < 3:
+                pending.changed.clear()
+                await pending.changed.wait()
+    finally:
+        await notifier.close(1)
+    assert [s.path for s in r.seen] == ["/hook", "/hook"]
+    assert [s.json()["kind"] for s in r.seen] == ["paused", "resumed"]
+    assert sorted(e["reason"] for e in events_api.created) == [
+        "RolloutPaused",
+        "RolloutResumed",
+        "RolloutStalled",
     ]
-    assert SLACK_TOKEN not in str(err.value)
+    assert {a.kind for a in pending.settled} == {AlertKind.PAUSED, AlertKind.STALLED, AlertKind.RESUMED}
 
 
 # --- Alert.from_json: the pending alerts read back -----------------------------------------------

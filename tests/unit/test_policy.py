@@ -10,11 +10,15 @@ import yaml
 
 from dsguard.fielderrors import InvalidSpec
 from dsguard.policy import (
+    INLINE_URL_PATTERN,
+    AlertSink,
+    AlertType,
     Approval,
     Enforcement,
     GuardAction,
     OnExceed,
     OnMissing,
+    SecretRef,
     UnknownVersion,
     parse_policy,
 )
@@ -341,3 +345,214 @@ def test_waves_and_gates_errors(section: dict[str, Any], field: str, message: st
 def test_min_ready_seconds_must_be_a_non_negative_integer() -> None:
     with pytest.raises(InvalidSpec, match=r"spec.rollout.minReadySeconds: -5 must be an integer >= 0"):
         parse_policy(doc({"rollout": {"minReadySeconds": -5}}))
+
+
+# --- spec.guard.alerts: the one place the rules on alert sinks are checked ----------------------
+
+SLACK_TOKEN = "T0SECRET/B0SECRET/xoxSECRETtoken42"  # the credential part of a Slack webhook URL
+REF = {"namespace": "dsguard", "name": "alerts", "key": "url"}
+
+
+def alerts_of(*specs: Any) -> tuple[AlertSink, ...]:
+    policy = parse_policy(doc({"guard": {"alerts": list(specs)}}))
+    assert policy.guard is not None
+    return policy.guard.alerts
+
+
+def test_alert_sinks_report_every_error_with_its_path() -> None:
+    with pytest.raises(InvalidSpec) as err:
+        alerts_of(
+            {"type": "Slack"},
+            {"type": "Webhook", "hmacSecretRef": {"namespace": "dsguard", "name": "h"}},
+            {"type": "Pager", "url": "https://x"},
+            {"type": "Alertmanager", "url": "ftp://am"},
+            {"type": "Slack", "url": f"https://hooks.slack.com/services/{SLACK_TOKEN}", "urlSecretRef": {}},
+            {"type": "Alertmanager", "url": "http://am:9093", "hmacSecretRef": {}, "extra": 1},
+        )
+    assert [str(e) for e in err.value.errors] == [
+        "spec.guard.alerts[0].urlSecretRef: is required for Slack (the Secret key holding the webhook URL)",
+        "spec.guard.alerts[1].url: is required for Webhook (or urlSecretRef)",
+        "spec.guard.alerts[1].hmacSecretRef.key: must be a non-empty string",
+        "spec.guard.alerts[2].type: 'Pager' is not one of Slack, Webhook, Alertmanager",
+        "spec.guard.alerts[3].url: must be an http:// or https:// URL; fix: e.g. https://alerts.example.com/dsguard",
+        "spec.guard.alerts[4].url: a Slack webhook URL is a credential: put it in a Secret and use "
+        "urlSecretRef",
+        "spec.guard.alerts[4].urlSecretRef.namespace: must be a non-empty string",
+        "spec.guard.alerts[4].urlSecretRef.name: must be a non-empty string",
+        "spec.guard.alerts[4].urlSecretRef.key: must be a non-empty string",
+        "spec.guard.alerts[4].urlSecretRef: give url or urlSecretRef, not both",
+        "spec.guard.alerts[5].extra: unknown field; expected one of hmacSecretRef, type, url, urlSecretRef",
+        "spec.guard.alerts[5].hmacSecretRef.namespace: must be a non-empty string",
+        "spec.guard.alerts[5].hmacSecretRef.name: must be a non-empty string",
+        "spec.guard.alerts[5].hmacSecretRef.key: must be a non-empty string",
+        "spec.guard.alerts[5].hmacSecretRef: applies only to type Webhook",
+    ]
+    assert SLACK_TOKEN not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("alert", "expected"),
+    [
+        # secrets only from Secrets: a Slack webhook URL is one, so is a URL with user info
+        (
+            {"type": "Slack", "url": f"https://hooks.slack.com/services/{SLACK_TOKEN}"},
+            "url: a Slack webhook URL is a credential: put it in a Secret and use urlSecretRef",
+        ),
+        (
+            {"type": "Webhook", "url": "https://dsguard:pa55SECRETword@alerts.example.com/hook"},
+            "url: carries user info before '@' (a credential); fix: put the whole URL in a Secret "
+            "and use urlSecretRef instead of url",
+        ),
+        (
+            {"type": "Alertmanager", "url": "http://token-SECRET@am:9093"},
+            "url: carries user info before '@' (a credential)",
+        ),
+        (
+            {"type": "Webhook", "url": "https://", "hmacSecretRef": REF},
+            "url: has no host; fix: e.g. https://",
+        ),
+        ({"type": "Webhook", "url": "https:///hook"}, "url: has no host"),
+        ({"type": "Alertmanager", "url": "https://?x=SECRET"}, "url: has no host"),
+        ({"type": "Webhook", "url": "HTTPS://alerts.example.com"}, "url: must be an http:// or https:// URL"),
+        ({"type": "Webhook", "url": "alerts.example.com/hook"}, "url: must be an http:// or https:// URL"),
+        ({"type": "Webhook", "url": "https:// alerts.example.com"}, "url: must not contain whitespace"),
+        ({"type": "Webhook", "url": "https://alerts.example.com/a b"}, "url: must not contain whitespace"),
+        ({"type": "Webhook", "url": "https://alerts.example.com\n"}, "url: must not contain whitespace"),
+        ({"type": "Webhook", "url": 8080}, "url: must be a non-empty string"),
+        ({"type": "Webhook", "url": ""}, "url: must be a non-empty string"),
+        # where the URL comes from
+        ({"type": "Slack"}, "urlSecretRef: is required for Slack"),
+        ({"type": "Slack", "url": None}, "urlSecretRef: is required for Slack"),  # null: absent
+        ({"type": "Alertmanager"}, "url: is required for Alertmanager (or urlSecretRef)"),
+        ({"type": "Webhook", "urlSecretRef": None}, "url: is required for Webhook (or urlSecretRef)"),
+        ({"type": "Webhook", "url": "https://a.example", "urlSecretRef": REF}, "urlSecretRef: give url or"),
+        ({"type": "Webhook", "urlSecretRef": "dsguard/alerts"}, "urlSecretRef: must be a mapping, got str"),
+        ({"type": "Webhook", "urlSecretRef": {**REF, "key": ""}}, "urlSecretRef.key: must be a non-empty"),
+        ({"type": "Webhook", "urlSecretRef": {**REF, "optional": True}}, "urlSecretRef.optional: unknown"),
+        # the signing key: from a Secret, for Webhook only
+        ({"type": "Slack", "urlSecretRef": REF, "hmacSecretRef": REF}, "hmacSecretRef: applies only to"),
+        ({"type": "Webhook", "url": "https://a.example", "hmac": "key"}, "hmac: unknown field"),
+        # the entry itself
+        ({"url": "https://a.example"}, "type: is required: one of Slack, Webhook, Alertmanager"),
+        ({"type": "slack", "urlSecretRef": REF}, "type: 'slack' is not one of Slack, Webhook, Alertmanager"),
+        (None, "spec.guard.alerts[0]: must be a mapping with type and url or urlSecretRef"),
+        ("https://a.example", "spec.guard.alerts[0]: must be a mapping, got str"),
+    ],
+)
+def test_alert_sink_rejections(alert: Any, expected: str) -> None:
+    """Each rule, with the field it names; the value of a URL is never repeated (it may be a secret)."""
+    with pytest.raises(InvalidSpec) as err:
+        alerts_of(alert)
+    message = str(err.value)
+    assert message.startswith("DaemonSetPolicy/p: spec.guard.alerts[0]")
+    assert expected in message
+    url = alert.get("url") if isinstance(alert, dict) else None
+    said = message.replace("e.g. https://alerts.example.com/dsguard", "")  # the example in a fix
+    assert "SECRET" not in said
+    assert not isinstance(url, str) or not url.strip() or url.strip() not in said
+
+
+@pytest.mark.parametrize(
+    ("alert", "expected"),
+    [
+        ({"type": "Slack", "urlSecretRef": REF}, AlertSink(AlertType.SLACK, url_secret_ref=SecretRef(**REF))),
+        (
+            {
+                "type": "Webhook",
+                "url": "https://alerts.example.com/dsguard?team=infra#x",
+                "hmacSecretRef": REF,
+            },
+            AlertSink(
+                AlertType.WEBHOOK,
+                url="https://alerts.example.com/dsguard?team=infra#x",
+                hmac_secret_ref=SecretRef(**REF),
+            ),
+        ),
+        (
+            {"type": "Webhook", "urlSecretRef": REF, "hmacSecretRef": {**REF, "key": "hmac"}},
+            AlertSink(
+                AlertType.WEBHOOK,
+                url_secret_ref=SecretRef(**REF),
+                hmac_secret_ref=SecretRef("dsguard", "alerts", "hmac"),
+            ),
+        ),
+        (
+            {"type": "Alertmanager", "url": "http://[fd00::1]:9093"},
+            AlertSink(AlertType.ALERTMANAGER, url="http://[fd00::1]:9093"),
+        ),
+        (
+            {"type": "Alertmanager", "url": "http://am.monitoring:9093/", "hmacSecretRef": None},
+            AlertSink(AlertType.ALERTMANAGER, url="http://am.monitoring:9093/"),
+        ),
+        (
+            {"type": "Webhook", "url": "https://alerts.example.com/to/@oncall"},  # '@' past the host
+            AlertSink(AlertType.WEBHOOK, url="https://alerts.example.com/to/@oncall"),
+        ),
+    ],
+)
+def test_alert_sinks_accepted(alert: dict[str, Any], expected: AlertSink) -> None:
+    assert alerts_of(alert) == (expected,)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alerts.example.com",
+        "http://am:9093",
+        "https://alerts.example.com/a/b?c=d#e",
+        "http://[fd00::1]:9093/",
+        "https://alerts.example.com/to/@oncall",
+        "https://",
+        "https:///x",
+        "https://?q",
+        "https://#f",
+        "https://user:pw@host",
+        "https://user@host/x",
+        "https://host@",
+        "http://host /x",
+        "http://host/x\n",
+        "http://host/\tx",
+        "\nhttp://host",
+        "ftp://host",
+        "HTTP://host",
+        "http:/host",
+        "host",
+    ],
+)
+def test_crd_url_pattern_agrees_with_the_parser(url: str) -> None:
+    """The apiserver checks an inline url with the CRD's pattern (RE2, whole string); the guard
+    and `dsguard check` with the parser. Slack's url is refused by the CRD's rules anyway."""
+    import re
+
+    crd = yaml.safe_load(CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    item = spec["guard"]["properties"]["alerts"]["items"]
+    assert item["properties"]["url"]["pattern"] == INLINE_URL_PATTERN
+    schema_ok = re.fullmatch(item["properties"]["url"]["pattern"], url) is not None
+    try:
+        alerts_of({"type": "Webhook", "url": url})
+        parser_ok = True
+    except InvalidSpec:
+        parser_ok = False
+    assert schema_ok == parser_ok
+
+
+def test_crd_alert_rules_are_the_parsers() -> None:
+    """The CRD says the same as the parser about which fields an alert sink has and needs."""
+    crd = yaml.safe_load(CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    item = spec["guard"]["properties"]["alerts"]["items"]
+    assert set(item["properties"]) == {"type", "url", "urlSecretRef", "hmacSecretRef"}
+    assert item["required"] == ["type"]
+    assert item["properties"]["type"]["enum"] == [t.value for t in AlertType]
+    ref = item["properties"]["urlSecretRef"]
+    assert ref == item["properties"]["hmacSecretRef"]
+    assert ref["required"] == ["namespace", "name", "key"]
+    assert all(ref["properties"][f]["minLength"] == 1 for f in ("namespace", "name", "key"))
+    rules = [v["rule"] for v in item["x-kubernetes-validations"]]
+    assert rules == [
+        "self.type != 'Slack' || (has(self.urlSecretRef) && !has(self.url))",
+        "self.type == 'Slack' || has(self.url) || has(self.urlSecretRef)",
+        "!(has(self.url) && has(self.urlSecretRef))",
+        "!has(self.hmacSecretRef) || self.type == 'Webhook'",
+    ]
