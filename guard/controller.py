@@ -15,24 +15,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from dsguard.annotations import ALERTS_PENDING, PAUSED_REVISION
-from dsguard.policy import GuardPolicy, Policy, guard_policy_for
-from dsguard.revisions import update_revision
-from guard import actions
+from dsguard.annotations import (
+    ALERTS_PENDING,
+    GATE_BASELINES,
+    ORIGINAL_STRATEGY,
+    PAUSED_REVISION,
+    gate_baseline,
+    rolled_back_here,
+    waves_in_progress,
+)
+from dsguard.daemonset import ON_DELETE
+from dsguard.policy import GuardAction, GuardPolicy, Policy, guard_policy_for
+from dsguard.revisions import previous_revision, update_revision
+from guard import actions, wave_actions
+from guard.gates import GateResult, GateStatus, judge_apiserver, judge_prometheus
 from guard.metrics import GuardMetrics
 from guard.notify.alert import Alert, AlertKind
 from guard.outbox import Outbox
 from guard.rollout import DaemonSetState, Decision, Step, decide
 from guard.store import Dirty, Store
+from guard.waves import Wave, WaveDecision, WaveStep, decide_waves
 
 log = logging.getLogger("dsguard.guard")
 
@@ -45,6 +57,27 @@ EVALUATION_DEFER_MAX = 0.1
 
 Notify = Callable[[Alert, GuardPolicy], None]  # routes an alert to the sinks of the policy that asked
 PolicyLookup = Callable[[DaemonSetState], list[Policy]]  # the policies matching a DaemonSet, in order
+
+
+class PodDeleter(Protocol):
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete exactly this pod (uid precondition); False when it was already gone or replaced."""
+        ...
+
+
+class GateProbes(Protocol):
+    """What the gates measure (guard.gate_probes): the apiserver's request rate now and over the
+    baseline window, and a Prometheus query's value (or why it has none)."""
+
+    def apiserver_baseline(self) -> float | None: ...
+
+    def apiserver_current(self) -> float | None: ...
+
+    async def prometheus(self, index: int, gate: object) -> tuple[float | None, str]: ...
+
+
+# Records an Event on a DaemonSet: (ds, reason, message, warning).
+RecordEvent = Callable[[DaemonSetState, str, str, bool], Awaitable[None]]
 
 
 class Governing(NamedTuple):
@@ -74,6 +107,9 @@ class Guard:
         tick: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,  # measures evaluations
+        pods: PodDeleter | None = None,
+        gates: GateProbes | None = None,
+        record_event: RecordEvent | None = None,
     ) -> None:
         """`dirty`: the marks the guard takes its work from (its store marks them too; the outbox,
         a policy change and a new leader may). `ready`: whether the watches `policies_for` reads
@@ -101,6 +137,14 @@ class Guard:
         self._acted: dict[str, tuple[str, Step]] = {}
         self._failing: dict[str, int] = {}  # uid -> failing updated pods at its last evaluation
         self.decisions: list[tuple[str, Decision]] = []  # for tests and the log; bounded below
+        self.pods = pods
+        self.gates = gates
+        self.record_event = record_event
+        # Wave rollouts: pods (by uid) this process deleted that the watch hasn't shown deleting
+        # yet, per DaemonSet uid: counted as unavailable, so the budget is never overspent.
+        self._deleted: dict[str, set[str]] = {}
+        self._gate_errors: dict[tuple[str, str, str], str] = {}  # (uid, revision, gate) -> last error
+        self.wave_decisions: list[tuple[str, WaveDecision]] = []  # for tests and the log; bounded
 
     def mark_all(self) -> None:
         self.dirty.mark_all()
@@ -211,7 +255,14 @@ class Guard:
             return False
         decision, ds, governing = result
         self._failing[uid] = len(decision.assessment.failing) if decision.assessment else 0
-        if decision.step is Step.NONE or not self.is_leader():
+        if not self.is_leader():
+            return False
+        if decision.step is Step.NONE and governing.guard.waves is not None:
+            failed = await self._check_gates(decision, ds, governing)
+            if failed is None:
+                return await self._drive_waves(uid, decision, ds, governing)
+            decision = failed
+        if decision.step is Step.NONE:
             return False
         acted = self._acted.get(uid)
         if acted is not None and acted[0] == ds.resource_version:
@@ -256,7 +307,7 @@ class Guard:
         assert rev is not None
         at = datetime.fromtimestamp(self.clock(), UTC)
         stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        summary = decision.assessment.summary() if decision.assessment else decision.note
+        summary = decision.summary()
         failing = decision.assessment.failing if decision.assessment else ()
         alert_revision = rev.hash
         content_type = actions.MERGE_PATCH
@@ -282,6 +333,10 @@ class Guard:
             kind, message = AlertKind.STALLED, f"rollout stalled: {summary}"
         else:
             return False
+        if decision.step in (Step.PAUSE, Step.ROLLBACK):
+            where = self._wave_position(ds)
+            if where:
+                message += f" ({where})"
         alert = Alert(
             kind=kind,
             namespace=ds.namespace,
@@ -331,3 +386,244 @@ class Guard:
         )
         self.notify(alert, governing.guard)
         log.info("%s: %s", after.ref, message)
+
+    # -- wave rollouts (spec.guard.waves; guard.waves decides) ----------------------------------
+    def _wave_position(self, ds: DaemonSetState) -> str:
+        """ "at wave 2/4 (topology.kubernetes.io/zone=b), 5 nodes on the new revision", for alerts."""
+        from dsguard.annotations import wave_info
+
+        info = wave_info(ds.annotations)
+        if info is None or not waves_in_progress(ds.annotations):
+            return ""
+        return f"wave rollout at wave {info.index + 1}"
+
+    def _waving(self, decision: Decision, ds: DaemonSetState) -> bool:
+        """Whether the guard may drive this DaemonSet's rollout in waves now."""
+        rev = decision.revision
+        if rev is None or ds.paused or rolled_back_here(ds.annotations, rev.hash):
+            return False
+        if ds.observed_generation < ds.generation:
+            return False
+        if previous_revision(self.store.revisions_of(ds.uid)) is None:
+            return False  # a first revision is a creation, not a rollout
+        # The user's own OnDelete is theirs to drive; OnDelete with the recorded strategy is the
+        # webhook's (or our) takeover.
+        return ds.strategy_type != ON_DELETE or ORIGINAL_STRATEGY in ds.annotations
+
+    def _user_strategy(self, ds: DaemonSetState) -> Mapping[str, object]:
+        try:
+            return actions.original_strategy(ds)
+        except actions.ResumeError:
+            return ds.strategy
+
+    async def _drive_waves(
+        self, uid: str, decision: Decision, ds: DaemonSetState, governing: Governing
+    ) -> bool:
+        waves = governing.guard.waves
+        rev = decision.revision
+        if waves is None or rev is None or not self._waving(decision, ds):
+            return False
+        acted = self._acted.get(uid)
+        if acted is not None and acted[0] == ds.resource_version and acted[1] is not Step.NONE:
+            return False  # our last patch hasn't come through the watch yet
+        pods = list(self.store.pods.get(uid, {}).values())
+        deleted = self._deleted.get(uid, set())
+        if deleted:  # forget the ones the watch shows deleting (or gone) now
+            live = {p.uid for p in pods if not p.deleting}
+            deleted &= live
+        wave = decide_waves(
+            annotations=ds.annotations,
+            revision=rev.hash,
+            pods=pods,
+            node_labels=self.store.node_labels,
+            policy=waves,
+            user_strategy=self._user_strategy(ds),
+            min_ready_seconds=ds.min_ready_seconds,
+            now=self.clock(),
+            deleted=deleted,
+        )
+        if wave.step in (WaveStep.NONE, WaveStep.WAIT):
+            return False
+        self.wave_decisions = [*self.wave_decisions[-999:], (ds.ref, wave)]
+        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if wave.step is WaveStep.DELETE:
+            return await self._delete_pods(uid, ds, wave)
+        if wave.step is WaveStep.START:
+            baselines = self._baselines(governing)
+            patch = wave_actions.start_patch(ds, rev.hash, wave.takeover, stamp, baselines=baselines)
+            late = (
+                f"; the webhook did not take the change over: the DaemonSet controller had replaced "
+                f"{wave.takeover} pod(s) before the guard switched to OnDelete"
+                if ds.strategy_type != ON_DELETE
+                else ""
+            )
+            event = (
+                "WaveRolloutStarted",
+                f"rolling out revision {rev.hash} in {_plan_text(wave.waves)}{late}",
+            )
+        elif wave.step is WaveStep.BAKE:
+            patch = wave_actions.bake_patch(ds, stamp)
+            w = wave.waves[wave.wave]
+            event = (
+                "WaveBaking",
+                f"wave {wave.wave + 1}/{len(wave.waves)} ({w.name}, {len(w.nodes)} nodes) updated and "
+                f"available; baking {waves.bake_seconds}s",
+            )
+        elif wave.step is WaveStep.ADVANCE:
+            patch = wave_actions.advance_patch(ds, wave.wave, stamp)
+            w = wave.waves[wave.wave]
+            event = (
+                "WaveStarted",
+                f"wave {wave.wave + 1}/{len(wave.waves)} ({w.name}, {len(w.nodes)} nodes) started",
+            )
+        else:  # COMPLETE
+            patch = wave_actions.complete_patch(ds, rev.hash)
+            event = (
+                "WaveRolloutCompleted",
+                f"revision {rev.hash} rolled out on every node in {len(wave.waves)} wave(s); "
+                f"updateStrategy {json.dumps(patch['spec']['updateStrategy'])} restored",
+            )
+        try:
+            await self.patcher.patch(ds.namespace, ds.name, patch, actions.MERGE_PATCH)
+        except ApiException as e:
+            if e.status == 409:
+                log.info("%s changed while acting (wave %s); deciding again", ds.ref, wave.step)
+            else:
+                log.error("%s: wave %s failed: %s %s", ds.ref, wave.step, e.status, e.reason)
+                self.metrics.action_errors.labels(f"wave_{wave.step.value}").inc()
+            self._acted[uid] = (ds.resource_version, Step.NONE)
+            return True
+        except actions.ResumeError as e:
+            log.error("%s: cannot complete the wave rollout: %s", ds.ref, e)
+            self.metrics.action_errors.labels(f"wave_{wave.step.value}").inc()
+            self._acted[uid] = (ds.resource_version, Step.NONE)
+            return False
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            log.error("%s: wave %s failed: %s: %s", ds.ref, wave.step, type(e).__name__, e)
+            self.metrics.action_errors.labels(f"wave_{wave.step.value}").inc()
+            return True
+        self._acted[uid] = (ds.resource_version, Step.WAVE)
+        self.metrics.actions.labels(f"wave_{wave.step.value}").inc()
+        log.info("%s: %s: %s", ds.ref, event[0], event[1])
+        await self._event(ds, event[0], event[1], warning=False)
+        return True
+
+    async def _delete_pods(self, uid: str, ds: DaemonSetState, wave: WaveDecision) -> bool:
+        if self.pods is None:
+            return False
+        deleted = self._deleted.setdefault(uid, set())
+        for pod in wave.delete:
+            if pod.uid in deleted:
+                continue
+            deleted.add(pod.uid)  # before the call: a concurrent evaluation must count it
+            try:
+                gone = await self.pods.delete(pod.namespace, pod.name, pod.uid)
+            except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as e:
+                deleted.discard(pod.uid)
+                log.error("%s: deleting pod %s failed: %s", ds.ref, pod.name, e)
+                self.metrics.action_errors.labels("wave_delete").inc()
+                continue
+            self.metrics.actions.labels("wave_delete").inc()
+            log.info(
+                "%s: wave %d/%d (%s): deleted pod %s on %s%s",
+                ds.ref,
+                wave.wave + 1,
+                len(wave.waves),
+                wave.waves[wave.wave].name,
+                pod.name,
+                pod.node,
+                "" if gone else " (already gone)",
+            )
+        return False
+
+    def _baselines(self, governing: Governing) -> dict[str, float] | None:
+        gates = governing.guard.gates
+        if gates is None or gates.apiserver is None or self.gates is None:
+            return None
+        baseline = self.gates.apiserver_baseline()
+        return None if baseline is None else {"apiserver": round(baseline, 3)}
+
+    async def _check_gates(
+        self, decision: Decision, ds: DaemonSetState, governing: Governing
+    ) -> Decision | None:
+        """A PAUSE or ROLLBACK decision when a gate of a wave rollout in progress is over its
+        limit; None otherwise. A gate that can't be measured is alerted once per revision."""
+        gates = governing.guard.gates
+        rev = decision.revision
+        if gates is None or rev is None or self.gates is None or ds.paused:
+            return None
+        if not waves_in_progress(ds.annotations, rev.hash):
+            return None
+        results: list[GateResult] = []
+        if gates.apiserver is not None:
+            baseline = gate_baseline(ds.annotations, "apiserver")
+            if baseline is None:
+                measured = self.gates.apiserver_baseline()
+                if measured is not None:  # started before the sampler had a minute: record it now
+                    body = json.dumps({"apiserver": round(measured, 3)}, separators=(",", ":"))
+                    with contextlib.suppress(ApiException, aiohttp.ClientError, TimeoutError, OSError):
+                        await self.patcher.patch(
+                            ds.namespace,
+                            ds.name,
+                            {
+                                "metadata": {
+                                    "resourceVersion": ds.resource_version,
+                                    "annotations": {GATE_BASELINES: body},
+                                }
+                            },
+                            actions.MERGE_PATCH,
+                        )
+                    return None
+            results.append(judge_apiserver(gates.apiserver, baseline, self.gates.apiserver_current()))
+        for i, gate in enumerate(gates.prometheus):
+            value, error = await self.gates.prometheus(i, gate)
+            results.append(judge_prometheus(i, gate, value, error))
+        for r in results:
+            key = (ds.uid, rev.hash, r.gate)
+            if r.status is GateStatus.ERROR:
+                if self._gate_errors.get(key) is None:
+                    self._gate_errors[key] = r.message
+                    self._gate_error_alert(ds, rev.hash, governing, r)
+            else:
+                self._gate_errors.pop(key, None)
+        failed = [r for r in results if r.status is GateStatus.FAIL]
+        if not failed:
+            return None
+        reason = "gate over its limit: " + "; ".join(r.message for r in failed)
+        if governing.guard.action is GuardAction.ROLLBACK:
+            previous = previous_revision(self.store.revisions_of(ds.uid))
+            if previous is not None:
+                return Decision(Step.ROLLBACK, rev, decision.assessment, previous, reason=reason)
+        return Decision(Step.PAUSE, rev, decision.assessment, reason=reason)
+
+    def _gate_error_alert(
+        self, ds: DaemonSetState, revision: str, governing: Governing, result: GateResult
+    ) -> None:
+        log.error("%s: gate %s could not be measured: %s", ds.ref, result.gate, result.message)
+        self.metrics.action_errors.labels("gate").inc()
+        alert = Alert(
+            kind=AlertKind.GATE_ERROR,
+            namespace=ds.namespace,
+            daemonset=ds.name,
+            uid=ds.uid,
+            revision=revision,
+            summary=f"wave rollout gate {result.gate} could not be measured (no action taken): "
+            f"{result.message}",
+            policy=governing.name,
+            at=datetime.fromtimestamp(self.clock(), UTC),
+        )
+        self.notify(alert, governing.guard)
+
+    async def _event(self, ds: DaemonSetState, reason: str, message: str, *, warning: bool) -> None:
+        if self.record_event is None:
+            return
+        try:
+            await self.record_event(ds, reason, message, warning)
+        except Exception as e:  # an Event is a record for people; the rollout goes on without it
+            log.warning("%s: Event %s not recorded: %s", ds.ref, reason, e)
+
+
+def _plan_text(waves: tuple[Wave, ...]) -> str:
+    parts = [f"{w.name} ({len(w.nodes)})" for w in waves[:6]]
+    more = f", ... ({len(waves) - 6} more)" if len(waves) > 6 else ""
+    return f"{len(waves)} wave(s): " + ", ".join(parts) + more

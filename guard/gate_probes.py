@@ -127,3 +127,22 @@ class PrometheusProber:
             return None, f"{type(e).__name__}: {e}"
         except ValueError as e:
             return None, str(e)
+
+
+class Probes:
+    """The guard's GateProbes: the apiserver sampler and the Prometheus prober together."""
+
+    def __init__(self, sampler: ApiserverSampler, prober: PrometheusProber) -> None:
+        self.sampler = sampler
+        self.prober = prober
+
+    def apiserver_baseline(self) -> float | None:
+        return self.sampler.baseline()
+
+    def apiserver_current(self) -> float | None:
+        return self.sampler.current()
+
+    async def prometheus(self, index: int, gate: object) -> tuple[float | None, str]:
+        if not isinstance(gate, PrometheusGate):
+            return None, "not a Prometheus gate"
+        return await self.prober.value(gate)

@@ -18,11 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Reflector, Subscriber, api_client, raw_body, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
-from dsguard.pod_health import REVISION_LABEL, slim_node, slim_node_with_placement, slim_pod
+from dsguard.pod_health import REVISION_LABEL, slim_node_with_labels, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
 from guard.actions import PatchBody
 from guard.audit_loop import Auditor, KubeStatusWriter
 from guard.controller import Guard, PolicyLookup
+from guard.gate_probes import ApiserverSampler, Probes, PrometheusProber
 from guard.leader import LeaderElector
 from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
@@ -53,6 +54,29 @@ class KubePatcher:
                 name, namespace, payload, _content_type=content_type, _preload_content=False
             )
         )
+
+
+class KubePodDeleter:
+    """Deletes one old pod of a wave rollout, by uid: never its replacement, never twice."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        try:
+            await raw_body(
+                self.core.delete_namespaced_pod(
+                    name,
+                    namespace,
+                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                    _preload_content=False,
+                )
+            )
+        except client.ApiException as e:
+            if e.status in (404, 409):  # gone, or already another pod of that name (its replacement)
+                return False
+            raise
+        return True
 
 
 def policies_matching(cache: ClusterCache) -> PolicyLookup:
@@ -124,6 +148,19 @@ async def run_guard(
 
     outbox = Outbox(patcher=patcher, mark=dirty.mark, metrics=metrics)
     recorder = EventRecorder.for_client(api)
+    # Wave rollouts' apiserver gate: sample the request counter while a policy asks for it, so a
+    # baseline exists when a rollout starts.
+    sampler = ApiserverSampler(
+        api, wanted=lambda: any(p.guard and p.guard.gates and p.guard.gates.apiserver for p in cache.policies)
+    )
+    prober = PrometheusProber()
+
+    async def record_event(ds: DaemonSetState, reason: str, message: str, warning: bool) -> None:
+        await recorder.record(
+            namespace=ds.namespace, name=ds.name, uid=ds.uid, reason=reason, action="Rollout",
+            message=message, warning=warning,
+        )  # fmt: skip
+
     notifier = Notifier(
         session, secrets=KubeSecretReader(api), recorder=recorder, registry=metrics.registry, pending=outbox
     )
@@ -137,6 +174,9 @@ async def run_guard(
         ready=policies_known,
         metrics=metrics,
         tick=tick,
+        pods=KubePodDeleter(api),
+        gates=Probes(sampler, prober),
+        record_event=record_event,
     )
     auditor = (
         Auditor(cache, KubeStatusWriter(api), recorder, metrics, is_leader=is_leader, wake=audit_wake,
@@ -160,6 +200,7 @@ async def run_guard(
     if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
     tasks.append(asyncio.create_task(guard.run(), name="guard"))
+    tasks.append(asyncio.create_task(sampler.run(), name="apiserver-gate-sampler"))
 
     app = health_app(tasks, reflectors, metrics)
     runner = web.AppRunner(app, access_log=None)
@@ -175,6 +216,7 @@ async def run_guard(
             await elector.release()
         await cancel_and_wait([*tasks, *one_shot])
         await notifier.close(drain_timeout=10.0)
+        await prober.close()
         await runner.cleanup()
         await session.close()
         await api.close()
@@ -217,8 +259,11 @@ def guard_watches(
         Subscriber(store.replace_pods, store.pod_event),
     )
     if auditor is None:
+        # The labels too: the waves' groupBy reads them.
         nodes = reflector(
-            "nodes", slim_lists(core.list_node, slim_node), Subscriber(store.replace_nodes, store.node_event)
+            "nodes",
+            slim_lists(core.list_node, slim_node_with_labels),
+            Subscriber(store.replace_nodes, store.node_event),
         )
     else:
         # One node watch for both: the rollout decisions read the Ready condition, the audit the

@@ -156,6 +156,7 @@ class Step(StrEnum):
     ROLLBACK = "rollback"
     RESUME = "resume"  # a new revision replaced the paused one: a new rollout, watched from scratch
     STALLED = "stalled"
+    WAVE = "wave"  # a wave rollout's own step (guard.waves): recorded, like the others, per version
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,12 @@ class Decision:
     assessment: Assessment | None = None
     previous: Revision | None = None
     note: str = ""
+    reason: str = ""  # why, when not the assessment's failing pods (a wave gate over its limit)
+
+    def summary(self) -> str:
+        if self.reason:
+            return self.reason
+        return self.assessment.summary() if self.assessment else self.note
 
 
 NOTHING = Decision(Step.NONE)

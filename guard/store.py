@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,7 @@ class Store:
         self.by_revision: dict[str, dict[str, dict[str, PodView]]] = defaultdict(lambda: defaultdict(dict))
         self.pods_on_node: dict[str, set[tuple[str, str]]] = defaultdict(set)  # node -> (uid, pod)
         self.nodes: dict[str, NodeHealth] = {}
+        self.node_labels: dict[str, Mapping[str, str]] = {}  # for the waves' groupBy
         self._listed: set[str] = set()  # which of LISTS have been listed (replace_* called) once
 
     @property
@@ -170,7 +171,11 @@ class Store:
 
     # -- nodes ----------------------------------------------------------------------------
     def replace_nodes(self, items: list[Obj]) -> None:
-        self.nodes = {h.name: h for h in map(NodeHealth.from_node, items)}
+        self.nodes, self.node_labels = {}, {}
+        for obj in items:
+            health = NodeHealth.from_node(obj)
+            self.nodes[health.name] = health
+            self.node_labels[health.name] = _labels(obj)
         self._listed.add("nodes")
         for uid in self.daemonsets:
             self._on_change(uid)
@@ -180,8 +185,10 @@ class Store:
         old = self.nodes.get(health.name)
         if kind == "DELETED":
             self.nodes.pop(health.name, None)
+            self.node_labels.pop(health.name, None)
         else:
             self.nodes[health.name] = health
+            self.node_labels[health.name] = _labels(obj)
         if old is None or old.ready != health.ready:
             for uid, _ in self.pods_on_node.get(health.name, ()):
                 self._on_change(uid)
@@ -200,6 +207,11 @@ class Store:
     def rolling(self) -> set[str]:
         """DaemonSets with a pod not Ready: its deadline may pass without any event."""
         return {uid for uid, pods in self.pods.items() if any(not p.ready for p in pods.values())}
+
+
+def _labels(obj: Obj) -> Mapping[str, str]:
+    labels = (obj.get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
 
 
 def _unindex(by_revision: dict[str, dict[str, PodView]], pod: PodView) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from dsguard.annotations import (
     BAKE_STARTED_AT,
+    GATE_BASELINES,
     ORIGINAL_STRATEGY,
     PROMOTED_WAVE,
     WAVE,
@@ -32,7 +33,9 @@ def _strategy_json(strategy: object) -> str:
     )
 
 
-def start_patch(ds: DaemonSetState, revision: str, takeover: int, at: str) -> dict[str, Any]:
+def start_patch(
+    ds: DaemonSetState, revision: str, takeover: int, at: str, *, baselines: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Record the wave rollout of `revision`, at wave 0; switch to OnDelete when the webhook didn't
     (then the user's strategy is recorded, and `takeover` pods were already replaced)."""
     annotations: dict[str, Any] = {
@@ -42,6 +45,7 @@ def start_patch(ds: DaemonSetState, revision: str, takeover: int, at: str) -> di
         BAKE_STARTED_AT: None,
         PROMOTED_WAVE: None,
         WAVES_TAKEOVER: str(takeover) if ds.strategy_type != ON_DELETE else None,
+        GATE_BASELINES: json.dumps(baselines, sort_keys=True, separators=(",", ":")) if baselines else None,
     }
     patch: dict[str, Any] = {"metadata": {"resourceVersion": ds.resource_version, "annotations": annotations}}
     if ds.strategy_type != ON_DELETE:
@@ -84,8 +88,3 @@ def complete_patch(ds: DaemonSetState, revision: str) -> dict[str, Any]:
 def promote_patch(ds: DaemonSetState, wave: int) -> dict[str, Any]:
     """`dsguard promote`: wave `wave` may start (and the bake before it may end)."""
     return {"metadata": {"resourceVersion": ds.resource_version, "annotations": {PROMOTED_WAVE: str(wave)}}}
-
-
-def delete_preconditions(uid: str) -> dict[str, Any]:
-    """The DeleteOptions body for one old pod: only that pod (by uid), never its replacement."""
-    return {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}

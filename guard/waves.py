@@ -19,8 +19,8 @@ template): it lands in its group's wave and counts in the failure signals like a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from dsguard.annotations import WaveInfo, wave_info
@@ -202,9 +202,13 @@ def decide_waves(
     user_strategy: Mapping[str, object] | None,
     min_ready_seconds: int,
     now: float,
+    deleted: Collection[str] = (),
 ) -> WaveDecision:
     """The one wave step to take now for a DaemonSet on update revision `revision` whose pods
-    (all revisions) are `pods`. The caller handles failures (pause, rollback) first."""
+    (all revisions) are `pods`; `deleted`: uids of pods already deleted that may not show it yet.
+    The caller handles failures (pause, rollback) first."""
+    if deleted:
+        pods = [replace(p, deleting=True) if p.uid in deleted else p for p in pods]
     by_node = current_pods(pods)
     waves = plan_waves(policy, (PlanNode(n, node_labels.get(n, {})) for n in by_node))
     info = wave_info(annotations)

@@ -37,6 +37,7 @@ class AlertKind(StrEnum):
     ROLLED_BACK = "rolled_back"
     RESUMED = "resumed"
     STALLED = "stalled"
+    GATE_ERROR = "gate_error"  # a wave rollout's gate could not be measured: people are told, no action
 
     @property
     def camel(self) -> str:
@@ -57,6 +58,7 @@ _SEVERITY = {
     AlertKind.PAUSED: "critical",
     AlertKind.ROLLED_BACK: "critical",
     AlertKind.STALLED: "warning",
+    AlertKind.GATE_ERROR: "warning",
     AlertKind.RESUMED: "info",
 }
 

@@ -36,12 +36,14 @@ REASONS = {
     AlertKind.ROLLED_BACK: "RolloutRolledBack",
     AlertKind.RESUMED: "RolloutResumed",
     AlertKind.STALLED: "RolloutStalled",
+    AlertKind.GATE_ERROR: "WaveGateError",
 }
 ACTIONS = {
     AlertKind.PAUSED: "Pause",
     AlertKind.ROLLED_BACK: "Rollback",
     AlertKind.RESUMED: "Resume",
     AlertKind.STALLED: "Alert",  # nothing done to the DaemonSet: people are told
+    AlertKind.GATE_ERROR: "Alert",
 }
 
 

@@ -242,6 +242,7 @@ _EMOJI = {
     AlertKind.ROLLED_BACK: ":rewind:",
     AlertKind.RESUMED: ":arrow_forward:",
     AlertKind.STALLED: ":hourglass:",
+    AlertKind.GATE_ERROR: ":grey_question:",
 }
 
 

@@ -35,7 +35,6 @@ from guard.wave_actions import (
     advance_patch,
     bake_patch,
     complete_patch,
-    delete_preconditions,
     promote_patch,
     start_patch,
 )
@@ -349,4 +348,3 @@ def test_wave_patches() -> None:
     }
     assert bake_patch(rolling, iso(T0))["metadata"]["annotations"] == {BAKE_STARTED_AT: iso(T0)}
     assert promote_patch(rolling, 1)["metadata"]["annotations"] == {PROMOTED_WAVE: "1"}
-    assert delete_preconditions("u1")["preconditions"] == {"uid": "u1"}
