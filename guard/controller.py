@@ -37,6 +37,7 @@ from dsguard.annotations import (
 from dsguard.daemonset import ON_DELETE
 from dsguard.policy import GuardAction, GuardPolicy, Policy, guard_policy_for
 from dsguard.revisions import previous_revision, update_revision
+from dsguard.waves import Wave, WaveDecision, WaveStep, decide_waves
 from guard import actions, wave_actions
 from guard.gates import GateResult, GateStatus, judge_apiserver, judge_prometheus
 from guard.metrics import GuardMetrics
@@ -44,7 +45,6 @@ from guard.notify.alert import Alert, AlertKind
 from guard.outbox import Outbox
 from guard.rollout import DaemonSetState, Decision, Step, decide
 from guard.store import Dirty, Store
-from guard.waves import Wave, WaveDecision, WaveStep, decide_waves
 
 log = logging.getLogger("dsguard.guard")
 
@@ -387,7 +387,7 @@ class Guard:
         self.notify(alert, governing.guard)
         log.info("%s: %s", after.ref, message)
 
-    # -- wave rollouts (spec.guard.waves; guard.waves decides) ----------------------------------
+    # -- wave rollouts (spec.guard.waves; dsguard.waves decides) ----------------------------------
     def _wave_position(self, ds: DaemonSetState) -> str:
         """ "at wave 2/4 (topology.kubernetes.io/zone=b), 5 nodes on the new revision", for alerts."""
         from dsguard.annotations import wave_info

@@ -156,7 +156,7 @@ class Step(StrEnum):
     ROLLBACK = "rollback"
     RESUME = "resume"  # a new revision replaced the paused one: a new rollout, watched from scratch
     STALLED = "stalled"
-    WAVE = "wave"  # a wave rollout's own step (guard.waves): recorded, like the others, per version
+    WAVE = "wave"  # a wave rollout's own step (dsguard.waves): recorded, like the others, per version
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The patches that drive a wave rollout (guard/waves.py decides which). Pure.
+"""The patches that drive a wave rollout (dsguard/waves.py decides which). Pure.
 
 Like the pause, every patch carries the DaemonSet's resourceVersion as a precondition: a wave is
 started, baked or advanced once, by one guard, from the state it read. Pod deletions carry the

@@ -1,6 +1,6 @@
 """Hand a template change to the guard's wave rollout before the DaemonSet controller starts one.
 
-For a DaemonSet whose guard policy has `waves`, the guard drives the rollout (guard/waves.py).
+For a DaemonSet whose guard policy has `waves`, the guard drives the rollout (dsguard/waves.py).
 If the DaemonSet controller saw the new template under RollingUpdate it would start replacing
 pods at once, before the guard's canary. So on an UPDATE that changes spec.template, /mutate sets
 `updateStrategy: OnDelete` and records the user's strategy in dsguard.io/original-update-strategy

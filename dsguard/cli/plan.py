@@ -1,6 +1,6 @@
 """`dsguard plan`: the waves the guard would run for a DaemonSet (which nodes in which wave), from
 the cluster (NAMESPACE/NAME) or from manifests (-f ds.yaml --nodes nodes.yaml --policy-file p.yaml),
-so a user sees the plan before the first pod is touched. The planning is guard.waves."""
+so a user sees the plan before the first pod is touched. The planning is dsguard.waves."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dsguard.documents import InputError, load_documents, load_nodes, load_polic
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy, WavesPolicy, guard_policy_for
 from dsguard.rules.engine import matching_policies
-from guard.waves import Wave, targeted_plan
+from dsguard.waves import Wave, targeted_plan
 
 NODES_SHOWN = 8
 

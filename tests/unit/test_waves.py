@@ -1,4 +1,4 @@
-"""guard.waves: the wave plan and the one step to take now (pure)."""
+"""dsguard.waves: the wave plan and the one step to take now (pure)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from dsguard.annotations import BAKE_STARTED_AT, PROMOTED_WAVE, WAVE, WAVES_REVISION
 from dsguard.pod_health import PodView
 from dsguard.policy import Approval, WavesPolicy
-from guard.waves import (
+from dsguard.waves import (
     PlanNode,
     Wave,
     WaveDecision,
