@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from dsguard.annotations import PauseInfo, RollbackInfo, pause_info, rollback_info, stalled
+from dsguard.annotations import (
+    PauseInfo,
+    RollbackInfo,
+    pause_info,
+    rollback_info,
+    stalled,
+    wave_info,
+    waves_in_progress,
+)
 from dsguard.daemonset import as_mapping
 from dsguard.facts import ClusterFacts
-from dsguard.pod_health import NodeHealth, PodView, failure_reason, reason_kind
-from dsguard.policy import GuardPolicy, Policy, guard_policy_for
+from dsguard.pod_health import NodeHealth, PodView, failure_reason, parse_time, reason_kind
+from dsguard.policy import Approval, GuardPolicy, Policy, WavesPolicy, guard_policy_for
 from dsguard.revisions import Revision, update_revision
 from dsguard.rules.engine import findings_by_policy
+from dsguard.waves import PlanNode, WaveProgress, current_pods, plan_waves, progress
 
 SCHEMA_API_VERSION = "dsguard.io/v1alpha1"
 SCHEMA_KIND = "DaemonSetStatusReport"
@@ -76,6 +85,70 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class WaveStatus:
+    """A wave rollout in progress (dsguard.waves), as `dsguard status` shows it."""
+
+    index: int  # the current wave, 0-based
+    waves: tuple[WaveProgress, ...]
+    bake_left: int | None  # seconds of the current wave's bake left; None when not baking
+    waiting: str  # what the rollout waits for ("" when the guard is replacing pods)
+    takeover: int | None  # pods the DaemonSet controller replaced before the guard took over
+
+    @property
+    def current(self) -> WaveProgress:
+        return self.waves[min(self.index, len(self.waves) - 1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "wave": self.index + 1,
+            "waves": [
+                {"name": w.name, "nodes": w.nodes, "updated": w.updated, "available": w.available}
+                for w in self.waves
+            ],
+            "bakeSecondsLeft": self.bake_left,
+            "waiting": self.waiting,
+            "takeover": self.takeover,
+        }
+
+
+def wave_status(
+    annotations: Mapping[str, Any],
+    revision: str | None,
+    waves: WavesPolicy | None,
+    pods: Iterable[PodView],
+    node_labels: Mapping[str, Mapping[str, str]],
+    min_ready_seconds: int,
+    now: float,
+) -> WaveStatus | None:
+    info = wave_info(annotations)
+    if waves is None or revision is None or info is None or not waves_in_progress(annotations, revision):
+        return None
+    by_node = current_pods(pods)
+    plan = plan_waves(waves, (PlanNode(n, node_labels.get(n, {})) for n in by_node))
+    if not plan:
+        return None
+    index = min(info.index, len(plan) - 1)
+    rows = progress(plan, by_node, revision, min_ready_seconds, now)
+    bake_left = None
+    waiting = ""
+    began = parse_time(info.bake_started_at) if info.bake_started_at else None
+    if began is not None and waves.bake_seconds:
+        bake_left = max(0, int(began + waves.bake_seconds - now))
+        waiting = f"baking, {bake_left}s left" if bake_left else ""
+    done = all(r.available == r.nodes for r in rows[: index + 1])
+    promoted = info.promoted is not None and info.promoted >= index + 1
+    if (
+        done
+        and index + 1 < len(plan)
+        and waves.approval is Approval.MANUAL
+        and not promoted
+        and not bake_left
+    ):
+        waiting = f"approval: dsguard promote (wave {index + 2}/{len(plan)}, {plan[index + 1].name})"
+    return WaveStatus(index=index, waves=rows, bake_left=bake_left, waiting=waiting, takeover=info.takeover)
+
+
+@dataclass(frozen=True)
 class DaemonSetReport:
     namespace: str
     name: str
@@ -95,6 +168,7 @@ class DaemonSetReport:
     rolled_back: RollbackInfo | None = None
     stalled: bool = False  # the guard reported the update revision as stalled
     violations: tuple[Violation, ...] = ()
+    waves: WaveStatus | None = None  # a wave rollout in progress (spec.guard.waves)
 
     @property
     def ref(self) -> str:
@@ -151,6 +225,7 @@ class DaemonSetReport:
             "rolledBack": self.rolled_back.to_dict() if self.rolled_back else None,
             "stalled": self.stalled,
             "violations": [v.to_dict() for v in self.violations],
+            "waves": self.waves.to_dict() if self.waves else None,
         }
 
 
@@ -231,6 +306,7 @@ def daemonset_report(
     policies: Sequence[Policy],
     facts: ClusterFacts,
     now: float,
+    node_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> DaemonSetReport:
     """One DaemonSet's row. pods and revisions may include other owners' (filtered by owner uid)."""
     meta = as_mapping(ds.get("metadata"))
@@ -244,8 +320,18 @@ def daemonset_report(
     revision = newest.hash if newest is not None else None
     generation = _int(meta.get("generation"))
     observed = _int(status.get("observedGeneration"))
-    total, updated_pods, failing = _failing(
-        (p for p in pods if p.owner_uid == uid), revision, nodes, guard, now
+    own = [p for p in pods if p.owner_uid == uid]
+    total, updated_pods, failing = _failing(own, revision, nodes, guard, now)
+    spec = as_mapping(ds.get("spec"))
+    min_ready = spec.get("minReadySeconds")
+    waves = wave_status(
+        annotations,
+        revision,
+        guard.waves,
+        own,
+        node_labels or {},
+        min_ready if isinstance(min_ready, int) and not isinstance(min_ready, bool) else 0,
+        now,
     )
     violations = tuple(
         Violation(p.name, f.rule, f.message, f.severity.value) for p, findings in found for f in findings
@@ -269,6 +355,7 @@ def daemonset_report(
         rolled_back=rollback_info(annotations, revision, observed >= generation),
         stalled=stalled(annotations, revision),
         violations=violations,
+        waves=waves,
     )
 
 
@@ -296,7 +383,12 @@ def build_report(
     for rev in map(Revision.from_object, revisions):
         if rev is not None:
             revisions_of.setdefault(rev.owner_uid, []).append(rev)
-    health = {h.name: h for h in map(NodeHealth.from_node, nodes)}
+    health: dict[str, NodeHealth] = {}
+    labels: dict[str, Mapping[str, str]] = {}
+    for node in nodes:
+        h = NodeHealth.from_node(node)
+        health[h.name] = h
+        labels[h.name] = as_mapping(as_mapping(node.get("metadata")).get("labels"))
     rows: list[DaemonSetReport] = []
     for ds in daemonsets:
         meta = as_mapping(ds.get("metadata"))
@@ -311,6 +403,7 @@ def build_report(
             policies=policies,
             facts=facts,
             now=now,
+            node_labels=labels,
         )
         if row.governed or name is not None:
             rows.append(row)

@@ -436,7 +436,7 @@ def test_schema() -> None:
     assert list(doc["daemonsets"][0]) == [
         "namespace", "name", "governed", "policies", "guardPolicy", "rollout", "generation",
         "observedGeneration", "desired", "updated", "ready", "available", "updateRevision", "pods",
-        "failing", "paused", "rolledBack", "stalled", "violations",
+        "failing", "paused", "rolledBack", "stalled", "violations", "waves",
     ]  # fmt: skip
     assert list(doc["daemonsets"][0]["failing"]) == ["total", "updated", "byReason"]
     assert list(doc["daemonsets"][0]["pods"]) == ["total", "updated"]

@@ -111,6 +111,18 @@ def details(d: DaemonSetReport, now: float) -> list[Text]:
         lines.append(
             Text(f"stalled: the guard saw no progress on revision {d.update_revision}", style="yellow")
         )
+    if d.waves is not None:
+        w = d.waves
+        head = f"wave {w.index + 1}/{len(w.waves)} ({w.current.name})"
+        if w.waiting:
+            head += f": {w.waiting}"
+        if w.takeover:
+            head += f" (the controller had replaced {w.takeover} pod(s) before the guard took over)"
+        lines.append(Text(head, style="cyan"))
+        for i, row in enumerate(w.waves):
+            mark = ">" if i == w.index else " "
+            counts = f"{row.updated}/{row.nodes} updated, {row.available} available"
+            lines.append(Text(f"  {mark} {i + 1}. {row.name}: {counts}"))
     for v in d.violations:
         style = "red" if v.severity == "violation" else "yellow"
         lines.append(Text(f'{v.severity}: DaemonSetPolicy "{v.policy}" ({v.rule}): {v.message}', style=style))
