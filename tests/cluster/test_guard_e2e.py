@@ -45,7 +45,7 @@ from localcluster.nodes import (
     delete_nodes,
     node_manifest,
 )
-from localcluster.webhook_host import _free_port
+from localcluster.procs import free_port
 from tests.cluster.conftest import GROUP_LABEL
 from tests.cluster.conftest import poll as poll  # re-exported: other guard tests import it from here
 from tests.tlsutil import TLSFiles, write_tls_files
@@ -98,7 +98,7 @@ class AlertReceiver:
 
     def __init__(self, tls: TLSFiles, port: int | None = None, *, fail_first: int = 0) -> None:
         self.tls = tls
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.fail_first = fail_first
         self._lock = threading.Lock()
         self._deliveries: list[Delivery] = []

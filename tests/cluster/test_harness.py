@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.cluster import LocalCluster, listening_pids
+from localcluster.cluster import LocalCluster
 from localcluster.nodes import (
     NODE_BEHAVIOR_ANNOTATION,
     POD_BEHAVIOR_ANNOTATION,
@@ -31,6 +31,7 @@ from localcluster.nodes import (
     set_node_behavior,
     wait_nodes_ready,
 )
+from localcluster.procs import listening_pids
 from tests.cluster.conftest import GROUP_LABEL, KwokNodes
 
 REPO = Path(__file__).resolve().parents[2]
