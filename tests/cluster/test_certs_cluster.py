@@ -40,7 +40,7 @@ from dsguard.kube import api_client
 from dsguard.policy import parse_policy
 from localcluster.cluster import LocalCluster
 from localcluster.webhook_host import webhook_configurations
-from tests.unit.test_certs import AheadClock, SecretVolume
+from tests.support.tls import AheadClock, SecretVolume
 from webhook.server import WebhookState, make_app
 from webhook.tls import CertReloader, server_context
 

@@ -48,7 +48,7 @@ from localcluster.nodes import (
 from localcluster.procs import free_port
 from tests.cluster.conftest import GROUP_LABEL
 from tests.cluster.conftest import poll as poll  # re-exported: other guard tests import it from here
-from tests.tlsutil import TLSFiles, write_tls_files
+from tests.support.tls import TLSFiles, write_tls_files
 
 NODES = 20
 MAX_UNAVAILABLE = 2

@@ -15,7 +15,7 @@ import pytest
 from localcluster.cluster import LocalCluster
 from localcluster.webhook_host import HostWebhook
 from tests.cluster.test_guard_e2e import BAD_IMAGE, CRASHLOOP, Scenario, setup_rollout
-from tests.tlsutil import write_tls_files
+from tests.support.tls import write_tls_files
 
 
 @pytest.fixture

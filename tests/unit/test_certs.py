@@ -71,7 +71,9 @@ from dsguard.atomic_files import write_private
 from dsguard.cli import main
 from dsguard.cli_options import parse_duration
 from dsguard.cluster_cache import ClusterCache
-from dsguard.policy import parse_policy
+from tests.support.builders import daemonset, parsed_policy
+from tests.support.polling import poll_async
+from tests.support.tls import AheadClock, SecretVolume
 from webhook.server import WebhookState, make_app
 from webhook.tls import CertReloader, as_files, server_context
 
@@ -837,40 +839,6 @@ async def test_loop_over_three_ca_lifetimes_never_leaves_a_served_certificate_un
 # --- TLS: reload under load, and the rotation overlap with real handshakes --------------------------
 
 
-class SecretVolume:
-    """A directory laid out like the kubelet's Secret volume: each file is a symlink into `..data`,
-    a symlink to a timestamped directory that is swapped by one atomic rename."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._versions = itertools.count()
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def update(self, files: Mapping[str, bytes]) -> None:
-        version = self.root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{next(self._versions)}"
-        version.mkdir(mode=0o700)
-        for name, data in files.items():
-            write_private(version / name, data)  # 0600 for all: keys among them
-        data_link = self.root / "..data"
-        old = data_link.resolve() if data_link.is_symlink() else None
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(version.name)
-        os.replace(tmp, data_link)
-        for name in files:
-            if not self.path(name).is_symlink():
-                self.path(name).symlink_to(Path("..data") / name)
-        if old is not None:
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-
-    def update_from_secret(self, secret: Mapping[str, Any]) -> None:
-        self.update({k: secret_data(secret, k) or b"" for k in ("tls.crt", "tls.key", "ca.crt")})
-
-
 async def peer_certificate(
     port: int, ctx: ssl.SSLContext, server_hostname: str = "127.0.0.1"
 ) -> x509.Certificate:
@@ -891,37 +859,20 @@ def client_context(*cas: x509.Certificate) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=pem_bundle(cas).decode())
 
 
-POLICY = parse_policy(
+POLICY = parsed_policy(
+    "add-infra-toleration",
     {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": "add-infra-toleration"},
-        "spec": {
-            "match": {"namespaces": ["agents"]},
-            "tolerations": {
-                "required": [
-                    {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
-                ],
-                "onMissing": "Add",
-            },
-        },
-    }
+        "tolerations": {
+            "required": [{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}],
+            "onMissing": "Add",
+        }
+    },
+    namespaces=["agents"],
 )
 
 
 def review_body(uid: str) -> bytes:
-    ds = {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "agent", "namespace": "agents", "labels": {"app": "agent"}},
-        "spec": {
-            "selector": {"matchLabels": {"app": "agent"}},
-            "template": {
-                "metadata": {"labels": {"app": "agent"}},
-                "spec": {"containers": [{"name": "a", "image": "registry.example.com/agent:1.0.0"}]},
-            },
-        },
-    }
+    ds = daemonset("agent", "agents", container="a", image="registry.example.com/agent:1.0.0", app_label=True)
     request = {
         "uid": uid,
         "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"},
@@ -980,15 +931,7 @@ async def _worker(
 
 
 async def _until_served(load: Load, count: int, what: str) -> None:
-    await _until(what, lambda: load.ok >= count)
-
-
-async def _until(what: str, probe: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
+    await poll_async(lambda: load.ok >= count, what=what, timeout=20)
 
 
 @pytest.mark.parametrize("writer", ["symlink-swap", "in-place"])
@@ -1048,7 +991,7 @@ async def test_webhook_picks_up_new_files_under_load_without_a_failed_request(
                             headers={"Content-Type": "application/json"},
                         )
                     )
-                    await _until("the slow request to start", started.is_set)
+                    await poll_async(started.is_set, what="the slow request to start", timeout=20)
                     before = load.ok
                     await _until_served(load, before + 30, "requests before the change")
                     if writer == "symlink-swap":
@@ -1094,18 +1037,6 @@ def test_as_files_in_memory_and_on_disk_load_the_same_pair(tmp_path: Path) -> No
                 assert _mode(Path(key_path).parent) == 0o700
         if not memfd:
             assert not Path(key_path).exists()
-
-
-class AheadClock:
-    """Real time plus an offset that only grows, never by BACKDATE or more: certificates issued on it
-    are already valid (notBefore = issue - BACKDATE) for a TLS client on the real clock."""
-
-    def __init__(self) -> None:
-        self.start = dt.datetime.now(dt.UTC)
-
-    def at(self, offset: dt.timedelta) -> dt.datetime:
-        assert offset < BACKDATE - 10 * SECOND, "certificates issued then would not be valid yet"
-        return self.start + offset
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -19,6 +19,7 @@ from dsguard.policy import GuardAction, GuardPolicy
 from dsguard.revisions import Revision
 from guard import actions
 from guard.rollout import DaemonSetState, Step, decide, threshold_count
+from tests.support.builders import daemonset
 
 T0 = 1_800_000_000.0  # "now" in these tests
 GUARD = GuardPolicy(
@@ -126,22 +127,13 @@ def ds_state(
     generation: int = 2,
     observed: int = 2,
 ) -> DaemonSetState:
-    return DaemonSetState.from_object(
-        {
-            "metadata": {
-                "name": "agent", "namespace": "ns", "uid": "ds-uid", "resourceVersion": "42",
-                "generation": generation, "annotations": annotations or {},
-            },
-            "spec": {
-                "updateStrategy": strategy or ROLLING,
-                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [CONTAINER]}},
-            },
-            "status": {
-                "observedGeneration": observed, "desiredNumberScheduled": desired,
-                "updatedNumberScheduled": updated, "numberAvailable": available, "numberReady": available,
-            },
-        }
+    obj = daemonset(
+        "agent", "ns", uid="ds-uid", resource_version="42", generation=generation,
+        annotations=annotations or {}, update_strategy=strategy or ROLLING, containers=[CONTAINER],
+        status={"observedGeneration": observed, "desiredNumberScheduled": desired,
+                "updatedNumberScheduled": updated, "numberAvailable": available, "numberReady": available},
     )  # fmt: skip
+    return DaemonSetState.from_object(obj)
 
 
 def revision(name: str, number: int, image: str) -> Revision:

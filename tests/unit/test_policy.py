@@ -11,22 +11,15 @@ import yaml
 from dsguard.fielderrors import InvalidSpec
 from dsguard.policy import Enforcement, GuardAction, OnExceed, OnMissing, UnknownVersion, parse_policy
 from dsguard.scheduling import Toleration
+from tests.support.builders import policy
 
 CRD = Path(__file__).parents[2] / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
 
 
-def doc(spec: dict[str, Any], name: str = "p") -> dict[str, Any]:
-    return {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def test_full_example_from_the_issue() -> None:
     p = parse_policy(
-        doc(
+        policy(
+            "node-agents",
             {
                 "match": {"namespaces": ["logging"], "namespaceSelector": {}, "selector": {}},
                 "enforcement": "Enforce",
@@ -48,7 +41,6 @@ def test_full_example_from_the_issue() -> None:
                     "unknownVersion": "Warn",
                 },
             },
-            name="node-agents",
         )
     )
     assert p.name == "node-agents"
@@ -65,7 +57,7 @@ def test_full_example_from_the_issue() -> None:
 
 
 def test_defaults() -> None:
-    p = parse_policy(doc({"tolerations": {"required": []}, "rollout": {}, "versions": {"rules": []}}))
+    p = parse_policy(policy("p", {"tolerations": {"required": []}, "rollout": {}, "versions": {"rules": []}}))
     assert p.enforcement is Enforcement.ENFORCE
     assert p.tolerations is not None and p.tolerations.on_missing is OnMissing.DENY
     assert p.rollout is not None and p.rollout.on_exceed is OnExceed.DENY
@@ -126,14 +118,15 @@ def test_defaults() -> None:
 )
 def test_errors_name_the_field(spec: dict[str, Any], expected: str) -> None:
     with pytest.raises(InvalidSpec) as info:
-        parse_policy(doc(spec), source="policy.yaml")
+        parse_policy(policy("p", spec), source="policy.yaml")
     assert expected in str(info.value)
     assert str(info.value).startswith("policy.yaml: ")
 
 
 def test_registry_port_is_not_a_tag() -> None:
     p = parse_policy(
-        doc(
+        policy(
+            "p",
             {
                 "versions": {
                     "rules": [
@@ -143,7 +136,7 @@ def test_registry_port_is_not_a_tag() -> None:
                         }
                     ]
                 }
-            }
+            },
         )
     )
     assert p.versions is not None and p.versions.rules[0].image == "localhost:5000/agent"

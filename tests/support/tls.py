@@ -1,19 +1,25 @@
-"""Throwaway TLS material for tests and benchmarks, made by the product's own certs.issue.
+"""Throwaway TLS material for tests, made by the product's own certs.issue.
 
 Serving certificates carry SANs for 127.0.0.1 and localhost by default; pass `hosts` for others
 (IP addresses become IP SANs, anything else a DNS SAN). Short lifetimes: these never outlive a run.
+Also SecretVolume (a directory laid out like the kubelet's Secret volume) and AheadClock (a clock
+for issuing certificates that are valid at once).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from certs.issue import KeyPair, issue_serving, new_ca
+from certs.issue import BACKDATE, KeyPair, issue_serving, new_ca
+from certs.rotate import secret_data
 from dsguard.atomic_files import write_private as write_private_atomic
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
@@ -100,3 +106,51 @@ def write_tls_files(
     write_private_atomic(directory / "ca.key", ca.pair.key_pem)
     write_serving(cert_file, key_file, serving)
     return TLSFiles(ca=ca, ca_file=ca_file, cert_file=cert_file, key_file=key_file, serial=serving.serial)
+
+
+class SecretVolume:
+    """A directory laid out like the kubelet's Secret volume: each file is a symlink into `..data`,
+    a symlink to a timestamped directory that is swapped by one atomic rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._versions = itertools.count()
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def update(self, files: Mapping[str, bytes]) -> None:
+        version = self.root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{next(self._versions)}"
+        version.mkdir(mode=0o700)
+        for name, data in files.items():
+            write_private_atomic(version / name, data)  # 0600 for all: keys among them
+        data_link = self.root / "..data"
+        old = data_link.resolve() if data_link.is_symlink() else None
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(version.name)
+        os.replace(tmp, data_link)
+        for name in files:
+            if not self.path(name).is_symlink():
+                self.path(name).symlink_to(Path("..data") / name)
+        if old is not None:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+
+    def update_from_secret(self, secret: Mapping[str, Any]) -> None:
+        self.update({k: secret_data(secret, k) or b"" for k in ("tls.crt", "tls.key", "ca.crt")})
+
+
+class AheadClock:
+    """Real time plus an offset that only grows, never by BACKDATE or more: certificates issued on it
+    are already valid (notBefore = issue - BACKDATE) for a TLS client on the real clock."""
+
+    def __init__(self) -> None:
+        self.start = datetime.datetime.now(datetime.UTC)
+
+    def at(self, offset: datetime.timedelta) -> datetime.datetime:
+        assert offset < BACKDATE - datetime.timedelta(seconds=10), (
+            "certificates issued then would not be valid yet"
+        )
+        return self.start + offset
