@@ -192,10 +192,18 @@ def set_pdeathsig() -> None:  # pragma: no cover - runs in the child between for
     libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
 
-def _reap(popen: subprocess.Popen[bytes] | None) -> None:
-    if popen is not None:
-        with contextlib.suppress(ChildProcessError):
-            popen.poll()
+def _reaped(popen: subprocess.Popen[bytes] | None) -> bool:
+    """Has our child exited and been reaped (True without one)? A multi-threaded leader shows as a
+    zombie while its other threads still exit, and cannot be reaped until they have."""
+    if popen is None:
+        return True
+    with contextlib.suppress(ChildProcessError):
+        return popen.poll() is not None
+    return True  # reaped by someone else
+
+
+def _gone(pgid: int, popen: subprocess.Popen[bytes] | None) -> bool:
+    return _reaped(popen) and not group_members(pgid)
 
 
 def stop_group(
@@ -215,14 +223,15 @@ def stop_group(
     `leader` and `start_time` name the process that was started (its /proc starttime): the
     pid-reuse guard. Once that leader is gone (its pid maybe reused) the group is signalled only
     if members of it remain, which are still ours: Linux does not hand out a pid that is in use
-    as a process group id. `popen` (the leader's, if this process started it) is polled to reap it.
+    as a process group id. `popen` (the leader's, if this process started it) is reaped: the group
+    counts as gone once it is.
     """
     if pgid <= 0:
         return []
     st = proc_stat(leader)
     leader_is_ours = st is not None and st[2] == start_time
     if not leader_is_ours and not group_members(pgid):
-        _reap(popen)
+        _reaped(popen)
         return []
     steps = [(signal.SIGTERM, grace)] if sigterm else []
     for sig, wait in [*steps, (signal.SIGKILL, kill_wait)]:
@@ -230,12 +239,12 @@ def stop_group(
             os.killpg(pgid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            _reap(popen)
-            if not group_members(pgid):
+            if _gone(pgid, popen):
                 return []
             time.sleep(0.1)
-    _reap(popen)
-    return group_members(pgid)
+    if _gone(pgid, popen):
+        return []
+    return group_members(pgid) or [pgid]  # the leader, not reaped yet
 
 
 class ProcessExited(RuntimeError):
