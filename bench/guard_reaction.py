@@ -64,8 +64,9 @@ from dsguard.pod_health import PodView, failure_reason  # noqa: E402
 from dsguard.policy import GuardPolicy  # noqa: E402
 from guard.rollout import DaemonSetState  # noqa: E402
 from localcluster.cluster import DEFAULT_STAGES, LocalCluster  # noqa: E402
-from localcluster.guard_host import HostGuard, ProcessStats  # noqa: E402
+from localcluster.guard_host import HostGuard  # noqa: E402
 from localcluster.nodes import POD_BEHAVIOR_ANNOTATION, POD_TIMING_ANNOTATIONS, create_nodes, node_manifest  # noqa: E402
+from localcluster.procs import ProcessStats, wait_ready  # noqa: E402
 
 NAMESPACE = "bench"
 NODE_LABEL = "dsguard.bench/pool"
@@ -549,11 +550,12 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def _wait_default_sa(cluster: LocalCluster) -> None:
-    deadline = time.monotonic() + 60
-    while cluster.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no default ServiceAccount in {NAMESPACE}")
-        time.sleep(0.2)
+    def found() -> bool:
+        return (
+            cluster.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE, check=False).returncode == 0
+        )
+
+    wait_ready(found, what=f"the default ServiceAccount in {NAMESPACE}", timeout=60, interval=0.2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,10 +21,7 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,13 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.tlsutil import TLSFiles, write_tls_files  # noqa: E402
+from localcluster.procs import Child, free_port, launch, process_stats, wait_ready  # noqa: E402
+from localcluster.webhook_host import loopback_tls_files  # noqa: E402
 
 TARGET_REVIEWS_PER_CPU_S = 2000.0
 TARGET_P99_MS = 5.0
 NAMESPACE = "monitoring"
 AGENT_IMAGE = "registry.example.com/observability/node-agent"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DSGUARD = REPO / ".venv" / "bin" / "dsguard"
 
 
@@ -366,43 +363,31 @@ def admission_review(obj: dict[str, Any]) -> bytes:
 # --- the server process ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process, from /proc."""
+    return process_stats(pid).cpu_seconds
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+    return process_stats(pid).rss_bytes // 1024
 
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[bytes]
+    child: Child  # localcluster.procs.launch: its own process group, output in child.log
     port: int
-    log: Path
     ca_pem: bytes
 
     def url(self, path: str) -> str:
         return f"https://127.0.0.1:{self.port}{path}"
 
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.ca_pem.decode())
 
 
 @contextlib.contextmanager
 def dsguard_webhook(workdir: Path, node_count: int) -> Iterator[Server]:
-    tls: TLSFiles = write_tls_files(workdir / "tls")
+    tls, ca_pem = loopback_tls_files(workdir / "tls")
     policy_file = workdir / "policies.yaml"
     policy_file.write_text(yaml.safe_dump_all(POLICIES, sort_keys=False))
     nodes_file = workdir / "nodes.yaml"
@@ -410,44 +395,28 @@ def dsguard_webhook(workdir: Path, node_count: int) -> Iterator[Server]:
         yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": make_nodes(node_count)})
     )
     port = free_port()
-    log = workdir / "webhook.log"
     cmd = [
         str(DSGUARD), "webhook",
-        "--tls-cert-file", str(tls.cert_file), "--tls-private-key-file", str(tls.key_file),
+        "--tls-cert-file", str(tls["tls.crt"]), "--tls-private-key-file", str(tls["tls.key"]),
         "--host", "127.0.0.1", "--port", str(port),
         "--policy-file", str(policy_file), "--nodes", str(nodes_file), "--kubernetes-version", "v1.33.4",
         "--log-level", "warning",
     ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    server = Server(proc=proc, port=port, log=log, ca_pem=tls.ca_pem)
+    child = launch(cmd, log=workdir / "webhook.log", cwd=REPO, env=os.environ)
+    server = Server(child=child, port=port, ca_pem=ca_pem)
     try:
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        child.stop(15)
 
 
-async def wait_ready(server: Server, session: aiohttp.ClientSession, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"dsguard webhook exited with {server.proc.returncode}:\n{server.log_tail()}")
-        try:
-            async with session.get(server.url("/readyz")) as r:
-                if r.status == 200:
-                    return
-                last = f"{r.status} {await r.text()}"
-        except aiohttp.ClientError as e:
-            last = f"{type(e).__name__}: {e}"
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"/readyz not 200 after {within}s ({last}):\n{server.log_tail()}")
+async def wait_ready_async(server: Server, within: float = 30.0) -> None:
+    """Until /readyz answers 200 (localcluster.procs.wait_ready, in a thread); fails at once if
+    the server exits."""
+    await asyncio.to_thread(
+        wait_ready, server.url("/readyz"), what="dsguard webhook", child=server.child, timeout=within,
+        context=server.client_context(), interval=0.05,
+    )  # fmt: skip
 
 
 # --- the load generator ---------------------------------------------------------------------------
@@ -553,7 +522,7 @@ def meets_target(rate: float, achieved: float, per_cpu: float, p99_ms: float) ->
 
 
 async def drive(load: Load, client_ctx: ssl.SSLContext, *, warmup: float, duration: float) -> Result:
-    pid = load.server.proc.pid
+    pid = load.server.child.pid
     connector = aiohttp.TCPConnector(ssl=client_ctx, limit=load.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -625,11 +594,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="dsguard-bench-") as tmp,
         dsguard_webhook(Path(tmp), args.nodes) as server,
     ):
-        client_ctx = ssl.create_default_context(cadata=server.ca_pem.decode())
+        client_ctx = server.client_context()
+        await wait_ready_async(server)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
-            await wait_ready(server, session)
             await check_answers(server, session, scenarios)
-        rss_idle = rss_kib(server.proc.pid)
+        rss_idle = rss_kib(server.child.pid)
         results = [
             await drive(
                 Load(server, s, args.concurrency, args.rate),
@@ -639,8 +608,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for s in scenarios
         ]
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"dsguard webhook died during the run:\n{server.log_tail()}")
+        if not server.child.alive():
+            raise RuntimeError(f"dsguard webhook died during the run:\n{server.child.tail(20)}")
     floor = results[0].server_cpu_s_per_1000
     return {
         "config": {

@@ -16,13 +16,10 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import ctypes
 import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -37,6 +34,18 @@ import yaml
 
 from localcluster.binaries import ensure_binaries, versions
 from localcluster.pki import Pki, generate_pki
+from localcluster.procs import (
+    NotReady,
+    ProcessExited,
+    free_ports,
+    http_get,
+    launch,
+    listening_pids,
+    log_tail,
+    proc_stat,
+    stop_group,
+    wait_ready,
+)
 
 __all__ = [
     "DEFAULT_CONTROLLERS",
@@ -46,7 +55,6 @@ __all__ = [
     "KubectlError",
     "LocalCluster",
     "default_workdir",
-    "listening_pids",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +99,7 @@ class ComponentError(ClusterError):
     def __init__(self, component: str, reason: str, log: Path | None) -> None:
         self.component = component
         self.log = log
-        tail = _tail(log, 40) if log else ""
+        tail = (log_tail(log, 40) if log.exists() else "(no log)") if log else ""
         where = f"\n--- last lines of {log} ---\n{tail}" if log else ""
         super().__init__(f"{component}: {reason}{where}")
 
@@ -111,103 +119,7 @@ def default_workdir() -> Path:
     return Path(env) if env else REPO_ROOT / ".cluster"
 
 
-def _tail(path: Path | None, lines: int) -> str:
-    if path is None or not path.exists():
-        return "(no log)"
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 64 * 1024))
-        data = f.read().decode("utf-8", "replace")
-    return "\n".join(data.splitlines()[-lines:])
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so none repeats)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _listening_inodes(port: int) -> set[int]:
-    """Socket inodes in LISTEN state on a local TCP port (from /proc/net/tcp{,6})."""
-    inodes: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(int(parts[9]))
-    return inodes
-
-
-def listening_pids(port: int) -> set[int]:
-    """Pids holding a listening TCP socket on port (any local address), found through /proc.
-
-    Reads the kernel's socket table instead of connecting, which on loopback can
-    self-connect when port is in the ephemeral range and nothing listens.
-    """
-    targets = {f"socket:[{i}]" for i in _listening_inodes(port)}
-    pids: set[int] = set()
-    if not targets:
-        return pids
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = list(os.scandir(f"/proc/{entry.name}/fd"))
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd.path) in targets:
-                    pids.add(int(entry.name))
-                    break
-            except OSError:
-                continue
-    return pids
-
-
 # --- processes -------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgrp, starttime) of a live pid from /proc, or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); pgrp is field 5; starttime is field 22
-    return fields[0], int(fields[2]), int(fields[19])
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Pids (not zombies) whose process group is pgid."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        st = _proc_stat(int(entry.name))
-        if st and st[1] == pgid and st[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
 
 @dataclass
@@ -251,11 +163,18 @@ class _Component:
             return False
         if self.popen is not None and self.popen.poll() is not None:
             return False
-        st = _proc_stat(self.pid)
+        st = proc_stat(self.pid)
         return st is not None and st[0] not in ("Z", "X") and st[2] == self.start_time
 
-    def exit_code(self) -> int | None:
+    @property
+    def returncode(self) -> int | None:
         return self.popen.poll() if self.popen is not None else None
+
+    def stop(self, grace: float) -> list[int]:
+        """SIGTERM its process group, SIGKILL after grace; the survivors (procs.stop_group)."""
+        return stop_group(
+            self.pgid, leader=self.pid, start_time=self.start_time, grace=grace, popen=self.popen
+        )
 
 
 @dataclass
@@ -417,7 +336,7 @@ class LocalCluster:
         busy = []
         for port in self._all_ports():
             for pid in listening_pids(port):
-                st = _proc_stat(pid)
+                st = proc_stat(pid)
                 if pid in ours or (st is not None and st[1] in ours):
                     busy.append(port)
         if not leftovers:  # keep the pids around for another `down` if something survived
@@ -561,7 +480,7 @@ class LocalCluster:
             p.controller_manager,
             p.scheduler,
             p.kwok,
-        ) = _free_ports(6)
+        ) = free_ports(6)
         self.server = f"https://127.0.0.1:{p.apiserver}"
         pki = generate_pki(self.workdir / "pki", service_ip=FIRST_SERVICE_IP)
         self.pki = pki
@@ -649,7 +568,7 @@ class LocalCluster:
                 raise ClusterError(f"cluster of {self.kubeconfig} ({self.server}) is not ready: {last}")
             time.sleep(1.0)
         if self._run_kwok:
-            (self.ports.kwok,) = _free_ports(1)
+            (self.ports.kwok,) = free_ports(1)
             kwok = self._spawn_kwok(bin_dir, self.kubeconfig)
             self._wait_healthy(kwok, deadline)
 
@@ -760,28 +679,16 @@ class LocalCluster:
         port: int,
         env: dict[str, str] | None = None,
     ) -> _Component:
-        if env is None:
-            env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         comp = _Component(
             name=name, args=[str(bin_dir / name), *args], log=self.logs_dir / f"{name}.log", port=port
         )
-        with comp.log.open("ab") as log:
-            log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(comp.args)}\n".encode())
-            log.flush()
-            comp.popen = subprocess.Popen(
-                comp.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,  # its own session and process group
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
-            )
-        comp.pid = comp.popen.pid
-        comp.pgid = comp.popen.pid
-        st = _proc_stat(comp.pid)
-        comp.start_time = st[2] if st else 0
+        child = launch(  # its own session and process group
+            comp.args, log=comp.log, cwd=self.workdir, env=env, die_with_parent=self.die_with_parent,
+            header=f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(comp.args)}",
+        )  # fmt: skip
+        comp.popen = child.popen
+        comp.pid = comp.pgid = child.pid
+        comp.start_time = child.start_time
         self._components.append(comp)
         return comp
 
@@ -796,20 +703,20 @@ class LocalCluster:
         return ctx
 
     def _api_get(self, path: str) -> tuple[int, bytes]:
-        return _https_get(self.ports.apiserver, path, self._client_ssl())
+        return http_get(f"https://127.0.0.1:{self.ports.apiserver}{path}", context=self._client_ssl())
 
     def _health_check(self, name: str) -> Callable[[], bool]:
         if name == "etcd":
             port = self.ports.etcd_client
 
             def etcd_ok() -> bool:
-                status, body = _http_get(port, "/health")
+                status, body = http_get(f"http://127.0.0.1:{port}/health")
                 return status == 200 and json.loads(body).get("health") == "true"
 
             return etcd_ok
         if name == "kwok":
             kwok_port = self.ports.kwok
-            return lambda: _http_get(kwok_port, "/healthz")[0] == 200
+            return lambda: http_get(f"http://127.0.0.1:{kwok_port}/healthz")[0] == 200
         if self.pki is None:
             pki_dir = self.workdir / "pki"
             self.pki = _pki_from_dir(pki_dir)
@@ -819,30 +726,25 @@ class LocalCluster:
             "kube-controller-manager": (self.ports.controller_manager, "/healthz"),
             "kube-scheduler": (self.ports.scheduler, "/healthz"),
         }[name]
-        return lambda: _https_get(port, path, ctx)[0] == 200
+        return lambda: http_get(f"https://127.0.0.1:{port}{path}", context=ctx)[0] == 200
 
     def _wait_healthy(self, comp: _Component, deadline: float) -> None:
         check = self._health_check(comp.name)
         self._wait_for(comp.name, check, deadline, "never became healthy")
 
     def _wait_for(self, name: str, check: Callable[[], bool], deadline: float, what: str) -> None:
+        """check() until True (procs.wait_ready), watching component `name`; ComponentError if it
+        exits or at the deadline."""
         comp = next((c for c in self._components if c.name == name), None)
-        last_err = ""
-        while True:
-            if comp is not None and not comp.alive():
-                code = comp.exit_code()
-                raise ComponentError(name, f"exited (code {code}) during startup", comp.log)
-            try:
-                if check():
-                    return
-                last_err = ""
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                last_err = f" (last error: {exc})"
-            if time.monotonic() >= deadline:
-                raise ComponentError(
-                    name, f"{what} within {self.startup_timeout:.0f}s{last_err}", comp.log if comp else None
-                )
-            time.sleep(0.2)
+        try:
+            wait_ready(check, what=name, timeout=deadline - time.monotonic(), child=comp, interval=0.2)
+        except ProcessExited as e:
+            raise ComponentError(name, f"exited (code {e.returncode}) during startup", e.log) from None
+        except NotReady as e:
+            last_err = f" (last error: {e.last})" if e.error else ""
+            raise ComponentError(
+                name, f"{what} within {self.startup_timeout:.0f}s{last_err}", comp.log if comp else None
+            ) from None
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -853,7 +755,7 @@ class LocalCluster:
         """Stop components in reverse start order; returns any that would not die."""
         leftovers: dict[str, list[int]] = {}
         for comp in reversed(self._components):
-            left = _stop_group(comp, grace)
+            left = comp.stop(grace)
             if left:
                 leftovers[comp.name] = left
         self._components = [c for c in self._components if c.name in leftovers]
@@ -863,68 +765,6 @@ class LocalCluster:
         if self._started:
             with contextlib.suppress(Exception):
                 self.stop(grace=5.0)
-
-
-def _stop_group(comp: _Component, grace: float) -> list[int]:
-    """SIGTERM the component's process group, SIGKILL after grace; return survivors."""
-    if comp.pgid <= 0:
-        return []
-    # Only signal a group whose leader is still the process we started (pid reuse guard);
-    # if the leader is gone, remaining members of its group are still ours to stop.
-    st = _proc_stat(comp.pid)
-    leader_is_ours = st is not None and st[2] == comp.start_time
-    if not leader_is_ours and not _group_members(comp.pgid):
-        _reap(comp)
-        return []
-    # If the leader died but members remain, the group is still ours: Linux does not hand out
-    # a pid that is in use as a process group id.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(comp.pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(comp)
-        if not _group_members(comp.pgid):
-            return []
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(comp.pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        _reap(comp)
-        members = _group_members(comp.pgid)
-        if not members:
-            return []
-        time.sleep(0.1)
-    return _group_members(comp.pgid)
-
-
-def _reap(comp: _Component) -> None:
-    if comp.popen is not None:
-        with contextlib.suppress(ChildProcessError):
-            comp.popen.poll()
-
-
-# --- small HTTP helpers (loopback only) ---------------------------------------------------
-
-
-def _http_get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def _https_get(port: int, path: str, ctx: ssl.SSLContext) -> tuple[int, bytes]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=3, context=ctx)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 # --- kubeconfig ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from localcluster.nodes import (
     set_node_behavior,
     wait_nodes_ready,
 )
+from localcluster.procs import NotReady, wait_ready
 from localcluster.webhook_host import HostWebhook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,13 +145,11 @@ class Story:
         self.say(f"\033[32m✓ {claim}\033[0m")
 
     def poll(self, fn: Callable[[], bool], timeout: float, claim: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if fn():
-                self.check(True, claim)
-                return
-            time.sleep(0.5)
-        self.check(False, claim)
+        try:
+            wait_ready(fn, what=claim, timeout=timeout, interval=0.5)
+        except NotReady:
+            self.check(False, claim)
+        self.check(True, claim)
 
 
 def fluent_bit(

@@ -16,45 +16,28 @@ as their reportingInstance. Used by the end-to-end tests and bench/guard_reactio
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from localcluster.cluster import LocalCluster, _set_pdeathsig
-from localcluster.host_process import log_tail, stop_group, wait_ready
-from localcluster.webhook_host import CRD, REPO, _free_port
+from localcluster.cluster import LocalCluster
+from localcluster.procs import (
+    Child,
+    ProcessStats,
+    free_port,
+    http_get,
+    launch,
+    log_tail,
+    process_stats,
+    wait_ready,
+)
+from localcluster.webhook_host import REPO, apply_crd
 
 LEASE_NAMESPACE = "dsguard"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class ProcessStats:
-    rss_bytes: int  # VmRSS
-    hwm_bytes: int  # VmHWM: the peak RSS so far
-    cpu_seconds: float  # user + system
-
-
-def process_stats(pid: int) -> ProcessStats:
-    """VmRSS, VmHWM and CPU seconds of a live process, from /proc."""
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024  # reported in kB
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    after_comm = stat[stat.rindex(")") + 2 :].split()  # comm may contain spaces
-    utime, stime = int(after_comm[11]), int(after_comm[12])  # fields 14 and 15 of proc(5)
-    return ProcessStats(fields.get("VmRSS", 0), fields.get("VmHWM", 0), (utime + stime) / CLK_TCK)
 
 
 class HostGuard:
@@ -96,7 +79,7 @@ class HostGuard:
         self.die_with_parent = die_with_parent
         self.port = 0
         self.log_path = cluster.logs_dir / f"dsguard-guard-{self.identity}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.starts = 0
 
     @property
@@ -105,12 +88,12 @@ class HostGuard:
 
     @property
     def pid(self) -> int:
-        if self.proc is None:
+        if self.child is None:
             raise RuntimeError("the guard was never started")
-        return self.proc.pid
+        return self.child.pid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.alive()
 
     def command(self) -> list[str]:
         cmd = [
@@ -138,10 +121,7 @@ class HostGuard:
             raise RuntimeError(f"creating namespace {self.lease_namespace}: {proc.stderr.strip()}")
 
     def ensure_crd(self) -> None:
-        self.cluster.kubectl("apply", "-f", str(CRD))
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/daemonsetpolicies.dsguard.io"
-        )
+        apply_crd(self.cluster)
 
     def start(self, *, wait: bool = True) -> Self:
         """Start the process (again, after kill() or stop()); with wait, until /readyz answers 200."""
@@ -152,22 +132,14 @@ class HostGuard:
                 self.ensure_lease_namespace()
             if not self.policy_files:
                 self.ensure_crd()  # it watches the cluster's DaemonSetPolicies
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env.update({"POD_NAME": self.identity, "PYTHONUNBUFFERED": "1", **self.env})
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start {self.starts + 1}: {' '.join(self.command())}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
-            )
+        cmd = self.command()
+        self.child = launch(
+            cmd, log=self.log_path, cwd=REPO, env=env, die_with_parent=self.die_with_parent,
+            header=f"--- start {self.starts + 1}: {' '.join(cmd)}",
+        )  # fmt: skip
         self.starts += 1
         if wait:
             self.wait_ready()
@@ -175,14 +147,18 @@ class HostGuard:
 
     def wait_ready(self) -> None:
         wait_ready(
-            f"{self.base_url}/readyz", what=f"dsguard guard {self.identity}", proc=self.proc,
-            log_path=self.log_path, timeout=self.startup_timeout,
+            f"{self.base_url}/readyz", what=f"dsguard guard {self.identity}", child=self.child,
+            timeout=self.startup_timeout,
         )  # fmt: skip
 
     # -- observing ------------------------------------------------------------------------
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"{self.base_url}/metrics", timeout=5) as resp:  # noqa: S310
-            return str(resp.read().decode())
+        status, body = http_get(f"{self.base_url}/metrics", timeout=5)
+        if status != 200:
+            raise RuntimeError(
+                f"guard {self.identity} /metrics: HTTP {status}: {body.decode(errors='replace')}"
+            )
+        return body.decode()
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples called `name` whose labels include `labels` (0 if none)."""
@@ -207,14 +183,13 @@ class HostGuard:
 
     def kill(self) -> None:
         """SIGKILL the process group: no lease release, no alert drain."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        if self.child is not None:
+            self.child.kill()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (the guard releases its lease and drains alerts), SIGKILL after `timeout`."""
-        stop_group(self.proc, timeout)
+        if self.child is not None:
+            self.child.stop(timeout)
 
     def __enter__(self) -> Self:
         return self.start()

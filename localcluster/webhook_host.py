@@ -9,31 +9,21 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import ssl
-import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from certs.issue import issue_serving, new_ca, write_files
 from localcluster.cluster import LocalCluster
-from localcluster.host_process import log_tail, stop_group, wait_ready
+from localcluster.procs import Child, free_port, http_get, launch, log_tail, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
+CRD_NAME = "daemonsetpolicies.dsguard.io"
 MUTATING_NAME = "dsguard-mutate"
 VALIDATING_NAME = "dsguard-validate"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def webhook_configurations(
@@ -90,6 +80,21 @@ def webhook_configurations(
     ]
 
 
+def loopback_tls_files(directory: Path) -> tuple[dict[str, Path], bytes]:
+    """A throwaway CA and a serving certificate for 127.0.0.1 and localhost, written to directory
+    (ca.crt, tls.crt, tls.key, by certs.issue.write_files); the paths and the CA's PEM."""
+    ca = new_ca("dsguard-test-ca")
+    leaf = issue_serving(ca, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    return write_files(directory, ca, leaf), ca.cert_pem
+
+
+def apply_crd(cluster: LocalCluster) -> str:
+    """The DaemonSetPolicy CRD, applied (idempotently) and Established; its name."""
+    cluster.kubectl("apply", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    return CRD_NAME
+
+
 class HostWebhook:
     """`dsguard webhook` as a child process, registered with the cluster; a context manager."""
 
@@ -111,7 +116,7 @@ class HostWebhook:
         self.startup_timeout = startup_timeout
         self.port = 0
         self.log_path = cluster.logs_dir / "dsguard-webhook.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.ca_pem = b""
 
     @property
@@ -119,15 +124,9 @@ class HostWebhook:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
-        ca = new_ca("dsguard-test-ca")
-        leaf = issue_serving(ca, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
-        paths = write_files(self.workdir / "certs", ca, leaf)
-        self.ca_pem = ca.cert_pem
-        self.cluster.kubectl("apply", "-f", str(CRD))
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/daemonsetpolicies.dsguard.io"
-        )
-        self.port = _free_port()
+        paths, self.ca_pem = loopback_tls_files(self.workdir / "certs")
+        apply_crd(self.cluster)
+        self.port = free_port()
         cmd = [
             sys.executable, "-m", "dsguard.cli", "webhook",
             "--tls-cert-file", str(paths["tls.crt"]),
@@ -137,12 +136,7 @@ class HostWebhook:
             *(arg for f in self.policy_files for arg in ("--policy-file", str(f))),
             *self.extra_args,
         ]  # fmt: skip
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
-            )
+        self.child = launch(cmd, log=self.log_path, cwd=REPO)
         self._wait_ready()
         docs = webhook_configurations(self.base_url, self.ca_pem, namespace_selector=self.namespace_selector)
         self.cluster.kubectl(
@@ -150,17 +144,21 @@ class HostWebhook:
         )
         return self
 
+    def client_context(self) -> ssl.SSLContext:
+        """Trusts the webhook's serving certificate (its throwaway CA)."""
+        return ssl.create_default_context(cadata=self.ca_pem.decode())
+
     def _wait_ready(self) -> None:
         wait_ready(
-            f"{self.base_url}/readyz", what="dsguard webhook", proc=self.proc, log_path=self.log_path,
-            timeout=self.startup_timeout, context=ssl.create_default_context(cadata=self.ca_pem.decode()),
-            interval=0.2,
+            f"{self.base_url}/readyz", what="dsguard webhook", child=self.child, timeout=self.startup_timeout,
+            context=self.client_context(), interval=0.2,
         )  # fmt: skip
 
     def metrics(self) -> str:
-        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
-        with urllib.request.urlopen(f"{self.base_url}/metrics", context=ctx, timeout=5) as resp:  # noqa: S310
-            return str(resp.read().decode())
+        status, body = http_get(f"{self.base_url}/metrics", context=self.client_context(), timeout=5)
+        if status != 200:
+            raise RuntimeError(f"dsguard webhook /metrics: HTTP {status}: {body.decode(errors='replace')}")
+        return body.decode()
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
@@ -173,7 +171,8 @@ class HostWebhook:
 
     def stop(self) -> None:
         self.unregister()
-        stop_group(self.proc, 15)
+        if self.child is not None:
+            self.child.stop(15)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -7,7 +7,13 @@
   the cluster already runs kwok with localcluster/kwok/stages.yaml).
 * ``namespace``: a fresh namespace per test (with its `default` ServiceAccount), deleted after.
 * ``kwok_nodes``: a factory creating Ready kwok nodes labelled ``dsguard.test/group=<namespace>``;
-  they are deleted (and pods still bound to them force-deleted) after the test.
+  they are deleted (and pods still bound to them force-deleted) after the test
+  (tests/support/kwok.py).
+* ``crd``: the DaemonSetPolicy CRD, applied and Established.
+* ``scenario``: the guard end-to-end world of tests/support/guard_scenario.py (with ``alert_tls``,
+  the alert receiver's certificate, one per module).
+
+Helpers (no fixtures) are in tests/support/; no test module imports another.
 
 Every test here is marked ``cluster``; a failing test's report names the cluster's logs dir.
 """
@@ -16,20 +22,20 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from localcluster.cluster import LocalCluster
-from localcluster.nodes import create_nodes, delete_nodes, node_manifest, wait_nodes_ready
-from localcluster.webhook_host import CRD
+from localcluster.webhook_host import apply_crd
+from tests.support.guard_scenario import Scenario
+from tests.support.kwok import KwokNodes
+from tests.support.polling import poll
+from tests.support.tls import TLSFiles, write_tls_files
 
 HERE = Path(__file__).resolve().parent
-GROUP_LABEL = "dsguard.test/group"
 
 _session_cluster: LocalCluster | None = None
 
@@ -97,54 +103,12 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     name = f"t-{_slug(request.node.name, 40)}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     # Pods are rejected until the serviceaccount controller has created `default`.
-    deadline = time.monotonic() + 30
-    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"namespace {name}: no default ServiceAccount after 30s")
-        time.sleep(0.2)
+    poll(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        what=f"namespace {name}: its default ServiceAccount", timeout=30,
+    )  # fmt: skip
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
-
-
-class KwokNodes:
-    """Creates kwok nodes for one test; names are ``<namespace>-<suffix>``."""
-
-    def __init__(self, cluster: LocalCluster, group: str) -> None:
-        self.cluster = cluster
-        self.group = group
-        self.names: list[str] = []
-
-    def __call__(
-        self,
-        count: int = 1,
-        *,
-        suffix: str = "n",
-        labels: Mapping[str, str] | None = None,
-        taints: Sequence[Mapping[str, str]] | None = None,
-        kubelet_version: str = "v1.37.2",
-        annotations: Mapping[str, str] | None = None,
-        wait: bool = True,
-    ) -> list[str]:
-        start = len(self.names)
-        names = [f"{self.group}-{suffix}{start + i}" for i in range(count)]
-        manifests = [
-            node_manifest(
-                n,
-                labels={GROUP_LABEL: self.group, **(labels or {})},
-                taints=taints,
-                kubelet_version=kubelet_version,
-                annotations=annotations,
-            )
-            for n in names
-        ]
-        create_nodes(self.cluster.kubectl, manifests)
-        self.names += names
-        if wait:
-            wait_nodes_ready(self.cluster.kubectl, names, timeout=60)
-        return names
-
-    def cleanup(self) -> None:
-        delete_nodes(self.cluster.kubectl, self.names)
 
 
 @pytest.fixture
@@ -154,26 +118,25 @@ def kwok_nodes(cluster: LocalCluster, namespace: str) -> Iterator[KwokNodes]:
     factory.cleanup()
 
 
-T = TypeVar("T")
-
-
-def poll(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
-    """fn() until it returns something truthy; TimeoutError naming `what` (and fn's last value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> str:
     """The DaemonSetPolicy CRD, applied (idempotently) and Established. DaemonSetPolicies are
     cluster-scoped: a test's policies must match only its own namespace and be deleted after."""
-    cluster.kubectl("apply", "-f", str(CRD))
-    name = "daemonsetpolicies.dsguard.io"
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
-    return name
+    return apply_crd(cluster)
+
+
+@pytest.fixture(scope="module")
+def alert_tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """The alert receiver's serving certificate (the guards trust its CA through SSL_CERT_FILE)."""
+    return write_tls_files(tmp_path_factory.mktemp("alert-tls"))
+
+
+@pytest.fixture
+def scenario(
+    cluster: LocalCluster, namespace: str, tmp_path: Path, alert_tls: TLSFiles
+) -> Iterator[Scenario]:
+    s = Scenario(cluster, namespace, tmp_path, alert_tls)
+    try:
+        yield s
+    finally:
+        s.cleanup()

@@ -18,7 +18,10 @@ import pytest
 from localcluster.cluster import LocalCluster
 from localcluster.guard_host import HostGuard
 from localcluster.nodes import delete_nodes
-from tests.cluster.conftest import GROUP_LABEL, KwokNodes, poll
+from tests.support import builders
+from tests.support.kubectl import apply
+from tests.support.kwok import KwokNodes, in_group
+from tests.support.polling import poll
 
 pytestmark = pytest.mark.cluster
 
@@ -28,6 +31,8 @@ IMAGE = "registry.example.com/agent"
 
 
 def policy(name: str, namespace: str, *, required_taint: str | None = None) -> Obj:
+    """An Audit policy for `namespace`: the agent's versions by kubelet, and a toleration for
+    `required_taint` if given."""
     spec: Obj = {
         "match": {"namespaces": [namespace]},
         "enforcement": "Audit",
@@ -48,31 +53,7 @@ def policy(name: str, namespace: str, *, required_taint: str | None = None) -> O
             "required": [{"key": required_taint, "operator": "Exists", "effect": "NoSchedule"}],
             "onMissing": "Deny",
         }
-    return {"apiVersion": "dsguard.io/v1alpha1", "kind": "DaemonSetPolicy", "metadata": {"name": name},
-            "spec": spec}  # fmt: skip
-
-
-def daemonset(namespace: str, image: str) -> Obj:
-    labels = {"app": "agent"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "agent", "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {GROUP_LABEL: namespace},
-                    "containers": [{"name": "agent", "image": image}],
-                },
-            },
-        },
-    }
-
-
-def apply(cluster: LocalCluster, obj: Obj) -> None:
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    return builders.policy(name, spec)
 
 
 def status_of(cluster: LocalCluster, name: str) -> Obj:
@@ -108,12 +89,15 @@ def test_audit_follows_nodes_and_policies(
     cluster: LocalCluster, namespace: str, kwok_nodes: KwokNodes, guard: HostGuard, policy_name: str
 ) -> None:
     kwok_nodes(2, suffix="new", kubelet_version="v1.37.2")
-    apply(cluster, daemonset(namespace, f"{IMAGE}:2.1.0"))
+    apply(
+        cluster,
+        builders.daemonset("agent", namespace, image=f"{IMAGE}:2.1.0", node_selector=in_group(namespace)),
+    )
     apply(cluster, policy(policy_name, namespace))
 
     # A compliant DaemonSet: the status says so, and the printer columns show it.
     st = poll(
-        "the first audit", lambda: (s := status_of(cluster, policy_name)).get("matchedDaemonSets") and s
+        lambda: (s := status_of(cluster, policy_name)).get("matchedDaemonSets") and s, what="the first audit"
     )
     assert st["violationCount"] == 0 and st["violations"] == []
     assert condition(st, "Compliant")["status"] == "True"
@@ -126,7 +110,8 @@ def test_audit_follows_nodes_and_policies(
     # An old node joins the pool the DaemonSet runs on: 2.1.0 doesn't support kubelet 1.32.
     old = kwok_nodes(1, suffix="old", kubelet_version="v1.32.6")[0]
     st = poll(
-        "a violation for the old node", lambda: (s := status_of(cluster, policy_name))["violationCount"] and s
+        lambda: (s := status_of(cluster, policy_name))["violationCount"] and s,
+        what="a violation for the old node",
     )
     (entry,) = st["violations"]
     assert (entry["namespace"], entry["name"], entry["rules"]) == (namespace, "agent", ["versions"])
@@ -134,7 +119,7 @@ def test_audit_follows_nodes_and_policies(
     compliant = condition(st, "Compliant")
     assert compliant["status"] == "False" and compliant["reason"] == "ViolationsFound"
     assert f"{namespace}/agent" in compliant["message"]
-    ev = poll("a PolicyViolation Event", lambda: events(cluster, namespace, "PolicyViolation"))
+    ev = poll(lambda: events(cluster, namespace, "PolicyViolation"), what="a PolicyViolation Event")
     assert ev[0]["involvedObject"]["name"] == "agent" and ev[0]["type"] == "Warning"
     assert policy_name in ev[0]["message"] and old in ev[0]["message"]
     row = cluster.kubectl("get", "daemonsetpolicy", policy_name, "--no-headers").stdout.split()
@@ -142,11 +127,13 @@ def test_audit_follows_nodes_and_policies(
 
     # The node leaves: compliant again, and the Event says the violation is resolved.
     delete_nodes(cluster.kubectl, [old])
-    st = poll("compliance after the node left",
-              lambda: (s := status_of(cluster, policy_name))["violationCount"] == 0 and s)  # fmt: skip
+    st = poll(
+        lambda: (s := status_of(cluster, policy_name))["violationCount"] == 0 and s,
+        what="compliance after the node left",
+    )
     assert condition(st, "Compliant")["status"] == "True"
     resolved = poll(
-        "a PolicyViolationResolved Event", lambda: events(cluster, namespace, "PolicyViolationResolved")
+        lambda: events(cluster, namespace, "PolicyViolationResolved"), what="a PolicyViolationResolved Event"
     )
     assert resolved[0]["type"] == "Normal" and "versions" in resolved[0]["message"]
     assert len(events(cluster, namespace, "PolicyViolation")) == 1, "a violation is announced once"
@@ -154,21 +141,23 @@ def test_audit_follows_nodes_and_policies(
     # The policy changes: it now requires a toleration the running DaemonSet lacks.
     generation_before = cluster.kubectl_json("get", "daemonsetpolicy", policy_name)["metadata"]["generation"]
     apply(cluster, policy(policy_name, namespace, required_taint="dedicated"))
-    st = poll("a tolerations violation after the policy changed",
-              lambda: (s := status_of(cluster, policy_name))["violationCount"] and s)  # fmt: skip
+    st = poll(
+        lambda: (s := status_of(cluster, policy_name))["violationCount"] and s,
+        what="a tolerations violation after the policy changed",
+    )
     assert st["violations"][0]["rules"] == ["tolerations"]
     assert st["observedGeneration"] > generation_before
     assert condition(st, "Compliant")["observedGeneration"] == st["observedGeneration"]
 
     # The DaemonSet is fixed: compliant; a status-only rollout doesn't keep rewriting the status.
-    fixed = daemonset(namespace, f"{IMAGE}:2.1.0")
+    fixed = builders.daemonset("agent", namespace, image=f"{IMAGE}:2.1.0", node_selector=in_group(namespace))
     fixed["spec"]["template"]["spec"]["tolerations"] = [
         {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
     ]
     apply(cluster, fixed)
     st = poll(
-        "compliance after the fix",
         lambda: (s := status_of(cluster, policy_name))["violationCount"] == 0 and s,
+        what="compliance after the fix",
     )
     # Healthy as long as it runs: the one-shot read of the apiserver version (done by now, the
     # audit needs it) is not a loop that stopped.
@@ -196,7 +185,9 @@ def test_audit_marks_invalid_policy_not_ready(
         pytest.fail(
             f"the CRD schema rejected the range; pick one only dsguard's parser rejects: {proc.stderr}"
         )
-    st = poll("Ready=False", lambda: (s := status_of(cluster, policy_name)) and condition(s, "Ready") and s)
+    st = poll(
+        lambda: (s := status_of(cluster, policy_name)) and condition(s, "Ready") and s, what="Ready=False"
+    )
     ready = condition(st, "Ready")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert "spec.versions.rules[0].image" in ready["message"] and "without tag" in ready["message"]

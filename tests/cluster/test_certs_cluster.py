@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,10 +36,11 @@ from certs.issue import issue_serving, issued_by, load_key_pair, new_ca, service
 from certs.rotate import ConfigRef, Settings, secret_data
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import api_client
-from dsguard.policy import parse_policy
 from localcluster.cluster import LocalCluster
+from localcluster.procs import free_port
 from localcluster.webhook_host import webhook_configurations
-from tests.tlsutil import AheadClock, SecretVolume
+from tests.support.builders import daemonset, parsed_policy
+from tests.support.tls import AheadClock, SecretVolume
 from webhook.server import WebhookState, make_app
 from webhook.tls import CertReloader, server_context
 
@@ -49,12 +49,6 @@ SERVICE = "dsguard-webhook"
 TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
 SECOND = dt.timedelta(seconds=1)
 MINUTE = dt.timedelta(minutes=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -96,7 +90,7 @@ class Env:
 def env(cluster: LocalCluster, namespace: str) -> Iterator[Env]:
     suffix = uuid.uuid4().hex[:6]
     e = Env(
-        cluster, namespace, f"dsguard-certs-{suffix}-mutate", f"dsguard-certs-{suffix}-validate", _free_port()
+        cluster, namespace, f"dsguard-certs-{suffix}-mutate", f"dsguard-certs-{suffix}-validate", free_port()
     )
     docs = webhook_configurations(
         f"https://127.0.0.1:{e.port}",
@@ -130,20 +124,9 @@ class Webhook:
     def __init__(self, env: Env, volume: SecretVolume) -> None:
         self.env = env
         self.volume = volume
+        add = {"tolerations": {"required": [TOLERATION], "onMissing": "Add"}}
         cache = ClusterCache(
-            static_policies=[
-                parse_policy(
-                    {
-                        "apiVersion": "dsguard.io/v1alpha1",
-                        "kind": "DaemonSetPolicy",
-                        "metadata": {"name": "add-infra-toleration"},
-                        "spec": {
-                            "match": {"namespaces": [env.namespace]},
-                            "tolerations": {"required": [TOLERATION], "onMissing": "Add"},
-                        },
-                    }
-                )
-            ]
+            static_policies=[parsed_policy("add-infra-toleration", add, namespaces=[env.namespace])]
         )
         cache.use_static_facts([], "v1.37.2")
         self.state = WebhookState(cache=cache)
@@ -170,18 +153,9 @@ class Webhook:
 
     async def dry_run(self) -> subprocess.CompletedProcess[str]:
         self.checks += 1
-        ds = {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": f"agent-{self.checks}", "namespace": self.env.namespace},
-            "spec": {
-                "selector": {"matchLabels": {"app": "agent"}},
-                "template": {
-                    "metadata": {"labels": {"app": "agent"}},
-                    "spec": {"containers": [{"name": "agent", "image": "registry.example.com/agent:1.0.0"}]},
-                },
-            },
-        }
+        ds = daemonset(
+            f"agent-{self.checks}", self.env.namespace, app="agent", image="registry.example.com/agent:1.0.0"
+        )
         return await asyncio.to_thread(
             self.env.kubectl,
             "create",

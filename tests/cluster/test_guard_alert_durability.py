@@ -3,7 +3,7 @@
 The guard writes an action's alert into the action's own patch and takes it off once every sink
 has settled it. A guard SIGKILLed in between leaves it there, and the next guard sends it again.
 The world (kwok nodes, the DaemonSet, the HTTPS alert receiver, the guard processes) is the one
-of test_guard_e2e.py, imported from there.
+of test_guard_e2e.py: tests/support/guard_scenario.py, and the `scenario` fixture of conftest.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from guard.notify.sinks import DELIVERY_HEADER
-from tests.cluster.test_guard_e2e import (
+from tests.support.guard_scenario import (
     BAD_IMAGE,
     CRASHLOOP,
     GOOD_IMAGE,
@@ -20,13 +20,9 @@ from tests.cluster.test_guard_e2e import (
     DaemonSetWatch,
     Scenario,
     assert_signed_alert,
-    poll,
-    scenario,
     setup_rollout,
-    tls,
 )
-
-__all__ = ["scenario", "tls"]  # the fixtures, imported for pytest
+from tests.support.polling import poll
 
 PENDING = "dsguard.io/alerts-pending"
 ALWAYS_503 = 10**6  # AlertReceiver.fail_first: answer 503 to everything
@@ -55,21 +51,23 @@ def test_guard_killed_before_its_alert_got_through_the_next_guard_sends_it(scena
     [entry] = pending(annotations)
     assert (entry["kind"], entry["revision"]) == ("paused", bad)
     key = entry["key"]
-    poll("the receiver to turn the alert away", lambda: receiver.deliveries)
-    poll("the RolloutPaused Event", lambda: s.events("RolloutPaused"))
+    poll(lambda: receiver.deliveries, what="the receiver to turn the alert away")
+    poll(lambda: s.events("RolloutPaused"), what="the RolloutPaused Event")
     guard.kill()
     assert receiver.accepted == []
     assert [e["key"] for e in pending(s.annotations())] == [key], "cleared though never delivered"
 
     receiver.fail_first = 0  # the receiver is back: 200 from now on
     guard.start()
-    delivery = poll("the restarted guard to send the pending alert", lambda: receiver.accepted, timeout=30)[0]
+    delivery = poll(
+        lambda: receiver.accepted, what="the restarted guard to send the pending alert", timeout=30
+    )[0]
     body = assert_signed_alert(s, delivery, kind="paused", revision=bad)
     assert body["key"] == key
     assert body["at"] == entry["at"]  # the same alert, not a new one
     # so the same X-Dsguard-Delivery as the attempts the first guard made: receivers dedupe on it
     assert delivery.header(DELIVERY_HEADER) == receiver.deliveries[0].header(DELIVERY_HEADER) != ""
-    poll("the delivered alert to be taken off the DaemonSet", lambda: PENDING not in s.annotations())
+    poll(lambda: PENDING not in s.annotations(), what="the delivered alert to be taken off the DaemonSet")
 
     assert guard.metric("dsguard_guard_alerts_resent_total") == 1
     assert guard.metric("dsguard_guard_actions_total") == 0  # no second pause
@@ -77,7 +75,7 @@ def test_guard_killed_before_its_alert_got_through_the_next_guard_sends_it(scena
     # at least once: each guard recorded the Event
     assert len(s.events("RolloutPaused")) == 2
     assert s.events("AlertDeliveryFailed") == []  # SIGKILL: nothing recorded, nothing lost either
-    poll("the pending-alerts gauge to drop", lambda: guard.metric("dsguard_guard_alerts_pending") == 0)
+    poll(lambda: guard.metric("dsguard_guard_alerts_pending") == 0, what="the pending-alerts gauge to drop")
 
 
 def test_delivered_alerts_are_taken_off_and_sent_once_per_sink(scenario: Scenario) -> None:
@@ -90,17 +88,17 @@ def test_delivered_alerts_are_taken_off_and_sent_once_per_sink(scenario: Scenari
     s.apply(s.daemonset(image=BAD_IMAGE, annotations=CRASHLOOP))
     bad = s.paused()["dsguard.io/paused-revision"]
     # (taken off within milliseconds of the delivery: the watch has the version that paused)
-    pausing = poll("the watch to see the pause", lambda: first_version(watch, "dsguard.io/paused"))
+    pausing = poll(lambda: first_version(watch, "dsguard.io/paused"), what="the watch to see the pause")
     [paused] = pending(pausing["metadata"]["annotations"])
     assert paused["key"].endswith(f"/{bad}/paused")
-    poll("the paused alert at the receiver", lambda: receiver.accepted)
-    poll("the paused alert to be taken off", lambda: PENDING not in s.annotations())
+    poll(lambda: receiver.accepted, what="the paused alert at the receiver")
+    poll(lambda: PENDING not in s.annotations(), what="the paused alert to be taken off")
 
     # the fixed template: the guard resumes, and its resumed alert goes the same way
     s.apply(s.daemonset(image=GOOD_IMAGE))
-    poll("the guard to resume", lambda: "dsguard.io/paused" not in s.annotations())
-    poll("the resumed alert at the receiver", lambda: len(receiver.accepted) == 2)
-    poll("the resumed alert to be taken off", lambda: PENDING not in s.annotations())
+    poll(lambda: "dsguard.io/paused" not in s.annotations(), what="the guard to resume")
+    poll(lambda: len(receiver.accepted) == 2, what="the resumed alert at the receiver")
+    poll(lambda: PENDING not in s.annotations(), what="the resumed alert to be taken off")
     assert s.newest_revision() == good
 
     # every version the guard wrote: each action carried its alert, each clear removed it
@@ -117,4 +115,4 @@ def test_delivered_alerts_are_taken_off_and_sent_once_per_sink(scenario: Scenari
     assert len(s.events("RolloutResumed")) == 1
     assert guard.metric("dsguard_alert_deliveries_total", sink=SINK, result="delivered") == 2
     assert guard.metric("dsguard_guard_alerts_resent_total") == 0
-    poll("the pending-alerts gauge at 0", lambda: guard.metric("dsguard_guard_alerts_pending") == 0)
+    poll(lambda: guard.metric("dsguard_guard_alerts_pending") == 0, what="the pending-alerts gauge at 0")

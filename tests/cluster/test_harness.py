@@ -12,16 +12,16 @@ import json
 import queue
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localcluster.cluster import LocalCluster, listening_pids
+from localcluster.cluster import LocalCluster
 from localcluster.nodes import (
     NODE_BEHAVIOR_ANNOTATION,
     POD_BEHAVIOR_ANNOTATION,
@@ -31,7 +31,11 @@ from localcluster.nodes import (
     set_node_behavior,
     wait_nodes_ready,
 )
-from tests.cluster.conftest import GROUP_LABEL, KwokNodes
+from localcluster.procs import listening_pids
+from tests.support import builders
+from tests.support.kubectl import Watch, apply
+from tests.support.kwok import KwokNodes, in_group
+from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,46 +45,8 @@ Pod = dict[str, Any]
 # --- helpers ---------------------------------------------------------------------------
 
 
-def daemonset(
-    name: str,
-    namespace: str,
-    group: str,
-    *,
-    annotations: Mapping[str, str] | None = None,
-    image: str = "registry.example.com/agent:1.0",
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": dict(annotations or {})},
-                "spec": {
-                    "nodeSelector": {GROUP_LABEL: group},
-                    "containers": [{"name": "agent", "image": image}],
-                },
-            },
-        },
-    }
-
-
-def apply(cluster: LocalCluster, obj: Mapping[str, Any]) -> None:
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-
-
-def poll(what: str, fn: Callable[[], Any], timeout: float, interval: float = 0.3) -> Any:
-    """Call fn until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+#: DaemonSets of the tests here (on the test's nodes: node_selector=in_group(namespace)).
+daemonset = partial(builders.daemonset, template_annotations={})
 
 
 def ready(pod: Pod) -> bool:
@@ -113,40 +79,22 @@ class PodWatch:
     namespace: str
     selector: str
     history: dict[str, list[Snapshot]] = field(default_factory=dict)
-    _proc: subprocess.Popen[str] | None = None
-    _q: queue.Queue[Pod | None] = field(default_factory=queue.Queue)
+    _watch: Watch | None = None
 
     def __enter__(self) -> PodWatch:
-        self._proc = self.cluster.kubectl_popen(
-            "get", "pods", "-n", self.namespace, "-l", self.selector, "--watch", "-o", "json"
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._watch = Watch(self.cluster, "pods", "-n", self.namespace, "-l", self.selector)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        buf: list[str] = []
-        for line in self._proc.stdout:
-            buf.append(line)
-            if line.rstrip("\n") == "}":  # kubectl ends each top-level object with "}" alone
-                self._q.put(json.loads("".join(buf)))
-                buf = []
-        self._q.put(None)
+        if self._watch is not None:
+            self._watch.close()
 
     def latest(self) -> dict[str, Pod]:
         return {name: snaps[-1].pod for name, snaps in self.history.items()}
 
     def until(self, what: str, predicate: Callable[[PodWatch], bool], timeout: float) -> None:
         """Consume watch events until predicate(self) holds; fail at the deadline."""
+        assert self._watch is not None, "not entered"
         deadline = time.monotonic() + timeout
         while not predicate(self):
             remaining = deadline - time.monotonic()
@@ -154,12 +102,11 @@ class PodWatch:
                 summary = {n: _summary(p) for n, p in self.latest().items()}
                 pytest.fail(f"timed out after {timeout}s waiting for {what}; pods now: {summary}")
             try:
-                pod = self._q.get(timeout=min(remaining, 0.5))
+                pod = self._watch.events.get(timeout=min(remaining, 0.5))
             except queue.Empty:
                 continue
             if pod is None:
-                err = self._proc.stderr.read() if self._proc and self._proc.stderr else ""
-                pytest.fail(f"kubectl watch ended: {err}")
+                pytest.fail(f"kubectl watch ended: {self._watch.stderr()}")
             self.history.setdefault(pod["metadata"]["name"], []).append(Snapshot(time.monotonic(), pod))
 
     def observe(self, seconds: float) -> None:
@@ -225,16 +172,12 @@ def test_kwok_nodes_become_ready_with_the_chosen_labels_taints_and_kubelet_versi
         got = cluster.kubectl_json("get", "leases", "-n", "kube-node-lease")["items"]
         return set(expected) <= {lease["metadata"]["name"] for lease in got}
 
-    poll("a kube-node-lease Lease for each node", leases, timeout=20)
+    poll(leases, what="a kube-node-lease Lease for each node", timeout=20, interval=0.3)
 
 
 def test_nodes_without_the_kwok_annotation_are_left_alone(cluster: LocalCluster, namespace: str) -> None:
     name = f"{namespace}-unmanaged"
-    node = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {GROUP_LABEL: namespace}},
-    }
+    node = builders.node(name, labels=in_group(namespace))
     cluster.kubectl("create", "-f", "-", input=json.dumps(node))
     try:
         # A kwok-managed node is Ready within about a second; give kwok several.
@@ -258,7 +201,7 @@ def test_daemonset_runs_one_ready_pod_per_untainted_node_created_by_the_controll
     tainted = kwok_nodes(
         1, suffix="tainted", taints=[{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]
     )
-    apply(cluster, daemonset("agent", namespace, namespace))
+    apply(cluster, daemonset("agent", namespace, node_selector=in_group(namespace)))
 
     def settled() -> dict[str, Any] | None:
         ds = cluster.kubectl_json("get", "daemonset", "agent", "-n", namespace)
@@ -271,7 +214,7 @@ def test_daemonset_runs_one_ready_pod_per_untainted_node_created_by_the_controll
             return dict(ds)
         return None
 
-    ds = poll("DaemonSet agent: 3 ready pods", settled, timeout=60)
+    ds = poll(settled, what="DaemonSet agent: 3 ready pods", timeout=60, interval=0.3)
     pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", "app=agent")["items"]
     assert len(pods) == 3
     assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(plain)
@@ -313,10 +256,17 @@ def test_delete_nodes_takes_their_pods_with_them(
     """Without a kubelet a pod on a deleted node would wait for the pod GC (and keep its
     namespace terminating); delete_nodes force-deletes them, in one call per namespace."""
     names = kwok_nodes(3)
-    apply(cluster, daemonset("agent", namespace, namespace))
-    poll("3 pods of agent", lambda: len(pods_on(cluster, namespace, names)) == 3, timeout=60)
+    apply(cluster, daemonset("agent", namespace, node_selector=in_group(namespace)))
+    poll(
+        lambda: len(pods_on(cluster, namespace, names)) == 3, what="3 pods of agent", timeout=60, interval=0.3
+    )
     delete_nodes(cluster.kubectl, names[:2])
-    poll("no pod left on the deleted nodes", lambda: not pods_on(cluster, namespace, names[:2]), timeout=15)
+    poll(
+        lambda: not pods_on(cluster, namespace, names[:2]),
+        what="no pod left on the deleted nodes",
+        timeout=15,
+        interval=0.3,
+    )
     assert [p["spec"]["nodeName"] for p in pods_on(cluster, namespace, names)] == names[2:]
 
 
@@ -329,7 +279,7 @@ def test_daemonset_rolling_update_replaces_every_pod(
     cluster: LocalCluster, namespace: str, kwok_nodes: KwokNodes
 ) -> None:
     kwok_nodes(2)
-    apply(cluster, daemonset("agent", namespace, namespace))
+    apply(cluster, daemonset("agent", namespace, node_selector=in_group(namespace)))
     cluster.kubectl("rollout", "status", "daemonset/agent", "-n", namespace, "--timeout=60s")
     old = {p["metadata"]["uid"] for p in cluster.kubectl_json("get", "pods", "-n", namespace)["items"]}
     cluster.kubectl(
@@ -345,7 +295,7 @@ def test_daemonset_rolling_update_replaces_every_pod(
             and all(ready(p) and p["spec"]["containers"][0]["image"].endswith(":2.0") for p in pods)
         )
 
-    poll("2 new Ready pods with image :2.0 and no old pod", replaced, timeout=30)
+    poll(replaced, what="2 new Ready pods with image :2.0 and no old pod", timeout=30, interval=0.3)
 
 
 # --- pod failure behaviours ----------------------------------------------------------------
@@ -361,8 +311,11 @@ def test_crashloop_flaps_between_ready_and_crashloopbackoff_with_rising_restarts
         daemonset(
             "crashy",
             namespace,
-            namespace,
-            annotations={POD_BEHAVIOR_ANNOTATION: PodBehavior.CRASHLOOP, "dsguard.test/backoff": "2s"},
+            node_selector=in_group(namespace),
+            template_annotations={
+                POD_BEHAVIOR_ANNOTATION: PodBehavior.CRASHLOOP,
+                "dsguard.test/backoff": "2s",
+            },
         ),
     )
 
@@ -397,8 +350,11 @@ def test_imagepull_stays_pending_alternating_errimagepull_and_imagepullbackoff(
         daemonset(
             "pull",
             namespace,
-            namespace,
-            annotations={POD_BEHAVIOR_ANNOTATION: PodBehavior.IMAGEPULL, "dsguard.test/backoff": "1s"},
+            node_selector=in_group(namespace),
+            template_annotations={
+                POD_BEHAVIOR_ANNOTATION: PodBehavior.IMAGEPULL,
+                "dsguard.test/backoff": "1s",
+            },
         ),
     )
 
@@ -424,7 +380,10 @@ def test_never_ready_runs_but_stays_unready(
     apply(
         cluster,
         daemonset(
-            "slow", namespace, namespace, annotations={POD_BEHAVIOR_ANNOTATION: PodBehavior.NEVER_READY}
+            "slow",
+            namespace,
+            node_selector=in_group(namespace),
+            template_annotations={POD_BEHAVIOR_ANNOTATION: PodBehavior.NEVER_READY},
         ),
     )
 
@@ -455,8 +414,8 @@ def test_ready_then_crash_is_ready_first_then_crash_loops(
         daemonset(
             "late",
             namespace,
-            namespace,
-            annotations={
+            node_selector=in_group(namespace),
+            template_annotations={
                 POD_BEHAVIOR_ANNOTATION: PodBehavior.READY_THEN_CRASH,
                 "dsguard.test/crash-after": "4s",
                 "dsguard.test/run-for": "500ms",
@@ -502,7 +461,7 @@ def test_node_behavior_annotation_makes_a_node_not_ready_and_tainted_until_remov
     taint: str,
 ) -> None:
     healthy, sick = kwok_nodes(2, kubelet_version="v1.36.3")
-    apply(cluster, daemonset("agent", namespace, namespace))
+    apply(cluster, daemonset("agent", namespace, node_selector=in_group(namespace)))
     cluster.kubectl("rollout", "status", "daemonset/agent", "-n", namespace, "--timeout=60s")
 
     set_node_behavior(cluster.kubectl, sick, behavior)
@@ -514,9 +473,10 @@ def test_node_behavior_annotation_makes_a_node_not_ready_and_tainted_until_remov
 
     # The node-lifecycle controller taints it (NoSchedule at once, NoExecute on its next pass).
     poll(
-        f"{taint} NoSchedule+NoExecute on {sick}",
         lambda: {(taint, "NoSchedule"), (taint, "NoExecute")} <= taints_of(sick),
+        what=f"{taint} NoSchedule+NoExecute on {sick}",
         timeout=30,
+        interval=0.3,
     )
     assert taints_of(healthy) == set()
     node = cluster.kubectl_json("get", "node", sick)
@@ -528,7 +488,7 @@ def test_node_behavior_annotation_makes_a_node_not_ready_and_tainted_until_remov
 
     set_node_behavior(cluster.kubectl, sick, None)
     wait_nodes_ready(cluster.kubectl, [sick], status="True", timeout=20)
-    poll(f"taints removed from {sick}", lambda: taints_of(sick) == set(), timeout=30)
+    poll(lambda: taints_of(sick) == set(), what=f"taints removed from {sick}", timeout=30, interval=0.3)
     assert cluster.kubectl_json("get", "node", sick)["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
 
 

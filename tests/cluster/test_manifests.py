@@ -24,14 +24,9 @@ import copy
 import json
 import os
 import re
-import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +37,10 @@ import pytest
 import yaml
 
 from localcluster.cluster import LocalCluster
+from localcluster.procs import Child, NotReady, ProcessExited, free_port, launch, wait_ready
+from tests.support import builders
+from tests.support.kubectl import as_list
+from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -80,10 +79,6 @@ def key(o: Mapping[str, Any]) -> Key:
     return str(o["kind"]), str(meta.get("namespace", "")), str(meta["name"])
 
 
-def as_list(docs: Iterable[Obj]) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
-
-
 def kustomize(cluster: LocalCluster, path: Path) -> list[Obj]:
     return load_all(cluster.kubectl("kustomize", str(path)).stdout)
 
@@ -109,20 +104,6 @@ def delete(cluster: LocalCluster, docs: Sequence[Obj]) -> None:
         cluster.kubectl(
             "delete", "--ignore-not-found", "--wait=false", "-f", "-", input=as_list(docs), check=False
         )
-
-
-def wait_for(what: str, probe: Callable[[], bool], timeout: float = 30.0, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout}s")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pick(docs: Iterable[Obj], kind: str, name: str) -> Obj:
@@ -634,43 +615,10 @@ def sa_kubeconfig(cluster: LocalCluster, component: str, path: Path) -> Path:
     return path
 
 
-class Proc:
-    """`python -m dsguard.cli ARGS` in its own process group, output in a log file."""
-
-    def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
-        self.log = log
-        full_env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | dict(env or {})
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "dsguard.cli", *args],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env, start_new_session=True,
-            )  # fmt: skip
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=5)
-
-
-def https_status(port: int, path: str, ca_pem: str, server_name: str) -> int:
-    """GET over TLS to 127.0.0.1:port, verifying the certificate for server_name against ca_pem."""
-    ctx = ssl.create_default_context(cadata=ca_pem)
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
-        ctx.wrap_socket(raw, server_hostname=server_name) as s,
-    ):
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+def dsguard_process(args: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> Child:
+    """`python -m dsguard.cli ARGS` in its own process group, output in `log`."""
+    full_env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | dict(env or {})
+    return launch([sys.executable, "-m", "dsguard.cli", *args], log=log, cwd=REPO, env=full_env)
 
 
 def replace_flag(args: Sequence[str], flag: str, value: str) -> list[str]:
@@ -692,7 +640,7 @@ def test_components_run_under_their_service_accounts(
             h["namespaceSelector"]["matchExpressions"].append(
                 {"key": "dsguard.test/never", "operator": "In", "values": [tag]}
             )
-    procs: list[Proc] = []
+    procs: list[Child] = []
     try:
         cluster.kubectl("create", "-f", "-", input=as_list(configs))
 
@@ -726,40 +674,34 @@ def test_components_run_under_their_service_accounts(
         ]
         args = replace_flag(args, "--port", str(port))
         kubeconfig = sa_kubeconfig(cluster, "webhook", tmp_path / "webhook.kubeconfig")
-        webhook = Proc([*args, "--host=127.0.0.1", f"--kubeconfig={kubeconfig}"], tmp_path / "webhook.log")
+        webhook = dsguard_process(
+            [*args, "--host=127.0.0.1", f"--kubeconfig={kubeconfig}"], tmp_path / "webhook.log"
+        )
         procs.append(webhook)
-
-        def webhook_ready() -> bool:
-            assert webhook.popen.poll() is None, f"webhook exited:\n{webhook.tail()}"
-            try:
-                return https_status(port, "/readyz", ca_pem, f"dsguard-webhook.{NS}.svc") == 200
-            except ConnectionRefusedError:
-                return False
-
-        try:
-            wait_for("webhook /readyz", webhook_ready, timeout=60)
-        except TimeoutError:
-            raise AssertionError(f"webhook not ready in 60s:\n{webhook.tail()}") from None
+        try:  # the certificate is for the Service's DNS name, as the apiserver dials it
+            wait_ready(
+                f"https://127.0.0.1:{port}/readyz",
+                what="webhook",
+                child=webhook,
+                timeout=60,
+                interval=0.2,
+                context=ssl.create_default_context(cadata=ca_pem),
+                server_hostname=f"dsguard-webhook.{NS}.svc",
+            )
+        except (ProcessExited, NotReady) as e:
+            raise AssertionError(str(e)) from None
 
         # guard
         port = free_port()
         identity = f"manifests-test-{tag}"
         args = replace_flag(container_args(installed, "dsguard-guard"), "--port", str(port))
         kubeconfig = sa_kubeconfig(cluster, "guard", tmp_path / "guard.kubeconfig")
-        guard = Proc(
+        guard = dsguard_process(
             [*args, "--host=127.0.0.1", "--lease-duration=5", f"--kubeconfig={kubeconfig}"],
             tmp_path / "guard.log",
             env={"POD_NAME": identity},
         )
         procs.append(guard)
-
-        def guard_ready() -> bool:
-            assert guard.popen.poll() is None, f"guard exited:\n{guard.tail()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return bool(r.status == 200)
-            except (urllib.error.URLError, OSError):
-                return False
 
         def guard_leads() -> bool:
             lease = cluster.kubectl("get", "lease", "dsguard-guard", "-n", NS, "-o", "json", check=False)
@@ -768,19 +710,22 @@ def test_components_run_under_their_service_accounts(
             )
 
         try:
-            wait_for("guard /readyz", guard_ready, timeout=60)
-            wait_for("guard holds the Lease", guard_leads, timeout=30)
+            wait_ready(f"http://127.0.0.1:{port}/readyz", what="guard", child=guard, timeout=60, interval=0.2)
+        except (ProcessExited, NotReady) as e:
+            raise AssertionError(str(e)) from None
+        try:
+            poll(guard_leads, what="the guard to hold the Lease", timeout=30)
         except TimeoutError as e:
-            raise AssertionError(f"{e}:\n{guard.tail()}") from None
+            raise AssertionError(f"{e}:\n{guard.tail(30)}") from None
         # A forbidden list or watch is logged (with its 403) and keeps /readyz at 503. NB: today
         # dsguard.kube.Reflector does not check the status of its list and watch responses, so a
         # forbidden list reads as an empty one and the process gets ready anyway; the can-i test
         # above covers list and watch until it does.
         for p in procs:
-            assert "403" not in p.log.read_text(errors="replace"), f"a request was forbidden:\n{p.tail()}"
+            assert "403" not in p.log.read_text(errors="replace"), f"a request was forbidden:\n{p.tail(30)}"
     finally:
         for p in procs:
-            p.stop()
+            p.stop(15)
         delete(cluster, configs)
         cluster.kubectl(
             "delete", "--ignore-not-found", "-n", NS, f"secret/{TLS_SECRET}", f"secret/{CA_SECRET}",
@@ -792,21 +737,13 @@ def test_components_run_under_their_service_accounts(
 
 
 def daemonset(name: str, namespace: str) -> Obj:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"dsguard.test/no-such-node": "true"},  # no pods anywhere
-                    "containers": [{"name": "agent", "image": "registry.k8s.io/pause:3.10"}],
-                },
-            },
-        },
-    }
+    """A DaemonSet with no pods anywhere (its nodeSelector matches no node)."""
+    return builders.daemonset(
+        name,
+        namespace,
+        image="registry.k8s.io/pause:3.10",
+        node_selector={"dsguard.test/no-such-node": "true"},
+    )
 
 
 def fail_open_count(cluster: LocalCluster, webhook: str) -> float:
@@ -861,9 +798,10 @@ def test_deadlock_safety(cluster: LocalCluster, installed: list[Obj], namespace:
         assert create(daemonset("existing", namespace)).returncode == 0
 
         cluster.kubectl("create", "-f", "-", input=as_list(configs))
-        wait_for(
-            "the Fail configurations in effect",
+        poll(
             lambda: refused(create(daemonset("probe", namespace), dry_run=True)),
+            what="the Fail configurations in effect",
+            timeout=30,
         )
 
         # failurePolicy Fail, webhook down: DaemonSet changes in a selected namespace are refused...
@@ -886,9 +824,10 @@ def test_deadlock_safety(cluster: LocalCluster, installed: list[Obj], namespace:
                 "patch", c["kind"].lower(), c["metadata"]["name"], "--type=json",
                 "-p", '[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]',
             )  # fmt: skip
-        wait_for(
-            "the Ignore configurations in effect",
+        poll(
             lambda: create(daemonset("probe", namespace), dry_run=True).returncode == 0,
+            what="the Ignore configurations in effect",
+            timeout=30,
         )
         assert (p := create(daemonset("new", namespace))).returncode == 0, p.stderr
         assert (p := update("existing", namespace)).returncode == 0, p.stderr

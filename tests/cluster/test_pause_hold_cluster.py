@@ -7,27 +7,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from localcluster.cluster import LocalCluster
 from localcluster.webhook_host import HostWebhook
-from tests.cluster.test_guard_e2e import BAD_IMAGE, CRASHLOOP, Scenario, setup_rollout
-from tests.tlsutil import write_tls_files
+from tests.support.guard_scenario import BAD_IMAGE, CRASHLOOP, Scenario, setup_rollout
 
 
-@pytest.fixture
-def s(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(cluster, namespace, tmp_path, write_tls_files(tmp_path / "tls"))
-    try:
-        yield scenario
-    finally:
-        scenario.cleanup()
-
-
-def test_reapplied_manifest_keeps_the_pause_until_dsguard_resume(cluster: LocalCluster, s: Scenario) -> None:
+def test_reapplied_manifest_keeps_the_pause_until_dsguard_resume(
+    cluster: LocalCluster, scenario: Scenario
+) -> None:
+    s = scenario
     guard = s.guard(s.policy())
     setup_rollout(s, [guard])
     only_this_namespace = {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}

@@ -29,7 +29,10 @@ from localcluster.cluster import LocalCluster
 from localcluster.guard_host import HostGuard
 from localcluster.nodes import POD_BEHAVIOR_ANNOTATION, POD_TIMING_ANNOTATIONS, PodBehavior
 from localcluster.webhook_host import REPO
-from tests.cluster.conftest import GROUP_LABEL, KwokNodes, poll
+from tests.support import builders
+from tests.support.kubectl import apply
+from tests.support.kwok import KwokNodes, in_group
+from tests.support.polling import poll
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -61,16 +64,11 @@ class World:
         return self.cluster.kubectl(*args, input=input, check=check)
 
     def apply(self, obj: Obj) -> None:
-        self.kubectl("apply", "-f", "-", input=json.dumps(obj))
+        apply(self.cluster, obj)
 
     def policy(self, spec: Mapping[str, Any] | None = None) -> Obj:
         """A DaemonSetPolicy matching only this test's namespace (policies are cluster-scoped)."""
-        return {
-            "apiVersion": "dsguard.io/v1alpha1",
-            "kind": "DaemonSetPolicy",
-            "metadata": {"name": self.policy_name},
-            "spec": {"match": {"namespaces": [self.ns]}, **(spec or {})},
-        }
+        return builders.policy(self.policy_name, spec, namespaces=[self.ns])
 
     def policy_file(self, obj: Obj) -> Path:
         path = self.tmp_path / "policy.yaml"
@@ -78,22 +76,10 @@ class World:
         return path
 
     def daemonset(self, annotations: Mapping[str, str] = FAST, image: str = IMAGE) -> Obj:
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "agent", "namespace": self.ns},
-            "spec": {
-                "selector": {"matchLabels": {"app": "agent"}},
-                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}},
-                "template": {
-                    "metadata": {"labels": {"app": "agent"}, "annotations": dict(annotations)},
-                    "spec": {
-                        "nodeSelector": {GROUP_LABEL: self.ns},
-                        "containers": [{"name": "agent", "image": image}],
-                    },
-                },
-            },
-        }
+        return builders.daemonset(
+            "agent", self.ns, image=image, node_selector=in_group(self.ns), max_unavailable=2,
+            template_annotations=annotations,
+        )  # fmt: skip
 
     def ds(self) -> Obj:
         return dict(self.cluster.kubectl_json("get", "daemonset", "agent", "-n", self.ns))
@@ -110,7 +96,7 @@ class World:
             )  # fmt: skip
             return ds if ok else None
 
-        return poll(f"agent rolled out on {count} nodes", done)
+        return poll(done, what=f"agent rolled out on {count} nodes")
 
     # -- dsguard status -------------------------------------------------------------------------
     def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -145,7 +131,7 @@ class World:
             r = self.row(*args)
             return r if r is not None and ok(r) else None
 
-        return poll(what, get, timeout)
+        return poll(get, what=what, timeout=timeout)
 
     def guard(self, policy_file: Path) -> HostGuard:
         g = HostGuard(self.cluster, policy_files=[policy_file], lease_name=f"guard-{self.ns}", tick=0.2)
@@ -253,7 +239,7 @@ def test_counts_follow_nodes_and_violations_follow_nodes_and_policies(world: Wor
 
     # the policy is deleted: the DaemonSet is no longer governed
     w.kubectl("delete", "daemonsetpolicy", w.policy_name)
-    poll("agent to drop out of the governed list", lambda: w.row() is None)
+    poll(lambda: w.row() is None, what="agent to drop out of the governed list")
     named = w.row("agent")  # named: shown anyway, saying so
     assert named is not None and named["governed"] is False and named["policies"] == []
     proc = w.run("-n", w.ns, "agent")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,10 @@ import pytest
 import yaml
 
 from localcluster.cluster import LocalCluster
-from tests.cluster.conftest import GROUP_LABEL, KwokNodes
+from tests.support import builders
+from tests.support.kubectl import apply
+from tests.support.kwok import GROUP_LABEL, KwokNodes, in_group
+from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 POOL_LABEL = "dsguard.test/pool"
@@ -34,37 +36,16 @@ ApplyPolicy = Callable[[Mapping[str, Any]], None]
 def apply_policy(cluster: LocalCluster, namespace: str, crd: str) -> Iterator[ApplyPolicy]:
     """Create or replace the test's DaemonSetPolicy (named after the namespace, matching only it)."""
 
-    def apply(versions: Mapping[str, Any]) -> None:
-        doc = {
-            "apiVersion": "dsguard.io/v1alpha1",
-            "kind": "DaemonSetPolicy",
-            "metadata": {"name": namespace},
-            "spec": {"match": {"namespaces": [namespace]}, "enforcement": "Warn", "versions": dict(versions)},
-        }
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    def apply_versions(versions: Mapping[str, Any]) -> None:
+        spec = {"enforcement": "Warn", "versions": versions}
+        apply(cluster, builders.policy(namespace, spec, namespaces=[namespace]))
 
-    yield apply
+    yield apply_versions
     cluster.kubectl("delete", "daemonsetpolicy", namespace, "--ignore-not-found", check=False)
 
 
 def versions(allowed: str) -> dict[str, Any]:
     return {"rules": [{"image": AGENT, "compatibility": [{"kubernetes": ">=1.35.0", "versions": allowed}]}]}
-
-
-def daemonset(namespace: str, name: str, image: str, pool: str | None = None) -> dict[str, Any]:
-    selector = {GROUP_LABEL: namespace, **({POOL_LABEL: pool} if pool else {})}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"nodeSelector": selector, "containers": [{"name": "agent", "image": image}]},
-            },
-        },
-    }
 
 
 def upgrade_check(cluster: LocalCluster, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -100,16 +81,17 @@ def by_name(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def wait_kubelet_versions(cluster: LocalCluster, names: list[str], version: str, timeout: float = 15) -> None:
     """kwok keeps the nodeInfo a node was created with; check it rather than assume it."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def seen() -> dict[str, str]:
         got = cluster.kubectl_json("get", "nodes", *names)
         nodes = got.get("items", [got])  # one name: kubectl prints the object itself
-        seen = {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes}
-        if seen == dict.fromkeys(names, version):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nodes {names}: kubelet versions {seen}, want {version}")
-        time.sleep(0.2)
+        return {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes}
+
+    want = dict.fromkeys(names, version)
+    try:
+        poll(lambda: seen() == want, what=f"nodes {names} on kubelet {version}", timeout=timeout)
+    except TimeoutError:
+        raise TimeoutError(f"nodes {names}: kubelet versions {seen()}, want {version}") from None
 
 
 def test_upgrade_check_reads_the_cluster_and_follows_its_changes(
@@ -119,7 +101,7 @@ def test_upgrade_check_reads_the_cluster_and_follows_its_changes(
     old = kwok_nodes(2, suffix="old", labels={POOL_LABEL: "old"}, kubelet_version="v1.34.2")
     wait_kubelet_versions(cluster, old, "v1.34.2")
     apply_policy(versions(">=2.0.0"))
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(daemonset(ns, "agent", f"{AGENT}:1.9.0")))
+    apply(cluster, builders.daemonset("agent", ns, image=f"{AGENT}:1.9.0", node_selector=in_group(ns)))
     ns_args = ("-n", ns)
 
     # Every node to 1.35: the agent's 1.9.0 is not allowed there, on both of the test's nodes.
@@ -153,7 +135,12 @@ def test_upgrade_check_reads_the_cluster_and_follows_its_changes(
 
     # A DaemonSet only on the old pool is unaffected by upgrading the new pool; upgrading the old
     # pool breaks it, and only there.
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(daemonset(ns, "old-only", f"{AGENT}:1.9.0", "old")))
+    apply(
+        cluster,
+        builders.daemonset(
+            "old-only", ns, image=f"{AGENT}:1.9.0", node_selector={**in_group(ns), POOL_LABEL: "old"}
+        ),
+    )
     code, doc = upgrade_json(cluster, "--to", "1.36", *pool_new, *ns_args)
     assert by_name(doc)["old-only"]["status"] == "ok"
     pool_old = ("--node-selector", f"{GROUP_LABEL}={ns},{POOL_LABEL}=old")
@@ -177,9 +164,9 @@ def test_upgrade_check_manifests_with_the_clusters_nodes_and_policies(
     nodes = kwok_nodes(2, kubelet_version="v1.34.2")
     wait_kubelet_versions(cluster, nodes, "v1.34.2")
     apply_policy(versions(">=2.0.0"))
-    bad = daemonset(ns, "agent", f"{AGENT}:1.9.0")
+    bad = builders.daemonset("agent", ns, image=f"{AGENT}:1.9.0", node_selector=in_group(ns))
     del bad["metadata"]["namespace"]  # -n fills it in, as kubectl apply -n does
-    good = daemonset(ns, "fixed", f"{AGENT}:2.1.0")
+    good = builders.daemonset("fixed", ns, image=f"{AGENT}:2.1.0", node_selector=in_group(ns))
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump_all([bad, cm]))
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))

@@ -8,19 +8,20 @@ and DaemonSets that select only those nodes, so tests don't see each other's nod
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
-import yaml
 
 from localcluster.cluster import LocalCluster
 from localcluster.nodes import create_nodes, delete_nodes, node_manifest, wait_nodes_ready
 from localcluster.webhook_host import HostWebhook
+from tests.support import builders
+from tests.support.kubectl import apply
+from tests.support.kwok import in_group
+from tests.support.polling import poll
 
-GROUP = "dsguard.test/group"
 E2E_LABEL = "dsguard-e2e"
 
 
@@ -48,7 +49,7 @@ class Env:
         manifests = []
         for s in specs:
             name = f"{self.ns}-{s['name']}"
-            labels = {GROUP: self.ns, **s.get("labels", {})}
+            labels = {**in_group(self.ns), **s.get("labels", {})}
             manifests.append(
                 node_manifest(
                     name, labels=labels, taints=s.get("taints"), kubelet_version=s.get("kubelet", "v1.37.2")
@@ -60,14 +61,7 @@ class Env:
 
     def add_policy(self, spec: dict[str, Any], *, wait: bool = True) -> str:
         name = f"{self.ns}-{len(self.policies)}"
-        spec = {"match": {"namespaces": [self.ns]}, **spec}
-        doc = {
-            "apiVersion": "dsguard.io/v1alpha1",
-            "kind": "DaemonSetPolicy",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-        self.kubectl("apply", "-f", "-", input=json.dumps(doc))
+        apply(self.cluster, builders.policy(name, spec, namespaces=[self.ns]))
         self.policies.append(name)
         if wait:
             self.wait_policy_seen(name)
@@ -75,38 +69,33 @@ class Env:
 
     def wait_policy_seen(self, name: str, timeout: float = 20.0) -> None:
         """The webhook watches policies; poll its metrics until it counts this one."""
-        deadline = time.monotonic() + timeout
         want = len(self.policies)
-        while time.monotonic() < deadline:
-            for line in self.webhook.metrics().splitlines():
-                if line.startswith("dsguard_policies ") and float(line.split()[1]) >= want:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"the webhook did not pick up DaemonSetPolicy {name} in {timeout}s")
+
+        def counted() -> bool:
+            return any(
+                line.startswith("dsguard_policies ") and float(line.split()[1]) >= want
+                for line in self.webhook.metrics().splitlines()
+            )
+
+        poll(counted, what=f"the webhook to pick up DaemonSetPolicy {name}", timeout=timeout)
 
     def daemonset(
-        self, name: str = "agent", *, image: str = "registry.example.com/agent:2.1.0", **spec: Any
+        self,
+        name: str = "agent",
+        *,
+        image: str = "registry.example.com/agent:2.1.0",
+        node_selector: Mapping[str, str] | None = None,
+        tolerations: Sequence[Mapping[str, Any]] | None = None,
+        update_strategy: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        pod_spec: dict[str, Any] = {
-            "nodeSelector": {GROUP: self.ns, **spec.pop("node_selector", {})},
-            "containers": [{"name": "agent", "image": image}],
-        }
-        if "tolerations" in spec:
-            pod_spec["tolerations"] = spec.pop("tolerations")
-        ds: dict[str, Any] = {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": name, "namespace": self.ns},
-            "spec": {
-                "selector": {"matchLabels": {"app": name}},
-                "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
-                **spec,
-            },
-        }
-        return ds
+        """DaemonSet `name` in this test's namespace, on its nodes (and those of node_selector)."""
+        return builders.daemonset(
+            name, self.ns, image=image, node_selector={**in_group(self.ns), **(node_selector or {})},
+            tolerations=tolerations, update_strategy=update_strategy,
+        )  # fmt: skip
 
     def apply(self, obj: dict[str, Any], *args: str, check: bool = False) -> Any:
-        return self.kubectl("apply", "-f", "-", *args, input=yaml.safe_dump(obj), check=check)
+        return apply(self.cluster, obj, *args, check=check)
 
     def get_ds(self, name: str = "agent") -> dict[str, Any] | None:
         proc = self.kubectl("get", "daemonset", name, "-n", self.ns, "-o", "json", check=False)
@@ -130,16 +119,6 @@ def env(cluster: LocalCluster, webhook: HostWebhook) -> Iterator[Env]:
         e.cleanup()
 
 
-def poll(check: Callable[[], Any], *, timeout: float = 60.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
 INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
 
 
@@ -161,7 +140,7 @@ def test_missing_toleration_is_added_and_pods_land_on_tainted_nodes(env: Env) ->
         return nodes if nodes == set(env.nodes) else None
 
     # the real DaemonSet controller creates a pod on every node, the tainted ones included
-    poll(pods_by_node, what="a pod on each of the three nodes")
+    poll(pods_by_node, what="a pod on each of the three nodes", interval=0.3)
 
 
 def test_missing_toleration_with_deny_fails_kubectl_with_our_message(env: Env) -> None:
@@ -177,7 +156,7 @@ def test_missing_toleration_with_deny_fails_kubectl_with_our_message(env: Env) -
 def test_max_unavailable_over_the_cap_is_denied_or_clamped(env: Env) -> None:
     env.add_nodes([{"name": f"n{i}"} for i in range(10)])
     env.add_policy({"rollout": {"maxUnavailable": "20%"}})
-    wide = env.daemonset(updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 5}})
+    wide = env.daemonset(update_strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 5}})
     proc = env.apply(wide)
     assert proc.returncode != 0
     assert (
@@ -189,7 +168,7 @@ def test_max_unavailable_over_the_cap_is_denied_or_clamped(env: Env) -> None:
     env.kubectl("delete", "daemonsetpolicy", env.policies[0])
     env.policies.pop(0)
     # poll: the deletion reaches the webhook's watch a moment later
-    poll(lambda: env.apply(wide).returncode == 0, timeout=20, what="the clamped apply to pass")
+    poll(lambda: env.apply(wide).returncode == 0, what="the clamped apply to pass", timeout=20, interval=0.3)
     stored = env.get_ds()
     assert stored is not None
     assert stored["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
@@ -237,20 +216,23 @@ def test_policy_changes_apply_without_restart_and_invalid_ones_are_rejected(env:
     assert env.apply(ds, "--dry-run=server").returncode == 0
     env.add_policy({"tolerations": {"required": [INFRA]}}, wait=False)
     # no restart: the watch brings the new policy in
-    poll(lambda: env.apply(ds, "--dry-run=server").returncode != 0, timeout=20, what="the new policy to deny")
+    poll(
+        lambda: env.apply(ds, "--dry-run=server").returncode != 0,
+        what="the new policy to deny",
+        timeout=20,
+        interval=0.3,
+    )
 
-    bad = {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": f"{env.ns}-bad"},
-        "spec": {
+    bad = builders.policy(
+        f"{env.ns}-bad",
+        {
             "rollout": {"maxUnavailable": "110%"},
             "versions": {
                 "rules": [{"image": "x", "compatibility": [{"kubernetes": ">=1.x", "versions": ">=1"}]}]
             },
         },
-    }
-    proc = env.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
+    )
+    proc = apply(env.cluster, bad, check=False)
     assert proc.returncode != 0
     assert "spec.rollout.maxUnavailable" in proc.stderr
     assert "spec.versions.rules[0].compatibility[0].kubernetes" in proc.stderr

@@ -15,9 +15,10 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ from guard.audit_loop import MAX_EVENTS_PER_AUDIT, RESOLVED_REASON, VIOLATION_RE
 from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.policy_audit import COMPLIANT, MAX_LISTED, READY
+from tests.support.builders import daemonset, node, policy
+from tests.support.polling import poll_async
 
 AGENT = "registry.example.com/agent"
 INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
@@ -59,69 +62,25 @@ GPU: dict[str, Any] = {
 BROKEN: dict[str, Any] = {"enforcement": "Sometimes"}
 
 
-def node_obj(
-    name: str, *, kubelet: str = "v1.33.2", taints: Sequence[Mapping[str, str]] = ()
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "spec": {"taints": [dict(t) for t in taints]},
-        "status": {
-            "nodeInfo": {"kubeletVersion": kubelet},
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
+#: Ready nodes labelled kubernetes.io/hostname=<name>, untainted and on kubelet v1.33.2 unless said otherwise.
+node_obj = partial(node, hostname_label=True, kubelet="v1.33.2", taints=(), ready=True)
 
 
 def ns_obj(name: str, **labels: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}}}
 
 
-def ds_obj(
-    name: str,
-    namespace: str = "logging",
-    *,
-    image: str = f"{AGENT}:2.1.0",
-    tolerations: Sequence[Mapping[str, Any]] = (INFRA,),
-    max_unavailable: int = 1,
-    resource_version: str = "100",
-    ready: int = 2,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {
-            "name": name, "namespace": namespace, "uid": f"uid-{namespace}-{name}",
-            "resourceVersion": resource_version, "generation": 1, "labels": {"app": name},
-        },
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": max_unavailable}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [{"name": "agent", "image": image}],
-                    "tolerations": [dict(t) for t in tolerations],
-                },
-            },
-        },
-        "status": {"desiredNumberScheduled": 2, "numberReady": ready, "observedGeneration": 1},
-    }  # fmt: skip
+#: ds_obj's status: 2 pods desired, 2 ready.
+STATUS = {"desiredNumberScheduled": 2, "numberReady": 2, "observedGeneration": 1}
+#: DaemonSets as the watch hands them over: in `logging` unless said otherwise, uid-<namespace>-<name>,
+#: tolerating INFRA, maxUnavailable 1, two of two pods ready.
+ds_obj = partial(
+    daemonset, namespace="logging", image=f"{AGENT}:2.1.0", tolerations=(INFRA,), max_unavailable=1,
+    uid="uid-{namespace}-{name}", resource_version="100", generation=1, app_label=True, status=STATUS,
+)  # fmt: skip
 
 
-def policy_obj(
-    name: str, spec: Mapping[str, Any], *, generation: int = 1, status: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": name, "generation": generation, "resourceVersion": "7"},
-        "spec": copy.deepcopy(dict(spec)),
-    }
-    if status is not None:
-        obj["status"] = copy.deepcopy(dict(status))
-    return obj
+policy_obj = partial(policy, generation=1, resource_version="7")
 
 
 def nodes() -> list[dict[str, Any]]:
@@ -145,8 +104,8 @@ def daemonsets() -> list[dict[str, Any]]:
     return [
         ds_obj("fluent-bit"),  # complies
         ds_obj("old-agent", image=f"{AGENT}:1.9.0", tolerations=()),  # versions + tolerations
-        ds_obj("node-exporter", "monitoring", max_unavailable=3),  # rollout cap (Audit policy)
-        ds_obj("ungoverned", "default", image=f"{AGENT}:0.1.0", tolerations=()),
+        ds_obj("node-exporter", namespace="monitoring", max_unavailable=3),  # rollout cap (Audit policy)
+        ds_obj("ungoverned", namespace="default", image=f"{AGENT}:0.1.0", tolerations=()),
     ]
 
 
@@ -264,14 +223,6 @@ def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
 
 def listed(status: Mapping[str, Any]) -> dict[str, list[str]]:
     return {f"{e['namespace']}/{e['name']}": e["rules"] for e in status["violations"]}
-
-
-async def until(what: str, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def stop(task: asyncio.Task[None], timeout: float = 2.0, *, insist: bool = False) -> bool:  # noqa: ASYNC109
@@ -453,7 +404,9 @@ async def test_deleted_policy_is_not_written_and_its_gauge_goes() -> None:
     await rig.auditor.audit_once()
     assert rig.sample("dsguard_audit_violating_daemonsets", policy="exporters") == 1
     rig.cache.policy_event("DELETED", policy_obj("exporters", EXPORTERS))
-    rig.auditor.daemonset_event("MODIFIED", ds_obj("node-exporter", "monitoring", max_unavailable=5))
+    rig.auditor.daemonset_event(
+        "MODIFIED", ds_obj("node-exporter", namespace="monitoring", max_unavailable=5)
+    )
     first = len(rig.writer.writes)
     await rig.auditor.audit_once()
     assert "exporters" not in rig.writer.names()[first:]
@@ -537,7 +490,9 @@ async def test_events_are_not_repeated_across_audits() -> None:
     rig = make_rig()
     await rig.auditor.audit_once()
     count = len(rig.events.bodies)
-    rig.auditor.daemonset_event("MODIFIED", ds_obj("fluent-bit", resource_version="200", ready=1))
+    rig.auditor.daemonset_event(
+        "MODIFIED", ds_obj("fluent-bit", resource_version="200", status={**STATUS, "numberReady": 1})
+    )
     rig.cache.node_event("MODIFIED", node_obj("node-b", kubelet="v1.32.6"))  # new snapshot, same verdicts
     for _ in range(3):
         rig.clock.now += timedelta(seconds=30)
@@ -637,12 +592,12 @@ async def test_failing_events_api_does_not_stop_the_audit() -> None:
 async def test_run_writes_then_reaudits_on_a_new_tainted_node() -> None:
     rig = make_rig(tick=0.02, min_interval=0.01)
     async with running(rig.auditor):
-        await until("the first status writes", lambda: len(rig.writer.writes) == 4)
+        await poll_async(lambda: len(rig.writer.writes) == 4, what="the first status writes")
         taint = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
         rig.cache.node_event(
             "ADDED", node_obj("gpu-1", taints=[taint])
         )  # no mark(): the new snapshot wakes it
-        await until("the re-audit's write", lambda: len(rig.writer.writes) > 4)
+        await poll_async(lambda: len(rig.writer.writes) > 4, what="the re-audit's write")
     assert rig.writer.names()[4:] == ["log-collector"]
     assert "gpu-1" in rig.writer.last("log-collector")["violations"][0]["message"]
 
@@ -651,14 +606,19 @@ async def test_daemonset_status_update_does_not_wake_the_auditor_but_a_spec_chan
     leader = LeaderFlag(True)
     rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)
     async with running(rig.auditor):
-        await until("the first audit", lambda: rig.sample("dsguard_audit_runs_total") == 1)
-        rig.auditor.daemonset_event("MODIFIED", ds_obj("old-agent", image=f"{AGENT}:1.9.0", tolerations=(),
-                                                       resource_version="150", ready=0))  # fmt: skip
+        await poll_async(lambda: rig.sample("dsguard_audit_runs_total") == 1, what="the first audit")
+        not_ready = {**STATUS, "numberReady": 0}
+        rig.auditor.daemonset_event(
+            "MODIFIED",
+            ds_obj(
+                "old-agent", image=f"{AGENT}:1.9.0", tolerations=(), resource_version="150", status=not_ready
+            ),
+        )
         passes = leader.calls
-        await until("three more passes of the loop", lambda: leader.calls >= passes + 3)
+        await poll_async(lambda: leader.calls >= passes + 3, what="three more passes of the loop")
         assert rig.sample("dsguard_audit_runs_total") == 1
         rig.auditor.daemonset_event("MODIFIED", ds_obj("old-agent", resource_version="151"))
-        await until("the re-audit", lambda: rig.sample("dsguard_audit_runs_total") == 2)
+        await poll_async(lambda: rig.sample("dsguard_audit_runs_total") == 2, what="the re-audit")
     assert rig.writer.last("log-collector")["violationCount"] == 0
 
 
@@ -671,28 +631,28 @@ async def test_a_wake_shared_at_construction_wakes_the_audit() -> None:
     )
     auditor.replace_daemonsets(daemonsets())  # as the watch lists: a wake-up too
     async with running(auditor):
-        await until("the first audit", lambda: rig.sample("dsguard_audit_runs_total") == 1)
+        await poll_async(lambda: rig.sample("dsguard_audit_runs_total") == 1, what="the first audit")
         assert not wake.is_set()
         wake.set()  # say a policy changed: well before the 60 s tick
-        await until("the re-audit", lambda: rig.sample("dsguard_audit_runs_total") == 2)
+        await poll_async(lambda: rig.sample("dsguard_audit_runs_total") == 2, what="the re-audit")
 
 
 async def test_not_leader_writes_nothing_until_it_leads() -> None:
     leader = LeaderFlag(False)
     rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)
     async with running(rig.auditor):
-        await until("a few passes of the loop", lambda: leader.calls >= 5)
+        await poll_async(lambda: leader.calls >= 5, what="a few passes of the loop")
         assert rig.writer.attempts == 0 and rig.events.bodies == []
         assert rig.sample("dsguard_audit_runs_total") == 0
         leader.leading = True
-        await until("the new leader's writes", lambda: len(rig.writer.writes) == 4)
+        await poll_async(lambda: len(rig.writer.writes) == 4, what="the new leader's writes")
 
 
 async def test_forbidden_write_is_retried_by_the_loop() -> None:
     writer = RecordingWriter(fail=[403])
     rig = make_rig(writer=writer, tick=0.02, min_interval=0.01)
     async with running(rig.auditor):
-        await until("every status written", lambda: len(set(writer.names())) == 4)
+        await poll_async(lambda: len(set(writer.names())) == 4, what="every status written")
     assert rig.sample("dsguard_audit_runs_total") == 2
 
 
@@ -701,11 +661,11 @@ async def test_loop_waits_for_synced_daemonsets_and_cache() -> None:
     leader = LeaderFlag(True)
     rig = make_rig(cache=cache, tick=0.02, min_interval=0.01, is_leader=leader)
     async with running(rig.auditor):
-        await until("a few passes of the loop", lambda: leader.calls >= 5)
+        await poll_async(lambda: leader.calls >= 5, what="a few passes of the loop")
         assert rig.sample("dsguard_audit_runs_total") == 0
         cache.use_static_facts([], "v1.33.2")
         cache.replace_nodes(nodes())
-        await until("the first audit", lambda: len(rig.writer.writes) == 4)
+        await poll_async(lambda: len(rig.writer.writes) == 4, what="the first audit")
 
 
 def idle_rig(waiting_for: str, tick: float) -> tuple[Rig, LeaderFlag, Callable[[], None]]:
@@ -744,7 +704,7 @@ async def test_idle_loop_stops_when_cancelled(waiting_for: str) -> None:
     """guard.main cancels every task at shutdown (lifecycle.cancel_and_wait) and waits for each."""
     rig, leader, unstick = idle_rig(waiting_for, tick=1.0)
     task = asyncio.create_task(rig.auditor.run())
-    await until("a pass of the loop", lambda: leader.calls >= 1)
+    await poll_async(lambda: leader.calls >= 1, what="a pass of the loop")
     await asyncio.sleep(0)
     stopped = await stop(task)
     if not stopped:  # don't leak a busy task into the next tests

@@ -71,8 +71,9 @@ from dsguard.atomic_files import write_private
 from dsguard.cli import main
 from dsguard.cli.options import parse_duration
 from dsguard.cluster_cache import ClusterCache
-from dsguard.policy import parse_policy
-from tests.tlsutil import AheadClock, SecretVolume
+from tests.support.builders import daemonset, parsed_policy
+from tests.support.polling import poll_async
+from tests.support.tls import AheadClock, SecretVolume
 from webhook.server import WebhookState, make_app
 from webhook.tls import CertReloader, as_files, server_context
 
@@ -858,37 +859,20 @@ def client_context(*cas: x509.Certificate) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=pem_bundle(cas).decode())
 
 
-POLICY = parse_policy(
+POLICY = parsed_policy(
+    "add-infra-toleration",
     {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": "add-infra-toleration"},
-        "spec": {
-            "match": {"namespaces": ["agents"]},
-            "tolerations": {
-                "required": [
-                    {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
-                ],
-                "onMissing": "Add",
-            },
-        },
-    }
+        "tolerations": {
+            "required": [{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}],
+            "onMissing": "Add",
+        }
+    },
+    namespaces=["agents"],
 )
 
 
 def review_body(uid: str) -> bytes:
-    ds = {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "agent", "namespace": "agents", "labels": {"app": "agent"}},
-        "spec": {
-            "selector": {"matchLabels": {"app": "agent"}},
-            "template": {
-                "metadata": {"labels": {"app": "agent"}},
-                "spec": {"containers": [{"name": "a", "image": "registry.example.com/agent:1.0.0"}]},
-            },
-        },
-    }
+    ds = daemonset("agent", "agents", container="a", image="registry.example.com/agent:1.0.0", app_label=True)
     request = {
         "uid": uid,
         "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"},
@@ -947,15 +931,7 @@ async def _worker(
 
 
 async def _until_served(load: Load, count: int, what: str) -> None:
-    await _until(what, lambda: load.ok >= count)
-
-
-async def _until(what: str, probe: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
+    await poll_async(lambda: load.ok >= count, what=what, timeout=20)
 
 
 @pytest.mark.parametrize("writer", ["symlink-swap", "in-place"])
@@ -1015,7 +991,7 @@ async def test_webhook_picks_up_new_files_under_load_without_a_failed_request(
                             headers={"Content-Type": "application/json"},
                         )
                     )
-                    await _until("the slow request to start", started.is_set)
+                    await poll_async(started.is_set, what="the slow request to start", timeout=20)
                     before = load.ok
                     await _until_served(load, before + 30, "requests before the change")
                     if writer == "symlink-swap":

@@ -11,8 +11,8 @@ from click.testing import CliRunner, Result
 
 from certs.issue import new_ca
 from dsguard.cli import exits, main
-from tests import cliutil
-from tests.cliutil import kubeconfig
+from tests.support import cli as cliutil
+from tests.support.cli import kubeconfig
 
 
 @pytest.fixture(autouse=True)

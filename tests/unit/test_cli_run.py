@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 
 from dsguard.cli import main
-from tests.tlsutil import TLSFiles, write_tls_files
+from tests.support.tls import TLSFiles, write_tls_files
 
 GOOD_POLICY = """
 apiVersion: dsguard.io/v1alpha1

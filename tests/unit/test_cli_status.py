@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from dsguard.cli import main
 from dsguard.cli.options import parse_duration
 from dsguard.cli.status.render import age
-from tests import cliutil
-from tests.cliutil import kubeconfig
+from tests.support import cli as cliutil
+from tests.support.cli import kubeconfig
 
 GOOD_POLICY = """
 apiVersion: dsguard.io/v1alpha1

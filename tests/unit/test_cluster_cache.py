@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 
 from dsguard.cluster_cache import ClusterCache
+from tests.support import builders
 
-
-def node(name: str, *, labels: dict[str, str] | None = None, heartbeat: str = "t0") -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": labels or {}},
-        "status": {
-            "nodeInfo": {"kubeletVersion": "v1.37.2"},
-            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}],
-        },
-    }
+#: Ready nodes on kubelet v1.37.2, as a watch serves them (no apiVersion/kind).
+node = partial(builders.node, labels={}, kubelet="v1.37.2", ready=True, heartbeat="t0", typed=False)
 
 
 def namespace(name: str, **labels: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": labels}}
 
 
-def policy(name: str, generation: int = 1, *, status: dict[str, Any] | None = None,
-           max_unavailable: Any = 1) -> dict[str, Any]:  # fmt: skip
-    return {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": name, "generation": generation},
-        "spec": {"rollout": {"maxUnavailable": max_unavailable}},
-        **({"status": status} if status is not None else {}),
-    }
+def rollout(max_unavailable: Any) -> dict[str, Any]:
+    return {"rollout": {"maxUnavailable": max_unavailable}}
 
 
 def meta(cache: ClusterCache) -> tuple[int, Any]:
@@ -61,15 +49,17 @@ def test_only_policy_changes_the_rules_read_notify() -> None:
     cache = ClusterCache()
     calls: list[str] = []
     cache.on_policies_changed = lambda: calls.append("changed")
-    cache.replace_policies([policy("p")])
+    cache.replace_policies([builders.policy("p", rollout(1), generation=1)])
     assert calls == ["changed"]
     # The audit's own status write: same spec, nothing to re-decide
-    cache.policy_event("MODIFIED", policy("p", status={"violationCount": 0}))
+    cache.policy_event(
+        "MODIFIED", builders.policy("p", rollout(1), generation=1, status={"violationCount": 0})
+    )
     assert calls == ["changed"]
     assert meta(cache) == (1, {"violationCount": 0})
-    cache.policy_event("MODIFIED", policy("p", 2, max_unavailable=2))
+    cache.policy_event("MODIFIED", builders.policy("p", rollout(2), generation=2))
     assert calls == ["changed"] * 2 and meta(cache)[0] == 2
-    cache.policy_event("DELETED", policy("p", 2))
+    cache.policy_event("DELETED", builders.policy("p", rollout(1), generation=2))
     assert calls == ["changed"] * 3 and "p" not in cache.policy_meta and cache.policies == ()
 
 
@@ -77,22 +67,22 @@ def test_an_invalid_edit_keeps_the_previous_version_and_reports_it_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = ClusterCache()
-    cache.replace_policies([policy("p")])
+    cache.replace_policies([builders.policy("p", rollout(1), generation=1)])
     before = cache.policies
-    cache.policy_event("MODIFIED", policy("p", 2, max_unavailable="110%"))
+    cache.policy_event("MODIFIED", builders.policy("p", rollout("110%"), generation=2))
     assert cache.policies == before  # still enforcing the last valid version
     assert "spec.rollout.maxUnavailable" in cache.policy_errors["p"]
     assert meta(cache)[0] == 2  # the audit reports on the generation it saw
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "still enforcing its previous valid version" in errors[0].getMessage()
-    cache.policy_event("MODIFIED", policy("p", 2, max_unavailable="110%", status={"x": 1}))
+    cache.policy_event("MODIFIED", builders.policy("p", rollout("110%"), generation=2, status={"x": 1}))
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1  # not logged again
 
 
 def test_policy_changes_reach_the_hook_given_at_construction() -> None:
     calls: list[str] = []
     cache = ClusterCache(on_policies_changed=lambda: calls.append("changed"))
-    cache.replace_policies([policy("p")])
+    cache.replace_policies([builders.policy("p")])
     assert calls == ["changed"]
 
 

@@ -38,6 +38,7 @@ from guard.wave_actions import (
     promote_patch,
     start_patch,
 )
+from tests.support.builders import daemonset
 
 T0 = 1_800_000_000.0  # "now" in these tests
 GUARD = GuardPolicy(
@@ -146,22 +147,13 @@ def ds_state(
     generation: int = 2,
     observed: int = 2,
 ) -> DaemonSetState:
-    return DaemonSetState.from_object(
-        {
-            "metadata": {
-                "name": "agent", "namespace": "ns", "uid": "ds-uid", "resourceVersion": "42",
-                "generation": generation, "annotations": annotations or {},
-            },
-            "spec": {
-                "updateStrategy": strategy or ROLLING,
-                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [CONTAINER]}},
-            },
-            "status": {
-                "observedGeneration": observed, "desiredNumberScheduled": desired,
-                "updatedNumberScheduled": updated, "numberAvailable": available, "numberReady": available,
-            },
-        }
+    obj = daemonset(
+        "agent", "ns", uid="ds-uid", resource_version="42", generation=generation,
+        annotations=annotations or {}, update_strategy=strategy or ROLLING, containers=[CONTAINER],
+        status={"observedGeneration": observed, "desiredNumberScheduled": desired,
+                "updatedNumberScheduled": updated, "numberAvailable": available, "numberReady": available},
     )  # fmt: skip
+    return DaemonSetState.from_object(obj)
 
 
 def revision(name: str, number: int, image: str) -> Revision:

@@ -12,6 +12,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from dsguard.kube import ListError, Reflector, Subscriber, list_explained, list_scoped
+from tests.support.polling import poll_async
 
 
 class FakeResponse:
@@ -136,11 +137,12 @@ async def test_failing_since_marks_a_view_falling_behind_until_the_next_complete
     task = asyncio.create_task(r.run())
     try:
         await asyncio.wait_for(failed.wait(), timeout=5)
-        await until(lambda: r.failing_since is not None)  # the reflector handles the error it got
+        # the reflector handles the error it got
+        await poll_async(lambda: r.failing_since is not None, what="the reflector to record the failure")
         assert not r.synced.is_set()
         fail.clear()  # the apiserver answers again: the retry (after its backoff) lists
         await asyncio.wait_for(listed_again.wait(), timeout=5)
-        await until(lambda: r.synced.is_set())
+        await poll_async(lambda: r.synced.is_set(), what="the reflector to sync again")
         assert r.failing_since is None
     finally:
         task.cancel()
@@ -149,10 +151,8 @@ async def test_failing_since_marks_a_view_falling_behind_until_the_next_complete
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Until condition() holds; TimeoutError after 5 s."""
-    async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110 - plain attributes, no event to wait on
-            await asyncio.sleep(0.01)
+    """Until condition() holds (poll_async, 5 s)."""
+    await poll_async(lambda: condition() or None, what="the condition")
 
 
 # --- one-shot lists: one scope switch, one error wording -------------------------------------------

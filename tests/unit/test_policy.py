@@ -23,22 +23,15 @@ from dsguard.policy import (
     parse_policy,
 )
 from dsguard.scheduling import Toleration
+from tests.support.builders import policy
 
 CRD = Path(__file__).parents[2] / "manifests" / "crds" / "dsguard.io_daemonsetpolicies.yaml"
 
 
-def doc(spec: dict[str, Any], name: str = "p") -> dict[str, Any]:
-    return {
-        "apiVersion": "dsguard.io/v1alpha1",
-        "kind": "DaemonSetPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def test_full_example_from_the_issue() -> None:
     p = parse_policy(
-        doc(
+        policy(
+            "node-agents",
             {
                 "match": {"namespaces": ["logging"], "namespaceSelector": {}, "selector": {}},
                 "enforcement": "Enforce",
@@ -60,7 +53,6 @@ def test_full_example_from_the_issue() -> None:
                     "unknownVersion": "Warn",
                 },
             },
-            name="node-agents",
         )
     )
     assert p.name == "node-agents"
@@ -77,7 +69,7 @@ def test_full_example_from_the_issue() -> None:
 
 
 def test_defaults() -> None:
-    p = parse_policy(doc({"tolerations": {"required": []}, "rollout": {}, "versions": {"rules": []}}))
+    p = parse_policy(policy("p", {"tolerations": {"required": []}, "rollout": {}, "versions": {"rules": []}}))
     assert p.enforcement is Enforcement.ENFORCE
     assert p.tolerations is not None and p.tolerations.on_missing is OnMissing.DENY
     assert p.rollout is not None and p.rollout.on_exceed is OnExceed.DENY
@@ -138,14 +130,15 @@ def test_defaults() -> None:
 )
 def test_errors_name_the_field(spec: dict[str, Any], expected: str) -> None:
     with pytest.raises(InvalidSpec) as info:
-        parse_policy(doc(spec), source="policy.yaml")
+        parse_policy(policy("p", spec), source="policy.yaml")
     assert expected in str(info.value)
     assert str(info.value).startswith("policy.yaml: ")
 
 
 def test_registry_port_is_not_a_tag() -> None:
     p = parse_policy(
-        doc(
+        policy(
+            "p",
             {
                 "versions": {
                     "rules": [
@@ -155,7 +148,7 @@ def test_registry_port_is_not_a_tag() -> None:
                         }
                     ]
                 }
-            }
+            },
         )
     )
     assert p.versions is not None and p.versions.rules[0].image == "localhost:5000/agent"
@@ -270,7 +263,7 @@ WAVES_OK = {
 
 
 def test_waves_and_gates_parse() -> None:
-    p = parse_policy(doc(WAVES_OK))
+    p = parse_policy(policy("p", WAVES_OK))
     assert p.guard is not None and p.guard.waves is not None and p.guard.gates is not None
     w = p.guard.waves
     assert (w.canary, w.group_by, w.order, w.max_unavailable, w.bake_seconds, w.approval) == (
@@ -285,7 +278,7 @@ def test_waves_and_gates_parse() -> None:
     assert p.guard.gates.apiserver.max_request_rate_increase == "50%"
     assert p.guard.gates.prometheus[0].max == 0.5 and p.guard.gates.prometheus[0].min is None
     assert p.rollout is not None and p.rollout.min_ready_seconds == 30
-    steps = parse_policy(doc({"guard": {"waves": {"steps": ["10%", "50%", "100%"]}}}))
+    steps = parse_policy(policy("p", {"guard": {"waves": {"steps": ["10%", "50%", "100%"]}}}))
     assert steps.guard is not None and steps.guard.waves is not None
     assert steps.guard.waves.steps == ("10%", "50%", "100%") and steps.guard.waves.approval is Approval.AUTO
 
@@ -337,14 +330,14 @@ def test_waves_and_gates_parse() -> None:
 )
 def test_waves_and_gates_errors(section: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(InvalidSpec) as e:
-        parse_policy(doc({"guard": section}))
+        parse_policy(policy("p", {"guard": section}))
     text = str(e.value)
     assert f"{field}: " in text and message in text, text
 
 
 def test_min_ready_seconds_must_be_a_non_negative_integer() -> None:
     with pytest.raises(InvalidSpec, match=r"spec.rollout.minReadySeconds: -5 must be an integer >= 0"):
-        parse_policy(doc({"rollout": {"minReadySeconds": -5}}))
+        parse_policy(policy("p", {"rollout": {"minReadySeconds": -5}}))
 
 
 # --- spec.guard.alerts: the one place the rules on alert sinks are checked ----------------------
@@ -354,9 +347,9 @@ REF = {"namespace": "dsguard", "name": "alerts", "key": "url"}
 
 
 def alerts_of(*specs: Any) -> tuple[AlertSink, ...]:
-    policy = parse_policy(doc({"guard": {"alerts": list(specs)}}))
-    assert policy.guard is not None
-    return policy.guard.alerts
+    parsed = parse_policy(policy("p", {"guard": {"alerts": list(specs)}}))
+    assert parsed.guard is not None
+    return parsed.guard.alerts
 
 
 def test_alert_sinks_report_every_error_with_its_path() -> None:

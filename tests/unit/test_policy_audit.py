@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsguard.facts import ClusterFacts
-from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo, Taint
 from guard.policy_audit import (
     COMPLIANT,
@@ -28,6 +28,7 @@ from guard.policy_audit import (
     policy_status,
     status_changed,
 )
+from tests.support.builders import daemonset, node_info, parsed_policy
 
 AGENT = "registry.example.com/agent"
 INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
@@ -40,46 +41,10 @@ T3 = "2030-01-01T00:10:00Z"
 # -- builders ----------------------------------------------------------------------------------
 
 
-def ds(
-    name: str = "agent",
-    namespace: str = "logging",
-    *,
-    image: str = f"{AGENT}:2.1.0",
-    tolerations: list[dict[str, Any]] | None = None,
-    labels: dict[str, str] | None = None,
-    max_unavailable: int | str | None = None,
-    extra_images: Sequence[str] = (),
-) -> dict[str, Any]:
-    containers = [{"name": "agent", "image": image}]
-    containers += [{"name": f"side{i}", "image": img} for i, img in enumerate(extra_images)]
-    pod_spec: dict[str, Any] = {"containers": containers}
-    if tolerations is not None:
-        pod_spec["tolerations"] = tolerations
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": {"app": name}},
-        "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
-    }
-    if max_unavailable is not None:
-        spec["updateStrategy"] = {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": max_unavailable},
-        }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": name}},
-        "spec": spec,
-    }
-
-
-def pol(name: str, spec: Mapping[str, Any]) -> Policy:
-    return parse_policy({"metadata": {"name": name}, "spec": dict(spec)})
-
-
-def node(name: str, *, kubelet: str = "v1.33.2", taints: Sequence[Taint] = ()) -> NodeInfo:
-    return NodeInfo(
-        name=name, labels={"kubernetes.io/hostname": name}, taints=tuple(taints), kubelet_version=kubelet
-    )
+#: DaemonSets as these tests build them: in `logging`, labelled app=<name> unless given labels.
+ds = partial(daemonset, namespace="logging", image=f"{AGENT}:2.1.0", app_label=True)
+#: Nodes labelled kubernetes.io/hostname=<name>, on kubelet v1.33.2 unless said otherwise.
+node = partial(node_info, hostname_label=True)
 
 
 def cluster(*nodes: NodeInfo) -> ClusterFacts:
@@ -149,7 +114,8 @@ CASES = [
          [ds(namespace="monitoring")], cluster(node("n1")), set()),
     Case("DaemonSet outside the policy's selector doesn't count",
          {"infra": {**REQUIRE_INFRA, "match": {"selector": {"matchLabels": {"tier": "node"}}}}},
-         [ds(labels={"tier": "web"}), ds("other", labels={"tier": "node"})], cluster(node("n1")),
+         [ds(labels={"tier": "web"}, app_label=False), ds("other", labels={"tier": "node"}, app_label=False)],
+         cluster(node("n1")),
          {("logging/other", "infra", "tolerations")}),
     Case("two policies, two rules, one DaemonSet",
          {"infra": REQUIRE_INFRA, "versions": VERSIONS}, [ds(image=f"{AGENT}:1.0.0")], OLD_AND_NEW,
@@ -159,7 +125,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_audit_finds_violations(case: Case) -> None:
-    policies = [pol(name, spec) for name, spec in case.policies.items()]
+    policies = [parsed_policy(name, spec) for name, spec in case.policies.items()]
     results = audit(policies, case.daemonsets, case.facts)
     assert set(results) == set(case.policies)
     assert triples(results) == case.expected
@@ -169,7 +135,7 @@ def test_audit_finds_violations(case: Case) -> None:
 
 
 def test_version_violation_names_the_node_and_kubelet() -> None:
-    results = audit([pol("versions", VERSIONS)], [ds(image=f"{AGENT}:1.9.0")], OLD_AND_NEW)
+    results = audit([parsed_policy("versions", VERSIONS)], [ds(image=f"{AGENT}:1.9.0")], OLD_AND_NEW)
     (v,) = results["versions"].violations
     assert "new-kubelet-node" in v.message
     assert "v1.33.2" in v.message
@@ -177,7 +143,7 @@ def test_version_violation_names_the_node_and_kubelet() -> None:
 
 
 def test_toleration_violation_names_the_missing_toleration() -> None:
-    results = audit([pol("infra", REQUIRE_INFRA)], [ds()], cluster(node("n1")))
+    results = audit([parsed_policy("infra", REQUIRE_INFRA)], [ds()], cluster(node("n1")))
     (v,) = results["infra"].violations
     assert (v.namespace, v.name, v.policy, v.rule) == ("logging", "agent", "infra", "tolerations")
     assert "key: dedicated" in v.message and "value: infra" in v.message
@@ -185,7 +151,7 @@ def test_toleration_violation_names_the_missing_toleration() -> None:
 
 @pytest.mark.parametrize("enforcement", ["Audit", "Warn", "Enforce"])
 def test_every_enforcement_is_audited(enforcement: str) -> None:
-    p = pol("infra", {**REQUIRE_INFRA, "enforcement": enforcement})
+    p = parsed_policy("infra", {**REQUIRE_INFRA, "enforcement": enforcement})
     results = audit([p], [ds(), ds("ok", tolerations=[INFRA])], cluster(node("n1")))
     assert results["infra"].matched == ("logging/agent", "logging/ok")
     assert results["infra"].violating == ("logging/agent",)
@@ -194,8 +160,8 @@ def test_every_enforcement_is_audited(enforcement: str) -> None:
 def test_policy_matching_nothing_still_has_an_audit() -> None:
     results = audit(
         [
-            pol("infra", REQUIRE_INFRA),
-            pol("nothing", {**REQUIRE_INFRA, "match": {"namespaces": ["nowhere"]}}),
+            parsed_policy("infra", REQUIRE_INFRA),
+            parsed_policy("nothing", {**REQUIRE_INFRA, "match": {"namespaces": ["nowhere"]}}),
         ],
         [ds()],
         cluster(node("n1")),
@@ -205,12 +171,12 @@ def test_policy_matching_nothing_still_has_an_audit() -> None:
 
 
 def test_no_daemonsets_no_violations() -> None:
-    results = audit([pol("infra", REQUIRE_INFRA)], [], cluster(node("n1")))
+    results = audit([parsed_policy("infra", REQUIRE_INFRA)], [], cluster(node("n1")))
     assert results == {"infra": PolicyAudit("infra", (), ())}
 
 
 def test_violations_sorted_by_daemonset_then_rule_and_matched_sorted() -> None:
-    p = pol("both", {**REQUIRE_INFRA, "versions": VERSIONS["versions"]})
+    p = parsed_policy("both", {**REQUIRE_INFRA, "versions": VERSIONS["versions"]})
     daemonsets = [
         ds("zeta", image=f"{AGENT}:1.0.0"),
         ds("alpha", image=f"{AGENT}:1.0.0"),
@@ -227,7 +193,9 @@ def test_violations_sorted_by_daemonset_then_rule_and_matched_sorted() -> None:
 def test_daemonset_without_namespace_is_in_default() -> None:
     obj = ds()
     del obj["metadata"]["namespace"]
-    results = audit([pol("all", {"tolerations": {"required": [INFRA]}})], [obj], cluster(node("n1")))
+    results = audit(
+        [parsed_policy("all", {"tolerations": {"required": [INFRA]}})], [obj], cluster(node("n1"))
+    )
     assert results["all"].violating == ("default/agent",)
 
 
@@ -334,11 +302,11 @@ def test_status_counts_are_exact_and_list_bounded(violations: list[Violation], c
 def test_violation_count_is_the_number_of_violating_daemonsets(
     specs: list[tuple[str, bool, str | None]],
 ) -> None:
-    p = pol("agents", {**REQUIRE_INFRA, "versions": VERSIONS["versions"]})
+    p = parsed_policy("agents", {**REQUIRE_INFRA, "versions": VERSIONS["versions"]})
     daemonsets = [
         ds(
             f"ds-{i}",
-            ns,
+            namespace=ns,
             image=f"{AGENT}:{version}" if version else AGENT,
             tolerations=[INFRA] if tolerates else [],
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
 import jsonpatch
@@ -11,54 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsguard.facts import ClusterFacts
-from dsguard.policy import Policy, parse_policy
 from dsguard.rules.engine import Evaluation, evaluate, judge
 from dsguard.scheduling import NodeInfo, Taint
+from tests.support.builders import daemonset, node_info, parsed_policy
 
-
-def ds(
-    *,
-    image: str = "registry.example.com/agent:2.1.0",
-    tolerations: list[dict[str, Any]] | None = None,
-    strategy: dict[str, Any] | None = None,
-    node_selector: dict[str, str] | None = None,
-    host_network: bool = False,
-    labels: dict[str, str] | None = None,
-    namespace: str = "logging",
-) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {"containers": [{"name": "agent", "image": image}]}
-    if tolerations is not None:
-        pod_spec["tolerations"] = tolerations
-    if node_selector is not None:
-        pod_spec["nodeSelector"] = node_selector
-    if host_network:
-        pod_spec["hostNetwork"] = True
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": {"app": "agent"}},
-        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": pod_spec},
-    }
-    if strategy is not None:
-        spec["updateStrategy"] = strategy
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "agent", "namespace": namespace, "labels": labels or {"tier": "node-agent"}},
-        "spec": spec,
-    }
-
-
-def policy(spec: dict[str, Any], name: str = "p") -> Policy:
-    return parse_policy({"metadata": {"name": name}, "spec": spec})
-
-
-def node(
-    name: str,
-    *,
-    labels: dict[str, str] | None = None,
-    taints: list[Taint] | None = None,
-    kubelet: str = "v1.33.2",
-) -> NodeInfo:
-    return NodeInfo(name=name, labels=labels or {}, taints=tuple(taints or ()), kubelet_version=kubelet)
+#: The DaemonSet these tables judge: `agent` in `logging`, labelled tier=node-agent.
+ds = partial(
+    daemonset, name="agent", namespace="logging", image="registry.example.com/agent:2.1.0",
+    labels={"tier": "node-agent"},
+)  # fmt: skip
 
 
 def facts(*nodes: NodeInfo, version: str | None = "v1.33.2") -> ClusterFacts:
@@ -115,7 +77,7 @@ def messages(ev: Evaluation) -> str:
 def test_required_tolerations(
     present: list[dict[str, Any]], required: dict[str, Any], satisfied: bool
 ) -> None:
-    p = policy({"tolerations": {"required": [required]}})
+    p = parsed_policy("p", {"tolerations": {"required": [required]}})
     ev = evaluate([p], ds(tolerations=present), facts=facts())
     assert ev.allowed is satisfied
     if not satisfied:
@@ -125,7 +87,8 @@ def test_required_tolerations(
 
 def test_add_mutates_missing_ones_in_and_keeps_existing() -> None:
     existing = {"key": "other", "operator": "Exists"}
-    p = policy(
+    p = parsed_policy(
+        "p",
         {
             "tolerations": {
                 "required": [
@@ -138,7 +101,7 @@ def test_add_mutates_missing_ones_in_and_keeps_existing() -> None:
                 ],
                 "onMissing": "Add",
             }
-        }
+        },
     )
     obj = ds(tolerations=[existing])
     ev = evaluate([p], obj, facts=facts())
@@ -160,7 +123,7 @@ def test_add_mutates_missing_ones_in_and_keeps_existing() -> None:
 
 
 def test_add_on_validate_without_mutation_denies_with_a_hint() -> None:
-    p = policy({"tolerations": {"required": [INFRA], "onMissing": "Add"}})
+    p = parsed_policy("p", {"tolerations": {"required": [INFRA], "onMissing": "Add"}})
     ev = judge([p], ds(), facts=facts())
     assert not ev.allowed
     assert "MutatingWebhookConfiguration" in messages(ev)
@@ -170,17 +133,15 @@ def test_add_on_validate_without_mutation_denies_with_a_hint() -> None:
 
 
 def test_coverage_names_nodes_and_taints() -> None:
-    p = policy({"tolerations": {"coverage": {"nodeSelector": {}}}})
+    p = parsed_policy("p", {"tolerations": {"coverage": {"nodeSelector": {}}}})
     f = facts(
-        node("plain"),
-        node("infra-1", taints=[Taint("dedicated", "infra", "NoSchedule")]),
-        node(
-            "soft", taints=[Taint("x", "", "PreferNoSchedule")]
-        ),  # PreferNoSchedule doesn't block DaemonSets
-        node("not-ready", taints=[Taint("node.kubernetes.io/not-ready", "", "NoExecute")]),  # auto-tolerated
-        node(
-            "cordoned", taints=[Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")]
-        ),  # auto-tolerated
+        node_info("plain"),
+        node_info("infra-1", taints=[Taint("dedicated", "infra", "NoSchedule")]),
+        # PreferNoSchedule doesn't block DaemonSets
+        node_info("soft", taints=[Taint("x", "", "PreferNoSchedule")]),
+        # auto-tolerated
+        node_info("not-ready", taints=[Taint("node.kubernetes.io/not-ready", "", "NoExecute")]),
+        node_info("cordoned", taints=[Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")]),
     )
     ev = evaluate([p], ds(), facts=f)
     assert not ev.allowed
@@ -191,8 +152,10 @@ def test_coverage_names_nodes_and_taints() -> None:
 
 
 def test_coverage_selector_limits_scope_and_node_selector_misses() -> None:
-    p = policy({"tolerations": {"coverage": {"nodeSelector": {"matchLabels": {"pool": "infra"}}}}})
-    f = facts(node("a", labels={"pool": "infra"}), node("b", labels={"pool": "web"}))
+    p = parsed_policy(
+        "p", {"tolerations": {"coverage": {"nodeSelector": {"matchLabels": {"pool": "infra"}}}}}
+    )
+    f = facts(node_info("a", labels={"pool": "infra"}), node_info("b", labels={"pool": "web"}))
     assert evaluate([p], ds(node_selector={"pool": "web"}), facts=f).denials
     assert evaluate([p], ds(node_selector={"pool": "infra"}), facts=f).allowed
     assert "no pod on 1 of 1 nodes selected by pool=infra: a" in messages(
@@ -201,15 +164,17 @@ def test_coverage_selector_limits_scope_and_node_selector_misses() -> None:
 
 
 def test_network_unavailable_is_tolerated_only_with_host_network() -> None:
-    p = policy({"tolerations": {"coverage": {"nodeSelector": {}}}})
-    f = facts(node("cni-less", taints=[Taint("node.kubernetes.io/network-unavailable", "", "NoSchedule")]))
+    p = parsed_policy("p", {"tolerations": {"coverage": {"nodeSelector": {}}}})
+    f = facts(
+        node_info("cni-less", taints=[Taint("node.kubernetes.io/network-unavailable", "", "NoSchedule")])
+    )
     assert not evaluate([p], ds(), facts=f).allowed
     assert evaluate([p], ds(host_network=True), facts=f).allowed
 
 
 def test_coverage_lists_ten_nodes_and_a_count() -> None:
-    p = policy({"tolerations": {"coverage": {"nodeSelector": {}}}})
-    f = facts(*(node(f"n{i:02d}", taints=[Taint("t", "", "NoSchedule")]) for i in range(25)))
+    p = parsed_policy("p", {"tolerations": {"coverage": {"nodeSelector": {}}}})
+    f = facts(*(node_info(f"n{i:02d}", taints=[Taint("t", "", "NoSchedule")]) for i in range(25)))
     msg = messages(evaluate([p], ds(), facts=f))
     assert "n09 (" in msg and "n10 (" not in msg and "and 15 more" in msg
 
@@ -218,7 +183,7 @@ def test_coverage_lists_ten_nodes_and_a_count() -> None:
 
 
 def nodes(n: int) -> ClusterFacts:
-    return facts(*(node(f"n{i}") for i in range(n)))
+    return facts(*(node_info(f"n{i}") for i in range(n)))
 
 
 @pytest.mark.parametrize(
@@ -244,21 +209,23 @@ def nodes(n: int) -> ClusterFacts:
     ],
 )
 def test_caps(strategy: dict[str, Any] | None, cap: dict[str, Any], n: int, allowed: bool) -> None:
-    ev = evaluate([policy({"rollout": cap})], ds(strategy=strategy), facts=nodes(n))
+    ev = evaluate([parsed_policy("p", {"rollout": cap})], ds(update_strategy=strategy), facts=nodes(n))
     assert ev.allowed is allowed, messages(ev)
 
 
 def test_caps_count_only_targeted_nodes() -> None:
     f = facts(
-        *(node(f"t{i}", taints=[Taint("gpu", "", "NoSchedule")]) for i in range(8)), node("a"), node("b")
+        *(node_info(f"t{i}", taints=[Taint("gpu", "", "NoSchedule")]) for i in range(8)),
+        node_info("a"),
+        node_info("b"),
     )
-    obj = ds(strategy={"rollingUpdate": {"maxUnavailable": 1}})
+    obj = ds(update_strategy={"rollingUpdate": {"maxUnavailable": 1}})
     # 2 targeted nodes: 50% -> 1, so 1 is within; of 10 nodes 5% would be 1 too, so use 40%: ceil(0.8) = 1
-    assert evaluate([policy({"rollout": {"maxUnavailable": "40%"}})], obj, facts=f).allowed
+    assert evaluate([parsed_policy("p", {"rollout": {"maxUnavailable": "40%"}})], obj, facts=f).allowed
     msg = messages(
         evaluate(
-            [policy({"rollout": {"maxUnavailable": "40%"}})],
-            ds(strategy={"rollingUpdate": {"maxUnavailable": 2}}),
+            [parsed_policy("p", {"rollout": {"maxUnavailable": "40%"}})],
+            ds(update_strategy={"rollingUpdate": {"maxUnavailable": 2}}),
             facts=f,
         )
     )
@@ -266,8 +233,8 @@ def test_caps_count_only_targeted_nodes() -> None:
 
 
 def test_clamp_lowers_to_the_cap() -> None:
-    p = policy({"rollout": {"maxUnavailable": "10%", "onExceed": "Clamp"}})
-    ev = evaluate([p], ds(strategy={"rollingUpdate": {"maxUnavailable": 5}}), facts=nodes(20))
+    p = parsed_policy("p", {"rollout": {"maxUnavailable": "10%", "onExceed": "Clamp"}})
+    ev = evaluate([p], ds(update_strategy={"rollingUpdate": {"maxUnavailable": 5}}), facts=nodes(20))
     assert ev.allowed
     assert ev.patch == [
         {"op": "replace", "path": "/spec/updateStrategy/rollingUpdate/maxUnavailable", "value": "10%"}
@@ -276,12 +243,12 @@ def test_clamp_lowers_to_the_cap() -> None:
 
 
 def test_clamp_adds_the_field_when_defaulted() -> None:
-    p = policy({"rollout": {"maxUnavailable": 0, "maxSurge": 2, "onExceed": "Clamp"}})
+    p = parsed_policy("p", {"rollout": {"maxUnavailable": 0, "maxSurge": 2, "onExceed": "Clamp"}})
     # default maxUnavailable 1 over cap 0; clamping it alone would leave both zero -> deny instead
     ev = evaluate([p], ds(), facts=nodes(5))
     assert not ev.allowed and not ev.patch
     assert "Clamp cannot do it" in messages(ev)
-    ok = ds(strategy={"rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+    ok = ds(update_strategy={"rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
     ok["spec"]["updateStrategy"]["rollingUpdate"] = {"maxUnavailable": 0, "maxSurge": 5}
     ev = evaluate([p], ok, facts=nodes(5))
     assert ev.allowed
@@ -289,9 +256,9 @@ def test_clamp_adds_the_field_when_defaulted() -> None:
 
 
 def test_strictest_cap_wins_across_policies() -> None:
-    a = policy({"rollout": {"maxUnavailable": 3, "onExceed": "Clamp"}}, name="a")
-    b = policy({"rollout": {"maxUnavailable": 2, "onExceed": "Clamp"}}, name="b")
-    ev = evaluate([a, b], ds(strategy={"rollingUpdate": {"maxUnavailable": 5}}), facts=nodes(10))
+    a = parsed_policy("a", {"rollout": {"maxUnavailable": 3, "onExceed": "Clamp"}})
+    b = parsed_policy("b", {"rollout": {"maxUnavailable": 2, "onExceed": "Clamp"}})
+    ev = evaluate([a, b], ds(update_strategy={"rollingUpdate": {"maxUnavailable": 5}}), facts=nodes(10))
     assert ev.allowed
     assert ev.obj["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 2
 
@@ -319,7 +286,7 @@ def with_min_ready(obj: dict[str, Any], seconds: object) -> dict[str, Any]:
 def test_min_ready_seconds_floor(
     title: str, value: int | None, on_exceed: str, allowed: bool, patched_to: int | None
 ) -> None:
-    p = policy({"rollout": {"minReadySeconds": 30, "onExceed": on_exceed}})
+    p = parsed_policy("p", {"rollout": {"minReadySeconds": 30, "onExceed": on_exceed}})
     obj = ds() if value is None else with_min_ready(ds(), value)
     ev = evaluate([p], obj, facts=nodes(3))
     assert ev.allowed is allowed, (title, messages(ev))
@@ -333,7 +300,7 @@ def test_min_ready_seconds_floor(
 
 
 def test_min_ready_seconds_lowered_alone_is_judged_on_update() -> None:
-    p = policy({"rollout": {"minReadySeconds": 30}})
+    p = parsed_policy("p", {"rollout": {"minReadySeconds": 30}})
     old = with_min_ready(ds(), 30)
     assert not judge([p], with_min_ready(ds(), 0), facts=nodes(3), old=old).allowed
     # unchanged and already under the floor (predates the policy): a warning, not a denial
@@ -371,8 +338,8 @@ VERSIONS: dict[str, Any] = {
     ],
 )
 def test_versions(image: str, kubelets: list[str], denied_nodes: list[str]) -> None:
-    f = facts(*(node(f"n{i}", kubelet=k) for i, k in enumerate(kubelets)))
-    ev = evaluate([policy(VERSIONS)], ds(image=image), facts=f)
+    f = facts(*(node_info(f"n{i}", kubelet=k) for i, k in enumerate(kubelets)))
+    ev = evaluate([parsed_policy("p", VERSIONS)], ds(image=image), facts=f)
     assert ev.allowed is (not denied_nodes), messages(ev)
     for n in denied_nodes:
         assert f"({n})" in messages(ev)
@@ -380,13 +347,13 @@ def test_versions(image: str, kubelets: list[str], denied_nodes: list[str]) -> N
 
 def test_versions_only_targeted_nodes_count() -> None:
     f = facts(
-        node("old", kubelet="v1.33.0", labels={"pool": "old"}),
-        node("new", kubelet="v1.32.0", labels={"pool": "new"}),
+        node_info("old", kubelet="v1.33.0", labels={"pool": "old"}),
+        node_info("new", kubelet="v1.32.0", labels={"pool": "new"}),
     )
     obj = ds(image="registry.example.com/agent:1.0.0")
-    assert not evaluate([policy(VERSIONS)], obj, facts=f).allowed
+    assert not evaluate([parsed_policy("p", VERSIONS)], obj, facts=f).allowed
     assert evaluate(
-        [policy(VERSIONS)],
+        [parsed_policy("p", VERSIONS)],
         ds(image="registry.example.com/agent:1.0.0", node_selector={"pool": "new"}),
         facts=f,
     ).allowed
@@ -394,9 +361,9 @@ def test_versions_only_targeted_nodes_count() -> None:
 
 def test_versions_fall_back_to_the_apiserver_version() -> None:
     obj = ds(image="registry.example.com/agent:1.0.0")
-    assert not evaluate([policy(VERSIONS)], obj, facts=facts(version="v1.33.1")).allowed
-    assert evaluate([policy(VERSIONS)], obj, facts=facts(version="v1.32.1")).allowed
-    assert evaluate([policy(VERSIONS)], obj, facts=facts(version=None)).allowed
+    assert not evaluate([parsed_policy("p", VERSIONS)], obj, facts=facts(version="v1.33.1")).allowed
+    assert evaluate([parsed_policy("p", VERSIONS)], obj, facts=facts(version="v1.32.1")).allowed
+    assert evaluate([parsed_policy("p", VERSIONS)], obj, facts=facts(version=None)).allowed
 
 
 def test_init_containers_are_checked() -> None:
@@ -404,7 +371,7 @@ def test_init_containers_are_checked() -> None:
     obj["spec"]["template"]["spec"]["initContainers"] = [
         {"name": "init", "image": "registry.example.com/agent:1.0.0"}
     ]
-    msg = messages(evaluate([policy(VERSIONS)], obj, facts=facts(node("n0"))))
+    msg = messages(evaluate([parsed_policy("p", VERSIONS)], obj, facts=facts(node_info("n0"))))
     assert "spec.template.spec.initContainers[0].image" in msg
 
 
@@ -415,7 +382,7 @@ def test_unknown_version(setting: str, denied: bool, warned: bool) -> None:
     spec = copy.deepcopy(VERSIONS)
     spec["versions"]["unknownVersion"] = setting
     for image in ("registry.example.com/agent:latest", "registry.example.com/agent@sha256:" + "a" * 64):
-        ev = evaluate([policy(spec)], ds(image=image), facts=facts(node("n0")))
+        ev = evaluate([parsed_policy("p", spec)], ds(image=image), facts=facts(node_info("n0")))
         assert (not ev.allowed) is denied
         assert bool(ev.warnings) is warned
 
@@ -425,11 +392,16 @@ def test_unknown_version(setting: str, denied: bool, warned: bool) -> None:
 
 def test_enforcement_modes() -> None:
     spec = {"tolerations": {"required": [INFRA]}}
-    assert not evaluate([policy({**spec, "enforcement": "Enforce"})], ds(), facts=facts()).allowed
-    warn = evaluate([policy({**spec, "enforcement": "Warn"})], ds(), facts=facts())
+    assert not evaluate([parsed_policy("p", {**spec, "enforcement": "Enforce"})], ds(), facts=facts()).allowed
+    warn = evaluate([parsed_policy("p", {**spec, "enforcement": "Warn"})], ds(), facts=facts())
     assert warn.allowed and "missing required toleration" in warn.warnings[0]
     audit = evaluate(
-        [policy({**spec, "enforcement": "Audit", "tolerations": {"required": [INFRA], "onMissing": "Add"}})],
+        [
+            parsed_policy(
+                "p",
+                {**spec, "enforcement": "Audit", "tolerations": {"required": [INFRA], "onMissing": "Add"}},
+            )
+        ],
         ds(),
         facts=facts(),
     )
@@ -461,24 +433,25 @@ def test_match_by_namespace_namespace_labels_and_labels() -> None:
         ),
     ]
     for match, ns, governed in cases:
-        ev = evaluate([policy({**spec, "match": match})], ds(namespace=ns), facts=f)
+        ev = evaluate([parsed_policy("p", {**spec, "match": match})], ds(namespace=ns), facts=f)
         assert (not ev.allowed) is governed, (match, ns)
 
 
 def test_denials_from_several_policies_are_listed_together_without_duplicates() -> None:
-    a = policy({"tolerations": {"required": [INFRA]}}, name="a")
-    b = policy({"rollout": {"maxUnavailable": 0, "maxSurge": 1}}, name="b")
+    a = parsed_policy("a", {"tolerations": {"required": [INFRA]}})
+    b = parsed_policy("b", {"rollout": {"maxUnavailable": 0, "maxSurge": 1}})
     ev = evaluate([a, b, a], ds(), facts=nodes(3))
     assert [d.policy for d in ev.denials] == ["a", "b"]
     assert ev.denial_message().startswith("dsguard: DaemonSet logging/agent violates 2 policy rule(s):")
 
 
 def test_update_with_unchanged_template_is_not_denied() -> None:
-    p = policy(
+    p = parsed_policy(
+        "p",
         {
             "tolerations": {"required": [INFRA], "onMissing": "Add"},
             "rollout": {"maxUnavailable": 0, "maxSurge": 1},
-        }
+        },
     )
     old = ds()
     new = copy.deepcopy(old)
@@ -530,15 +503,16 @@ def test_mutation_is_idempotent_and_its_result_passes(
     cap: int | str,
     n: int,
 ) -> None:
-    p = policy(
+    p = parsed_policy(
+        "p",
         {
             "tolerations": {"required": required, "onMissing": "Add"},
             "rollout": {"maxUnavailable": cap, "onExceed": "Clamp"},
-        }
+        },
     )
     obj = ds(
         tolerations=present,
-        strategy={
+        update_strategy={
             "rollingUpdate": {
                 "maxUnavailable": unavailable,
                 "maxSurge": 0 if unavailable not in (0, "0%") else 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from dsguard.scheduling import (
     find_untolerated_taints,
     is_decimal_integer,
 )
+from tests.support.builders import node_info
 
 SLA = "node.kubernetes.io/sla"
 
@@ -42,18 +44,8 @@ NODE_NOT_READY = [
 NODE_UNREACHABLE = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]
 
 
-def node(
-    name: str = "test-node", labels: dict[str, str] | None = None, taints: list[Any] | None = None
-) -> NodeInfo:
-    return NodeInfo.from_node(
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"taints": taints} if taints is not None else {},
-            "status": {"nodeInfo": {"kubeletVersion": "v1.37.0"}},
-        }
-    )
+#: NodeInfos (through NodeInfo.from_node) of nodes on kubelet v1.37.0, by default untainted and unlabelled.
+node = partial(node_info, kubelet="v1.37.0")
 
 
 def required(*terms: dict[str, Any]) -> dict[str, Any]:
@@ -664,7 +656,7 @@ def test_node_affinity(
     spec: dict[str, Any], labels: dict[str, str] | None, node_name: str, want: bool
 ) -> None:
     p = PodPlacement.from_pod_spec(spec)
-    assert p.matches_node_affinity(node(node_name, labels)) is want
+    assert p.matches_node_affinity(node(node_name, labels=labels)) is want
 
 
 def test_invalid_terms_are_reported_and_skipped() -> None:
@@ -693,13 +685,13 @@ def test_invalid_terms_are_reported_and_skipped() -> None:
     ]
     assert p.matches_node_affinity(node("host_1"))
     assert not p.matches_node_affinity(node("host_2"))
-    assert p.matches_node_affinity(node("host_2", {"label_1": "label_1_val"})) is False
+    assert p.matches_node_affinity(node("host_2", labels={"label_1": "label_1_val"})) is False
 
 
 def test_unsupported_operator_in_a_term() -> None:
     p = PodPlacement.from_pod_spec(required({"matchExpressions": [expr("a", "Foo", "b")]}))
     assert [e.path.rsplit(".", 1)[-1] for e in p.affinity_errors] == ["operator"]
-    assert not p.matches_node_affinity(node(labels={"a": "b"}))
+    assert not p.matches_node_affinity(node("test-node", labels={"a": "b"}))
 
 
 # --- NodeShouldRunDaemonPod (daemon_controller_test.go) -------------------------------------------
@@ -731,7 +723,7 @@ def test_unsupported_operator_in_a_term() -> None:
 def test_node_should_run_daemon_pod(
     name: str, spec: dict[str, Any], should_run: bool, should_continue: bool
 ) -> None:
-    placement = PodPlacement.from_pod_spec(spec).evaluate(node("test-node", SIMPLE_DAEMONSET_LABEL))
+    placement = PodPlacement.from_pod_spec(spec).evaluate(node("test-node", labels=SIMPLE_DAEMONSET_LABEL))
     assert (placement.should_run, placement.should_continue_running) == (should_run, should_continue), name
 
 
@@ -817,7 +809,7 @@ def test_node_should_run_daemon_pod(
 def test_taint_predicates(
     name: str, spec: dict[str, Any], taints: list[Any], should_run: bool, should_continue: bool
 ) -> None:
-    placement = PodPlacement.from_pod_spec(spec).evaluate(node("tainted", None, taints))
+    placement = PodPlacement.from_pod_spec(spec).evaluate(node("tainted", labels=None, taints=taints))
     assert (placement.should_run, placement.should_continue_running) == (should_run, should_continue), name
 
 
@@ -852,7 +844,7 @@ def test_taint_predicates(
 def test_daemon_launches_on(name: str, spec: dict[str, Any], runs_on: list[str]) -> None:
     # addNodes(0, 4, nil) + addNodes(4, 3, simpleNodeLabel)
     nodes = [node(f"node-{i}") for i in range(4)] + [
-        node(f"node-{i}", SIMPLE_NODE_LABEL) for i in range(4, 7)
+        node(f"node-{i}", labels=SIMPLE_NODE_LABEL) for i in range(4, 7)
     ]
     p = PodPlacement.from_pod_spec(spec)
     assert [n.name for n in nodes if p.evaluate(n).should_run] == runs_on, name
@@ -863,17 +855,17 @@ def test_reasons() -> None:
     assert p.evaluate(node("y")) == Placement(False, "nodeName is x", ())
     p = PodPlacement.from_pod_spec({"nodeSelector": {"a": "b"}})
     infra = Taint("dedicated", "infra", NO_SCHEDULE)
-    assert p.evaluate(node("n", {}, [infra.to_dict()])) == Placement(
+    assert p.evaluate(node("n", labels={}, taints=[infra.to_dict()])) == Placement(
         False, "node affinity/nodeSelector does not match", (infra,)
     )
     p = PodPlacement.from_pod_spec({})
     assert (
-        p.evaluate(node("n", {}, [infra.to_dict()])).reason
+        p.evaluate(node("n", labels={}, taints=[infra.to_dict()])).reason
         == "taint dedicated=infra:NoSchedule is not tolerated"
     )
     gpu = Taint("gpu", "", NO_EXECUTE)
     soft = Taint("soft", "", PREFER_NO_SCHEDULE)
-    got = p.evaluate(node("n", {}, [infra.to_dict(), soft.to_dict(), gpu.to_dict()]))
+    got = p.evaluate(node("n", labels={}, taints=[infra.to_dict(), soft.to_dict(), gpu.to_dict()]))
     assert got == Placement(
         False, "taints dedicated=infra:NoSchedule, gpu:NoExecute are not tolerated", (infra, gpu), False
     )
@@ -890,7 +882,7 @@ def test_find_untolerated_taints() -> None:
 def test_evaluate_many_nodes_reuses_the_taint_cache() -> None:
     p = PodPlacement.from_pod_spec({"tolerations": NO_SCHEDULE_TOLERATIONS, "nodeSelector": {"pool": "a"}})
     nodes = [
-        node(f"n{i}", {"pool": "ab"[i % 2]}, NO_SCHEDULE_TAINTS if i % 3 else NO_EXECUTE_TAINTS)
+        node(f"n{i}", labels={"pool": "ab"[i % 2]}, taints=NO_SCHEDULE_TAINTS if i % 3 else NO_EXECUTE_TAINTS)
         for i in range(3000)
     ]
     runs = sum(p.evaluate(n).should_run for n in nodes)
@@ -1026,7 +1018,7 @@ def test_evaluate_matches_the_predicates(
         "nodeSelector": {"a": "x"},
         "tolerations": [t.to_dict() for t in tols],
     }
-    n = node("n", labels, [t.to_dict() for t in taints])
+    n = node("n", labels=labels, taints=[t.to_dict() for t in taints])
     got = PodPlacement.from_pod_spec(spec).evaluate(n)
     all_tols = [*tols, *daemonset_auto_tolerations(host_network)]
     untolerated = [

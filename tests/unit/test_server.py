@@ -10,10 +10,10 @@ import asyncio
 import base64
 import contextlib
 import ssl
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Reflector
-from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo
-from tests.tlsutil import TLSFiles, write_private, write_serving, write_tls_files
+from tests.support.builders import daemonset, node, parsed_policy
+from tests.support.polling import poll_async
+from tests.support.tls import TLSFiles, write_private, write_serving, write_tls_files
 from webhook.server import MAX_BODY_BYTES, WebhookState, make_app, serve_admission
 from webhook.tls import CertReloader, server_context
 
@@ -48,30 +49,11 @@ ADD_NS, DENY_NS, WARN_NS, AUDIT_NS = "agents", "strict", "warned", "audited"
 # --- AdmissionReview payloads -------------------------------------------------------------------
 
 
-def daemonset(
-    namespace: str,
-    *,
-    name: str = "node-agent",
-    tolerations: list[dict[str, Any]] | None = None,
-    image: str = "registry.example.com/node-agent:1.4.2",
-    labels: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {"containers": [{"name": "agent", "image": image}]}
-    if tolerations is not None:
-        pod_spec["tolerations"] = tolerations
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": name}},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "updateStrategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
-            },
-            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
-        },
-    }
+#: DaemonSet node-agent (labelled app=node-agent unless given labels) in the namespace given first.
+node_agent = partial(
+    daemonset, "node-agent", image="registry.example.com/node-agent:1.4.2", app_label=True, max_unavailable=1,
+    max_surge=0,
+)  # fmt: skip
 
 
 def admission_review(
@@ -118,43 +100,22 @@ def decoded_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
 # --- the cluster the server sees ------------------------------------------------------------------
 
 
-def _policy(name: str, namespace: str, *, enforcement: str = "Enforce", on_missing: str = "Deny") -> Policy:
-    return parse_policy(
-        {
-            "apiVersion": "dsguard.io/v1alpha1",
-            "kind": "DaemonSetPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "match": {"namespaces": [namespace]},
-                "enforcement": enforcement,
-                "tolerations": {
-                    "required": [INFRA_TOLERATION],
-                    "onMissing": on_missing,
-                    "coverage": {"nodeSelector": {}},
-                },
-            },
-        }
-    )
-
-
+#: The infra toleration required (Deny when missing) for every node; POLICIES: one per namespace.
+REQUIRE_INFRA: dict[str, Any] = {
+    "enforcement": "Enforce",
+    "tolerations": {"required": [INFRA_TOLERATION], "onMissing": "Deny", "coverage": {"nodeSelector": {}}},
+}
+ADD_INFRA = {**REQUIRE_INFRA, "tolerations": {**REQUIRE_INFRA["tolerations"], "onMissing": "Add"}}
 POLICIES = (
-    _policy("add-infra-toleration", ADD_NS, on_missing="Add"),
-    _policy("require-infra-toleration", DENY_NS),
-    _policy("warn-infra-toleration", WARN_NS, enforcement="Warn"),
-    _policy("audit-infra-toleration", AUDIT_NS, enforcement="Audit"),
+    parsed_policy("add-infra-toleration", ADD_INFRA, namespaces=[ADD_NS]),
+    parsed_policy("require-infra-toleration", REQUIRE_INFRA, namespaces=[DENY_NS]),
+    parsed_policy("warn-infra-toleration", {**REQUIRE_INFRA, "enforcement": "Warn"}, namespaces=[WARN_NS]),
+    parsed_policy("audit-infra-toleration", {**REQUIRE_INFRA, "enforcement": "Audit"}, namespaces=[AUDIT_NS]),
 )
 
 
-def _node(
-    name: str, *, taints: list[dict[str, str]] | None = None, kubelet: str = "v1.33.1"
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/hostname": name}},
-        "spec": {"taints": taints or []},
-        "status": {"nodeInfo": {"kubeletVersion": kubelet}},
-    }
+#: Linux nodes on kubelet v1.33.1 (untainted unless said otherwise), as the apiserver serves them.
+_node = partial(node, labels={"kubernetes.io/os": "linux"}, hostname_label=True, taints=[], kubelet="v1.33.1")
 
 
 NODES = (
@@ -254,19 +215,11 @@ def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 # --- mutate and validate --------------------------------------------------------------------------
 
 
 async def test_mutate_adds_the_missing_toleration_and_validate_accepts_the_result(webhook: Webhook) -> None:
-    original = daemonset(ADD_NS)
+    original = node_agent(ADD_NS)
     response = await webhook.review("mutate", admission_review(obj=original, uid="uid-mutate-1"))
     assert response["allowed"] is True
     assert "status" not in response
@@ -289,7 +242,7 @@ async def test_mutate_adds_the_missing_toleration_and_validate_accepts_the_resul
 
 
 async def test_validate_denies_with_403_naming_policy_field_and_fix(webhook: Webhook) -> None:
-    response = await webhook.review("validate", admission_review(obj=daemonset(DENY_NS)))
+    response = await webhook.review("validate", admission_review(obj=node_agent(DENY_NS)))
     assert response["allowed"] is False
     assert "patch" not in response
     status = response["status"]
@@ -308,7 +261,7 @@ async def test_validate_denies_with_403_naming_policy_field_and_fix(webhook: Web
 
 
 async def test_warn_enforcement_allows_with_warnings(webhook: Webhook) -> None:
-    response = await webhook.review("validate", admission_review(obj=daemonset(WARN_NS)))
+    response = await webhook.review("validate", admission_review(obj=node_agent(WARN_NS)))
     assert response["allowed"] is True
     assert "status" not in response
     warnings_ = response["warnings"]
@@ -319,7 +272,7 @@ async def test_warn_enforcement_allows_with_warnings(webhook: Webhook) -> None:
 async def test_audit_enforcement_allows_silently_and_counts_the_finding(webhook: Webhook) -> None:
     labels = {"policy": "audit-infra-toleration", "rule": "tolerations"}
     before = metric(await webhook.metrics(), "dsguard_webhook_audit_findings_total", **labels)
-    response = await webhook.review("validate", admission_review(obj=daemonset(AUDIT_NS), uid="uid-audit"))
+    response = await webhook.review("validate", admission_review(obj=node_agent(AUDIT_NS), uid="uid-audit"))
     assert response == {"uid": "uid-audit", "allowed": True}
     after = await webhook.metrics()
     assert metric(after, "dsguard_webhook_audit_findings_total", **labels) == before + 1
@@ -328,8 +281,8 @@ async def test_audit_enforcement_allows_silently_and_counts_the_finding(webhook:
 
 
 async def test_update_with_unchanged_template_is_allowed_with_a_warning(webhook: Webhook) -> None:
-    old = daemonset(DENY_NS)
-    new = daemonset(DENY_NS, labels={"app": "node-agent", "team": "observability"})  # metadata only
+    old = node_agent(DENY_NS)
+    new = node_agent(DENY_NS, labels={"app": "node-agent", "team": "observability"})  # metadata only
     response = await webhook.review("validate", admission_review(obj=new, old=old, operation="UPDATE"))
     assert response["allowed"] is True
     assert "status" not in response
@@ -340,8 +293,8 @@ async def test_update_with_unchanged_template_is_allowed_with_a_warning(webhook:
 
 
 async def test_update_that_changes_the_template_is_denied(webhook: Webhook) -> None:
-    old = daemonset(DENY_NS)
-    new = daemonset(DENY_NS, image="registry.example.com/node-agent:1.5.0")
+    old = node_agent(DENY_NS)
+    new = node_agent(DENY_NS, image="registry.example.com/node-agent:1.5.0")
     response = await webhook.review("validate", admission_review(obj=new, old=old, operation="UPDATE"))
     assert response["allowed"] is False
     assert response["status"]["code"] == 403
@@ -349,8 +302,8 @@ async def test_update_that_changes_the_template_is_denied(webhook: Webhook) -> N
 
 
 def _untouched_cases(namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    ds = daemonset(namespace)
-    deployment = {**daemonset(namespace), "kind": "Deployment"}
+    ds = node_agent(namespace)
+    deployment = {**node_agent(namespace), "kind": "Deployment"}
     yield (
         "deployment",
         admission_review(
@@ -369,7 +322,7 @@ def _untouched_cases(namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
 async def test_other_kinds_subresources_delete_and_connect_pass_untouched(
     webhook: Webhook, endpoint: Endpoint, namespace: str
 ) -> None:
-    control = await webhook.review(endpoint, admission_review(obj=daemonset(namespace)))
+    control = await webhook.review(endpoint, admission_review(obj=node_agent(namespace)))
     assert "patch" in control or control["allowed"] is False
     for case, payload in _untouched_cases(namespace):
         uid = f"uid-{case}"
@@ -382,7 +335,7 @@ async def test_other_kinds_subresources_delete_and_connect_pass_untouched(
 
 
 def _review_bytes(edit: Callable[[dict[str, Any]], object]) -> bytes:
-    doc = admission_review(obj=daemonset(DENY_NS), old=daemonset(DENY_NS), operation="UPDATE")
+    doc = admission_review(obj=node_agent(DENY_NS), old=node_agent(DENY_NS), operation="UPDATE")
     edit(doc)
     return orjson.dumps(doc)
 
@@ -461,7 +414,7 @@ async def test_bad_input_is_a_400_with_a_json_error_and_the_server_keeps_serving
         error = orjson.loads(body)["error"]
         assert bad.expected in error, (bad.case, error)
         # Still serving, and still judging.
-        payload = admission_review(obj=daemonset(DENY_NS), uid=f"uid-after-{bad.case}")
+        payload = admission_review(obj=node_agent(DENY_NS), uid=f"uid-after-{bad.case}")
         assert (await webhook.review("validate", payload))["allowed"] is False, bad.case
     samples = await webhook.metrics()
     reviews = "dsguard_webhook_reviews_total"
@@ -543,13 +496,13 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
             async def only_nodes_pending() -> bool:
                 return await w.get("/readyz") == (503, "waiting for the first sync of: nodes")
 
-            await eventually(only_nodes_pending, "/readyz to wait for nodes only")
+            await poll_async(only_nodes_pending, what="/readyz to wait for nodes only")
             nodes_listed.set()
 
             async def ready() -> bool:
                 return await w.get("/readyz") == (200, "ok")
 
-            await eventually(ready, "/readyz to turn 200")
+            await poll_async(ready, what="/readyz to turn 200")
             assert metric(await w.metrics(), "dsguard_nodes") == len(NODES)
         finally:
             for t in tasks:
@@ -558,11 +511,11 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
 
 
 async def test_metrics_count_reviews_by_endpoint_and_verdict_with_latency(webhook: Webhook) -> None:
-    await webhook.review("validate", admission_review(obj=daemonset(DENY_NS)))
-    await webhook.review("validate", admission_review(obj=daemonset(DENY_NS)))
-    await webhook.review("validate", admission_review(obj=daemonset(WARN_NS)))
-    await webhook.review("mutate", admission_review(obj=daemonset(ADD_NS)))
-    await webhook.review("mutate", admission_review(obj=daemonset("elsewhere")))
+    await webhook.review("validate", admission_review(obj=node_agent(DENY_NS)))
+    await webhook.review("validate", admission_review(obj=node_agent(DENY_NS)))
+    await webhook.review("validate", admission_review(obj=node_agent(WARN_NS)))
+    await webhook.review("mutate", admission_review(obj=node_agent(ADD_NS)))
+    await webhook.review("mutate", admission_review(obj=node_agent("elsewhere")))
     await webhook.post_raw("validate", b"[]")
     samples = await webhook.metrics()
     reviews = "dsguard_webhook_reviews_total"
@@ -632,7 +585,7 @@ async def test_tls_1_1_is_refused_and_tls_1_2_is_served(webhook: Webhook, tls: T
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls12)) as session:
         response = await session.post(
             webhook.url("/validate"),
-            data=orjson.dumps(admission_review(obj=daemonset(DENY_NS), uid="uid-tls12")),
+            data=orjson.dumps(admission_review(obj=node_agent(DENY_NS), uid="uid-tls12")),
             headers={"Content-Type": "application/json"},
         )
         assert response.status == 200
@@ -676,7 +629,7 @@ def test_exempt_users_pass_unjudged_and_others_do_not() -> None:
     """The rollout guard's rollback may restore a template a later policy denies; it must get through."""
     guard_sa = "system:serviceaccount:dsguard:dsguard-guard"
     state = WebhookState(cache=static_cache(), exempt_users=frozenset({guard_sa}))
-    review = admission_review(obj=daemonset(DENY_NS))
+    review = admission_review(obj=node_agent(DENY_NS))
     status, body, verdict = serve_admission(state, "validate", orjson.dumps(review))
     assert (status, verdict) == (200, "denied")
     review["request"]["userInfo"]["username"] = guard_sa

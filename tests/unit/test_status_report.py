@@ -7,13 +7,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
 
 from dsguard.facts import ClusterFacts
 from dsguard.pod_health import reason_kind
-from dsguard.policy import Policy, guard_policy_for, parse_policy
+from dsguard.policy import Policy, guard_policy_for
 from dsguard.scheduling import NodeInfo
 from dsguard.status_report import (
     Outcome,
@@ -21,6 +22,8 @@ from dsguard.status_report import (
     StatusReport,
     build_report,
 )
+from tests.support import builders
+from tests.support.builders import parsed_policy
 
 T0 = 1_800_000_000.0  # "now"
 NS = "logging"
@@ -34,43 +37,27 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def policy(name: str, spec: Mapping[str, Any]) -> Policy:
-    return parse_policy({"apiVersion": "dsguard.io/v1alpha1", "kind": "DaemonSetPolicy",
-                         "metadata": {"name": name}, "spec": dict(spec)})  # fmt: skip
+GOVERNS = parsed_policy("agents", {"match": {"namespaces": [NS]}})
 
 
-GOVERNS = policy("agents", {"match": {"namespaces": [NS]}})
-
-
-def daemonset(
-    name: str = "agent",
-    *,
-    uid: str = UID,
-    namespace: str = NS,
-    generation: int = 2,
-    observed: int = 2,
-    desired: int = 4,
-    updated: int = 4,
-    ready: int = 4,
-    available: int = 4,
-    annotations: Mapping[str, str] | None = None,
-    max_unavailable: int = 1,
-    labels: Mapping[str, str] | None = None,
+def counts(
+    *, observed: int = 2, desired: int = 4, updated: int = 4, ready: int = 4, available: int = 4
 ) -> Obj:
+    """A DaemonSet's status: by default, generation 2 seen and rolled out on 4 nodes."""
     return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": generation,
-                     "annotations": dict(annotations or {}), "labels": dict(labels or {})},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": max_unavailable}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "c", "image": "registry.example.com/agent:2.0"}]}},
-        },
-        "status": {"observedGeneration": observed, "desiredNumberScheduled": desired,
-                   "updatedNumberScheduled": updated, "numberReady": ready, "numberAvailable": available},
-    }  # fmt: skip
+        "observedGeneration": observed,
+        "desiredNumberScheduled": desired,
+        "updatedNumberScheduled": updated,
+        "numberReady": ready,
+        "numberAvailable": available,
+    }
+
+
+#: DaemonSets `agent` (uid UID, generation 2) in NS, rolled out (counts()) unless said otherwise.
+daemonset = partial(
+    builders.daemonset, namespace=NS, uid=UID, generation=2, annotations={}, labels={}, max_unavailable=1,
+    container="c", image="registry.example.com/agent:2.0", status=counts(),
+)  # fmt: skip
 
 
 def pod(
@@ -106,14 +93,6 @@ def pod(
             "containerStatuses": [{"name": "c", "restartCount": restarts, "state": state}],
         },
     }
-
-
-def node(name: str, *, ready: bool = True, since: float = T0 - 3600) -> Obj:
-    return {
-        "metadata": {"name": name},
-        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                   "lastTransitionTime": iso(since)}]},
-    }  # fmt: skip
 
 
 def revision(hash_: str, number: int, owner: str = UID) -> Obj:
@@ -159,10 +138,10 @@ class World:
 ROLLOUT_CASES = [
     # id, DaemonSet status, expected rollout state
     ("complete", daemonset(), Rollout.COMPLETE),
-    ("updating", daemonset(updated=2, available=3), Rollout.PROGRESSING),
-    ("updated but not yet available", daemonset(available=3), Rollout.PROGRESSING),
-    ("observedGeneration lags", daemonset(generation=3, observed=2), Rollout.PROGRESSING),
-    ("zero desired", daemonset(desired=0, updated=0, ready=0, available=0), Rollout.COMPLETE),
+    ("updating", daemonset(status=counts(updated=2, available=3)), Rollout.PROGRESSING),
+    ("updated but not yet available", daemonset(status=counts(available=3)), Rollout.PROGRESSING),
+    ("observedGeneration lags", daemonset(generation=3, status=counts(observed=2)), Rollout.PROGRESSING),
+    ("zero desired", daemonset(status=counts(desired=0, updated=0, ready=0, available=0)), Rollout.COMPLETE),
     ("status not yet written", {**daemonset(generation=1), "status": {}}, Rollout.PROGRESSING),
 ]
 
@@ -182,7 +161,7 @@ def test_rollout_state_from_daemonset_status(ds: Obj, state: Rollout) -> None:
 
 
 def test_generation_lag_is_reported_and_keeps_until_done_waiting() -> None:
-    report = World(daemonsets=[daemonset(generation=5, observed=4)]).report()
+    report = World(daemonsets=[daemonset(generation=5, status=counts(observed=4))]).report()
     [row] = report.daemonsets
     assert not row.generation_observed
     assert (row.to_dict()["generation"], row.to_dict()["observedGeneration"]) == (5, 4)
@@ -207,9 +186,8 @@ def test_no_revisions_yet() -> None:
 
 
 def test_failing_pods_by_reason_and_how_many_are_updated() -> None:
-    guarded = policy(
-        "agents",
-        {"match": {"namespaces": [NS]}, "guard": {"maxRestarts": 5, "readyDeadlineSeconds": 120}},
+    guarded = parsed_policy(
+        "agents", {"match": {"namespaces": [NS]}, "guard": {"maxRestarts": 5, "readyDeadlineSeconds": 120}}
     )
     pods = [
         pod("crash-1", waiting="CrashLoopBackOff", ready=False),
@@ -226,7 +204,10 @@ def test_failing_pods_by_reason_and_how_many_are_updated() -> None:
         pod("someone-else", owner="uid-other", waiting="CrashLoopBackOff"),
         pod("healthy"),
     ]
-    nodes = [node("n1"), node("bad", ready=False, since=T0 - 10)]  # NotReady after the pod started
+    nodes = [
+        builders.node("n1", ready=True, since=iso(T0 - 3600), typed=False),
+        builders.node("bad", ready=False, since=iso(T0 - 10), typed=False),
+    ]  # NotReady after the pod started
     [row] = World(daemonsets=[daemonset()], pods=pods, nodes=nodes, policies=[guarded]).report().daemonsets
     assert row.guard_policy == "agents"
     by_reason = {r.reason: (r.count, r.updated) for r in row.failing}
@@ -253,9 +234,9 @@ def test_default_guard_policy_when_no_matching_policy_has_a_guard_section() -> N
 
 
 def test_guard_policy_is_the_first_with_a_guard_section() -> None:
-    a = policy("a", {"match": {"namespaces": [NS]}})
-    b = policy("b", {"match": {"namespaces": [NS]}, "guard": {"maxRestarts": 10}})
-    c = policy("c", {"match": {"namespaces": [NS]}, "guard": {"maxRestarts": 1}})
+    a = parsed_policy("a", {"match": {"namespaces": [NS]}})
+    b = parsed_policy("b", {"match": {"namespaces": [NS]}, "guard": {"maxRestarts": 10}})
+    c = parsed_policy("c", {"match": {"namespaces": [NS]}, "guard": {"maxRestarts": 1}})
     name, guard = guard_policy_for([a, b, c])
     assert (name, guard.max_restarts) == ("b", 10)
     assert guard_policy_for([a])[0] is None
@@ -321,7 +302,9 @@ GUARD_CASES = [
 def test_guard_annotations(
     annotations: Mapping[str, str], overrides: Mapping[str, Any], state: Rollout, outcome: Outcome
 ) -> None:
-    report = World(daemonsets=[daemonset(annotations=annotations, **overrides)]).report()
+    generation = {k: v for k, v in overrides.items() if k == "generation"}
+    status = counts(**{k: v for k, v in overrides.items() if k != "generation"})
+    report = World(daemonsets=[daemonset(annotations=annotations, status=status, **generation)]).report()
     [row] = report.daemonsets
     assert row.rollout is state
     assert report.outcome() is outcome
@@ -361,8 +344,8 @@ def test_stalled_only_for_the_update_revision() -> None:
 
 
 def test_violations_name_policy_rule_and_message() -> None:
-    capped = policy("caps", {"match": {"namespaces": [NS]}, "rollout": {"maxUnavailable": 1}})
-    fine = policy("fine", {"match": {"namespaces": [NS]}})
+    capped = parsed_policy("caps", {"match": {"namespaces": [NS]}, "rollout": {"maxUnavailable": 1}})
+    fine = parsed_policy("fine", {"match": {"namespaces": [NS]}})
     nodes = [NodeInfo.from_node({"metadata": {"name": f"n{i}"}}) for i in range(4)]
     world = World(daemonsets=[daemonset(max_unavailable=3)], policies=[capped, fine], node_infos=nodes)
     [row] = world.report().daemonsets
@@ -389,7 +372,7 @@ def test_named_daemonset_that_does_not_exist_gives_no_rows() -> None:
 
 
 def test_selector_match_on_daemonset_labels() -> None:
-    by_label = policy("by-label", {"match": {"selector": {"matchLabels": {"tier": "node"}}}})
+    by_label = parsed_policy("by-label", {"match": {"selector": {"matchLabels": {"tier": "node"}}}})
     a = daemonset("a", uid="ua", labels={"tier": "node"})
     b = daemonset("b", uid="ub", labels={"tier": "app"})
     assert [d.name for d in World(daemonsets=[b, a], policies=[by_label]).report().daemonsets] == ["a"]
@@ -400,7 +383,7 @@ def test_selector_match_on_daemonset_labels() -> None:
 
 def test_outcome_over_several_daemonsets() -> None:
     done = daemonset("a", uid="ua")
-    moving = daemonset("b", uid="ub", updated=1)
+    moving = daemonset("b", uid="ub", status=counts(updated=1))
     paused = daemonset("c", uid="uc", annotations=PAUSED)
     assert World(daemonsets=[done]).report().outcome() is Outcome.DONE
     assert World(daemonsets=[done, moving]).report().outcome() is Outcome.WAITING
@@ -411,11 +394,11 @@ def test_outcome_over_several_daemonsets() -> None:
 def test_a_pause_the_controller_has_not_caught_up_with_is_not_a_failure_yet() -> None:
     """`kubectl apply` of a fix to a paused DaemonSet: until the controller has seen the new
     generation its newest revision is still the paused one; --until-done must wait, not fail."""
-    applied_fix = daemonset("c", uid="uc", annotations=PAUSED, generation=3, observed=2)
+    applied_fix = daemonset("c", uid="uc", annotations=PAUSED, generation=3, status=counts(observed=2))
     report = World(daemonsets=[applied_fix]).report()
     assert report.daemonsets[0].rollout is Rollout.PAUSED  # shown as it stands
     assert report.outcome() is Outcome.WAITING
-    seen = daemonset("c", uid="uc", annotations=PAUSED, generation=3, observed=3)
+    seen = daemonset("c", uid="uc", annotations=PAUSED, generation=3, status=counts(observed=3))
     assert World(daemonsets=[seen]).report().outcome() is Outcome.FAILED
 
 
@@ -448,7 +431,7 @@ def test_content_ignores_only_the_clock() -> None:
         daemonsets=[daemonset()], pods=[], nodes=[], revisions=REVISIONS, policies=[GOVERNS],
         facts=ClusterFacts(), now=T0 + 30, namespace=NS,
     )  # fmt: skip
-    c = World(daemonsets=[daemonset(ready=3)]).report()
+    c = World(daemonsets=[daemonset(status=counts(ready=3))]).report()
     assert a.to_dict() != b.to_dict()
     assert a.content() == b.content()
     assert a.content() != c.content()

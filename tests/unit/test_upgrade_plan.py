@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
-from dsguard.policy import Policy, parse_policy
+from dsguard.policy import Policy
 from dsguard.rules import image_versions
 from dsguard.rules.context import RuleContext, Severity, name_nodes
 from dsguard.scheduling import NodeInfo, Taint
@@ -28,6 +29,8 @@ from dsguard.upgrade_plan import (
     version_verdicts,
 )
 from dsguard.versions import Version
+from tests.support import builders
+from tests.support.builders import node_info, parsed_policy
 
 AGENT = "registry.example.com/agent"
 
@@ -42,6 +45,8 @@ def policy(
     enforcement: str = "Enforce",
     versions: bool = True,
 ) -> Policy:
+    """A policy with one versions rule for `image`, of (kubernetes, versions) pairs; or, without
+    versions, a rollout cap only."""
     spec: dict[str, Any] = {"match": {"namespaces": list(namespaces)}, "enforcement": enforcement}
     if versions:
         spec["versions"] = {
@@ -53,39 +58,24 @@ def policy(
             spec["versions"]["unknownVersion"] = unknown
     else:
         spec["rollout"] = {"maxUnavailable": 1}
-    return parse_policy({"kind": "DaemonSetPolicy", "metadata": {"name": name}, "spec": spec})
+    return parsed_policy(name, spec)
 
 
-def node(name: str, kubelet: str, pool: str = "a", taints: Sequence[Taint] = ()) -> NodeInfo:
-    return NodeInfo(name=name, labels={"pool": pool}, taints=tuple(taints), kubelet_version=kubelet)
+#: Nodes in pool `a` unless said otherwise (labels={"pool": ...}).
+node = partial(node_info, labels={"pool": "a"})
+#: DaemonSet `agent` in `logging` on the agent 1.9.0 (containers named c0, c1, ...), as in a
+#: manifest (no template labels).
+daemonset = partial(
+    builders.daemonset, namespace="logging", images=[f"{AGENT}:1.9.0"], template_metadata=False
+)
 
 
-def daemonset(
-    name: str = "agent",
-    images: Sequence[str] = (f"{AGENT}:1.9.0",),
-    *,
-    namespace: str = "logging",
-    node_selector: Mapping[str, str] | None = None,
-    tolerations: Sequence[Mapping[str, str]] = (),
-    init_images: Sequence[str] = (),
-) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]}
-    if init_images:
-        pod["initContainers"] = [{"name": f"init{i}", "image": im} for i, im in enumerate(init_images)]
-    if node_selector:
-        pod["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        pod["tolerations"] = [dict(t) for t in tolerations]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"spec": pod}},
-    }
-
-
-OLD = [node("old-0", "v1.34.2"), node("old-1", "v1.34.2")]
-POOLS = [node("a-0", "v1.34.2", "a"), node("a-1", "v1.34.2", "a"), node("b-0", "v1.34.2", "b")]
+OLD = [node("old-0", kubelet="v1.34.2"), node("old-1", kubelet="v1.34.2")]
+POOLS = [
+    node("a-0", kubelet="v1.34.2"),
+    node("a-1", kubelet="v1.34.2"),
+    node("b-0", kubelet="v1.34.2", labels={"pool": "b"}),
+]
 GPU_TAINT = Taint("gpu", "true", "NoSchedule")
 
 
@@ -130,7 +120,7 @@ CASES = [
         "already-broken",
         [policy()],
         [daemonset()],
-        [node("new-0", "v1.35.1"), node("new-1", "v1.35.2")],
+        [node("new-0", kubelet="v1.35.1"), node("new-1", kubelet="v1.35.2")],
         target="v1.36.0",
         want={"agent": (Status.ALREADY_BROKEN, ["new-0", "new-1"], [])},
     ),
@@ -138,7 +128,7 @@ CASES = [
         "partly-broken-today-and-more-after",
         [policy()],
         [daemonset()],
-        [node("new-0", "v1.35.1"), node("old-0", "v1.34.2")],
+        [node("new-0", kubelet="v1.35.1"), node("old-0", kubelet="v1.34.2")],
         want={"agent": (Status.BREAKS, ["new-0", "old-0"], ["old-0"])},
     ),
     Case(
@@ -171,7 +161,10 @@ CASES = [
             daemonset("plain"),
             daemonset("tolerant", tolerations=[{"key": "gpu", "operator": "Exists"}]),
         ],
-        [node("gpu-0", "v1.34.2", "gpu", [GPU_TAINT]), node("cpu-0", "v1.34.2", "cpu")],
+        [
+            node("gpu-0", kubelet="v1.34.2", labels={"pool": "gpu"}, taints=[GPU_TAINT]),
+            node("cpu-0", kubelet="v1.34.2", labels={"pool": "cpu"}),
+        ],
         pool="gpu",
         want={
             "plain": (Status.OK, [], []),
@@ -446,10 +439,15 @@ AGREE_CASES = [
     (
         policy(compat=[(">=1.30.0", ">=1.5.0"), (">=1.35.0", ">=2.0.0"), ("<1.35.0", "<1.9.0")]),
         daemonset(images=[f"{AGENT}:1.9.0", f"{AGENT}:1.0.0"]),
-        [node("n0", "v1.34.2"), node("n1", "v1.35.0"), node("n2", "v1.36.0"), node("n3", "garbage")],
+        [
+            node("n0", kubelet="v1.34.2"),
+            node("n1", kubelet="v1.35.0"),
+            node("n2", kubelet="v1.36.0"),
+            node("n3", kubelet="garbage"),
+        ],
     ),
     (policy(), daemonset(node_selector={"pool": "b"}), POOLS),
-    (policy(), daemonset(), [node(f"n{i:02}", "v1.35.0") for i in range(25)]),
+    (policy(), daemonset(), [node(f"n{i:02}", kubelet="v1.35.0") for i in range(25)]),
     (policy(), daemonset(), []),
 ]
 
@@ -485,13 +483,14 @@ def test_version_verdicts_agree_property(
     tolerate: bool,
 ) -> None:
     nodes = [
-        node(f"n{i}", k, p, [GPU_TAINT] if tainted else []) for i, (k, p, tainted) in enumerate(kubelets)
+        node(f"n{i}", kubelet=k, labels={"pool": p}, taints=[GPU_TAINT] if tainted else [])
+        for i, (k, p, tainted) in enumerate(kubelets)
     ]
     images = [f"{AGENT}:{t}" if t else AGENT for t in tags]
     obj = daemonset(
         images=images,
         node_selector={"pool": pool} if pool else None,
-        tolerations=[{"key": "gpu", "operator": "Exists"}] if tolerate else (),
+        tolerations=[{"key": "gpu", "operator": "Exists"}] if tolerate else None,
     )
     p = policy(compat=compat, unknown=unknown)
     assert_agree(p, obj, ClusterFacts(nodes=tuple(nodes), server_version="v1.34.0"))

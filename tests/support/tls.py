@@ -1,9 +1,9 @@
-"""Throwaway TLS material for tests and benchmarks, made by the product's own certs.issue.
+"""Throwaway TLS material for tests, made by the product's own certs.issue.
 
 Serving certificates carry SANs for 127.0.0.1 and localhost by default; pass `hosts` for others
 (IP addresses become IP SANs, anything else a DNS SAN). Short lifetimes: these never outlive a run.
-SecretVolume lays files out as the kubelet mounts a Secret; AheadClock issues on a clock a few
-minutes ahead whose certificates are valid now.
+Also SecretVolume (a directory laid out like the kubelet's Secret volume) and AheadClock (a clock
+for issuing certificates that are valid at once).
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ class AheadClock:
         self.start = datetime.datetime.now(datetime.UTC)
 
     def at(self, offset: datetime.timedelta) -> datetime.datetime:
-        margin = datetime.timedelta(seconds=10)
-        assert offset < BACKDATE - margin, "certificates issued then would not be valid yet"
+        assert offset < BACKDATE - datetime.timedelta(seconds=10), (
+            "certificates issued then would not be valid yet"
+        )
         return self.start + offset
