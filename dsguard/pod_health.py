@@ -190,13 +190,6 @@ def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def slim_node_with_labels(node: Mapping[str, Any]) -> dict[str, Any]:
-    """slim_node plus the node's labels (the guard's wave plans group nodes by a label)."""
-    slim = slim_node(node)
-    slim["metadata"] = {**slim["metadata"], "labels": as_mapping(node.get("metadata")).get("labels") or {}}
-    return slim
-
-
 def slim_node_with_placement(node: Mapping[str, Any]) -> dict[str, Any]:
     """slim_node plus the placement fields NodeInfo.from_node reads (labels, taints, kubelet
     version), for readers of both (the auditing guard, `dsguard status --watch`): from_node of

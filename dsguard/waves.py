@@ -203,14 +203,18 @@ def decide_waves(
     min_ready_seconds: int,
     now: float,
     deleted: Collection[str] = (),
+    nodes: Collection[str] = (),
 ) -> WaveDecision:
     """The one wave step to take now for a DaemonSet on update revision `revision` whose pods
-    (all revisions) are `pods`; `deleted`: uids of pods already deleted that may not show it yet.
-    The caller handles failures (pause, rollback) first."""
+    (all revisions) are `pods`; `deleted`: uids of pods already deleted that may not show it yet;
+    `nodes`: the nodes it runs on (dsguard.scheduling), planned over with those that have a pod, so
+    the plan holds still while a pod is replaced (between the old pod's removal and the new one's
+    creation a node has none). The caller handles failures (pause, rollback) first."""
     if deleted:
         pods = [replace(p, deleting=True) if p.uid in deleted else p for p in pods]
     by_node = current_pods(pods)
-    waves = plan_waves(policy, (PlanNode(n, node_labels.get(n, {})) for n in by_node))
+    planned = set(by_node) | set(nodes)
+    waves = plan_waves(policy, (PlanNode(n, node_labels.get(n, {})) for n in planned))
     info = wave_info(annotations)
     old = [p for p in by_node.values() if p.revision != revision]
     if info is None or info.revision != revision:
@@ -247,8 +251,10 @@ def _drive(
     )
     if old:
         limit = max_unavailable(policy, user_strategy, len(by_node))
-        # As the controller counts: every node of the DaemonSet whose pod isn't available.
+        # As the controller counts: every node of the DaemonSet whose pod isn't available, or that
+        # has none (its old pod gone, the new one not created yet).
         unavailable = sum(1 for p in by_node.values() if not p.available(min_ready, now))
+        unavailable += sum(1 for w in waves for n in w.nodes if n not in by_node)
         budget = limit - unavailable
         if budget > 0:
             return WaveDecision(WaveStep.DELETE, waves, index, delete=tuple(old[:budget]))

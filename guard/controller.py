@@ -34,7 +34,7 @@ from dsguard.annotations import (
     rolled_back_here,
     waves_in_progress,
 )
-from dsguard.daemonset import ON_DELETE
+from dsguard.daemonset import ON_DELETE, as_mapping
 from dsguard.policy import GuardAction, GuardPolicy, Policy, guard_policy_for
 from dsguard.revisions import previous_revision, update_revision
 from dsguard.waves import Wave, WaveDecision, WaveStep, decide_waves
@@ -435,7 +435,8 @@ class Guard:
             annotations=ds.annotations,
             revision=rev.hash,
             pods=pods,
-            node_labels=self.store.node_labels,
+            node_labels=self.store.node_labels(),
+            nodes=self.store.targeted(as_mapping(ds.template.get("spec"))),
             policy=waves,
             user_strategy=self._user_strategy(ds),
             min_ready_seconds=ds.min_ready_seconds,

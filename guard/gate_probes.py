@@ -24,9 +24,9 @@ from guard.gates import RateWindow, query_value, total_requests
 
 log = logging.getLogger("dsguard.guard.gates")
 
-SAMPLE_INTERVAL = 5.0  # seconds between reads of the apiserver's counter
-BASELINE_WINDOW = 60.0  # the rate before the rollout: over the last minute
-CURRENT_WINDOW = 30.0  # the rate during it: over the last 30 s
+SAMPLE_INTERVAL = 5.0  # seconds between reads of the apiserver's counter (--gate-sample-interval)
+BASELINE_SAMPLES = 12  # the rate before the rollout: over the last 12 intervals (a minute)
+CURRENT_SAMPLES = 6  # the rate during it: over the last 6 (30 s)
 QUERY_INTERVAL = 5.0  # a Prometheus query is answered from the last result for this long
 QUERY_TIMEOUT = 5.0
 MAX_QUERY_BODY = 1024 * 1024
@@ -45,7 +45,7 @@ class ApiserverSampler:
         self.wanted = wanted  # any policy with an apiserver gate
         self.interval = interval
         self.clock = clock
-        self.window = RateWindow()
+        self.window = RateWindow(keep_seconds=max(900.0, 2 * BASELINE_SAMPLES * interval))
         self.errors = 0
 
     async def read_total(self) -> float:
@@ -76,10 +76,10 @@ class ApiserverSampler:
             await asyncio.sleep(self.interval)
 
     def baseline(self) -> float | None:
-        return self.window.rate(BASELINE_WINDOW, self.clock())
+        return self.window.rate(BASELINE_SAMPLES * self.interval, self.clock())
 
     def current(self) -> float | None:
-        return self.window.rate(CURRENT_WINDOW, self.clock())
+        return self.window.rate(CURRENT_SAMPLES * self.interval, self.clock())
 
 
 @dataclass

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import Reflector, Subscriber, api_client, raw_body, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
-from dsguard.pod_health import REVISION_LABEL, slim_node_with_labels, slim_node_with_placement, slim_pod
+from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
 from guard.actions import PatchBody
 from guard.audit_loop import Auditor, KubeStatusWriter
@@ -105,6 +105,7 @@ async def run_guard(
     lease_duration: float,
     audit: bool = True,
     audit_resync: float = 300.0,
+    gate_sample_interval: float = 5.0,
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
@@ -151,7 +152,9 @@ async def run_guard(
     # Wave rollouts' apiserver gate: sample the request counter while a policy asks for it, so a
     # baseline exists when a rollout starts.
     sampler = ApiserverSampler(
-        api, wanted=lambda: any(p.guard and p.guard.gates and p.guard.gates.apiserver for p in cache.policies)
+        api,
+        wanted=lambda: any(p.guard and p.guard.gates and p.guard.gates.apiserver for p in cache.policies),
+        interval=gate_sample_interval,
     )
     prober = PrometheusProber()
 
@@ -258,22 +261,14 @@ def guard_watches(
         ),
         Subscriber(store.replace_pods, store.pod_event),
     )
-    if auditor is None:
-        # The labels too: the waves' groupBy reads them.
-        nodes = reflector(
-            "nodes",
-            slim_lists(core.list_node, slim_node_with_labels),
-            Subscriber(store.replace_nodes, store.node_event),
-        )
-    else:
-        # One node watch for both: the rollout decisions read the Ready condition, the audit the
-        # placement fields (labels, taints, kubelet version); each page is cut to those.
-        nodes = reflector(
-            "nodes",
-            slim_lists(core.list_node, slim_node_with_placement),
-            Subscriber(store.replace_nodes, store.node_event),
-            Subscriber(cache.replace_nodes, cache.node_event),
-        )
+    # One node watch: the rollout decisions read the Ready condition, the wave plans and the audit
+    # the placement fields (labels, taints, kubelet version); each page is cut to those.
+    nodes = reflector(
+        "nodes",
+        slim_lists(core.list_node, slim_node_with_placement),
+        Subscriber(store.replace_nodes, store.node_event),
+        *([Subscriber(cache.replace_nodes, cache.node_event)] if auditor else []),
+    )
     return [daemonsets, revisions, pods, nodes]
 
 

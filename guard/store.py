@@ -19,6 +19,7 @@ from typing import Any
 
 from dsguard.pod_health import NodeHealth, PodView
 from dsguard.revisions import Revision
+from dsguard.scheduling import NodeInfo, PodPlacement
 from guard.rollout import DaemonSetState
 
 Progress = tuple[int, int, int, int]
@@ -82,7 +83,8 @@ class Store:
         self.by_revision: dict[str, dict[str, dict[str, PodView]]] = defaultdict(lambda: defaultdict(dict))
         self.pods_on_node: dict[str, set[tuple[str, str]]] = defaultdict(set)  # node -> (uid, pod)
         self.nodes: dict[str, NodeHealth] = {}
-        self.node_labels: dict[str, Mapping[str, str]] = {}  # for the waves' groupBy
+        # Placement fields (labels, taints): which nodes a wave rollout plans over, and groupBy.
+        self.node_infos: dict[str, NodeInfo] = {}
         self._listed: set[str] = set()  # which of LISTS have been listed (replace_* called) once
 
     @property
@@ -171,11 +173,11 @@ class Store:
 
     # -- nodes ----------------------------------------------------------------------------
     def replace_nodes(self, items: list[Obj]) -> None:
-        self.nodes, self.node_labels = {}, {}
+        self.nodes, self.node_infos = {}, {}
         for obj in items:
             health = NodeHealth.from_node(obj)
             self.nodes[health.name] = health
-            self.node_labels[health.name] = _labels(obj)
+            self.node_infos[health.name] = NodeInfo.from_node(obj)
         self._listed.add("nodes")
         for uid in self.daemonsets:
             self._on_change(uid)
@@ -185,10 +187,10 @@ class Store:
         old = self.nodes.get(health.name)
         if kind == "DELETED":
             self.nodes.pop(health.name, None)
-            self.node_labels.pop(health.name, None)
+            self.node_infos.pop(health.name, None)
         else:
             self.nodes[health.name] = health
-            self.node_labels[health.name] = _labels(obj)
+            self.node_infos[health.name] = NodeInfo.from_node(obj)
         if old is None or old.ready != health.ready:
             for uid, _ in self.pods_on_node.get(health.name, ()):
                 self._on_change(uid)
@@ -200,6 +202,15 @@ class Store:
     def pods_on_revision(self, uid: str, revision_hash: str) -> Collection[PodView]:
         return self.by_revision.get(uid, {}).get(revision_hash, {}).values()
 
+    def node_labels(self) -> dict[str, Mapping[str, str]]:
+        return {name: info.labels for name, info in self.node_infos.items()}
+
+    def targeted(self, pod_spec: Mapping[str, Any]) -> list[str]:
+        """The nodes a DaemonSet with this pod spec runs on, as the DaemonSet controller decides
+        (dsguard.scheduling): a wave plan over them does not shift while a pod is being replaced."""
+        placement = PodPlacement.from_pod_spec(pod_spec)
+        return [name for name, info in self.node_infos.items() if placement.evaluate(info).should_run]
+
     def in_progress(self) -> set[str]:
         """DaemonSets whose rollout is not complete."""
         return {uid for uid, t in self.daemonsets.items() if not t.state.complete}
@@ -207,11 +218,6 @@ class Store:
     def rolling(self) -> set[str]:
         """DaemonSets with a pod not Ready: its deadline may pass without any event."""
         return {uid for uid, pods in self.pods.items() if any(not p.ready for p in pods.values())}
-
-
-def _labels(obj: Obj) -> Mapping[str, str]:
-    labels = (obj.get("metadata") or {}).get("labels")
-    return labels if isinstance(labels, dict) else {}
 
 
 def _unindex(by_revision: dict[str, dict[str, PodView]], pod: PodView) -> None:

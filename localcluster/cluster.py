@@ -703,7 +703,14 @@ class LocalCluster:
         return ctx
 
     def _api_get(self, path: str) -> tuple[int, bytes]:
-        return http_get(f"https://127.0.0.1:{self.ports.apiserver}{path}", context=self._client_ssl())
+        return self.api_get(path)
+
+    def api_get(self, path: str, *, timeout: float = 3.0) -> tuple[int, bytes]:
+        """GET a path of the apiserver as the cluster admin (status, body): health checks, and
+        tests that make apiserver traffic of their own."""
+        return http_get(
+            f"https://127.0.0.1:{self.ports.apiserver}{path}", context=self._client_ssl(), timeout=timeout
+        )
 
     def _health_check(self, name: str) -> Callable[[], bool]:
         if name == "etcd":

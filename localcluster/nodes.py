@@ -22,6 +22,7 @@ __all__ = [
     "NODE_BEHAVIOR_ANNOTATION",
     "NOT_READY_TAINTS",
     "POD_BEHAVIOR_ANNOTATION",
+    "POD_BEHAVIOR_NODES_ANNOTATION",
     "POD_TIMING_ANNOTATIONS",
     "Kubectl",
     "NodeBehavior",
@@ -37,6 +38,8 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_VALUE = "fake"
 #: Pod annotation (set it in a DaemonSet's spec.template.metadata.annotations).
 POD_BEHAVIOR_ANNOTATION = "dsguard.test/behavior"
+#: Pod annotation: "n1,n2" limits the behavior to pods on those nodes (the others are healthy).
+POD_BEHAVIOR_NODES_ANNOTATION = "dsguard.test/behavior-nodes"
 #: Node annotation.
 NODE_BEHAVIOR_ANNOTATION = "dsguard.test/node-behavior"
 #: Pod annotations tuning the simulated timings (Go duration strings such as "2s").

@@ -143,6 +143,14 @@ def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
     type=DURATION,
     help="Audit at least this often even when nothing changed.",
 )
+@click.option(
+    "--gate-sample-interval",
+    default="5s",
+    show_default=True,
+    type=DURATION,
+    help="Wave rollouts' apiserver gate: how often the apiserver's request counter is read. The "
+    "baseline is the rate over 12 samples before a rollout, the current rate over the last 6.",
+)
 @log_level_opt
 def guard(
     kubeconfig: str | None,
@@ -157,9 +165,14 @@ def guard(
     tick: float,
     audit: bool,
     audit_resync: float,
+    gate_sample_interval: float,
     log_level: str,
 ) -> None:
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
+    if not 0.1 <= gate_sample_interval <= 300:
+        raise click.BadParameter(
+            f"must be from 100ms to 5m (got {gate_sample_interval:g}s)", param_hint="--gate-sample-interval"
+        )
     if audit_resync < MIN_AUDIT_RESYNC:
         raise click.BadParameter(
             f"must be at least {MIN_AUDIT_RESYNC:g}s (got {audit_resync:g}s): every resync may write "
@@ -177,7 +190,7 @@ def guard(
                 kubeconfig=kubeconfig, policies=policies, lease_namespace=lease_namespace,
                 lease_name=lease_name, identity=identity or default_identity(), host=host, port=port,
                 tick=tick, leader_election=not no_leader_election, lease_duration=lease_duration,
-                audit=audit, audit_resync=audit_resync,
+                audit=audit, audit_resync=audit_resync, gate_sample_interval=gate_sample_interval,
             )
         )  # fmt: skip
     except ClientConfigError as e:  # raised before anything runs: the client is built first

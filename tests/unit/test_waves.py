@@ -358,3 +358,28 @@ def test_targeted_plan_leaves_out_the_nodes_the_daemonset_would_not_run_on() -> 
     }
     waves = targeted_plan(WavesPolicy(group_by=ZONE), ds, ClusterFacts(nodes=tuple(nodes)))
     assert names(waves) == [(f"{ZONE}=a", ["a-0"]), (f"{ZONE}=b", ["b-0"])]
+
+
+def test_the_plan_holds_still_while_a_pod_is_replaced() -> None:
+    """Between the old pod's removal and the new one's creation a node has no pod: planned over the
+    nodes the DaemonSet runs on, the canary stays the same nodes (not the next ones by name)."""
+    policy = WavesPolicy(canary=2, group_by=ZONE, max_unavailable=1)
+    everyone = fleet(set())
+    first = decide(state(0), everyone, policy=policy)
+    assert [p.node for p in first.delete] == ["a-0"]
+    gap = [p for p in everyone if p.node != "a-0"]  # a-0's old pod gone, its new one not yet created
+    unstable = decide(state(0), gap, policy=policy)
+    assert unstable.waves[0].nodes != first.waves[0].nodes, "without the node list the canary shifts"
+    held = decide_waves(
+        annotations=state(0),
+        revision=NEW,
+        pods=gap,
+        node_labels=LABELS,
+        policy=policy,
+        user_strategy=None,
+        min_ready_seconds=0,
+        now=T0,
+        nodes=list(LABELS),
+    )
+    assert held.waves[0].nodes == first.waves[0].nodes
+    assert held.step is WaveStep.WAIT, "a-0 has no pod yet: it counts as unavailable"

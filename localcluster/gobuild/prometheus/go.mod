@@ -2,6 +2,8 @@ module dsguard.local/prometheusbin
 
 go 1.26.7
 
+tool github.com/prometheus/prometheus/cmd/prometheus
+
 require (
 	cloud.google.com/go/auth v0.24.1-0.20261001053825-dbc26066f70a // indirect
 	cloud.google.com/go/auth/oauth2adapt v0.3.0 // indirect

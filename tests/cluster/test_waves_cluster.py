@@ -1,0 +1,212 @@
+"""Wave rollouts (spec.guard.waves) on the real control plane: the webhook hands a template change
+to the guard (OnDelete), the guard replaces pods wave by wave, and a failure stops the rollout
+within the waves started so far. Zones are kwok node labels.
+
+Timings: kwok starts a pod 1s after creation; a crash-looping pod is Ready for 0.5s, then in
+CrashLoopBackOff for 3s. The DaemonSets here have minReadySeconds 2, so a crashing pod is never
+available and the guard never moves past it (as the DaemonSet controller would, without it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from localcluster.cluster import LocalCluster
+from localcluster.nodes import POD_BEHAVIOR_NODES_ANNOTATION
+from localcluster.webhook_host import HostWebhook
+from tests.support.guard_scenario import BAD_IMAGE, CRASHLOOP, GOOD_IMAGE, Scenario
+from tests.support.polling import poll
+from tests.support.waves import (
+    BAKE_STARTED_AT,
+    ORIGINAL_STRATEGY,
+    WAVE,
+    WAVES_COMPLETED,
+    WAVES_REVISION,
+    add_zoned_nodes,
+    all_pods,
+    dsguard,
+    nodes_on,
+    waves_policy,
+)
+
+V2 = "registry.example.com/agent:2.0"
+V3 = "registry.example.com/agent:3.0"
+MIN_READY = 2
+
+
+def agent(s: Scenario, image: str = GOOD_IMAGE, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    ds = s.daemonset(image=image, annotations=annotations)
+    ds["spec"]["minReadySeconds"] = MIN_READY
+    return ds
+
+
+def parse(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
+
+
+def webhook_for(cluster: LocalCluster, s: Scenario, policy_file: Path) -> HostWebhook:
+    only_this_namespace = {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}
+    return HostWebhook(cluster, namespace_selector=only_this_namespace, policy_files=[policy_file])
+
+
+def start(
+    s: Scenario, policy_file: Path, zones: dict[str, int], **guard_kwargs: Any
+) -> tuple[dict[str, list[str]], str]:
+    """Zoned nodes, the DaemonSet rolled out on the good template, a guard ready: (zones, revision)."""
+    by_zone = add_zoned_nodes(s, zones)
+    s.apply(agent(s))
+    good = s.rolled_out(GOOD_IMAGE)
+    g = s.guard(policy_file, **guard_kwargs)
+    g.wait_ready()
+    return by_zone, good
+
+
+def test_a_crash_in_the_canary_stays_on_the_canary(cluster: LocalCluster, scenario: Scenario) -> None:
+    s = scenario
+    receiver = s.receiver()
+    policy = waves_policy(
+        s,
+        {"canary": {"nodes": 2}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b", "c"],
+         "maxUnavailable": 1, "bakeSeconds": 3},
+        alert_url=receiver.url,
+    )  # fmt: skip
+    by_zone, good = start(s, policy, {"a": 3, "b": 3, "c": 3})
+    canary = {by_zone["a"][0], by_zone["b"][0]}
+    with webhook_for(cluster, s, policy):
+        proc = s.kubectl("apply", "-f", "-", input=json.dumps(agent(s, BAD_IMAGE, CRASHLOOP)))
+        assert "dsguard set spec.updateStrategy to OnDelete" in proc.stderr, proc.stderr
+        stored = s.ds()
+        assert stored["spec"]["updateStrategy"] == {"type": "OnDelete"}
+        assert json.loads(stored["metadata"]["annotations"][ORIGINAL_STRATEGY])["type"] == "RollingUpdate"
+        paused = s.paused()
+        bad = paused["dsguard.io/paused-revision"]
+        assert bad != good
+        # The pause stopped the deletions: what runs the bad revision now is what did at the decision.
+        on_bad = set(s.settled_on(bad))
+        assert on_bad and on_bad <= canary, (on_bad, canary)
+        kinds = poll(
+            lambda: [json.loads(d.body)["kind"] for d in receiver.accepted] or None,
+            what="the alert",
+            timeout=30,
+        )
+        assert kinds == ["paused"]
+        assert s.ds()["spec"]["updateStrategy"] == {"type": "OnDelete"}
+        _code, out, _ = dsguard(s, "status", "-n", s.ns, "agent", "-o", "json")
+        report = json.loads(out)["daemonsets"][0]
+        assert report["rollout"] == "paused" and report["waves"]["wave"] == 1, report
+
+
+def test_a_failure_in_a_later_wave_stops_within_it(cluster: LocalCluster, scenario: Scenario) -> None:
+    s = scenario
+    policy = waves_policy(
+        s,
+        {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b", "c"],
+         "maxUnavailable": 1, "bakeSeconds": 1},
+    )  # fmt: skip
+    by_zone, _good = start(s, policy, {"a": 3, "b": 3, "c": 3})
+    # Broken on zone b only: the canary (a-0) and wave a pass, wave b fails.
+    failing = {**CRASHLOOP, POD_BEHAVIOR_NODES_ANNOTATION: ",".join(by_zone["b"])}
+    with webhook_for(cluster, s, policy):
+        s.apply(agent(s, BAD_IMAGE, failing))
+        paused = s.paused(timeout=90)
+    bad = paused["dsguard.io/paused-revision"]
+    on_bad = set(s.settled_on(bad))
+    # canary (1) + wave a (2) + wave b's maxUnavailable (1)
+    assert set(by_zone["a"]) <= on_bad, on_bad
+    assert len(on_bad) <= 4 and len(on_bad & set(by_zone["b"])) == 1, on_bad
+    assert not on_bad & set(by_zone["c"]), "zone c was never touched"
+    assert paused[WAVE] == "2", paused  # 0: canary, 1: zone a, 2: zone b
+
+
+def test_bake_manual_approval_pause_and_a_gitops_reapply(cluster: LocalCluster, scenario: Scenario) -> None:
+    s = scenario
+    bake = 3
+    policy = waves_policy(
+        s,
+        {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b"],
+         "maxUnavailable": 2, "bakeSeconds": bake, "approval": "Manual"},
+    )  # fmt: skip
+    by_zone, _good = start(s, policy, {"a": 2, "b": 2})
+    before = s.ds()["spec"]["updateStrategy"]
+    with webhook_for(cluster, s, policy):
+        v2 = agent(s, V2)
+        s.apply(v2)
+        baked = s.annotated(BAKE_STARTED_AT, "the canary's bake to start")
+        bake_start = parse(baked[BAKE_STARTED_AT])
+        rev = baked[WAVES_REVISION]
+
+        # Manual: after the bake, the guard waits for dsguard promote.
+        def waiting() -> dict[str, Any] | None:
+            code, out, _err = dsguard(s, "status", "-n", s.ns, "agent", "-o", "json")
+            w = json.loads(out)["daemonsets"][0]["waves"] if code == 0 else None
+            return w if w and "dsguard promote" in w["waiting"] else None
+
+        w = poll(waiting, what="the rollout to wait for dsguard promote", timeout=30)
+        assert time.time() >= bake_start + bake
+        assert w["wave"] == 1 and nodes_on(s, rev) == {by_zone["a"][0]}, "no pod of wave 2 before approval"
+
+        # A GitOps re-apply of the same manifest mid-rollout: still OnDelete, the rollout goes on.
+        proc = s.kubectl("apply", "-f", "-", input=json.dumps(v2))
+        assert "dsguard kept spec.updateStrategy OnDelete" in proc.stderr, proc.stderr
+        assert s.ds()["spec"]["updateStrategy"] == {"type": "OnDelete"}
+        assert s.annotations()[WAVES_REVISION] == rev
+
+        # dsguard pause / promote refused while paused / resume / promote
+        code, out, err = dsguard(s, "pause", f"{s.ns}/agent")
+        assert code == 0 and "paused" in out, err
+        code, out, err = dsguard(s, "promote", f"{s.ns}/agent")
+        assert code == 2 and "resume it first" in err, (out, err)
+        code, out, err = dsguard(s, "resume", f"{s.ns}/agent")
+        assert code == 0 and "continues the wave rollout" in out, (out, err)
+        assert s.ds()["spec"]["updateStrategy"] == {"type": "OnDelete"}
+        promoted_at = time.time()
+        code, out, err = dsguard(s, "promote", f"{s.ns}/agent")
+        assert code == 0 and "wave 2 may start" in out, (out, err)
+
+        s.rolled_out(V2, timeout=90)
+        after = s.ds()
+        assert after["spec"]["updateStrategy"] == before, "the user's strategy restored exactly"
+        assert after["metadata"]["annotations"][WAVES_COMPLETED] == rev
+        created = [
+            parse(p["metadata"]["creationTimestamp"])
+            for p in all_pods(s)
+            if p["spec"]["nodeName"] != by_zone["a"][0]
+        ]
+        # creationTimestamp has whole seconds: allow the truncation
+        assert min(created) >= int(promoted_at) - 1, "wave 2 started before it was promoted"
+        assert s.events("WaveRolloutCompleted"), "the completion Event"
+
+
+def test_webhook_down_the_guard_takes_over_and_a_joining_node(
+    cluster: LocalCluster, scenario: Scenario
+) -> None:
+    s = scenario
+    policy = waves_policy(
+        s,
+        {
+            "canary": {"nodes": 1},
+            "groupBy": "topology.kubernetes.io/zone",
+            "bakeSeconds": 2,
+            "maxUnavailable": 1,
+        },
+    )
+    _by_zone, _good = start(s, policy, {"a": 2, "b": 3})
+    before = s.ds()["spec"]["updateStrategy"]
+    s.apply(agent(s, V2))  # no webhook: the DaemonSet controller starts its own RollingUpdate
+    taken = s.annotated(WAVES_REVISION, "the guard to take the rollout over")
+    assert s.ds()["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert "dsguard.io/waves-takeover" in taken
+    started = poll(
+        lambda: s.events("WaveRolloutStarted") or None, what="the WaveRolloutStarted Event", timeout=15
+    )
+    assert "did not take the change over" in started[0]["message"], started[0]["message"]
+    # A node joins zone b mid-rollout: the controller gives it the new template at once.
+    joined = add_zoned_nodes(s, {"b": 1})
+    assert joined
+    s.rolled_out(V2, timeout=90)
+    assert s.ds()["spec"]["updateStrategy"] == before
+    assert s.annotations()[WAVES_COMPLETED] == taken[WAVES_REVISION]
