@@ -11,6 +11,7 @@ guard did to it (the dsguard.io/* annotations) and what its policies find wrong 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,11 +26,12 @@ from dsguard.annotations import (
     wave_info,
     waves_in_progress,
 )
-from dsguard.daemonset import as_mapping
+from dsguard.daemonset import DaemonSetView, as_mapping
 from dsguard.facts import ClusterFacts
 from dsguard.pod_health import NodeHealth, PodView, failure_reason, parse_time, reason_kind
 from dsguard.policy import Approval, GuardPolicy, Policy, WavesPolicy, guard_policy_for
 from dsguard.revisions import Revision, update_revision
+from dsguard.rules.context import RuleContext
 from dsguard.rules.engine import findings_by_policy
 from dsguard.waves import PlanNode, WaveProgress, current_pods, plan_waves, progress
 
@@ -119,12 +121,16 @@ def wave_status(
     node_labels: Mapping[str, Mapping[str, str]],
     min_ready_seconds: int,
     now: float,
+    nodes: Iterable[str] = (),
 ) -> WaveStatus | None:
+    """`nodes`: the nodes the DaemonSet runs on (planned over with those that have a pod, as the
+    guard plans: dsguard.waves.decide_waves)."""
     info = wave_info(annotations)
     if waves is None or revision is None or info is None or not waves_in_progress(annotations, revision):
         return None
     by_node = current_pods(pods)
-    plan = plan_waves(waves, (PlanNode(n, node_labels.get(n, {})) for n in by_node))
+    planned = set(by_node) | set(nodes)
+    plan = plan_waves(waves, (PlanNode(n, node_labels.get(n, {})) for n in planned))
     if not plan:
         return None
     index = min(info.index, len(plan) - 1)
@@ -133,7 +139,7 @@ def wave_status(
     waiting = ""
     began = parse_time(info.bake_started_at) if info.bake_started_at else None
     if began is not None and waves.bake_seconds:
-        bake_left = max(0, int(began + waves.bake_seconds - now))
+        bake_left = max(0, math.ceil(began + waves.bake_seconds - now))
         waiting = f"baking, {bake_left}s left" if bake_left else ""
     done = all(r.available == r.nodes for r in rows[: index + 1])
     promoted = info.promoted is not None and info.promoted >= index + 1
@@ -324,15 +330,18 @@ def daemonset_report(
     total, updated_pods, failing = _failing(own, revision, nodes, guard, now)
     spec = as_mapping(ds.get("spec"))
     min_ready = spec.get("minReadySeconds")
-    waves = wave_status(
-        annotations,
-        revision,
-        guard.waves,
-        own,
-        node_labels or {},
-        min_ready if isinstance(min_ready, int) and not isinstance(min_ready, bool) else 0,
-        now,
-    )
+    waves = None
+    if guard.waves is not None and waves_in_progress(annotations, revision):
+        waves = wave_status(
+            annotations,
+            revision,
+            guard.waves,
+            own,
+            node_labels or {n.name: n.labels for n in facts.nodes},
+            min_ready if isinstance(min_ready, int) and not isinstance(min_ready, bool) else 0,
+            now,
+            nodes=(n.name for n in RuleContext(DaemonSetView.from_object(ds), facts).targeted),
+        )
     violations = tuple(
         Violation(p.name, f.rule, f.message, f.severity.value) for p, findings in found for f in findings
     )

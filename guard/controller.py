@@ -446,7 +446,8 @@ class Guard:
         if wave.step in (WaveStep.NONE, WaveStep.WAIT):
             return False
         self.wave_decisions = [*self.wave_decisions[-999:], (ds.ref, wave)]
-        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # To the microsecond: a bake is timed from it, and whole seconds would cut it short.
+        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if wave.step is WaveStep.DELETE:
             return await self._delete_pods(uid, ds, wave)
         if wave.step is WaveStep.START:

@@ -9,7 +9,7 @@ in progress, a re-apply of the same template (GitOps self-heal, kubectl apply) t
 manifest's strategy back gets OnDelete again; the strategy it brought becomes the one restored.
 
 Left alone: a CREATE (a first revision is not a rollout), a user's own OnDelete, the guard's own
-rollback (it restores the user's strategy itself), and DaemonSets no waves policy governs.
+rollback and completion (both restore the user's strategy), and DaemonSets no waves policy governs.
 """
 
 from __future__ import annotations
@@ -66,8 +66,11 @@ def take_over(
     if _annotations(new).get(ROLLED_BACK_REVISION) != _annotations(old).get(ROLLED_BACK_REVISION):
         return []  # the guard's rollback: it restores the user's strategy on purpose
     template_changed = _spec(new).get("template") != _spec(old).get("template")
+    # In progress before and after: the guard's completion (which drops dsguard.io/waves-revision
+    # as it restores the strategy) is let through.
     in_progress = (
         wave_rollout_in_progress(_annotations(old))
+        and wave_rollout_in_progress(_annotations(new))
         and _strategy_type(_spec(old).get("updateStrategy")) == ON_DELETE
     )
     if not template_changed and not in_progress:

@@ -95,7 +95,7 @@ def test_a_crash_in_the_canary_stays_on_the_canary(cluster: LocalCluster, scenar
         )
         assert kinds == ["paused"]
         assert s.ds()["spec"]["updateStrategy"] == {"type": "OnDelete"}
-        _code, out, _ = dsguard(s, "status", "-n", s.ns, "agent", "-o", "json")
+        _code, out, _ = dsguard(s, "status", "-n", s.ns, "agent", "--policy-file", str(policy), "-o", "json")
         report = json.loads(out)["daemonsets"][0]
         assert report["rollout"] == "paused" and report["waves"]["wave"] == 1, report
 
@@ -141,7 +141,9 @@ def test_bake_manual_approval_pause_and_a_gitops_reapply(cluster: LocalCluster, 
 
         # Manual: after the bake, the guard waits for dsguard promote.
         def waiting() -> dict[str, Any] | None:
-            code, out, _err = dsguard(s, "status", "-n", s.ns, "agent", "-o", "json")
+            code, out, _err = dsguard(
+                s, "status", "-n", s.ns, "agent", "--policy-file", str(policy), "-o", "json"
+            )
             w = json.loads(out)["daemonsets"][0]["waves"] if code == 0 else None
             return w if w and "dsguard promote" in w["waiting"] else None
 
@@ -167,10 +169,15 @@ def test_bake_manual_approval_pause_and_a_gitops_reapply(cluster: LocalCluster, 
         code, out, err = dsguard(s, "promote", f"{s.ns}/agent")
         assert code == 0 and "wave 2 may start" in out, (out, err)
 
+        # wave 3 waits for its own approval, after wave 2's bake
+        w = poll(waiting, what="wave 3 to wait for dsguard promote", timeout=60)
+        assert w["wave"] == 2, w
+        code, out, err = dsguard(s, "promote", f"{s.ns}/agent")
+        assert code == 0 and "wave 3 may start" in out, (out, err)
         s.rolled_out(V2, timeout=90)
+        assert s.annotated(WAVES_COMPLETED, "the guard to complete the rollout")[WAVES_COMPLETED] == rev
         after = s.ds()
         assert after["spec"]["updateStrategy"] == before, "the user's strategy restored exactly"
-        assert after["metadata"]["annotations"][WAVES_COMPLETED] == rev
         created = [
             parse(p["metadata"]["creationTimestamp"])
             for p in all_pods(s)
@@ -208,5 +215,8 @@ def test_webhook_down_the_guard_takes_over_and_a_joining_node(
     joined = add_zoned_nodes(s, {"b": 1})
     assert joined
     s.rolled_out(V2, timeout=90)
+    assert (
+        s.annotated(WAVES_COMPLETED, "the guard to complete the rollout")[WAVES_COMPLETED]
+        == taken[WAVES_REVISION]
+    )
     assert s.ds()["spec"]["updateStrategy"] == before
-    assert s.annotations()[WAVES_COMPLETED] == taken[WAVES_REVISION]

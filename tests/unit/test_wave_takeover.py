@@ -80,6 +80,16 @@ def test_a_template_change_is_handed_to_the_guard() -> None:
             ds("agent:2", ON_DELETE),
         ),
         (
+            "the guard's completion restores the strategy",
+            [policy()],
+            ds("agent:2", annotations={WAVES_COMPLETED: "h2", ORIGINAL_STRATEGY: json.dumps(ROLLING)}),
+            ds(
+                "agent:2",
+                ON_DELETE,
+                annotations={WAVES_REVISION: "h2", ORIGINAL_STRATEGY: json.dumps(ROLLING)},
+            ),
+        ),
+        (
             "a completed wave rollout, re-applied",
             [policy()],
             ds("agent:2"),
