@@ -509,6 +509,9 @@ USED: list[Check] = [
     *[("guard", v, f"{LEASE}/dsguard-guard", NS) for v in ("get", "update")],
     ("guard", "create", LEASE, NS),
     ("guard", "get", "secrets/dsguard-alerts", NS),
+    # guard, wave rollouts (docs/waves.md): old pods deleted by uid, the apiserver gate's counter
+    *[("guard", "delete", "pods", ns) for ns in ("kube-system", "default")],
+    ("guard", "get", "/metrics", None),
     # certs: certs/bootstrap.py KubeStore (get, create, replace)
     *[("certs", v, f"secrets/{s}", NS) for v in ("get", "update") for s in (TLS_SECRET, CA_SECRET)],
     ("certs", "create", "secrets", NS),
@@ -526,7 +529,11 @@ FORBIDDEN: list[Check] = [
     *[(c, v, "secrets/dsguard-webhook-tls", NS) for c in _ALL for v in ("delete", "patch")],
     # other workloads
     *[(c, v, r, "default") for c in _ALL for v in _WRITE
-      for r in ("deployments.apps", "statefulsets.apps", "replicasets.apps", "pods", "jobs.batch")],
+      for r in ("deployments.apps", "statefulsets.apps", "replicasets.apps", "pods", "jobs.batch")
+      if (c, v, r) != ("guard", "delete", "pods")],
+    *[("guard", v, "pods", "default") for v in ("deletecollection", "get")],
+    *[(c, "get", "/metrics", None) for c in ("webhook", "certs")],
+    ("guard", "get", "/debug/pprof/", None),
     *[(c, "create", f"pods#{sub}", "default") for c in _ALL for sub in ("exec", "eviction")],
     # DaemonSets: only the guard patches; nobody creates, replaces or deletes them
     *[(c, v, "daemonsets.apps", "default") for c in _ALL for v in ("create", "update", "delete")],
