@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from kubernetes_asyncio import client
+from prometheus_client import Gauge
 
 from dsguard.kube import raw_body
 from dsguard.policy import PrometheusGate
@@ -40,6 +41,7 @@ class ApiserverSampler:
         wanted: Callable[[], bool],
         interval: float = SAMPLE_INTERVAL,
         clock: Callable[[], float] = time.time,
+        rates: Gauge | None = None,
     ) -> None:
         self.api = api
         self.wanted = wanted  # any policy with an apiserver gate
@@ -47,6 +49,7 @@ class ApiserverSampler:
         self.clock = clock
         self.window = RateWindow(keep_seconds=max(900.0, 2 * BASELINE_SAMPLES * interval))
         self.errors = 0
+        self.rates = rates
 
     async def read_total(self) -> float:
         body = await raw_body(
@@ -68,6 +71,10 @@ class ApiserverSampler:
             log.warning("apiserver gate: reading /metrics failed: %s: %s", type(e).__name__, e)
             return
         self.window.add(self.clock(), total)
+        if self.rates is not None:
+            for window, rate in (("baseline", self.baseline()), ("current", self.current())):
+                if rate is not None:
+                    self.rates.labels(window).set(rate)
 
     async def run(self) -> None:
         while True:

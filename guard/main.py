@@ -155,6 +155,7 @@ async def run_guard(
         api,
         wanted=lambda: any(p.guard and p.guard.gates and p.guard.gates.apiserver for p in cache.policies),
         interval=gate_sample_interval,
+        rates=metrics.apiserver_rate,
     )
     prober = PrometheusProber()
 

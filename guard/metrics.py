@@ -13,6 +13,13 @@ class GuardMetrics:
             "Governed DaemonSets whose rollout is not complete.",
             registry=self.registry,
         )
+        self.apiserver_rate = Gauge(
+            "dsguard_guard_apiserver_request_rate",
+            "The waves' apiserver gate: the apiserver's requests per second, over the baseline window "
+            "(12 samples) and the current one (6 samples); sampled only while a policy has the gate.",
+            ["window"],
+            registry=self.registry,
+        )
         self.failing_pods = Gauge(
             "dsguard_guard_failing_pods",
             "Failing pods on update revisions, at the last evaluation.",

@@ -13,7 +13,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import yaml
 
@@ -76,7 +76,7 @@ class LocalPrometheus:
         wait_ready(f"{self.url}/-/ready", what="Prometheus", timeout=self.startup_timeout, child=self.child)
         return self
 
-    def query(self, promql: str) -> object:
+    def query(self, promql: str) -> Any:
         """An instant query's data (for the test's own checks)."""
         from urllib.parse import quote
 

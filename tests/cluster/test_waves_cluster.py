@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.cluster import LocalCluster
+from localcluster.guard_host import HostGuard
 from localcluster.nodes import POD_BEHAVIOR_NODES_ANNOTATION
+from localcluster.procs import http_get
+from localcluster.prometheus import LocalPrometheus
 from localcluster.webhook_host import HostWebhook
 from tests.support.guard_scenario import BAD_IMAGE, CRASHLOOP, GOOD_IMAGE, Scenario
 from tests.support.polling import poll
@@ -26,6 +29,8 @@ from tests.support.waves import (
     WAVE,
     WAVES_COMPLETED,
     WAVES_REVISION,
+    ChattyAgent,
+    Exporter,
     add_zoned_nodes,
     all_pods,
     dsguard,
@@ -220,3 +225,157 @@ def test_webhook_down_the_guard_takes_over_and_a_joining_node(
         == taken[WAVES_REVISION]
     )
     assert s.ds()["spec"]["updateStrategy"] == before
+
+
+def test_leader_killed_mid_bake_the_next_one_continues(cluster: LocalCluster, scenario: Scenario) -> None:
+    s = scenario
+    bake = 6
+    policy = waves_policy(
+        s,
+        {
+            "canary": {"nodes": 1},
+            "groupBy": "topology.kubernetes.io/zone",
+            "bakeSeconds": bake,
+            "maxUnavailable": 1,
+        },
+    )
+    by_zone = add_zoned_nodes(s, {"a": 2, "b": 2})
+    s.apply(agent(s))
+    s.rolled_out(GOOD_IMAGE)
+    first = s.guard(policy, lease_duration=3)
+    first.wait_ready()
+    poll(lambda: s.lease_holder() == first.identity or None, what="the first guard to lead", timeout=15)
+    second = s.guard(policy, lease_duration=3)
+    second.wait_ready()
+    with webhook_for(cluster, s, policy):
+        s.apply(agent(s, V2))
+        baked = s.annotated(BAKE_STARTED_AT, "the canary's bake to start")
+        first.kill()  # mid-bake, no clean shutdown
+        poll(lambda: s.lease_holder() == second.identity or None, what="the second guard to lead", timeout=20)
+        s.rolled_out(V2, timeout=90)
+        s.annotated(WAVES_COMPLETED, "the second guard to complete the rollout")
+    bake_end = parse(baked[BAKE_STARTED_AT]) + bake
+    canary = by_zone["a"][0]
+    pods = all_pods(s)
+    later = [parse(p["metadata"]["creationTimestamp"]) for p in pods if p["spec"]["nodeName"] != canary]
+    assert min(later) >= int(bake_end), "the bake was cut short"
+    # No node's new pod was deleted again: one pod per node, all created once.
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(s.nodes)
+
+
+def test_rollback_brings_every_updated_node_back(cluster: LocalCluster, scenario: Scenario) -> None:
+    s = scenario
+    policy = waves_policy(
+        s,
+        {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b"],
+         "maxUnavailable": 1, "bakeSeconds": 1},
+        action="Rollback",
+    )  # fmt: skip
+    by_zone, good = start(s, policy, {"a": 2, "b": 2})
+    before = s.ds()["spec"]["updateStrategy"]
+    failing = {**CRASHLOOP, POD_BEHAVIOR_NODES_ANNOTATION: ",".join(by_zone["b"])}
+    with webhook_for(cluster, s, policy):
+        s.apply(agent(s, BAD_IMAGE, failing))
+        rolled = s.annotated("dsguard.io/rolled-back-revision", "the guard to roll back", timeout=90)
+    assert rolled["dsguard.io/rolled-back-to"].startswith(good)
+    assert s.rolled_out(GOOD_IMAGE, timeout=90) == good
+    assert s.ds()["spec"]["updateStrategy"] == before, "the user's strategy is back with the old template"
+
+
+def test_apiserver_gate_pauses_a_chatty_agent_not_steady_traffic(
+    cluster: LocalCluster, scenario: Scenario
+) -> None:
+    s = scenario
+    policy = waves_policy(
+        s,
+        {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b"],
+         "maxUnavailable": 1, "bakeSeconds": 3},
+        gates={"apiserver": {"maxRequestRateIncrease": "50%"}},
+    )  # fmt: skip
+    by_zone = add_zoned_nodes(s, {"a": 2, "b": 2})
+    s.apply(agent(s))
+    s.rolled_out(GOOD_IMAGE)
+    path = f"/api/v1/namespaces/{s.ns}/pods?limit=1"
+
+    def updated_to(image: str) -> int:
+        return sum(1 for p in s.pods() if p["spec"]["containers"][0]["image"] == image)
+
+    g = s.guard(policy, extra_args=["--gate-sample-interval", "500ms"])
+    g.wait_ready()
+    with webhook_for(cluster, s, policy):
+        # Steady traffic, there before the rollout and unchanged by it: the rollout completes.
+        steady = ChattyAgent(cluster, path, count=lambda: 0, steady=30).start()
+        try:
+            # The guard's baseline window (12 samples of 0.5s) must have seen the steady traffic.
+            poll(
+                lambda: (baseline_rate(g) or 0) >= 20 or None,
+                what="the baseline to include the traffic",
+                timeout=30,
+            )
+            s.apply(agent(s, V2))
+            s.rolled_out(V2, timeout=90)
+            s.annotated(WAVES_COMPLETED, "the rollout with steady traffic to complete")
+            assert "dsguard.io/paused" not in s.annotations()
+        finally:
+            steady.stop()
+        # A chatty agent: 40 requests/s more for every updated pod.
+        chatty = ChattyAgent(cluster, path, count=lambda: updated_to(V3), per_pod=40).start()
+        try:
+            s.apply(agent(s, V3))
+            paused = s.paused(timeout=90)
+        finally:
+            chatty.stop()
+    reason = paused["dsguard.io/pause-reason"]
+    assert "apiserver request rate" in reason and "before the rollout" in reason, reason
+    assert len(nodes_on(s, s.newest_revision())) < len(s.nodes), "paused before every node was updated"
+    assert by_zone
+
+
+def baseline_rate(g: HostGuard) -> float | None:
+    """The guard's dsguard_guard_apiserver_request_rate{window="baseline"}."""
+    _, body = http_get(f"{g.base_url}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith('dsguard_guard_apiserver_request_rate{window="baseline"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_prometheus_gate(cluster: LocalCluster, scenario: Scenario, tmp_path: Path) -> None:
+    s = scenario
+    exporter = Exporter()
+    try:
+        with LocalPrometheus(
+            tmp_path / "prometheus", targets=[exporter.target], scrape_interval="1s"
+        ) as prom:
+            dead = f"http://127.0.0.1:{exporter.port + 1 if exporter.port < 65535 else 1}"
+            policy = waves_policy(
+                s,
+                {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b"],
+                 "maxUnavailable": 1, "bakeSeconds": 4},
+                gates={"prometheus": [
+                    {"url": prom.url, "query": "max(agent_errors)", "max": 0.5},
+                    {"url": dead, "query": "up", "min": 1},
+                ]},
+            )  # fmt: skip
+            by_zone, good = start(s, policy, {"a": 2, "b": 2})
+            poll(
+                lambda: prom.query("max(agent_errors)")["result"] or None,
+                what="Prometheus to scrape",
+                timeout=30,
+            )
+            with webhook_for(cluster, s, policy):
+                s.apply(agent(s, V2))
+                s.annotated(BAKE_STARTED_AT, "the canary's bake (the gates pass)")
+                # The unreachable Prometheus is an error: alerted, no pause.
+                errors = poll(
+                    lambda: s.events("WaveGateError") or None, what="the gate error Event", timeout=30
+                )
+                assert "prometheus[1]" in errors[0]["message"], errors[0]["message"]
+                assert "dsguard.io/paused" not in s.annotations()
+                exporter.value = 3.0  # the agent's errors rise
+                paused = s.paused(timeout=60)
+    finally:
+        exporter.stop()
+    reason = paused["dsguard.io/pause-reason"]
+    assert "'max(agent_errors)' = 3, over max 0.5" in reason, reason
+    assert by_zone and good
