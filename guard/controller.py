@@ -31,6 +31,7 @@ from dsguard.annotations import (
     ORIGINAL_STRATEGY,
     PAUSED_REVISION,
     gate_baseline,
+    rollback_info,
     rolled_back_here,
     waves_in_progress,
 )
@@ -404,6 +405,9 @@ class Guard:
             return False
         if ds.observed_generation < ds.generation:
             return False
+        back = rollback_info(ds.annotations, rev.hash, generation_observed=True)
+        if back is not None and back.current:
+            return False  # the guard's own rollback: the user's strategy brings every node back at once
         if previous_revision(self.store.revisions_of(ds.uid)) is None:
             return False  # a first revision is a creation, not a rollout
         # The user's own OnDelete is theirs to drive; OnDelete with the recorded strategy is the
