@@ -23,6 +23,12 @@ binaries:
 helm:
 	bash localcluster/gobuild/build_helm.sh
 
+# Prometheus, built from Go modules into ~/.cache/dsguard (the waves' Prometheus-gate tests; they
+# build it when missing). Prints its bin directory.
+.PHONY: prometheus
+prometheus:
+	bash localcluster/gobuild/build_prometheus.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
