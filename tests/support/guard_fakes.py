@@ -156,6 +156,17 @@ class FakeApiserver:
         return copy.deepcopy(self.objs[name])
 
 
+class FakePods:
+    """The guard's PodDeleter: records what it deleted (namespace, name, uid)."""
+
+    def __init__(self) -> None:
+        self.deleted: list[tuple[str, str, str]] = []
+
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        self.deleted.append((namespace, name, uid))
+        return True
+
+
 class FakePatcher:
     def __init__(self, patch: Any) -> None:
         self.patch = patch
@@ -186,6 +197,7 @@ class Harness:
             self.notified.set()
 
         self.dirty = Dirty()
+        self.pods = FakePods()
         self.outbox = Outbox(
             patcher=self.api, mark=self.dirty.mark, metrics=self.metrics, monotonic=monotonic
         )
@@ -200,6 +212,7 @@ class Harness:
             metrics=self.metrics,
             clock=lambda: self.now,
             monotonic=monotonic,
+            pods=self.pods,
         )
         self.store = self.guard.store
         # every watch has listed: the DaemonSets as the fake apiserver has them, nothing else yet

@@ -435,3 +435,34 @@ def test_content_ignores_only_the_clock() -> None:
     assert a.to_dict() != b.to_dict()
     assert a.content() == b.content()
     assert a.content() != c.content()
+
+
+def test_wave_status_shows_the_waves_bake_and_approval() -> None:
+    from dsguard.annotations import BAKE_STARTED_AT, WAVE, WAVES_REVISION
+    from dsguard.pod_health import PodView
+    from dsguard.policy import Approval, WavesPolicy
+    from dsguard.status_report import wave_status
+
+    zone = "topology.kubernetes.io/zone"
+    labels = {"a-0": {zone: "a"}, "a-1": {zone: "a"}, "b-0": {zone: "b"}}
+
+    def view(node: str, revision: str) -> PodView:
+        return PodView("ns", f"p-{node}", "uid", node, revision, "Running", True, 0, (), T0 - 99, T0 - 99,
+                       False, f"u-{node}", T0 - 90)  # fmt: skip
+
+    pods = [view("a-0", "new"), view("a-1", "old"), view("b-0", "old")]
+    waves = WavesPolicy(canary=1, group_by=zone, bake_seconds=60, approval=Approval.MANUAL)
+    baking = {WAVES_REVISION: "new", WAVE: "0", BAKE_STARTED_AT: "2027-01-15T08:00:00Z"}
+    began = datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()
+    w = wave_status(baking, "new", waves, pods, labels, 0, began + 20.5)
+    assert w is not None
+    assert (w.index, w.bake_left, w.waiting) == (0, 40, "baking, 40s left")
+    assert [(r.name, r.nodes, r.updated, r.available) for r in w.waves] == [
+        ("canary", 1, 1, 1),
+        (f"{zone}=a", 1, 0, 0),
+        (f"{zone}=b", 1, 0, 0),
+    ]
+    done = wave_status(baking, "new", waves, pods, labels, 0, began + 61)
+    assert done is not None and done.waiting.startswith("approval: dsguard promote (wave 2/3")
+    assert wave_status(baking, "other", waves, pods, labels, 0, began) is None, "another revision's"
+    assert wave_status({}, "new", waves, pods, labels, 0, began) is None
