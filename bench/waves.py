@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep-cluster", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--flapping",
+        action="store_true",
+        help="instead: an agent Ready for 3s then crashing, plain RollingUpdate with minReadySeconds "
+        "0 and 10, and waves: nodes on the bad revision when the guard paused (failureThreshold 1)",
+    )
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dsguard-bench-waves-")).resolve()
     cluster = LocalCluster(
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.start()
     log(f"cluster up at {cluster.server}")
     try:
-        return run(cluster, args, workdir)
+        return flapping(cluster, args, workdir) if args.flapping else run(cluster, args, workdir)
     finally:
         if args.keep_cluster:
             log(f"cluster kept: {sys.executable} -m localcluster down --workdir {cluster.workdir}")
@@ -312,6 +318,70 @@ def run(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
                 indent=2,
             )
         )
+    return 0
+
+
+def flapping(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
+    """The case pacing is for: Ready for 3s, then crash-looping. Nodes on the bad revision at the
+    guard's pause, with the DaemonSet controller pacing (minReadySeconds 0, 10) and with waves."""
+    b = Bench(cluster, args)
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    zones = [f"zone-{z}" for z in range(args.zones)]
+    names = [f"bench-{i:05d}" for i in range(args.nodes)]
+    labels = {n: {NODE_LABEL: "bench", ZONE: zones[i % len(zones)]} for i, n in enumerate(names)}
+    create_nodes(cluster.kubectl, [node_manifest(n, labels=labels[n]) for n in names])
+    wait_ready(
+        lambda: (
+            cluster.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE, check=False).returncode == 0
+        ),
+        what="the namespace's default ServiceAccount",
+        timeout=60,
+    )
+    mu = args.max_unavailable
+    flaps = {
+        POD_BEHAVIOR_ANNOTATION: "ready-then-crash",
+        POD_TIMING_ANNOTATIONS["start_delay"]: "1s",
+        POD_TIMING_ANNOTATIONS["crash_after"]: "3s",
+        POD_TIMING_ANNOTATIONS["backoff"]: "3s",
+    }
+    waves = {"canary": {"nodes": args.canary}, "groupBy": ZONE, "maxUnavailable": mu, "bakeSeconds": 0}
+    rows: list[tuple[str, int, float]] = []
+    cases = (
+        ("RollingUpdate, minReadySeconds 0", 0, False),
+        ("RollingUpdate, minReadySeconds 10", 10, False),
+        (f"waves (canary {args.canary}), minReadySeconds 0", 0, True),
+    )
+    for image, (label, min_ready, with_waves) in enumerate(cases, 1):
+        good = daemonset(f"agent:{image}", mu)
+        good["spec"]["minReadySeconds"] = min_ready
+        b.apply(good)
+        b.until("the good template", functools.partial(b.rolled_out, f"agent:{image}"))
+        path = workdir / f"flap-{image}.yaml"
+        path.write_text(yaml.safe_dump(policy_doc(waves if with_waves else None)))
+        only = {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+        with (
+            HostWebhook(cluster, namespace_selector=only, policy_files=[path]),
+            HostGuard(cluster, policy_files=[path]),
+        ):
+            bad = daemonset(f"agent:{image}-flaps", mu, flaps)
+            bad["spec"]["minReadySeconds"] = min_ready
+            start = time.monotonic()
+            b.apply(bad)
+            end = b.until("the pause", lambda: b.annotation("dsguard.io/paused") == "true")
+            revision = b.annotation("dsguard.io/paused-revision")
+            on_bad = sum(
+                1
+                for p in b.pods()
+                if p["metadata"]["labels"].get(REVISION_LABEL) == revision
+                and not p["metadata"].get("deletionTimestamp")
+            )
+            rows.append((label, on_bad, end - start))
+            log(f"{label}: {on_bad} nodes on the bad revision at the pause, {end - start:.1f}s")
+            cluster.kubectl("annotate", "daemonset", "agent", "-n", NAMESPACE, "dsguard.io/paused-")
+    print(f"\n{args.nodes} nodes, maxUnavailable {mu}; the agent is Ready for 3s, then crash-loops")
+    print(f"{'pacing':44} {'nodes on bad at pause':>22} {'s to pause':>11}")
+    for label, on_bad, seconds in rows:
+        print(f"{label:44} {on_bad:22} {seconds:11.1f}")
     return 0
 
 
