@@ -290,7 +290,9 @@ def test_apiserver_gate_pauses_a_chatty_agent_not_steady_traffic(
         s,
         {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "order": ["a", "b"],
          "maxUnavailable": 1, "bakeSeconds": 3},
-        gates={"apiserver": {"maxRequestRateIncrease": "50%"}},
+        # The rollout makes traffic of its own (pod deletions and creations, status writes, this
+        # test's polling): about 10-20 requests/s here, so the steady traffic is well above it.
+        gates={"apiserver": {"maxRequestRateIncrease": "100%"}},
     )  # fmt: skip
     by_zone = add_zoned_nodes(s, {"a": 2, "b": 2})
     s.apply(agent(s))
@@ -304,11 +306,11 @@ def test_apiserver_gate_pauses_a_chatty_agent_not_steady_traffic(
     g.wait_ready()
     with webhook_for(cluster, s, policy):
         # Steady traffic, there before the rollout and unchanged by it: the rollout completes.
-        steady = ChattyAgent(cluster, path, count=lambda: 0, steady=30).start()
+        steady = ChattyAgent(cluster, path, count=lambda: 0, steady=60).start()
         try:
             # The guard's baseline window (12 samples of 0.5s) must have seen the steady traffic.
             poll(
-                lambda: (baseline_rate(g) or 0) >= 20 or None,
+                lambda: (baseline_rate(g) or 0) >= 50 or None,
                 what="the baseline to include the traffic",
                 timeout=30,
             )
@@ -318,8 +320,14 @@ def test_apiserver_gate_pauses_a_chatty_agent_not_steady_traffic(
             assert "dsguard.io/paused" not in s.annotations()
         finally:
             steady.stop()
-        # A chatty agent: 40 requests/s more for every updated pod.
-        chatty = ChattyAgent(cluster, path, count=lambda: updated_to(V3), per_pod=40).start()
+        # A chatty agent: 60 requests/s more for every updated pod (the steady traffic gone: the
+        # new baseline is the quiet cluster's).
+        poll(
+            lambda: (baseline_rate(g) or 99) < 40 or None,
+            what="the guard's baseline rate to forget the steady traffic",
+            timeout=30,
+        )
+        chatty = ChattyAgent(cluster, path, count=lambda: updated_to(V3), per_pod=60).start()
         try:
             s.apply(agent(s, V3))
             paused = s.paused(timeout=90)
