@@ -251,13 +251,20 @@ def _drive(
     )
     if old:
         limit = max_unavailable(policy, user_strategy, len(by_node))
-        # As the controller counts: every node of the DaemonSet whose pod isn't available, or that
-        # has none (its old pod gone, the new one not created yet).
-        unavailable = sum(1 for p in by_node.values() if not p.available(min_ready, now))
-        unavailable += sum(1 for w in waves for n in w.nodes if n not in by_node)
-        budget = limit - unavailable
-        if budget > 0:
-            return WaveDecision(WaveStep.DELETE, waves, index, delete=tuple(old[:budget]))
+        # As the DaemonSet controller counts (pkg/controller/daemon/update.go, rollingUpdate), but
+        # over the waves started so far: a node whose pod isn't available, or that has none (its
+        # old pod gone, the new one not created yet). A later wave's broken pods are not this
+        # wave's doing and wait for their own wave.
+        unavailable = sum(
+            1 for n in started if (p := by_node.get(n)) is None or not p.available(min_ready, now)
+        )
+        # An old pod that isn't available is replaced at once, whatever the budget (as the
+        # controller's allowedReplacementPods); the available ones as the budget allows.
+        broken = [p for p in old if not p.available(min_ready, now)]
+        healthy = [p for p in old if p.available(min_ready, now)]
+        chosen = broken + healthy[: max(0, limit - unavailable)]
+        if chosen:
+            return WaveDecision(WaveStep.DELETE, waves, index, delete=tuple(chosen))
         return WaveDecision(
             WaveStep.WAIT, waves, index, note=f"{unavailable} unavailable (maxUnavailable {limit})"
         )

@@ -383,3 +383,21 @@ def test_the_plan_holds_still_while_a_pod_is_replaced() -> None:
     )
     assert held.waves[0].nodes == first.waves[0].nodes
     assert held.step is WaveStep.WAIT, "a-0 has no pod yet: it counts as unavailable"
+
+
+def test_a_broken_old_pod_is_replaced_whatever_the_budget() -> None:
+    """As the DaemonSet controller does (allowedReplacementPods): an old pod that isn't available
+    goes at once; the available ones wait for the budget."""
+    policy = WavesPolicy(canary=1, group_by=ZONE, max_unavailable=1)
+    broken = fleet({"a-0"}, **{"a-1": pod("a-1", OLD, ready=False), "a-2": pod("a-2", OLD, ready=False)})
+    d = decide(state(1), broken, policy=policy)
+    assert d.step is WaveStep.DELETE and [p.node for p in d.delete] == ["a-1", "a-2"]
+
+
+def test_broken_pods_of_a_later_wave_do_not_block_this_one() -> None:
+    """After a bad revision was paused in zone b and a good one applied: zone b's crash-looping
+    pods wait for zone b's wave; they use none of the canary's budget."""
+    policy = WavesPolicy(canary=1, group_by=ZONE, max_unavailable=1)
+    later_broken = fleet(set(), **{f"b-{i}": pod(f"b-{i}", "bad", ready=False) for i in range(3)})
+    d = decide(state(0), later_broken, policy=policy)
+    assert d.step is WaveStep.DELETE and [p.node for p in d.delete] == ["a-0"]
