@@ -127,6 +127,7 @@ class WavesPolicy:
     max_unavailable: IntOrPercent | None = None  # inside a wave; None: the DaemonSet's own
     bake_seconds: int = 0
     approval: Approval = Approval.AUTO
+    alert_on_completion: bool = False  # also alert (the policy's sinks) when a rollout completes
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,14 @@ class _Reader:
         if maximum is not None and raw > maximum:
             self.errors.add(path, f"{raw!r} must be at most {maximum}")
             return None
+        return raw
+
+    def boolean(self, raw: object, path: str, default: bool = False) -> bool:
+        if raw is None:
+            return default
+        if not isinstance(raw, bool):
+            self.errors.add(path, f"{raw!r} must be true or false")
+            return default
         return raw
 
     def number(self, raw: object, path: str) -> float | None:
@@ -508,7 +517,19 @@ def _waves(r: _Reader, raw: object, path: str) -> WavesPolicy | None:
     if m is None:
         return None
     _unknown_fields(
-        r, m, path, {"canary", "groupBy", "order", "steps", "maxUnavailable", "bakeSeconds", "approval"}
+        r,
+        m,
+        path,
+        {
+            "canary",
+            "groupBy",
+            "order",
+            "steps",
+            "maxUnavailable",
+            "bakeSeconds",
+            "approval",
+            "alertOnCompletion",
+        },
     )
     canary = None
     cm = r.mapping(m.get("canary"), f"{path}.canary")
@@ -565,6 +586,7 @@ def _waves(r: _Reader, raw: object, path: str) -> WavesPolicy | None:
         max_unavailable=max_unavailable,
         bake_seconds=bake or 0,
         approval=r.enum(m.get("approval"), f"{path}.approval", Approval, Approval.AUTO),
+        alert_on_completion=r.boolean(m.get("alertOnCompletion"), f"{path}.alertOnCompletion"),
     )
 
 

@@ -511,7 +511,21 @@ class Guard:
         self._acted[uid] = (ds.resource_version, Step.WAVE)
         self.metrics.actions.labels(f"wave_{wave.step.value}").inc()
         log.info("%s: %s: %s", ds.ref, event[0], event[1])
-        await self._event(ds, event[0], event[1], warning=False)
+        if wave.step is WaveStep.COMPLETE and waves.alert_on_completion:
+            # The alert's Event sink records the Event; best effort, like a manual resume's alert.
+            alert = Alert(
+                kind=AlertKind.COMPLETED,
+                namespace=ds.namespace,
+                daemonset=ds.name,
+                uid=ds.uid,
+                revision=rev.hash,
+                summary=event[1],
+                policy=governing.name,
+                at=datetime.fromtimestamp(self.clock(), UTC),
+            )
+            self.notify(alert, governing.guard)
+        else:
+            await self._event(ds, event[0], event[1], warning=False)
         return True
 
     async def _delete_pods(self, uid: str, ds: DaemonSetState, wave: WaveDecision) -> bool:

@@ -38,6 +38,7 @@ class AlertKind(StrEnum):
     RESUMED = "resumed"
     STALLED = "stalled"
     GATE_ERROR = "gate_error"  # a wave rollout's gate could not be measured: people are told, no action
+    COMPLETED = "completed"  # a wave rollout completed (spec.guard.waves.alertOnCompletion)
 
     @property
     def camel(self) -> str:
@@ -59,6 +60,7 @@ _SEVERITY = {
     AlertKind.ROLLED_BACK: "critical",
     AlertKind.STALLED: "warning",
     AlertKind.GATE_ERROR: "warning",
+    AlertKind.COMPLETED: "info",
     AlertKind.RESUMED: "info",
 }
 

@@ -37,6 +37,7 @@ REASONS = {
     AlertKind.RESUMED: "RolloutResumed",
     AlertKind.STALLED: "RolloutStalled",
     AlertKind.GATE_ERROR: "WaveGateError",
+    AlertKind.COMPLETED: "WaveRolloutCompleted",
 }
 ACTIONS = {
     AlertKind.PAUSED: "Pause",
@@ -44,6 +45,7 @@ ACTIONS = {
     AlertKind.RESUMED: "Resume",
     AlertKind.STALLED: "Alert",  # nothing done to the DaemonSet: people are told
     AlertKind.GATE_ERROR: "Alert",
+    AlertKind.COMPLETED: "Rollout",
 }
 
 
@@ -108,7 +110,7 @@ class EventRecorder:
             reason=REASONS[alert.kind],
             action=ACTIONS[alert.kind],
             message=action_message(alert),
-            warning=alert.kind is not AlertKind.RESUMED,
+            warning=alert.kind not in (AlertKind.RESUMED, AlertKind.COMPLETED),
             at=alert.at,  # when the guard acted, not when a retry got through
         )
 

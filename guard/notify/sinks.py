@@ -243,6 +243,7 @@ _EMOJI = {
     AlertKind.RESUMED: ":arrow_forward:",
     AlertKind.STALLED: ":hourglass:",
     AlertKind.GATE_ERROR: ":grey_question:",
+    AlertKind.COMPLETED: ":white_check_mark:",
 }
 
 

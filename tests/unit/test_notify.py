@@ -235,7 +235,14 @@ def test_alert_json_schema_v1() -> None:
         "summary": "paused: 1 of 5 updated pods failing (CrashLoopBackOff) with threshold 2",
         "failing": [{"pod": "node-agent-00000", "node": "worker-0", "reason": "CrashLoopBackOff"}],
     }
-    assert [k.camel for k in AlertKind] == ["Paused", "RolledBack", "Resumed", "Stalled", "GateError"]
+    assert [k.camel for k in AlertKind] == [
+        "Paused",
+        "RolledBack",
+        "Resumed",
+        "Stalled",
+        "GateError",
+        "Completed",
+    ]
     with pytest.raises(ValueError, match="timezone-aware"):
         Alert(AlertKind.PAUSED, "ns", "ds", UID, "r", "s", at=datetime(2025, 5, 1))
 

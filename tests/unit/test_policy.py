@@ -191,7 +191,16 @@ def test_crd_schema_covers_the_model() -> None:
     assert set(spec["tolerations"]["properties"]) == {"required", "onMissing", "coverage"}
     assert set(spec["rollout"]["properties"]) == {"maxUnavailable", "maxSurge", "minReadySeconds", "onExceed"}
     waves = spec["guard"]["properties"]["waves"]["properties"]
-    assert set(waves) == {"canary", "groupBy", "order", "steps", "maxUnavailable", "bakeSeconds", "approval"}
+    assert set(waves) == {
+        "canary",
+        "groupBy",
+        "order",
+        "steps",
+        "maxUnavailable",
+        "bakeSeconds",
+        "approval",
+        "alertOnCompletion",
+    }
     assert waves["approval"]["enum"] == [a.value for a in Approval]
     gates = spec["guard"]["properties"]["gates"]["properties"]
     assert set(gates) == {"apiserver", "prometheus"}
@@ -301,6 +310,7 @@ def test_waves_and_gates_parse() -> None:
         ({"waves": {"approval": "Later"}}, "spec.guard.waves.approval", "not one of Auto, Manual"),
         ({"waves": {"maxUnavailable": 0}}, "spec.guard.waves.maxUnavailable", "must be at least 1"),
         ({"waves": {"bake": 5}}, "spec.guard.waves.bake", "unknown field"),
+        ({"waves": {"alertOnCompletion": "yes"}}, "spec.guard.waves.alertOnCompletion", "true or false"),
         (
             {"gates": {"apiserver": {"maxRequestRateIncrease": 50}}},
             "spec.guard.gates.apiserver.maxRequestRateIncrease",
