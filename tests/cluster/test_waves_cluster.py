@@ -225,6 +225,10 @@ def test_webhook_down_the_guard_takes_over_and_a_joining_node(
         == taken[WAVES_REVISION]
     )
     assert s.ds()["spec"]["updateStrategy"] == before
+    kinds = poll(
+        lambda: [json.loads(d.body)["kind"] for d in receiver.accepted] or None, what="the alert", timeout=30
+    )
+    assert kinds == ["completed"], "alertOnCompletion: one completed alert, nothing else"
 
 
 def test_leader_killed_mid_bake_the_next_one_continues(cluster: LocalCluster, scenario: Scenario) -> None:
