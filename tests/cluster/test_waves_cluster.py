@@ -197,15 +197,13 @@ def test_webhook_down_the_guard_takes_over_and_a_joining_node(
     cluster: LocalCluster, scenario: Scenario
 ) -> None:
     s = scenario
+    receiver = s.receiver()
     policy = waves_policy(
         s,
-        {
-            "canary": {"nodes": 1},
-            "groupBy": "topology.kubernetes.io/zone",
-            "bakeSeconds": 2,
-            "maxUnavailable": 1,
-        },
-    )
+        {"canary": {"nodes": 1}, "groupBy": "topology.kubernetes.io/zone", "bakeSeconds": 2,
+         "maxUnavailable": 1, "alertOnCompletion": True},
+        alert_url=receiver.url,
+    )  # fmt: skip
     _by_zone, _good = start(s, policy, {"a": 2, "b": 3})
     before = s.ds()["spec"]["updateStrategy"]
     s.apply(agent(s, V2))  # no webhook: the DaemonSet controller starts its own RollingUpdate
