@@ -344,12 +344,12 @@ def flapping(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> 
         POD_TIMING_ANNOTATIONS["crash_after"]: "3s",
         POD_TIMING_ANNOTATIONS["backoff"]: "3s",
     }
-    waves = {"canary": {"nodes": args.canary}, "groupBy": ZONE, "maxUnavailable": mu, "bakeSeconds": 0}
+    waves = {"canary": {"nodes": args.canary}, "groupBy": ZONE, "maxUnavailable": mu, "bakeSeconds": 10}
     rows: list[tuple[str, int, float]] = []
     cases = (
         ("RollingUpdate, minReadySeconds 0", 0, False),
         ("RollingUpdate, minReadySeconds 10", 10, False),
-        (f"waves (canary {args.canary}), minReadySeconds 0", 0, True),
+        (f"waves (canary {args.canary}, bake 10s), minReadySeconds 0", 0, True),
     )
     for image, (label, min_ready, with_waves) in enumerate(cases, 1):
         good = daemonset(f"agent:{image}", mu)
