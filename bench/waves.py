@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.guard_reaction import bench_stages  # noqa: E402
+from bench.guard_reaction import CRASHLOOP, MIB, bench_stages, log  # noqa: E402
 from dsguard.policy import parse_policy  # noqa: E402
 from dsguard.waves import PlanNode, plan_waves  # noqa: E402
 from guard.gates import total_requests  # noqa: E402
@@ -62,18 +62,7 @@ NAMESPACE = "bench-waves"
 NODE_LABEL = "dsguard.bench/pool"
 ZONE = "topology.kubernetes.io/zone"
 REVISION_LABEL = "controller-revision-hash"
-CRASHLOOP = {
-    POD_BEHAVIOR_ANNOTATION: "crashloop",
-    POD_TIMING_ANNOTATIONS["start_delay"]: "1s",
-    POD_TIMING_ANNOTATIONS["run_for"]: "500ms",
-    POD_TIMING_ANNOTATIONS["backoff"]: "3s",
-}
-MIB = 1024 * 1024
 Obj = dict[str, Any]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def daemonset(image: str, max_unavailable: int, annotations: Mapping[str, str] | None = None) -> Obj:
@@ -209,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
 
 
-def run(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
+def fleet(
+    cluster: LocalCluster, args: argparse.Namespace
+) -> tuple[Bench, list[str], dict[str, dict[str, str]]]:
+    """The namespace and --nodes kwok nodes spread over --zones zones: (bench, names, labels)."""
     b = Bench(cluster, args)
     cluster.kubectl("create", "namespace", NAMESPACE)
     zones = [f"zone-{z}" for z in range(args.zones)]
@@ -223,6 +215,11 @@ def run(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
         what="the namespace's default ServiceAccount",
         timeout=60,
     )
+    return b, names, labels
+
+
+def run(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
+    b, names, labels = fleet(cluster, args)
     mu = args.max_unavailable
     b.apply(daemonset("agent:1", mu))
     b.until("the first rollout", lambda: b.rolled_out("agent:1"))
@@ -324,19 +321,7 @@ def run(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
 def flapping(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> int:
     """The case pacing is for: Ready for 3s, then crash-looping. Nodes on the bad revision at the
     guard's pause, with the DaemonSet controller pacing (minReadySeconds 0, 10) and with waves."""
-    b = Bench(cluster, args)
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    zones = [f"zone-{z}" for z in range(args.zones)]
-    names = [f"bench-{i:05d}" for i in range(args.nodes)]
-    labels = {n: {NODE_LABEL: "bench", ZONE: zones[i % len(zones)]} for i, n in enumerate(names)}
-    create_nodes(cluster.kubectl, [node_manifest(n, labels=labels[n]) for n in names])
-    wait_ready(
-        lambda: (
-            cluster.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE, check=False).returncode == 0
-        ),
-        what="the namespace's default ServiceAccount",
-        timeout=60,
-    )
+    b, _, _ = fleet(cluster, args)
     mu = args.max_unavailable
     flaps = {
         POD_BEHAVIOR_ANNOTATION: "ready-then-crash",
