@@ -33,6 +33,7 @@ from dsguard.annotations import (
     gate_baseline,
     rollback_info,
     rolled_back_here,
+    wave_info,
     waves_in_progress,
 )
 from dsguard.daemonset import ON_DELETE, as_mapping
@@ -241,6 +242,10 @@ class Guard:
             del self._acted[gone]
         for gone in [uid for uid in self._not_before if uid not in live]:
             del self._not_before[gone]
+        for gone in [uid for uid in self._deleted if uid not in live]:
+            del self._deleted[gone]
+        for key in [k for k in self._gate_errors if k[0] not in live]:
+            del self._gate_errors[key]
         self.outbox.tidy(live)
         self.metrics.watched.set(sum(1 for t in live.values() if not t.state.complete))
         self.metrics.failing_pods.set(sum(self._failing.values()))
@@ -390,9 +395,7 @@ class Guard:
 
     # -- wave rollouts (spec.guard.waves; dsguard.waves decides) ----------------------------------
     def _wave_position(self, ds: DaemonSetState) -> str:
-        """ "at wave 2/4 (topology.kubernetes.io/zone=b), 5 nodes on the new revision", for alerts."""
-        from dsguard.annotations import wave_info
-
+        """ "wave rollout at wave 2", for the pause and rollback alerts ("" without one)."""
         info = wave_info(ds.annotations)
         if info is None or not waves_in_progress(ds.annotations):
             return ""
