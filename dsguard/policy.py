@@ -512,25 +512,16 @@ def _positive_count(r: _Reader, raw: object, path: str) -> IntOrPercent | None:
     return value
 
 
+WAVES_FIELDS = frozenset(
+    {"canary", "groupBy", "order", "steps", "maxUnavailable", "bakeSeconds", "approval", "alertOnCompletion"}
+)
+
+
 def _waves(r: _Reader, raw: object, path: str) -> WavesPolicy | None:
     m = r.mapping(raw, path)
     if m is None:
         return None
-    _unknown_fields(
-        r,
-        m,
-        path,
-        {
-            "canary",
-            "groupBy",
-            "order",
-            "steps",
-            "maxUnavailable",
-            "bakeSeconds",
-            "approval",
-            "alertOnCompletion",
-        },
-    )
+    _unknown_fields(r, m, path, set(WAVES_FIELDS))
     canary = None
     cm = r.mapping(m.get("canary"), f"{path}.canary")
     if cm is not None:

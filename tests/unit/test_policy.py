@@ -11,6 +11,7 @@ import yaml
 from dsguard.fielderrors import InvalidSpec
 from dsguard.policy import (
     INLINE_URL_PATTERN,
+    WAVES_FIELDS,
     AlertSink,
     AlertType,
     Approval,
@@ -191,16 +192,7 @@ def test_crd_schema_covers_the_model() -> None:
     assert set(spec["tolerations"]["properties"]) == {"required", "onMissing", "coverage"}
     assert set(spec["rollout"]["properties"]) == {"maxUnavailable", "maxSurge", "minReadySeconds", "onExceed"}
     waves = spec["guard"]["properties"]["waves"]["properties"]
-    assert set(waves) == {
-        "canary",
-        "groupBy",
-        "order",
-        "steps",
-        "maxUnavailable",
-        "bakeSeconds",
-        "approval",
-        "alertOnCompletion",
-    }
+    assert set(waves) == WAVES_FIELDS
     assert waves["approval"]["enum"] == [a.value for a in Approval]
     gates = spec["guard"]["properties"]["gates"]["properties"]
     assert set(gates) == {"apiserver", "prometheus"}
