@@ -13,13 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from dsguard.annotations import (
     PauseInfo,
     RollbackInfo,
+    is_paused,
     pause_info,
     rollback_info,
     stalled,
@@ -342,6 +343,8 @@ def daemonset_report(
             now,
             nodes=(n.name for n in RuleContext(DaemonSetView.from_object(ds), facts).targeted),
         )
+        if waves is not None and is_paused(annotations):
+            waves = replace(waves, waiting="paused: `dsguard resume` continues from this wave")
     violations = tuple(
         Violation(p.name, f.rule, f.message, f.severity.value) for p, findings in found for f in findings
     )

@@ -204,6 +204,7 @@ def run_story(cluster: LocalCluster, env: DemoEnv, out: TextIO | None = None) ->
     upgrade_chapter(s)
     audit_chapter(s)
     guard_chapters(s, env)
+    waves_chapter(s, env)
 
 
 def admission_chapters(s: Story, webhook: HostWebhook) -> None:
@@ -485,6 +486,59 @@ def _pods_on(cluster: LocalCluster, namespace: str, selector: str) -> int:
         "items"
     ]
     return len({p["spec"].get("nodeName") for p in pods if p["status"].get("phase") == "Running"})
+
+
+def waves_chapter(s: Story, env: DemoEnv) -> None:
+    s.title("pacing: a canary and waves, so a late crash reaches two nodes, not half the fleet")
+    s.explain(
+        "3.2.4 is Ready for 3s, then crashes. The DaemonSet controller counts it available and moves "
+        "on before the first crash. With guard.waves the guard rolls it out itself: 2 canary nodes, "
+        "then one wave per node pool, each baked 15s under the failure signals."
+    )
+    policy = yaml.safe_load((EXAMPLES / "log-collector.yaml").read_text())
+    policy["spec"]["guard"].update(
+        failureThreshold=1,
+        alerts=[{"type": "Webhook", "url": env.inbox.url}],
+        waves={"canary": {"nodes": 2}, "groupBy": "pool", "maxUnavailable": 2, "bakeSeconds": 15},
+    )
+    s.kubectl("apply", "-f", "-", manifest=policy,
+              show="apply -f log-collector.yaml   # guard.waves: canary 2, then pool by pool")  # fmt: skip
+    generation = s.get("daemonsetpolicy", "log-collector")["metadata"]["generation"]
+    s.poll(
+        lambda: _policy_status(s).get("observedGeneration") == generation, 30, "the guard has the new policy"
+    )
+    proc = s.dsguard("plan", "logging/fluent-bit", plugin=True)
+    s.check(
+        proc.returncode == 0 and "1. canary: 2 node(s)" in proc.stdout,
+        "the plan: a canary of 2, then the pools",
+    )
+    flaps = {
+        **dict.fromkeys(SLOW_START),
+        POD_BEHAVIOR_ANNOTATION: PodBehavior.READY_THEN_CRASH.value,
+        POD_TIMING_ANNOTATIONS["start_delay"]: "1s",
+        POD_TIMING_ANNOTATIONS["crash_after"]: "3s",
+        POD_TIMING_ANNOTATIONS["backoff"]: "3s",
+    }
+    late_crash = template_patch(f"{FLUENT_BIT}:3.2.4", flaps)
+    s.kubectl(
+        "patch", "daemonset", "fluent-bit", "-n", "logging", "-p", late_crash,
+        show="set image daemonset/fluent-bit fluent-bit=...:3.2.4 -n logging   # Ready 3s, then crashes",
+    )  # fmt: skip
+    s.check(_daemonset(s)["spec"]["updateStrategy"] == {"type": "OnDelete"},
+            "the webhook handed the rollout to the guard (OnDelete, your strategy kept)")  # fmt: skip
+    s.poll(lambda: _annotation(s, "dsguard.io/paused") == "true", 60, "the guard paused the rollout")
+    pods = s.get("pods", "-n", "logging", "-l", "app=fluent-bit")["items"]
+    on_new = len(
+        {p["spec"].get("nodeName") for p in pods if p["spec"]["containers"][0]["image"].endswith(":3.2.4")}
+    )
+    s.check(on_new <= 2, f"3.2.4 reached {on_new} of 26 nodes: the canary, nothing else")
+    proc = s.dsguard("status", "-n", "logging", plugin=True)
+    s.check(
+        "wave 1/" in proc.stdout and "PAUSED by" in proc.stdout, "dsguard status: paused in wave 1 (canary)"
+    )
+    proc = s.dsguard("rollback", "logging/fluent-bit", plugin=True)
+    s.check(proc.returncode == 0, "rolled back: 3.2.3 and your update strategy are back")
+    s.poll(lambda: _rollout_done(s, 26), 120, "every node runs 3.2.3 again")
 
 
 @contextmanager

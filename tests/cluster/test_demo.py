@@ -32,6 +32,8 @@ def test_make_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert 'violates DaemonSetPolicy "log-collector" (coverage)' in text and "gpu-0" in text
         assert '"kind": "paused"' in text and "CrashLoopBackOff" in text
         assert "node NotReady" in text and "fluent-bit resumed" in text
+        assert "1. canary: 2 node(s)" in text and "3.2.4 reached 2 of 26 nodes" in text
+        assert "wave 1/5 (canary)" in text and "rolled back to revision" in text
         seconds = int(re.search(r"Demo finished in (\d+)s", text).group(1))  # type: ignore[union-attr]
         assert seconds < 300, "the issue asks for under 5 minutes once binaries are cached"
 
