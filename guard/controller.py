@@ -505,7 +505,8 @@ class Guard:
         except actions.ResumeError as e:
             log.error("%s: cannot complete the wave rollout: %s", ds.ref, e)
             self.metrics.action_errors.labels(f"wave_{wave.step.value}").inc()
-            self._acted[uid] = (ds.resource_version, Step.NONE)
+            # Not again at this version (once per change of the DaemonSet, not every tick).
+            self._acted[uid] = (ds.resource_version, Step.WAVE)
             return False
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             log.error("%s: wave %s failed: %s: %s", ds.ref, wave.step, type(e).__name__, e)
