@@ -138,6 +138,24 @@ def bench_stages(workdir: Path) -> Path:
     return path
 
 
+def bench_cluster(workdir: Path) -> LocalCluster:
+    """A control plane tuned to hold thousands of kwok nodes on 2 cores (bench_stages and below)."""
+    return LocalCluster(
+        workdir / "cluster",
+        startup_timeout=180,
+        kwok_configs=[bench_stages(workdir)],
+        # Node Leases renewed every 150s instead of a kubelet's 10s: 5,000 renewals every 10s are
+        # more writes than this control plane keeps up with on 2 cores. The guard doesn't watch
+        # Leases, so this changes nothing it sees; the grace period keeps nodes Ready meanwhile.
+        kwok_args=["--node-lease-duration-seconds=600", "--v=WARN"],
+        controller_manager_args=[
+            "--node-monitor-grace-period=15m",
+            "--kube-api-qps=300",  # it creates the DaemonSet's pods: faster than 100 QPS
+            "--kube-api-burst=600",
+        ],
+    )
+
+
 def apply(cluster: LocalCluster, obj: Obj) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), timeout=300)
 
@@ -501,20 +519,7 @@ def print_table(reports: Sequence[SizeReport]) -> None:
 
 
 async def main_async(args: argparse.Namespace, workdir: Path) -> int:
-    cluster = LocalCluster(
-        workdir / "cluster",
-        startup_timeout=180,
-        kwok_configs=[bench_stages(workdir)],
-        # Node Leases renewed every 150s instead of a kubelet's 10s: 5,000 renewals every 10s are
-        # more writes than this control plane keeps up with on 2 cores. The guard doesn't watch
-        # Leases, so this changes nothing it sees; the grace period keeps nodes Ready meanwhile.
-        kwok_args=["--node-lease-duration-seconds=600", "--v=WARN"],
-        controller_manager_args=[
-            "--node-monitor-grace-period=15m",
-            "--kube-api-qps=300",  # it creates the DaemonSet's pods: faster than 100 QPS
-            "--kube-api-burst=600",
-        ],
-    )
+    cluster = bench_cluster(workdir)
     await asyncio.to_thread(cluster.start)
     log(f"cluster up at {cluster.server}; logs in {cluster.logs_dir}")
     reports: list[SizeReport] = []

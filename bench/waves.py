@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.guard_reaction import CRASHLOOP, MIB, bench_stages, log  # noqa: E402
+from bench.guard_reaction import CRASHLOOP, MIB, bench_cluster, log  # noqa: E402
 from dsguard.policy import parse_policy  # noqa: E402
 from dsguard.waves import PlanNode, plan_waves  # noqa: E402
 from guard.gates import total_requests  # noqa: E402
@@ -176,17 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dsguard-bench-waves-")).resolve()
-    cluster = LocalCluster(
-        workdir / "cluster",
-        startup_timeout=180,
-        kwok_configs=[bench_stages(workdir)],
-        kwok_args=["--node-lease-duration-seconds=600", "--v=WARN"],
-        controller_manager_args=[
-            "--node-monitor-grace-period=15m",
-            "--kube-api-qps=300",
-            "--kube-api-burst=600",
-        ],
-    )
+    cluster = bench_cluster(workdir)
     cluster.start()
     log(f"cluster up at {cluster.server}")
     try:

@@ -52,6 +52,16 @@ WAVE_ANNOTATIONS = (
 )
 
 
+def encode_strategy(strategy: Mapping[str, Any]) -> str:
+    """The value of ORIGINAL_STRATEGY: the updateStrategy as compact, key-sorted JSON."""
+    return json.dumps(dict(strategy), sort_keys=True, separators=(",", ":"))
+
+
+def encode_baselines(baselines: Mapping[str, float]) -> str:
+    """The value of GATE_BASELINES: {"apiserver": <requests/s>}."""
+    return json.dumps(dict(baselines), sort_keys=True, separators=(",", ":"))
+
+
 def is_paused(annotations: Mapping[str, Any]) -> bool:
     return annotations.get(PAUSED) == "true"
 

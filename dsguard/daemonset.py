@@ -39,6 +39,14 @@ class ContainerImage:
     image: str
 
 
+def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return as_mapping(as_mapping(obj.get("metadata")).get("annotations"))
+
+
+def spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return as_mapping(obj.get("spec"))
+
+
 def _seconds(raw: object) -> int:
     # apps/v1 validation rejects anything but a non-negative int32; judge what it would store.
     return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0

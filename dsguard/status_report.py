@@ -34,7 +34,7 @@ from dsguard.policy import Approval, GuardPolicy, Policy, WavesPolicy, guard_pol
 from dsguard.revisions import Revision, update_revision
 from dsguard.rules.context import RuleContext
 from dsguard.rules.engine import findings_by_policy
-from dsguard.waves import PlanNode, WaveProgress, current_pods, plan_waves, progress
+from dsguard.waves import WaveProgress, current_pods, plan_around, progress
 
 SCHEMA_API_VERSION = "dsguard.io/v1alpha1"
 SCHEMA_KIND = "DaemonSetStatusReport"
@@ -130,8 +130,7 @@ def wave_status(
     if waves is None or revision is None or info is None or not waves_in_progress(annotations, revision):
         return None
     by_node = current_pods(pods)
-    planned = set(by_node) | set(nodes)
-    plan = plan_waves(waves, (PlanNode(n, node_labels.get(n, {})) for n in planned))
+    plan = plan_around(waves, by_node, nodes, node_labels)
     if not plan:
         return None
     index = min(info.index, len(plan) - 1)

@@ -113,6 +113,19 @@ def plan_waves(policy: WavesPolicy, nodes: Iterable[PlanNode]) -> tuple[Wave, ..
     return tuple(w for w in waves if w.nodes)
 
 
+def plan_around(
+    policy: WavesPolicy,
+    by_node: Mapping[str, PodView],
+    nodes: Iterable[str],
+    node_labels: Mapping[str, Mapping[str, str]],
+) -> tuple[Wave, ...]:
+    """The waves over the nodes the DaemonSet runs on and those that have a pod of it: the plan
+    holds still while a pod is replaced (between the old pod's removal and the new one's creation
+    a node has none). The guard and `dsguard status` plan the same way."""
+    planned = set(by_node) | set(nodes)
+    return plan_waves(policy, (PlanNode(n, node_labels.get(n, {})) for n in planned))
+
+
 class WaveStep(StrEnum):
     NONE = "none"  # no wave rollout to drive
     START = "start"  # record the rollout (and switch to OnDelete if the webhook didn't)
@@ -213,8 +226,7 @@ def decide_waves(
     if deleted:
         pods = [replace(p, deleting=True) if p.uid in deleted else p for p in pods]
     by_node = current_pods(pods)
-    planned = set(by_node) | set(nodes)
-    waves = plan_waves(policy, (PlanNode(n, node_labels.get(n, {})) for n in planned))
+    waves = plan_around(policy, by_node, nodes, node_labels)
     info = wave_info(annotations)
     old = [p for p in by_node.values() if p.revision != revision]
     if info is None or info.revision != revision:

@@ -27,6 +27,7 @@ from dsguard.annotations import (
     ROLLED_BACK_TO,
     STALLED_REVISION,
     WAVE_ANNOTATIONS,
+    encode_strategy,
     waves_in_progress,
 )
 from dsguard.daemonset import as_mapping
@@ -63,7 +64,7 @@ def pause_patch(ds: DaemonSetState, revision: str, reason: str, at: str) -> dict
     if ds.strategy_type == "OnDelete" and ORIGINAL_STRATEGY in ds.annotations:
         # A wave rollout (already OnDelete): the recorded strategy is the user's, keep it.
         return {"metadata": {"resourceVersion": ds.resource_version, "annotations": annotations}}
-    annotations[ORIGINAL_STRATEGY] = json.dumps(dict(ds.strategy), sort_keys=True, separators=(",", ":"))
+    annotations[ORIGINAL_STRATEGY] = encode_strategy(ds.strategy)
     return {
         "metadata": {"resourceVersion": ds.resource_version, "annotations": annotations},
         # rollingUpdate must go: apps/v1 validation forbids it with type OnDelete

@@ -27,7 +27,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dsguard.annotations import (
     ALERTS_PENDING,
-    GATE_BASELINES,
     ORIGINAL_STRATEGY,
     PAUSED_REVISION,
     gate_baseline,
@@ -584,19 +583,9 @@ class Guard:
             if baseline is None:
                 measured = self.gates.apiserver_baseline()
                 if measured is not None:  # started before the sampler had a minute: record it now
-                    body = json.dumps({"apiserver": round(measured, 3)}, separators=(",", ":"))
+                    patch = wave_actions.baselines_patch(ds, {"apiserver": round(measured, 3)})
                     with contextlib.suppress(ApiException, aiohttp.ClientError, TimeoutError, OSError):
-                        await self.patcher.patch(
-                            ds.namespace,
-                            ds.name,
-                            {
-                                "metadata": {
-                                    "resourceVersion": ds.resource_version,
-                                    "annotations": {GATE_BASELINES: body},
-                                }
-                            },
-                            actions.MERGE_PATCH,
-                        )
+                        await self.patcher.patch(ds.namespace, ds.name, patch, actions.MERGE_PATCH)
                     return None
             results.append(judge_apiserver(gates.apiserver, baseline, self.gates.apiserver_current()))
         for i, gate in enumerate(gates.prometheus):

@@ -7,7 +7,6 @@ pod's uid as a precondition: a pod is deleted at most once, never its replacemen
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from dsguard.annotations import (
@@ -21,16 +20,12 @@ from dsguard.annotations import (
     WAVES_COMPLETED,
     WAVES_REVISION,
     WAVES_TAKEOVER,
+    encode_baselines,
+    encode_strategy,
 )
 from dsguard.daemonset import ON_DELETE
 from guard.actions import original_strategy
 from guard.rollout import DaemonSetState
-
-
-def _strategy_json(strategy: object) -> str:
-    return json.dumps(
-        dict(strategy) if isinstance(strategy, dict) else strategy, sort_keys=True, separators=(",", ":")
-    )
 
 
 def start_patch(
@@ -45,13 +40,19 @@ def start_patch(
         BAKE_STARTED_AT: None,
         PROMOTED_WAVE: None,
         WAVES_TAKEOVER: str(takeover) if ds.strategy_type != ON_DELETE else None,
-        GATE_BASELINES: json.dumps(baselines, sort_keys=True, separators=(",", ":")) if baselines else None,
+        GATE_BASELINES: encode_baselines(baselines) if baselines else None,
     }
     patch: dict[str, Any] = {"metadata": {"resourceVersion": ds.resource_version, "annotations": annotations}}
     if ds.strategy_type != ON_DELETE:
-        annotations[ORIGINAL_STRATEGY] = _strategy_json(dict(ds.strategy))
+        annotations[ORIGINAL_STRATEGY] = encode_strategy(ds.strategy)
         patch["spec"] = {"updateStrategy": {"type": ON_DELETE, "rollingUpdate": None}}
     return patch
+
+
+def baselines_patch(ds: DaemonSetState, baselines: dict[str, float]) -> dict[str, Any]:
+    """The gates' baselines, for a rollout that started before the guard had measured them."""
+    annotations = {GATE_BASELINES: encode_baselines(baselines)}
+    return {"metadata": {"resourceVersion": ds.resource_version, "annotations": annotations}}
 
 
 def bake_patch(ds: DaemonSetState, at: str) -> dict[str, Any]:

@@ -21,34 +21,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from dsguard.annotations import PAUSE_REASON, PAUSED, PAUSED_REVISION
-from dsguard.daemonset import ON_DELETE, as_mapping
+from dsguard.daemonset import ON_DELETE, annotations_of, as_mapping, spec_of
 from dsguard.rules.context import ObjectEdit
-
-
-def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return as_mapping(as_mapping(obj.get("metadata")).get("annotations"))
-
-
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return as_mapping(obj.get("spec"))
 
 
 def keep_paused(old: Mapping[str, Any], edit: ObjectEdit) -> list[str]:
     """Put the stored OnDelete strategy back on `edit` when the update would undo a guard pause;
     returns the warning for the user (empty when nothing was done)."""
     new = edit.obj
-    if _annotations(old).get(PAUSED) != "true" or _annotations(new).get(PAUSED) != "true":
+    if annotations_of(old).get(PAUSED) != "true" or annotations_of(new).get(PAUSED) != "true":
         return []
-    held = _spec(old).get("updateStrategy")
+    held = spec_of(old).get("updateStrategy")
     if as_mapping(held).get("type") != ON_DELETE:
         return []  # someone else changed the strategy since the pause; not ours to hold
-    if _spec(new).get("updateStrategy") == held or _spec(new).get("template") != _spec(old).get("template"):
+    if spec_of(new).get("updateStrategy") == held or spec_of(new).get("template") != spec_of(old).get(
+        "template"
+    ):
         return []
     edit.set(["spec"], "updateStrategy", dict(as_mapping(held)))
     meta = as_mapping(new.get("metadata"))
     ref = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
-    revision = _annotations(old).get(PAUSED_REVISION, "")
-    reason = _annotations(old).get(PAUSE_REASON, "")
+    revision = annotations_of(old).get(PAUSED_REVISION, "")
+    reason = annotations_of(old).get(PAUSE_REASON, "")
     return [
         f"dsguard kept spec.updateStrategy OnDelete: the rollout of DaemonSet {ref} is paused by the "
         f"dsguard guard (revision {revision}: {reason}). Run `dsguard resume {ref}` to resume it, or "

@@ -14,12 +14,11 @@ rollback and completion (both restore the user's strategy), and DaemonSets no wa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dsguard.annotations import ORIGINAL_STRATEGY, ROLLED_BACK_REVISION, WAVES_COMPLETED, WAVES_REVISION
-from dsguard.daemonset import ON_DELETE, DaemonSetView, as_mapping
+from dsguard.annotations import ORIGINAL_STRATEGY, ROLLED_BACK_REVISION, encode_strategy, waves_in_progress
+from dsguard.daemonset import ON_DELETE, DaemonSetView, annotations_of, as_mapping, spec_of
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy, guard_policy_for
 from dsguard.rules.context import ObjectEdit
@@ -28,25 +27,8 @@ from dsguard.rules.engine import matching_policies
 ON_DELETE_STRATEGY: dict[str, Any] = {"type": ON_DELETE}
 
 
-def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return as_mapping(as_mapping(obj.get("metadata")).get("annotations"))
-
-
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return as_mapping(obj.get("spec"))
-
-
 def _strategy_type(strategy: object) -> str:
     return str(as_mapping(strategy).get("type") or "RollingUpdate")
-
-
-def strategy_json(strategy: object) -> str:
-    return json.dumps(dict(as_mapping(strategy)), sort_keys=True, separators=(",", ":"))
-
-
-def wave_rollout_in_progress(annotations: Mapping[str, Any]) -> bool:
-    revision = annotations.get(WAVES_REVISION)
-    return bool(revision) and annotations.get(WAVES_COMPLETED) != revision
 
 
 def take_over(
@@ -60,18 +42,18 @@ def take_over(
     """Set OnDelete on `edit` when the guard is to drive this update in waves; returns the
     notice for the user (empty when nothing was done)."""
     new = edit.obj
-    strategy = _spec(new).get("updateStrategy")
+    strategy = spec_of(new).get("updateStrategy")
     if _strategy_type(strategy) == ON_DELETE:
         return []  # the user's own OnDelete, or already held
-    if _annotations(new).get(ROLLED_BACK_REVISION) != _annotations(old).get(ROLLED_BACK_REVISION):
+    if annotations_of(new).get(ROLLED_BACK_REVISION) != annotations_of(old).get(ROLLED_BACK_REVISION):
         return []  # the guard's rollback: it restores the user's strategy on purpose
-    template_changed = _spec(new).get("template") != _spec(old).get("template")
+    template_changed = spec_of(new).get("template") != spec_of(old).get("template")
     # In progress before and after: the guard's completion (which drops dsguard.io/waves-revision
     # as it restores the strategy) is let through.
     in_progress = (
-        wave_rollout_in_progress(_annotations(old))
-        and wave_rollout_in_progress(_annotations(new))
-        and _strategy_type(_spec(old).get("updateStrategy")) == ON_DELETE
+        waves_in_progress(annotations_of(old))
+        and waves_in_progress(annotations_of(new))
+        and _strategy_type(spec_of(old).get("updateStrategy")) == ON_DELETE
     )
     if not template_changed and not in_progress:
         return []
@@ -79,7 +61,7 @@ def take_over(
     _, guard = guard_policy_for(matching_policies(policies, ds, facts))
     if guard.waves is None:
         return []
-    edit.set(["metadata", "annotations"], ORIGINAL_STRATEGY, strategy_json(strategy))
+    edit.set(["metadata", "annotations"], ORIGINAL_STRATEGY, encode_strategy(as_mapping(strategy)))
     edit.set(["spec"], "updateStrategy", dict(ON_DELETE_STRATEGY))
     if template_changed:
         return [
