@@ -1,0 +1,177 @@
+"""The local cluster's real node (localcluster/realnode.py): real containers with real pod IPs,
+reachable through a ClusterIP Service; the apiserver reachable from pods through the
+`kubernetes` Service; `kubectl logs` through the kubelet; kwok nodes beside it on their own pod
+range. Stop leaves nothing on the machine, twice in a row (no state accumulates).
+
+These tests need root, cgroups, overlayfs and the Debian packages of
+localcluster/node-packages.txt (`make node-packages`). On a machine without them they fail,
+naming what is missing; DSGUARD_NO_REAL_NODE=1 opts out (documented in docs/local-cluster.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from localcluster import host_state
+from localcluster.cluster import LocalCluster
+from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
+from localcluster.procs import http_get
+from localcluster.realnode import NODE_NAME, POD_SUBNET
+from tests.support.node_images import NodeImage, build_http_echo
+from tests.support.polling import poll
+
+
+@pytest.fixture(scope="module")
+def echo_image(tmp_path_factory: pytest.TempPathFactory) -> NodeImage:
+    return build_http_echo(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(autouse=True)
+def _real_node_possible() -> None:
+    if os.environ.get(host_state.NO_REAL_NODE_ENV) == "1":
+        pytest.skip(f"{host_state.NO_REAL_NODE_ENV}=1: the real-node tests are opted out")
+    missing = host_state.missing_requirements()
+    if missing:
+        pytest.fail(
+            "this machine cannot run the local cluster's real node; it lacks: "
+            + "; ".join(missing)
+            + f". ({host_state.NO_REAL_NODE_ENV}=1 opts out of these tests.)",
+            pytrace=False,
+        )
+
+
+def _manifests(image: str, ns: str) -> str:
+    pin = {"kubernetes.io/hostname": NODE_NAME}
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "echo", "namespace": ns, "labels": {"app": "echo"}},
+            "spec": {
+                "nodeSelector": pin,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "echo",
+                        "image": image,
+                        "imagePullPolicy": "Never",
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "echo", "namespace": ns},
+            "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    ]
+    return "\n---\n".join(json.dumps(d) for d in docs)
+
+
+def _probe_pod(image: str, ns: str, targets: list[str]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "probe", "namespace": ns},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": NODE_NAME},
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {"name": "probe", "image": image, "imagePullPolicy": "Never", "args": ["probe", *targets]}
+                ],
+            },
+        }
+    )
+
+
+def _phase(c: LocalCluster, ns: str, name: str) -> dict[str, str]:
+    """The pod's phase, IP and Ready condition ("True"/"False")."""
+    pod = c.kubectl_json("get", "pod", name, "-n", ns)
+    ready = any(
+        cond["type"] == "Ready" and cond["status"] == "True" for cond in pod["status"].get("conditions", [])
+    )
+    return {
+        "phase": pod["status"].get("phase", ""),
+        "ip": pod["status"].get("podIP", ""),
+        "ready": str(ready),
+    }
+
+
+def _one_round(workdir: Path, image: NodeImage) -> dict[str, float]:
+    forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    c = LocalCluster(workdir, real_node=True, node_images=[image.archive])
+    t0 = time.monotonic()
+    c.start()
+    started = time.monotonic() - t0
+    node = c.real_node
+    assert node is not None
+    try:
+        state = json.loads(c.state_file.read_text())
+        assert state["real_node"]["containerd_socket"] == str(node.socket)
+
+        # kwok nodes beside the real one, handing out fake IPs from another range.
+        create_nodes(c.kubectl, [node_manifest("kwok-0")])
+        wait_nodes_ready(c.kubectl, ["kwok-0"])
+        ns = "realnode"
+        c.kubectl("create", "namespace", ns)
+        poll(lambda: c.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
+             what="the default ServiceAccount", timeout=30)  # fmt: skip
+        c.kubectl("apply", "-f", "-", input=_manifests(image.ref, ns))
+
+        def echo_ready() -> dict[str, str] | None:
+            st = _phase(c, ns, "echo")
+            return st if st["ready"] == "True" else None
+
+        st = poll(echo_ready, what="echo pod Ready", timeout=90)
+        assert st["phase"] == "Running"
+        assert ipaddress.ip_address(st["ip"]) in ipaddress.ip_network(POD_SUBNET), st
+
+        svc = c.kubectl_json("get", "service", "echo", "-n", ns)
+        cluster_ip = svc["spec"]["clusterIP"]
+
+        # From the host, through kube-proxy's rules: the pod answers with its hostname.
+        def answered() -> bytes | None:
+            try:
+                status, body = http_get(f"http://{cluster_ip}:80/", timeout=2.0)
+            except OSError:
+                return None
+            return body if status == 200 else None
+
+        assert poll(answered, what=f"echo through ClusterIP {cluster_ip}", timeout=60).strip() == b"echo"
+
+        # From a pod: the echo Service and the apiserver through the `kubernetes` Service.
+        c.kubectl("apply", "-f", "-", input=_probe_pod(image.ref, ns, [f"{cluster_ip}:80", "10.96.0.1:443"]))
+
+        def probe_done() -> str | None:
+            phase = _phase(c, ns, "probe")["phase"]
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        phase = poll(probe_done, what="the probe pod to finish", timeout=90)
+        logs = c.kubectl("logs", "probe", "-n", ns).stdout  # through the kubelet's API
+        assert phase == "Succeeded", logs
+        assert f"probe {cluster_ip}:80 ok" in logs and "probe 10.96.0.1:443 ok" in logs, logs
+    finally:
+        t1 = time.monotonic()
+        c.stop()
+        stopped = time.monotonic() - t1
+    # Nothing of the node is left: processes, mounts, cni0, chains, cgroups, log links, state dir.
+    assert node.leftovers() == []
+    assert host_state.leftovers(needles=[str(workdir) + "/"], mount_prefixes=[workdir]) == []
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward_before
+    return {"start": started, "stop": stopped}
+
+
+def test_real_node_runs_pods_and_stop_leaves_nothing_twice(tmp_path: Path, echo_image: NodeImage) -> None:
+    rounds = [_one_round(tmp_path / f"run{i}", echo_image) for i in (1, 2)]
+    print(f"real-node cluster start/stop (s): {rounds}")
