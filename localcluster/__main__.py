@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--real-node",
         action="store_true",
-        help="also run one real node (kubelet + containerd + kube-proxy; needs root and `make node-packages`)",
+        help="also run a real node (kubelet + containerd + kube-proxy; needs root and `make node-packages`)",
     )
     down = sub.add_parser("down", help="stop the cluster in the workdir")
     down.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
