@@ -16,6 +16,7 @@ containernetworking-plugins, iptables, conntrack (localcluster/node-packages.txt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -425,6 +426,8 @@ class RealNode:
         host_state.write_sysctls(self.saved_sysctls)
         if not problems:
             shutil.rmtree(self.paths.state, ignore_errors=True)
+            with contextlib.suppress(OSError):  # /run/dsguard-node, when no other node's is there
+                self.paths.state.parent.rmdir()
             self.procs = []
         self.timings.teardown = time.monotonic() - t0
         left = self.leftovers()
