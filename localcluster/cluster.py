@@ -51,7 +51,6 @@ from localcluster.realnode import RealNode, RealNodeError, host_ip
 __all__ = [
     "DEFAULT_CONTROLLERS",
     "DEFAULT_STAGES",
-    "REAL_NODE_CONTROLLERS",
     "ClusterError",
     "ComponentError",
     "KubectlError",
@@ -74,9 +73,9 @@ KWOK_ANNOTATION_SELECTOR = "kwok.x-k8s.io/node=fake"
 STATE_VERSION = 1
 ALWAYS_ALLOW_PATHS = "/healthz,/readyz,/livez,/metrics"
 
-#: kube-controller-manager controllers that run. The rest (replicaset, deployment, job,
-#: endpoints, volumes, certificates, ...) are off: nothing here needs them and every
-#: controller costs informers and CPU on a 2-core machine.
+#: kube-controller-manager controllers that run. The rest (job, cronjob, statefulset, volumes,
+#: certificates, ...) are off: nothing here needs them and every controller costs informers and
+#: CPU on a 2-core machine.
 DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "daemonset-controller",  # the subject of dsguard
     "serviceaccount-controller",  # the `default` ServiceAccount pods need in each namespace
@@ -88,11 +87,8 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "taint-eviction-controller",  # NoExecute taint evictions (DaemonSet pods tolerate them)
     "pod-garbage-collector-controller",  # pods bound to deleted nodes
     "clusterrole-aggregation-controller",  # rules of the aggregated admin/edit/view roles
-)
-
-#: Controllers added when a real node runs: what Deployments, PodDisruptionBudgets and Services of
-#: real pods need (dsguard's own Helm chart and kustomize base).
-REAL_NODE_CONTROLLERS: tuple[str, ...] = (
+    # What dsguard's own chart and base need on a real node (Deployments, PDBs, Services). On
+    # always: one configuration, and the kwok-only tests pass with them on.
     "deployment-controller",
     "replicaset-controller",
     "endpoints-controller",
@@ -254,8 +250,6 @@ class LocalCluster:
         self.kwok_args = tuple(kwok_args)
         self.real_node_wanted = real_node
         self.node_images = tuple(Path(p) for p in node_images)
-        if real_node:
-            self.controllers += tuple(c for c in REAL_NODE_CONTROLLERS if c not in self.controllers)
         #: The real node (real_node=True), once started: its containerd socket, processes, timings.
         self.real_node: RealNode | None = None
         self.host_ip = ""
@@ -481,6 +475,8 @@ class LocalCluster:
             "components": [c.to_state() for c in self._components],
             # the real node: pids, paths and its containerd socket (`make image` imports through it)
             "real_node": self.real_node.to_state() if self.real_node is not None else None,
+            # where `make image` (localcluster/image.py) imports dsguard's image into a running cluster
+            "containerd_address": str(self.real_node.socket) if self.real_node is not None else None,
             "versions": versions(),
             "started_at": time.time(),
         }

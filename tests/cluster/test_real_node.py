@@ -118,7 +118,7 @@ def _one_round(workdir: Path, image: NodeImage) -> dict[str, float]:
     assert node is not None
     try:
         state = json.loads(c.state_file.read_text())
-        assert state["real_node"]["containerd_socket"] == str(node.socket)
+        assert state["real_node"]["containerd_socket"] == state["containerd_address"] == str(node.socket)
 
         # kwok nodes beside the real one, handing out fake IPs from another range.
         create_nodes(c.kubectl, [node_manifest("kwok-0")])
