@@ -75,6 +75,7 @@ _COMMANDS = {
     "gcc": "gcc",
 }
 _CNI_DIR = Path("/usr/lib/cni")
+_FILESYSTEMS = Path("/proc/filesystems")
 _CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 _CGROUP_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices", "freezer", "cpuset")
 
@@ -90,7 +91,7 @@ def missing_requirements() -> list[str]:
     missing: list[str] = []
     if os.geteuid() != 0:
         missing.append("root (containerd, the kubelet and kube-proxy need it): run as root")
-    fss = Path("/proc/filesystems").read_text() if Path("/proc/filesystems").exists() else ""
+    fss = _FILESYSTEMS.read_text() if _FILESYSTEMS.exists() else ""
     if "overlay" not in fss.split():
         missing.append("the overlay filesystem (containerd's snapshotter): `modprobe overlay`")
     v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
