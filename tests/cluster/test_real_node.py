@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,22 +24,13 @@ from localcluster.procs import http_get
 from localcluster.realnode import NODE_NAME, POD_SUBNET
 from tests.support.node_images import NodeImage, build_http_echo
 from tests.support.polling import poll
+from tests.support.real_node import require_real_node
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _real_node_possible() -> None:
-    """Fail (never skip) naming what the machine lacks; only the documented variable opts out.
-    Module-scoped and autouse: it runs before echo_image needs gcc."""
-    if os.environ.get(host_state.NO_REAL_NODE_ENV) == "1":
-        pytest.skip(f"{host_state.NO_REAL_NODE_ENV}=1: the real-node tests are opted out")
-    missing = host_state.missing_requirements()
-    if missing:
-        pytest.fail(
-            "this machine cannot run the local cluster's real node; it lacks: "
-            + "; ".join(missing)
-            + f". ({host_state.NO_REAL_NODE_ENV}=1 opts out of these tests.)",
-            pytrace=False,
-        )
+    """Module-scoped and autouse: it runs before echo_image needs gcc."""
+    require_real_node()
 
 
 @pytest.fixture(scope="module")
