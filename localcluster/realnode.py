@@ -208,7 +208,7 @@ class RealNode:
         problems = host_state.missing_requirements()
         if problems:
             raise RealNodeError("this machine cannot run a real node; it lacks: " + "; ".join(problems))
-        before = host_state.leftovers(needles=[], mount_prefixes=[])
+        before = host_state.leftovers(needles=[], mount_prefixes=[self.workdir, self.paths.state])
         if before:
             raise RealNodeError(
                 "the machine holds another real node's state (only one can run at a time; "
@@ -261,6 +261,10 @@ class RealNode:
     def import_image(self, archive: Path) -> None:
         """Import an image archive (OCI or docker) into the running node's containerd."""
         containerd.import_image(self.paths.socket, archive)
+
+    def image_refs(self) -> list[str]:
+        """The images in the node's containerd (CRI's namespace), by reference."""
+        return containerd.images(self.paths.socket)
 
     def health(self) -> dict[str, str]:
         out: dict[str, str] = {}
