@@ -161,7 +161,12 @@ def _one_round(workdir: Path, image: NodeImage) -> dict[str, float]:
     assert node.leftovers() == []
     assert host_state.leftovers(needles=[str(workdir) + "/"], mount_prefixes=[workdir]) == []
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward_before
-    return {"start": started, "stop": stopped}
+    return {
+        "start": started,
+        "node": node.timings.total,
+        "stop": stopped,
+        "node teardown": node.timings.teardown,
+    }
 
 
 def test_real_node_runs_pods_and_stop_leaves_nothing_twice(tmp_path: Path, echo_image: NodeImage) -> None:
