@@ -81,9 +81,8 @@ _CGROUP_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices", "freezer",
 
 
 def packages() -> list[str]:
-    return [
-        ln.strip() for ln in PACKAGES_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
-    ]
+    """The package list: names separated by blanks or lines, `#` starts a comment."""
+    return [pkg for ln in PACKAGES_FILE.read_text().splitlines() for pkg in ln.partition("#")[0].split()]
 
 
 def missing_requirements() -> list[str]:
