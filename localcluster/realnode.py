@@ -159,6 +159,9 @@ class RealNode:
         self.procs: list[_Proc] = []
         self.saved_sysctls: dict[str, str] = {}
         self.timings = NodeTimings()
+        #: Has this node changed the machine yet? Until it has, stop() touches nothing: the
+        #: machine-wide names (cni0, chains, /kubepods) may be another running node's.
+        self.touched = False
 
     # -- state ----------------------------------------------------------------------------
 
@@ -185,6 +188,7 @@ class RealNode:
         node.ports = {str(k): int(v) for k, v in d.get("ports", {}).items()}
         node.procs = [_Proc.from_state(p) for p in d.get("processes", [])]
         node.saved_sysctls = {str(k): str(v) for k, v in d.get("saved_sysctls", {}).items()}
+        node.touched = True
         return node
 
     def needles(self) -> list[str]:
@@ -217,6 +221,7 @@ class RealNode:
         t0 = time.monotonic()
         deadline = t0 + timeout
         bin_dir = ensure_node_binaries()
+        self.touched = True
         self._prepare()
         self.saved_sysctls = host_state.read_sysctls([*host_state.SYSCTLS, *host_state.KUBELET_SYSCTLS])
         host_state.write_sysctls(host_state.SYSCTLS)
@@ -403,6 +408,8 @@ class RealNode:
     def stop(self, grace: float | None = None) -> list[str]:
         """Tear down everything the node set up, in order; what could not be removed ([] when all
         was). Safe on a half-started node, and again after a failed stop."""
+        if not self.touched:
+            return []
         grace = self.stop_grace if grace is None else grace
         t0 = time.monotonic()
         by_name = {p.name: p for p in self.procs}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import host_state
-from localcluster.cluster import LocalCluster
+from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
 from localcluster.procs import http_get
 from localcluster.realnode import NODE_NAME, POD_SUBNET
@@ -100,7 +100,7 @@ def _phase(c: LocalCluster, ns: str, name: str) -> dict[str, str]:
     }
 
 
-def _one_round(workdir: Path, image: NodeImage) -> dict[str, float]:
+def _one_round(workdir: Path, image: NodeImage, *, try_a_second: bool = False) -> dict[str, float]:
     forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     c = LocalCluster(workdir, real_node=True, node_images=[image.archive])
     t0 = time.monotonic()
@@ -153,6 +153,18 @@ def _one_round(workdir: Path, image: NodeImage) -> dict[str, float]:
         logs = c.kubectl("logs", "probe", "-n", ns).stdout  # through the kubelet's API
         assert phase == "Succeeded", logs
         assert f"probe {cluster_ip}:80 ok" in logs and "probe 10.96.0.1:443 ok" in logs, logs
+
+        if try_a_second:
+            # A second real node on the machine is refused, and its failed start leaves the
+            # running node's machine-wide state (cni0, chains, cgroups) alone.
+            kube_chains = {ch for ch in host_state.chains() if ch.startswith("iptables nat KUBE-")}
+            with pytest.raises(ClusterError, match="another real node's state"):
+                LocalCluster(workdir.parent / "second", real_node=True).start()
+            assert host_state.bridge_exists()
+            assert kube_chains <= set(host_state.chains())
+            assert answered() == b"echo\n"
+            status = c.kubectl_json("get", "pod", "echo", "-n", ns)["status"]
+            assert status["containerStatuses"][0]["restartCount"] == 0
     finally:
         t1 = time.monotonic()
         c.stop()
@@ -170,5 +182,5 @@ def _one_round(workdir: Path, image: NodeImage) -> dict[str, float]:
 
 
 def test_real_node_runs_pods_and_stop_leaves_nothing_twice(tmp_path: Path, echo_image: NodeImage) -> None:
-    rounds = [_one_round(tmp_path / f"run{i}", echo_image) for i in (1, 2)]
+    rounds = [_one_round(tmp_path / f"run{i}", echo_image, try_a_second=i == 1) for i in (1, 2)]
     print(f"real-node cluster start/stop (s): {rounds}")
