@@ -223,8 +223,8 @@ class Auditor:
         present = set(self.daemonsets)
         plan, self._reported = plan_events(results, self._reported, present)
         await self._record(plan.new, plan.resolved)
-        if self.reports is not None:
-            await self.reports.sync(present)
+        if self.reports is not None and not await self.reports.sync(present):
+            self._retry_later("policy reports are not up to date")
 
     async def _write(self, name: str, status: Mapping[str, Any]) -> None:
         try:

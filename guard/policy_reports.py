@@ -7,8 +7,9 @@ dsguard's alone); a namespace without governed DaemonSets loses its report. The 
 are listed once per leadership, so a restarted guard neither rewrites identical reports nor
 forgets one it left behind. The report body is dsguard/policy_reports.py.
 
-Without the report CRD in the cluster (neither Kyverno nor the report API installed) the guard
-says so once and tries again at the next audit; the audit itself carries on.
+A failed call is retried with the audit's backoff (sync returns False). Without the report CRD in
+the cluster (neither Kyverno nor the report API installed) the guard says so once and looks again
+at the next audit; the audit itself carries on.
 """
 
 from __future__ import annotations
@@ -126,20 +127,19 @@ class PolicyReportWriter:
         self._stored = None
 
     # -- writing -------------------------------------------------------------------------------
-    async def sync(self, present: Collection[tuple[str, str]]) -> None:
-        """Bring the reports up to date; `present`: (namespace, name) of the DaemonSets that exist."""
+    async def sync(self, present: Collection[tuple[str, str]]) -> bool:
+        """Bring the reports up to date; `present`: (namespace, name) of the DaemonSets that exist.
+        False when a call failed and should be retried soon (the CRD missing is not such a case:
+        the next audit looks again)."""
         for key in [k for k in self._results if k not in present]:
             self._dirty.add(key[0])
             del self._results[key]
         if self._stored is None:
             try:
                 stored = await self.store.list()
-            except ApiException as e:
+            except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as e:
                 self._failed("listing", e)
-                return
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                self._failed("listing", e)
-                return
+                return isinstance(e, ApiException) and e.status == 404
             ours = [r for r in stored if (r.get("metadata") or {}).get("name") == REPORT_NAME]
             self._stored = {_namespace(r): r for r in ours}
             # Compare every stored report and every namespace with results once.
@@ -172,6 +172,7 @@ class PolicyReportWriter:
             else:
                 retry.add(namespace)
         self._dirty = retry
+        return not retry
 
     async def _apply(self, namespace: str, body: Mapping[str, Any]) -> bool:
         try:
@@ -218,9 +219,6 @@ class PolicyReportWriter:
                 if e.status == 403
                 else ""
             )
-            log.error("policy reports: %s failed: HTTP %s %s%s; retrying at the next audit", what, e.status,
-                      e.reason, hint)  # fmt: skip
+            log.error("policy reports: %s failed: HTTP %s %s%s", what, e.status, e.reason, hint)
         else:
-            log.error(
-                "policy reports: %s failed: %s: %s; retrying at the next audit", what, type(e).__name__, e
-            )
+            log.error("policy reports: %s failed: %s: %s", what, type(e).__name__, e)

@@ -238,9 +238,9 @@ def world(*objs: dict[str, Any]) -> list[dict[str, Any]]:
     return list(objs)
 
 
-async def run_audit(writer: PolicyReportWriter, objs: list[dict[str, Any]]) -> None:
+async def run_audit(writer: PolicyReportWriter, objs: list[dict[str, Any]]) -> bool:
     audit(POLICIES, objs, FACTS, on_judged=writer.judged)
-    await writer.sync({(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs})
+    return await writer.sync({(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs})
 
 
 def writer_for(store: FakeStore, now: datetime = T0, max_results: int = 500) -> PolicyReportWriter:
@@ -292,7 +292,7 @@ async def test_without_the_crd_the_writer_says_so_once_and_writes_later(
     store = FakeStore(crd=False)
     w = writer_for(store)
     with caplog.at_level(logging.WARNING, logger="dsguard.reports"):
-        await run_audit(w, world(ds("a")))
+        assert await run_audit(w, world(ds("a"))), "no quick retries: the next audit looks again"
         await run_audit(w, world(ds("a")))
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "reports.openreports.io" in said[0] and "--policy-reports none" in said[0]
@@ -306,9 +306,9 @@ async def test_a_refused_write_is_retried_at_the_next_audit(caplog: pytest.LogCa
     w = writer_for(store)
     store.fail_apply = 403
     with caplog.at_level(logging.ERROR, logger="dsguard.reports"):
-        await run_audit(w, world(ds("a")))
+        assert not await run_audit(w, world(ds("a"))), "the audit retries with its backoff"
     assert "needs list, create, patch and delete on reports.openreports.io" in caplog.text
     assert w.metrics.report_writes.labels("apply", "error")._value.get() == 1
     store.fail_apply = None
-    await run_audit(w, world(ds("a")))
+    assert await run_audit(w, world(ds("a")))
     assert store.reports["logging"]["summary"]["fail"] == 1
