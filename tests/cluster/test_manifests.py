@@ -153,6 +153,8 @@ HELM_VALUE_SETS: dict[str, list[str]] = {
     "namespace": ["--set", "namespace.create=true"],
     "fail-closed": ["--set", "webhook.failurePolicy=Fail"],
     "cert-manager": ["--set", "certs.mode=cert-manager"],
+    "reports-wgpolicy": ["--set", "guard.policyReports=wgpolicy"],
+    "reports-none": ["--set", "guard.policyReports=none"],
     "cert-manager-own-issuer": [
         "--set", "certs.mode=cert-manager",
         "--set", "certs.certManager.issuerRef.kind=ClusterIssuer",
@@ -433,7 +435,12 @@ def test_helm_lint(helm: Callable[..., subprocess.CompletedProcess[str]], values
 
 
 def test_helm_rejects_bad_values(helm: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    for bad in ("webhook.failurePolicy=Sometimes", "certs.mode=vault", "webhook.timeoutSeconds=60"):
+    for bad in (
+        "webhook.failurePolicy=Sometimes",
+        "certs.mode=vault",
+        "webhook.timeoutSeconds=60",
+        "guard.policyReports=kyverno",
+    ):
         p = helm("template", "dsguard", str(CHART), "--namespace", NS, "--set", bad, check=False)
         assert p.returncode != 0 and "values don't meet the specifications" in p.stderr, (bad, p.stderr)
 
@@ -512,6 +519,9 @@ USED: list[Check] = [
     # guard, wave rollouts (docs/waves.md): old pods deleted by uid, the apiserver gate's counter
     *[("guard", "delete", "pods", ns) for ns in ("kube-system", "default")],
     ("guard", "get", "/metrics", None),
+    # guard, policy reports (docs/audit.md): its Report per namespace
+    *[("guard", v, "reports.openreports.io", ns) for v in ("list", "create", "patch", "delete")
+      for ns in ("kube-system", "default")],
     # certs: certs/bootstrap.py KubeStore (get, create, replace)
     *[("certs", v, f"secrets/{s}", NS) for v in ("get", "update") for s in (TLS_SECRET, CA_SECRET)],
     ("certs", "create", "secrets", NS),
@@ -534,6 +544,9 @@ FORBIDDEN: list[Check] = [
     *[("guard", v, "pods", "default") for v in ("deletecollection", "get")],
     *[(c, "get", "/metrics", None) for c in ("webhook", "certs")],
     ("guard", "get", "/debug/pprof/", None),
+    # policy reports: only the chosen format's, and nobody else's
+    *[("guard", v, "policyreports.wgpolicyk8s.io", "default") for v in ("list", "create", "delete")],
+    *[(c, v, "reports.openreports.io", "default") for c in ("webhook", "certs") for v in ("list", "create")],
     *[(c, "create", f"pods#{sub}", "default") for c in _ALL for sub in ("exec", "eviction")],
     # DaemonSets: only the guard patches; nobody creates, replaces or deletes them
     *[(c, v, "daemonsets.apps", "default") for c in _ALL for v in ("create", "update", "delete")],
