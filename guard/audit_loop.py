@@ -164,6 +164,8 @@ class Auditor:
                 self._wake.clear()
                 self._pending = True
             leading = self.is_leader()
+            if self._was_leader and not leading:
+                self._forget_gauges()  # a follower's stale counts would read as a second leader's
             if leading and not self._was_leader:
                 self._reported = None  # re-read what the previous leader reported
                 if self.reports is not None:
@@ -225,6 +227,11 @@ class Auditor:
         await self._record(plan.new, plan.resolved)
         if self.reports is not None and not await self.reports.sync(present):
             self._retry_later("policy reports are not up to date")
+
+    def _forget_gauges(self) -> None:
+        for name in self._gauged:
+            self.metrics.violating.remove(name)
+        self._gauged.clear()
 
     async def _write(self, name: str, status: Mapping[str, Any]) -> None:
         try:
