@@ -658,7 +658,7 @@ async def test_a_replica_that_stops_leading_drops_its_violation_gauges() -> None
     leader = LeaderFlag(True)
     rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)
     async with running(rig.auditor):
-        await poll_async(lambda: rig.sample("dsguard_audit_runs_total") >= 1, what="the first audit")
+        await poll_async(lambda: (rig.sample("dsguard_audit_runs_total") or 0) >= 1, what="the first audit")
         assert "dsguard_audit_violating_daemonsets{" in rig.exposition()
         leader.leading = False
         await poll_async(
