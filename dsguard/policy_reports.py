@@ -8,7 +8,8 @@ read). One report per namespace that holds governed DaemonSets, named `dsguard-d
 one result per DaemonSet, policy and rule the policy configures: `fail` (a violation), `warn`
 (only warnings, e.g. an untagged image under unknownVersion: Warn) or `pass`.
 
-A report is bounded: at most `max_results` results are listed (fail first, then warn, then pass);
+A report is bounded: at most `max_results` results, and 1 MiB of them, are listed (fail first,
+then warn, then pass);
 the summary counts all of them, and the report says how many are left out (the annotation
 `dsguard.io/unlisted-results`, and OpenReports' `configuration.limits.maxResults`). A result keeps
 the timestamp of when it was first seen as it is, so an unchanged cluster gives an identical
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from dsguard.policy import Policy
 from dsguard.rules.context import Finding, Severity
 
@@ -30,9 +33,11 @@ CATEGORY = "DaemonSet guardrails"
 REPORT_NAME = "dsguard-daemonsets"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "dsguard"}
 UNLISTED_ANNOTATION = "dsguard.io/unlisted-results"
-# 500 results of at most ~1.3 KiB each (the message is clipped) stay well under etcd's 1.5 MiB.
+# 500 results of at most ~1.4 KiB each (the message is clipped) stay well under etcd's 1.5 MiB
+# object limit; whatever the count asked for, the listed results stop at MAX_RESULT_BYTES.
 MAX_RESULTS = 500
 MAX_MESSAGE = 1024
+MAX_RESULT_BYTES = 1024 * 1024
 
 PASS, FAIL, WARN = "pass", "fail", "warn"
 _ORDER = {FAIL: 0, WARN: 1, PASS: 2}
@@ -188,9 +193,13 @@ def build_report(
             stamps.setdefault(_identity(old), old["timestamp"])
     fresh = _timestamp(now)
     listed = []
+    size = 0
     for r in ordered[:max_results]:
         entry = _entry(r, fresh)
         entry["timestamp"] = dict(stamps.get(_identity(entry), fresh))
+        size += len(orjson.dumps(entry))
+        if size > MAX_RESULT_BYTES:
+            break
         listed.append(entry)
     summary = {"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0}
     for r in ordered:

@@ -157,7 +157,8 @@ def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
     default=500,
     show_default=True,
     type=click.IntRange(1, 1000),
-    help="Results listed per report (fail first, then warn, pass); the summary counts them all.",
+    help="Results listed per report (fail first, then warn, pass; at most 1 MiB of them); the summary "
+    "counts them all.",
 )
 @click.option(
     "--gate-sample-interval",

@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import orjson
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dsguard.facts import ClusterFacts
 from dsguard.policy_reports import (
     FAIL,
+    MAX_RESULT_BYTES,
     OPENREPORTS,
     PASS,
     REPORT_NAME,
@@ -177,6 +179,15 @@ def test_report_is_bounded_and_counts_everything(
     assert ranks == sorted(ranks)
     if unlisted and any(r.result != PASS for r in results):
         assert body["results"][0]["result"] == FAIL
+
+
+def test_report_stays_under_the_object_size_limit_whatever_the_count() -> None:
+    long = [rr(f"daemonset-{i:04d}", FAIL, message="x" * 1024) for i in range(1000)]
+    body = build_report(OPENREPORTS, "logging", long, previous=None, now=T0, max_results=1000)
+    assert len(orjson.dumps(body)) <= MAX_RESULT_BYTES + 4096  # etcd takes 1.5 MiB
+    assert 500 < len(body["results"]) < 1000
+    assert int(body["metadata"]["annotations"][UNLISTED_ANNOTATION]) == 1000 - len(body["results"])
+    assert body["summary"]["fail"] == 1000
 
 
 def test_unchanged_results_keep_their_timestamp_so_the_report_is_identical() -> None:
