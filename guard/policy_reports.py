@@ -108,6 +108,7 @@ class PolicyReportWriter:
         self._dirty: set[str] = set()  # namespaces whose results changed since the last sync
         self._stored: dict[str, Obj] | None = None  # namespace -> report; None: list first
         self._missing_said = False
+        self._crd_gone = False  # a write found no such resource: list again before the next one
 
     # -- what the audit judged -----------------------------------------------------------------
     def judged(self, obj: Mapping[str, Any], by_policy: Sequence[tuple[Policy, Sequence[Finding]]]) -> None:
@@ -172,6 +173,9 @@ class PolicyReportWriter:
             else:
                 retry.add(namespace)
         self._dirty = retry
+        if self._crd_gone:
+            self._crd_gone = False
+            self.relist()
         return not retry
 
     async def _apply(self, namespace: str, body: Mapping[str, Any]) -> bool:
@@ -180,7 +184,7 @@ class PolicyReportWriter:
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as e:
             self.metrics.report_writes.labels("apply", "error").inc()
             if isinstance(e, ApiException) and e.status == 404:
-                self.relist()  # the CRD went away: the next audit lists, and says so once
+                self._crd_gone = True  # the next audit lists again, and says so once
             self._failed(f"writing {self.fmt.kind} {namespace}/{REPORT_NAME}", e)
             return False
         self.metrics.report_writes.labels("apply", "ok").inc()

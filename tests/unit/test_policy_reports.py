@@ -312,6 +312,20 @@ async def test_without_the_crd_the_writer_says_so_once_and_writes_later(
     assert ("apply", "logging") in store.calls and store.reports["logging"]["summary"]["fail"] == 1
 
 
+async def test_the_crd_removed_under_the_writer_is_listed_for_again(caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    w = writer_for(store)
+    await run_audit(w, world(ds("a"), ds("c", namespace="monitoring")))
+    store.fail_apply = 404  # the CRD is deleted: every write finds no such resource
+    store.crd = False
+    assert not await run_audit(
+        w, world(ds("a", tolerations=[INFRA]), ds("c", namespace="monitoring", tolerations=[INFRA]))
+    )
+    with caplog.at_level(logging.WARNING, logger="dsguard.reports"):
+        assert await run_audit(w, world(ds("a", tolerations=[INFRA])))
+    assert "reports.openreports.io CRD is not installed" in caplog.text
+
+
 async def test_a_refused_write_is_retried_at_the_next_audit(caplog: pytest.LogCaptureFixture) -> None:
     store = FakeStore()
     w = writer_for(store)
