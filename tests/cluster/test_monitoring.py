@@ -6,6 +6,8 @@
 * every dashboard query is valid PromQL (promtool checks it as a recording rule);
 * every dsguard metric the rules and the dashboard read is exported by a running webhook or guard
   (host-run against the local control plane, scraped), so a renamed metric fails here;
+* a real Prometheus scraping a host-run guard evaluates the no-leader alert's expression to
+  nothing while the guard leads, and to a firing sample once it is gone (its series go stale);
 * the apiserver metric the fail-open alert reads exists with the labels the rule selects: a
   webhook configuration with dsguard's webhook names, failurePolicy Ignore and nobody listening,
   scoped to the test namespace, lets a DaemonSet through, and the apiserver counts it.
@@ -28,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from localcluster.cluster import LocalCluster
 from localcluster.guard_host import HostGuard
 from localcluster.procs import free_port
-from localcluster.prometheus import prometheus_binary
+from localcluster.prometheus import LocalPrometheus, prometheus_binary
 from localcluster.webhook_host import HostWebhook, loopback_tls_files, webhook_configurations
 from tests.support import builders
 from tests.support.kubectl import apply
@@ -124,6 +126,36 @@ def test_running_components_export_every_metric_read(
         exported = families(webhook.metrics()) | families(guard.metrics_text())
     missing = sorted(n for n in names_read() - {FAIL_OPEN} if family(n, exported) is None)
     assert not missing, f"read by the rules or the dashboard, exported by nobody: {missing}"
+
+
+def alert_expr(name: str) -> str:
+    doc = yaml.safe_load(RULES.read_text())
+    (expr,) = [r["expr"] for g in doc["groups"] for r in g["rules"] if r.get("alert") == name]
+    return str(expr)
+
+
+def test_no_leader_alert_on_a_real_guard(
+    cluster: LocalCluster, crd: str, namespace: str, tmp_path: Path
+) -> None:
+    expr = alert_expr("DsguardGuardNoLeader")
+    guard = HostGuard(cluster, lease_name=f"noleader-{namespace}"[:60], tick=0.2)
+    guard.start()
+    try:
+        with LocalPrometheus(tmp_path / "prometheus", targets=[f"127.0.0.1:{guard.port}"]) as prom:
+            poll(
+                lambda: prom.query("sum(dsguard_guard_leader)")["result"],
+                what="Prometheus scraping the guard",
+            )
+            poll(
+                lambda: prom.query("sum(dsguard_guard_leader)")["result"][0]["value"][1] == "1",
+                what="the guard leading, as Prometheus sees it",
+            )
+            assert prom.query(expr)["result"] == [], "no alert while a guard leads"
+            guard.kill()  # the failed scrape marks its series stale: no leader left
+            firing = poll(lambda: prom.query(expr)["result"], what="the no-leader expression to fire")
+            assert firing[0]["value"][1] == "0", firing
+    finally:
+        guard.stop()
 
 
 def test_the_apiserver_counts_fail_open_under_dsguards_webhook_names(
