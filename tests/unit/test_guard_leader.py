@@ -104,7 +104,7 @@ def elector(
         ApiException(status=500, reason="Internal Server Error"),
         ApiException(status=429, reason="Too Many Requests"),
         aiohttp.ServerDisconnectedError(),  # a reset mid-request: not an OSError
-        aiohttp.ClientConnectorError(aiohttp.client_reqrep.ConnectionKey(  # type: ignore[attr-defined]
+        aiohttp.ClientConnectorError(aiohttp.client_reqrep.ConnectionKey(
             "127.0.0.1", 1, False, True, None, None, None), ConnectionRefusedError(111, "refused")),  # fmt: skip
         ConnectionResetError(104, "reset"),
         TimeoutError(),
@@ -112,7 +112,7 @@ def elector(
     ids=["500", "429", "disconnected", "refused", "reset", "timeout"],
 )
 async def test_a_leader_that_cannot_renew_steps_down_at_its_renew_deadline(failure: BaseException) -> None:
-    coord, clock, changes = FakeCoord(), FakeClock(), []
+    coord, clock, changes = FakeCoord(), FakeClock(), list[bool]()
     e = elector(coord, clock, changes)
     assert await e.step() is True
     coord.fail = failure
@@ -126,7 +126,7 @@ async def test_a_leader_that_cannot_renew_steps_down_at_its_renew_deadline(failu
 
 
 async def test_a_request_that_never_answers_cannot_keep_a_leader_leading() -> None:
-    coord, changes = FakeCoord(), []
+    coord, changes = FakeCoord(), list[bool]()
     e = elector(coord, changes=changes, lease_duration=1.5, renew_deadline=1.0, retry=0.1)
     assert await e.step() is True
     coord.fail = "hang"  # a blackholed connection: no reset, no answer
