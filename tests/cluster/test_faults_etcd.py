@@ -69,7 +69,7 @@ def assert_paused_once(w: FaultWorld) -> None:
     assert s.annotations()["dsguard.io/paused-at"] == annotations["dsguard.io/paused-at"]
 
 
-def test_etcd_restart_after_a_compaction_every_watch_relists_nothing_lost_nothing_twice(
+def test_etcd_restart_alone_ends_no_watch_after_a_compaction_every_watch_relists_nothing_lost_or_twice(
     tmp_path: Path, alert_tls: TLSFiles
 ) -> None:
     with FaultWorld(tmp_path, alert_tls) as w:
@@ -79,6 +79,21 @@ def test_etcd_restart_after_a_compaction_every_watch_relists_nothing_lost_nothin
             r: w.webhook_restarts("error")[r] + w.webhook_restarts("gone")[r] for r in WEBHOOK_WATCHES
         }
 
+        # A restart alone: the apiserver resumes its etcd watches, no watch of ours ends, and a
+        # change made after it still arrives.
+        w.cluster.stop_component("etcd", grace=0)
+        poll(w.etcd_down_seen, what="the apiserver to see etcd gone", timeout=30, interval=0.1)
+        w.cluster.start_component("etcd")
+        w.require_fault_toleration()
+        poll(w.webhook_adds_the_toleration, what="the webhook to apply the policy changed after the restart")
+        assert w.guard_lists() == lists, "an etcd restart alone ended a watch"
+        assert w.guard_restarts("error") == w.guard_restarts("gone") == dict.fromkeys(GUARD_WATCHES, 0.0)
+        w.apply_policy()  # the toleration no longer required: the change after the next fault shows again
+        poll(lambda: not w.webhook_adds_the_toleration(), what="the webhook to apply the policy change back")
+        assert w.guard.metric("dsguard_guard_actions_total") == 0
+
+        # After a compaction (what the apiserver's compactor does every 5 minutes), the same
+        # restart expires every watch.
         t = crash_etcd_around_a_bad_rollout(w, compact=True)
 
         relisted = w.timed(lambda: w.relisted_since(lists), "every watch of the guard to list again")
