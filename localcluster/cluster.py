@@ -451,7 +451,7 @@ class LocalCluster:
             raise ClusterError(f"no component {name!r} in this cluster (components: {known})")
         return comp
 
-    def stop_component(self, name: str, grace: float | None = None) -> None:
+    def stop_component(self, name: str, *, grace: float | None = None) -> None:
         """Stop one component (SIGTERM, SIGKILL after `grace`; 0: SIGKILL at once, as a crash),
         keeping its data (etcd's data dir), arguments and port for start_component()."""
         comp = self._component(name)
@@ -460,17 +460,15 @@ class LocalCluster:
             raise ClusterError(f"{name} did not stop: processes {left} still running")
         self.write_state()
 
-    def start_component(self, name: str, *, timeout: float | None = None) -> float:
-        """Start a stopped component again, with the same arguments and port, and wait until it is
-        healthy; the seconds that took."""
+    def start_component(self, name: str, *, timeout: float | None = None) -> None:
+        """Start a stopped component again, with the same arguments, environment and port, and wait
+        until it is healthy (the cluster's startup timeout by default)."""
         comp = self._component(name)
         if comp.alive():
-            raise ClusterError(f"{name} is already running (pid {comp.pid})")
-        t0 = time.monotonic()
+            raise ClusterError(f"{name} is still running (pid {comp.pid}): stop_component() it first")
         self._launch(comp)
         self.write_state()
-        self._wait_healthy(comp, t0 + (self.startup_timeout if timeout is None else timeout))
-        return time.monotonic() - t0
+        self._wait_healthy(comp, time.monotonic() + (self.startup_timeout if timeout is None else timeout))
 
     def etcd_revision(self) -> int:
         """etcd's current revision (the store's, as the apiserver's resourceVersions count)."""
