@@ -61,13 +61,18 @@ __all__ = [
     "BaseRecipe",
     "BuiltImage",
     "ImageError",
+    "base_archive",
+    "base_key",
     "build_image",
     "buildah",
+    "cache_dir",
     "copy_sources",
     "image_key",
     "import_image",
     "import_into_cluster",
     "main",
+    "missing_tools",
+    "version",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -289,8 +294,13 @@ def _make_base(archive: Path, log: Path, say: Callable[[str], None]) -> None:
         partial.rename(archive)
 
 
+def base_archive() -> Path:
+    """Where the base image's OCI archive is cached (made by the first build_image)."""
+    return _images_dir() / f"{NAME}-base-{base_key()[:12]}.oci.tar"
+
+
 def _ensure_base(log: Path, say: Callable[[str], None]) -> str:
-    archive = _images_dir() / f"{NAME}-base-{base_key()[:12]}.oci.tar"
+    archive = base_archive()
     if not archive.exists():
         _make_base(archive, log, say)
     if not _has_image(_base_name()):
