@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import os
 import re
+import signal
 import ssl
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster.image import BuiltImage, base_archive, build_image, version
+from localcluster.image import BuiltImage, base_archive, build_image, import_into_cluster, version
 from localcluster.procs import free_port
 from tests.support.builders import daemonset, node
 from tests.support.polling import poll
@@ -227,3 +231,85 @@ def test_nothing_in_the_image_is_writable_by_its_user(unpacked: UnpackedImage) -
     ]
     assert writable == []
     assert re.fullmatch(r"65532:65532", unpacked.config["User"])
+
+
+CONTAINERD_CONFIG = """version = 2
+root = "{dir}/root"
+state = "{dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{dir}/containerd.sock"
+[ttrpc]
+  address = "{dir}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+"""
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[Path]:
+    """A containerd of our own (no CRI): its socket. Stopped by pid, its root removed."""
+    home = tmp_path / "containerd"
+    home.mkdir()
+    (home / "config.toml").write_text(CONTAINERD_CONFIG.format(dir=home))
+    sock = home / "containerd.sock"
+    with (home / "containerd.log").open("w") as log:
+        proc = subprocess.Popen(["containerd", "--config", str(home / "config.toml")], stdout=log, stderr=log)
+    try:
+        poll(
+            lambda: (
+                subprocess.run(["ctr", "--address", str(sock), "version"], capture_output=True).returncode
+                == 0
+                or proc.poll() is not None
+            ),
+            timeout=60,
+            what="containerd to serve",
+        )
+        assert proc.poll() is None, (home / "containerd.log").read_text()
+        yield sock
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["rm", "-rf", str(home / "root"), str(home / "state")], check=False)
+
+
+def test_make_image_imports_into_a_running_real_nodes_containerd(
+    image: BuiltImage, containerd: Path, tmp_path: Path
+) -> None:
+    """`python -m localcluster image` (what `make image` runs) with a cluster whose state.json names
+    a containerd: the image lands there under CRI's name, and the last line is the reference."""
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    (cluster / "state.json").write_text(json.dumps({"containerd_address": str(containerd)}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "localcluster", "image", "--workdir", str(cluster)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == image.ref == "dsguard:" + version()
+    assert "imported docker.io/library/dsguard" in proc.stderr
+    listed = subprocess.run(
+        ["ctr", "--address", str(containerd), "-n", "k8s.io", "images", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert image.cri_ref in listed.stdout.split()
+
+
+def test_make_image_without_a_real_node_imports_nothing(image: BuiltImage, tmp_path: Path) -> None:
+    assert import_into_cluster(image, tmp_path) is None  # no cluster
+    (tmp_path / "state.json").write_text(json.dumps({"components": []}))
+    assert import_into_cluster(image, tmp_path) is None  # a kwok-only cluster
