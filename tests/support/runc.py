@@ -26,7 +26,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ class ContainerSpec:
     args: tuple[str, ...]  # after the image's entrypoint
     mounts: tuple[Mount, ...] = ()
     memory_limit: int | None = None
-    env: tuple[str, ...] = field(default=())
+    env: tuple[str, ...] = ()  # after the image's
 
 
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
@@ -122,10 +122,16 @@ def _image_user(image: UnpackedImage) -> tuple[int | None, int | None]:
 
 
 def pod_container_spec(
-    deployment: Mapping[str, Any], container_name: str, *, volumes: Mapping[str, Path], image: UnpackedImage
+    deployment: Mapping[str, Any],
+    container_name: str,
+    *,
+    volumes: Mapping[str, Path],
+    image: UnpackedImage,
+    fields: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
     """The runc-level spec of one container of `deployment` as a kubelet would run it. `volumes`:
-    a host directory for each non-emptyDir volume the container mounts."""
+    a host directory for each non-emptyDir volume the container mounts; `fields`: the values of
+    the downward API's fieldPaths its env uses (e.g. {"metadata.name": "dsguard-guard-0"})."""
     pod = deployment["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == container_name]
     psc: Obj = pod.get("securityContext") or {}
@@ -159,6 +165,13 @@ def pod_container_spec(
             )
         else:
             mounts.append(Mount(vm["mountPath"], volumes[vm["name"]], read_only=bool(vm.get("readOnly"))))
+    env: list[str] = []
+    for var in container.get("env") or []:
+        if "value" in var:
+            env.append(f"{var['name']}={var['value']}")
+        else:
+            path = var["valueFrom"]["fieldRef"]["fieldPath"]
+            env.append(f"{var['name']}={(fields or {})[path]}")
     memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
     return ContainerSpec(
         uid=int(uid),
@@ -171,6 +184,7 @@ def pod_container_spec(
         args=tuple(container.get("args") or ()),
         mounts=tuple(mounts),
         memory_limit=quantity_bytes(memory) if memory else None,
+        env=tuple(env),
     )
 
 
