@@ -302,7 +302,10 @@ def base_archive() -> Path:
 def _ensure_base(log: Path, say: Callable[[str], None]) -> str:
     archive = base_archive()
     if not archive.exists():
+        t0 = time.monotonic()
         _make_base(archive, log, say)
+        size = archive.stat().st_size / 2**20
+        say(f"base image made in {time.monotonic() - t0:.0f}s: {archive} ({size:.0f} MiB)")
     if not _has_image(_base_name()):
         # The storage was wiped but the archive is cached: load it back.
         image_id = buildah("pull", "--quiet", f"oci-archive:{archive}", log=log).strip().splitlines()[-1]
@@ -345,6 +348,7 @@ def build_image(*, rebuild: bool = False, say: Callable[[str], None] = _say) -> 
         log.write_text("")
         t0 = time.monotonic()
         base = _ensure_base(log, say)
+        t1 = time.monotonic()
         say(f"building {cri_ref} from Dockerfile on {base} (log: {log})")
         cmd = ["build", "--isolation", "chroot", "--pull-never", "--layers=false", "--quiet"]
         cmd += ["--build-arg", f"PYTHON_IMAGE={base}", "--file", str(REPO / "Dockerfile"), "--tag", cri_ref]
@@ -359,7 +363,9 @@ def build_image(*, rebuild: bool = False, say: Callable[[str], None] = _say) -> 
         with contextlib.suppress(ImageError):
             buildah("rmi", "--prune", log=log)
         _prune_archives(archive)
-        say(f"built in {time.monotonic() - t0:.0f}s: {archive} ({archive.stat().st_size / 2**20:.0f} MiB)")
+        done = time.monotonic()
+        size = archive.stat().st_size / 2**20
+        say(f"built in {done - t0:.0f}s (the Dockerfile's {done - t1:.0f}s): {archive} ({size:.0f} MiB)")
     return BuiltImage(ref=ref, cri_ref=cri_ref, archive=archive, key=key, cached=False)
 
 
