@@ -25,15 +25,16 @@ The interface for Python callers (the real node imports the image into its conta
     image.cri_ref                # "docker.io/library/dsguard:0.1.0": the archive's tag (CRI's name for ref)
     image.archive                # Path of the docker-archive tar
     import_image(image, address) # ctr --address ADDRESS -n k8s.io images import ARCHIVE
+    latest_image()               # the archive built or used last, without building (None if none)
 
 and the hook for a running local cluster: when ``<cluster dir>/state.json`` (``$DSGUARD_CLUSTER_DIR``,
 default ``.cluster``) has a ``"containerd_address"`` (the real node's containerd socket),
 ``make image`` / ``python -m localcluster image`` import the image there too
-(:func:`import_into_cluster`). A real node that starts later calls :func:`build_image` itself
-(a cache hit) and imports ``archive``.
+(:func:`import_into_cluster`). A real node that starts later imports the archive of
+:func:`build_image` (a cache hit when the sources are unchanged) or of :func:`latest_image`.
 
-Tools: ``buildah`` and ``mmdebstrap`` (and ``runc`` for the image's tests) from the Debian
-packages listed in ``localcluster/apt/image.txt``, installed by ``make image-deps``.
+Tools: ``buildah`` and ``mmdebstrap`` (and ``runc``, ``containerd`` for the image's tests) from
+the Debian packages listed in ``localcluster/apt/image.txt``, installed by ``make image-deps``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ __all__ = [
     "image_key",
     "import_image",
     "import_into_cluster",
+    "latest_image",
     "main",
     "missing_tools",
     "version",
@@ -128,7 +130,7 @@ class BuiltImage:
     ref: str  # "dsguard:0.1.0"
     cri_ref: str  # "docker.io/library/dsguard:0.1.0"
     archive: Path  # docker-archive tar tagged cri_ref
-    key: str  # content key (hex)
+    key: str  # content key (hex; its first 12 digits for latest_image())
     cached: bool  # True when the archive was already there
 
 
@@ -313,11 +315,33 @@ def _ensure_base(log: Path, say: Callable[[str], None]) -> str:
     return _base_name()
 
 
+def _archives() -> list[Path]:
+    """The image archives in the cache, newest first."""
+    return sorted(_images_dir().glob(f"{NAME}-[0-9]*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def _prune_archives(keep: Path) -> None:
-    # Each archive is ~280 MB: keep the newest two.
-    old = sorted(_images_dir().glob(f"{NAME}-[0-9]*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in [p for p in old if p != keep][1:]:
+    # Each archive is ~280 MB: keep the newest two, and the build logs of those.
+    for path in [p for p in _archives() if p != keep][1:]:
         path.unlink(missing_ok=True)
+    kept = {p.stem.rsplit("-", 1)[-1] for p in _archives()}
+    for log in _images_dir().glob("build-*.log"):
+        if log.stem.removeprefix("build-") not in kept:
+            log.unlink(missing_ok=True)
+
+
+def latest_image() -> BuiltImage | None:
+    """The newest image archive built for this version (whatever its sources), without building:
+    for a real node that starts after `make image`; None when none was built yet."""
+    ver = version()
+    for path in _archives():
+        _, _, rest = path.stem.partition(f"{NAME}-{ver}-")
+        if rest:
+            ref = f"{NAME}:{ver}"
+            return BuiltImage(
+                ref=ref, cri_ref=f"docker.io/library/{ref}", archive=path, key=rest, cached=True
+            )
+    return None
 
 
 def _say(message: str) -> None:
@@ -334,6 +358,7 @@ def build_image(*, rebuild: bool = False, say: Callable[[str], None] = _say) -> 
     key = image_key()
     archive = _images_dir() / f"{NAME}-{ver}-{key[:12]}.tar"
     if archive.exists() and not rebuild:
+        os.utime(archive)  # the most recently used is latest_image(), and pruned last
         return BuiltImage(ref=ref, cri_ref=cri_ref, archive=archive, key=key, cached=True)
     missing = missing_tools()
     if missing:

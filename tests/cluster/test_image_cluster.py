@@ -110,7 +110,7 @@ def test_guard_image_takes_its_lease_and_serves_its_probes(
                 timeout=90,
                 what=f"the guard's {path} in the container",
             )
-            assert running(container), container.output()
+            assert running(container), container.describe()
 
         def holder() -> str | None:
             proc = cluster.kubectl(
@@ -119,7 +119,7 @@ def test_guard_image_takes_its_lease_and_serves_its_probes(
             return json.loads(proc.stdout)["spec"].get("holderIdentity") if proc.returncode == 0 else None
 
         assert poll(holder, timeout=60, what="the guard's Lease") == pod_name
-        assert running(container), container.output()
+        assert running(container), container.describe()
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_certs_image_writes_the_secrets_and_injects_the_ca(
             timeout=90,
             what="caBundles injected by the container",
         )
-        assert running(container), container.output()  # a loop: it keeps running (--interval=1h)
+        assert running(container), container.describe()  # a loop: it keeps running (--interval=1h)
         tls = json.loads(cluster.kubectl("get", "secret", secret, "-n", namespace, "-o", "json").stdout)
         assert tls["type"] == "kubernetes.io/tls"
         assert base64.b64decode(tls["data"]["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")

@@ -25,7 +25,14 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster.image import BuiltImage, base_archive, build_image, import_into_cluster, version
+from localcluster.image import (
+    BuiltImage,
+    base_archive,
+    build_image,
+    import_into_cluster,
+    latest_image,
+    version,
+)
 from localcluster.procs import free_port
 from tests.support.builders import daemonset, node
 from tests.support.polling import poll
@@ -76,6 +83,8 @@ def test_a_second_build_is_a_cache_hit(image: BuiltImage) -> None:
     again = build_image()
     elapsed = time.monotonic() - t0
     assert again.cached and again.archive == image.archive and again.key == image.key
+    latest = latest_image()
+    assert latest is not None and latest.archive == image.archive and latest.cri_ref == image.cri_ref
     assert elapsed < 5.0, f"a cached build took {elapsed:.1f}s"
 
 
@@ -106,7 +115,8 @@ def test_commands_run_as_the_manifests_run_them(
     dep = deployment(component)
     tls = tmp_path / "tls"
     tls.mkdir()
-    spec = pod_container_spec(dep, component, volumes={"tls": tls}, image=unpacked)
+    fields = {"metadata.name": f"dsguard-{component}-0"}  # the downward API's, for the guard's POD_NAME
+    spec = pod_container_spec(dep, component, volumes={"tls": tls}, image=unpacked, fields=fields)
     assert spec.uid != 0 and spec.read_only_root and spec.no_new_privileges and not spec.capabilities
     result = run_once(unpacked, spec, tmp_path, args=["--version"])
     assert result.returncode == 0, result.stderr
@@ -202,12 +212,12 @@ def test_webhook_serves_tls_from_its_secret_volume(unpacked: UnpackedImage, tmp_
                 timeout=60,
                 what=f"{path} of the webhook in the container",
             )
-            assert not _exited(container), container.output()
+            assert not _exited(container), container.describe()
         bad = daemonset("fluent-bit", "logging", image="cr.fluentbit.io/fluent/fluent-bit:2.0.0")
         response = _review(port, ctx, bad)["response"]
         assert response["allowed"] is False, response
         assert "log-collector" in response["status"]["message"], response
-        assert container.status() == "running", container.output()
+        assert container.status() == "running", container.describe()
 
 
 def _exited(container: RunningContainer) -> bool:

@@ -314,6 +314,10 @@ class RunningContainer:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def describe(self) -> str:
+        """Its state and what it printed: for assertion messages."""
+        return f"container {self.id} {self.status()}; its output:\n{self.output()}"
+
     def status(self) -> str:
         proc = subprocess.run(
             ["runc", "--root", str(self.state), "state", self.id], capture_output=True, text=True, check=False
