@@ -1,4 +1,5 @@
-"""The image's content key (localcluster/image.py): what changes it, and what doesn't."""
+"""The image's content key (localcluster/image.py): what changes it, and what doesn't; and the
+message when the build tools are missing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.image import copy_sources, image_key
+from localcluster import image
+from localcluster.image import ImageError, copy_sources, image_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,3 +102,14 @@ def test_a_missing_copy_source_is_named(tmp_path: Path) -> None:
     shutil.rmtree(repo / "dsguard")
     with pytest.raises(RuntimeError, match=r"Dockerfile: COPY dsguard: no such file or directory"):
         image_key(repo)
+
+
+def test_missing_tools_are_named_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DSGUARD_CACHE", str(tmp_path))  # an empty cache: a build is needed
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "mmdebstrap" else f"/usr/bin/{tool}")
+    with pytest.raises(ImageError) as err:
+        image.build_image()
+    assert str(err.value) == (
+        "mmdebstrap not installed: run `make image-deps` "
+        "(as root: apt-get install buildah mmdebstrap runc containerd)"
+    )
