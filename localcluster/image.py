@@ -91,6 +91,7 @@ class BaseRecipe:
     variant: str
     packages: tuple[str, ...]
     mirrors: tuple[str, ...]
+    hook_dirs: tuple[str, ...]
     dpkgopts: tuple[str, ...]
     skip: tuple[str, ...]
     env: tuple[str, ...]
@@ -108,6 +109,9 @@ BASE_RECIPE = BaseRecipe(
         "deb http://deb.debian.org/debian bookworm-updates main",
         "deb http://deb.debian.org/debian-security bookworm-security main",
     ),
+    # /usr merged by mmdebstrap's hook: else init-system-helpers pulls in usrmerge, and with it
+    # perl (49 MB of the 179 MB).
+    hook_dirs=("/usr/share/mmdebstrap/hooks/merged-usr",),
     # Nothing in the image reads man pages, docs or translations; licences stay.
     dpkgopts=(
         "path-exclude=/usr/share/man/*",
@@ -276,6 +280,7 @@ def _make_base(archive: Path, log: Path, say: Callable[[str], None]) -> None:
     with tempfile.TemporaryDirectory(dir=_images_dir(), prefix="base-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         cmd = ["mmdebstrap", f"--variant={recipe.variant}", "--include=" + ",".join(recipe.packages)]
+        cmd += [f"--hook-dir={d}" for d in recipe.hook_dirs]
         cmd += [f"--dpkgopt={o}" for o in recipe.dpkgopts]
         cmd += [f"--skip={s}" for s in recipe.skip]
         cmd += [recipe.suite, str(rootfs), *recipe.mirrors]
@@ -301,6 +306,18 @@ def base_archive() -> Path:
     return _images_dir() / f"{NAME}-base-{base_key()[:12]}.oci.tar"
 
 
+def _drop_other_bases(keep: Path) -> None:
+    # A changed recipe leaves the previous base behind: its archive and its tag in the storage.
+    for path in _images_dir().glob(f"{NAME}-base-*.oci.tar"):
+        if path != keep:
+            path.unlink(missing_ok=True)
+    names = buildah("images", "--format", "{{.Name}}:{{.Tag}}", timeout=60).split()
+    for name in names:
+        if name.startswith(f"localhost/{NAME}-base:") and name != _base_name():
+            with contextlib.suppress(ImageError):
+                buildah("rmi", name, timeout=120)
+
+
 def _ensure_base(log: Path, say: Callable[[str], None]) -> str:
     archive = base_archive()
     if not archive.exists():
@@ -308,6 +325,7 @@ def _ensure_base(log: Path, say: Callable[[str], None]) -> str:
         _make_base(archive, log, say)
         size = archive.stat().st_size / 2**20
         say(f"base image made in {time.monotonic() - t0:.0f}s: {archive} ({size:.0f} MiB)")
+        _drop_other_bases(archive)
     if not _has_image(_base_name()):
         # The storage was wiped but the archive is cached: load it back.
         image_id = buildah("pull", "--quiet", f"oci-archive:{archive}", log=log).strip().splitlines()[-1]
