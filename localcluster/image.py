@@ -378,6 +378,11 @@ def build_image(*, rebuild: bool = False, say: Callable[[str], None] = _say) -> 
     if archive.exists() and not rebuild:
         os.utime(archive)  # the most recently used is latest_image(), and pruned last
         return BuiltImage(ref=ref, cri_ref=cri_ref, archive=archive, key=key, cached=True)
+    if os.geteuid() != 0:
+        raise ImageError(
+            "building the image needs root (buildah's chroot isolation and mmdebstrap run as root "
+            "here); run `make image` as root, or where Docker runs: docker build -t " + ref + " ."
+        )
     missing = missing_tools()
     if missing:
         raise ImageError(

@@ -3,6 +3,8 @@ message when the build tools are missing."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +108,7 @@ def test_a_missing_copy_source_is_named(tmp_path: Path) -> None:
 
 def test_missing_tools_are_named_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DSGUARD_CACHE", str(tmp_path))  # an empty cache: a build is needed
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "mmdebstrap" else f"/usr/bin/{tool}")
     with pytest.raises(ImageError) as err:
         image.build_image()
@@ -113,3 +116,12 @@ def test_missing_tools_are_named_with_the_fix(monkeypatch: pytest.MonkeyPatch, t
         "mmdebstrap not installed: run `make image-deps` "
         "(as root: apt-get install buildah mmdebstrap runc containerd)"
     )
+
+
+def test_a_build_without_root_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DSGUARD_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(
+        ImageError, match=r"needs root .* docker build -t " + re.escape(f"dsguard:{image.version()} .")
+    ):
+        image.build_image()
