@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv binaries node-binaries node-packages lint unit cluster-test test demo cluster-up cluster-down bench clean
+.PHONY: venv binaries node-binaries node-packages image-deps image lint unit cluster-test test demo cluster-up cluster-down bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -22,18 +22,13 @@ binaries:
 node-binaries:
 	bash localcluster/gobuild/build_node.sh
 
-# The Debian packages the real node runs on (localcluster/node-packages.txt), installed with apt-get
-# when one is missing and we are root. Elsewhere it only says what is missing: the real-node tests
-# then fail naming it, unless DSGUARD_NO_REAL_NODE=1 opts out of them.
-NODE_PACKAGES := $(shell grep -v '^\#' localcluster/node-packages.txt)
+# The Debian packages the real node runs on (localcluster/apt/node.txt), installed with apt when
+# missing (root or passwordless sudo; otherwise it fails naming them). DSGUARD_NO_REAL_NODE=1 skips it,
+# and opts out of the real-node tests.
+NODE_APT := localcluster/apt/node.txt
 node-packages:
 	@if [ "$${DSGUARD_NO_REAL_NODE:-}" = 1 ]; then echo "node-packages: DSGUARD_NO_REAL_NODE=1, skipped"; \
-	elif dpkg-query -W -f='$${Status}\n' $(NODE_PACKAGES) 2>/dev/null | grep -qv '^install ok installed$$' \
-	     || [ "$$(dpkg-query -W -f='$${Status}\n' $(NODE_PACKAGES) 2>/dev/null | wc -l)" -ne $(words $(NODE_PACKAGES)) ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(NODE_PACKAGES); \
-	  else echo "node-packages: install $(NODE_PACKAGES) (as root, with apt-get) for the real-node tests" >&2; fi; \
-	fi
+	else bash localcluster/apt/install.sh $(NODE_APT); fi
 
 # Helm v3, built from Go modules into ~/.cache/dsguard (only to lint and render manifests/helm/dsguard;
 # tests/cluster/test_manifests.py builds it when missing). Prints its bin directory.
@@ -46,6 +41,18 @@ helm:
 .PHONY: prometheus
 prometheus:
 	bash localcluster/gobuild/build_prometheus.sh
+
+# The Debian packages the image build and its tests need (the list: localcluster/apt/image.txt),
+# installed with apt when missing (root or passwordless sudo).
+IMAGE_APT := localcluster/apt/image.txt
+image-deps:
+	bash localcluster/apt/install.sh $(IMAGE_APT)
+
+# dsguard's image from the Dockerfile (buildah on a local Debian base; cached by content key in
+# ~/.cache/dsguard/images), imported into the local cluster's real node when one runs.
+# The last line is the image reference, e.g. dsguard:0.1.0.
+image: venv image-deps
+	@$(PY) -m localcluster image
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -62,7 +69,7 @@ REAL_NODE_DEPS := $(if $(filter 1,$(DSGUARD_NO_REAL_NODE)),,node-packages node-b
 cluster-test: venv binaries $(REAL_NODE_DEPS)
 	$(PY) -m pytest tests/cluster
 
-test: lint binaries $(REAL_NODE_DEPS)
+test: lint binaries image-deps $(REAL_NODE_DEPS)
 	$(PY) -m pytest
 
 demo: venv binaries

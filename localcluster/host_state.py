@@ -43,7 +43,7 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 #: The Debian packages a real node runs on, one a line; the Makefile and .ci/run install them.
-PACKAGES_FILE = HERE / "node-packages.txt"
+PACKAGES_FILE = HERE / "apt" / "node.txt"
 #: Set to 1 to run the test suite without the real-node tests (a laptop without root).
 NO_REAL_NODE_ENV = "DSGUARD_NO_REAL_NODE"
 BRIDGE = "cni0"

@@ -10,7 +10,7 @@ and any extra images imported, the kubelet (/healthz), the Node Ready, kube-prox
 stop() tears down everything the node set up (host_state.py) and raises when anything is left.
 
 It needs root, cgroups and the overlay filesystem, and Debian's containerd, runc,
-containernetworking-plugins, iptables, conntrack (localcluster/node-packages.txt;
+containernetworking-plugins, iptables, conntrack (localcluster/apt/node.txt;
 `make node-packages`). host_state.missing_requirements() names what a machine lacks.
 """
 

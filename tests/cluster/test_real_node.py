@@ -4,7 +4,7 @@ reachable through a ClusterIP Service; the apiserver reachable from pods through
 range. Stop leaves nothing on the machine, twice in a row (no state accumulates).
 
 These tests need root, cgroups, overlayfs and the Debian packages of
-localcluster/node-packages.txt (`make node-packages`). On a machine without them they fail,
+localcluster/apt/node.txt (`make node-packages`). On a machine without them they fail,
 naming what is missing; DSGUARD_NO_REAL_NODE=1 opts out (documented in docs/local-cluster.md).
 """
 

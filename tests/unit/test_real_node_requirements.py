@@ -83,4 +83,4 @@ def test_missing_requirements_name_what_and_the_fix(
     for got, want in zip(missing, expected, strict=True):
         assert got.startswith(want), (got, want)
     if any("Debian packages" in m for m in missing):
-        assert "apt-get install containerd runc" in missing[-1]  # the whole list, from node-packages.txt
+        assert "apt-get install containerd runc" in missing[-1]  # the whole list, from apt/node.txt
