@@ -43,7 +43,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(
             f"real node {node.name} Ready in {node.timings.ready:.1f}s after its kubelet started "
             f"(containerd {node.timings.containerd:.1f}s, images {node.timings.images:.1f}s, "
-            f"kube-proxy {node.timings.kube_proxy:.1f}s); containerd socket {node.socket}",
+            f"kube-proxy {node.timings.kube_proxy:.1f}s); containerd socket {node.socket}; "
+            f"images imported: {', '.join(node.image_refs())}",
             file=sys.stderr,
         )
     if args.nodes > 0:

@@ -33,6 +33,7 @@ from typing import Any, Self
 import yaml
 
 from localcluster.binaries import ensure_binaries, versions
+from localcluster.image import latest_image
 from localcluster.pki import Pki, generate_pki
 from localcluster.procs import (
     NotReady,
@@ -236,6 +237,7 @@ class LocalCluster:
         kwok_args: Sequence[str] = (),
         real_node: bool = False,
         node_images: Sequence[Path] = (),
+        dsguard_image: bool = True,
     ) -> None:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dsguard-cluster-"))
         self.workdir = self.workdir.resolve()
@@ -250,6 +252,8 @@ class LocalCluster:
         self.kwok_args = tuple(kwok_args)
         self.real_node_wanted = real_node
         self.node_images = tuple(Path(p) for p in node_images)
+        #: A starting real node imports the latest built dsguard image (`make image`), if any.
+        self.dsguard_image = dsguard_image
         #: The real node (real_node=True), once started: its containerd socket, processes, timings.
         self.real_node: RealNode | None = None
         self.host_ip = ""
@@ -656,8 +660,12 @@ class LocalCluster:
         self.timings.controllers = time.monotonic() - t
         if self.real_node_wanted:
             t = time.monotonic()
+            images = list(self.node_images)
+            built = latest_image() if self.dsguard_image else None
+            if built is not None:
+                images.append(built.archive)
             self.real_node = RealNode(
-                self.workdir / "node", server=self.server, pki=pki, ip=self.host_ip, images=self.node_images,
+                self.workdir / "node", server=self.server, pki=pki, ip=self.host_ip, images=images,
                 die_with_parent=self.die_with_parent, stop_grace=self.stop_grace,
             )  # fmt: skip
             try:

@@ -102,7 +102,7 @@ def _phase(c: LocalCluster, ns: str, name: str) -> dict[str, str]:
 
 def _one_round(workdir: Path, image: NodeImage, *, try_a_second: bool = False) -> dict[str, float]:
     forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    c = LocalCluster(workdir, real_node=True, node_images=[image.archive])
+    c = LocalCluster(workdir, real_node=True, node_images=[image.archive], dsguard_image=False)
     t0 = time.monotonic()
     c.start()
     started = time.monotonic() - t0
