@@ -268,8 +268,8 @@ class RealNode:
         containerd.import_image(self.paths.socket, archive)
 
     def image_refs(self) -> list[str]:
-        """The images in the node's containerd (CRI's namespace), by reference."""
-        return containerd.images(self.paths.socket)
+        """The images in the node's containerd (CRI's namespace), by reference (not by digest)."""
+        return [ref for ref in containerd.images(self.paths.socket) if not ref.startswith("sha256:")]
 
     def health(self) -> dict[str, str]:
         out: dict[str, str] = {}
