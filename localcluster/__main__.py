@@ -3,6 +3,7 @@
     python -m localcluster up [--nodes N (default 3)] [--real-node] [--workdir DIR]  # last line: kubeconfig
     python -m localcluster status [--workdir DIR]
     python -m localcluster down [--workdir DIR]
+    python -m localcluster clean-node  # what a killed real node left on the machine
     python -m localcluster image [--rebuild] [--no-import]  # dsguard's image; last line: its reference
 
 DIR defaults to $DSGUARD_CLUSTER_DIR or <repo>/.cluster. The processes outlive `up`; pids and
@@ -21,6 +22,7 @@ from pathlib import Path
 from localcluster.binaries import BinariesError
 from localcluster.cluster import ClusterError, LocalCluster, default_workdir
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
+from localcluster.realnode import clean_leftovers
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -80,6 +82,15 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean_node(args: argparse.Namespace) -> int:
+    left = clean_leftovers()
+    if left:
+        print(f"localcluster clean-node: could not remove {', '.join(left)}", file=sys.stderr)
+        return 1
+    print("no real node's state is left on this machine")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
         cluster = LocalCluster.from_state(args.workdir)
@@ -117,12 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="stop the cluster in the workdir")
     down.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     status = sub.add_parser("status", help="show the cluster's components")
+    clean = sub.add_parser(
+        "clean-node",
+        help="remove what a killed real node left on the machine (processes, mounts, cni0, chains, cgroups)",
+    )
     sub.add_parser("image", help="build dsguard's image (see python -m localcluster image --help)")
-    for p in (up, down, status):
+    for p in (up, down, status, clean):
         p.add_argument("--workdir", type=Path, default=default_workdir())
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
-    handler = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[args.cmd]
+    handler = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "clean-node": _cmd_clean_node}[
+        args.cmd
+    ]
     return handler(args)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "chains",
     "leftovers",
     "missing_requirements",
+    "mount_points",
     "mounts_under",
     "processes_with",
     "remove_bridge",
@@ -152,14 +153,16 @@ def _alive(pid: int) -> bool:
 # --- mounts -----------------------------------------------------------------------------------
 
 
+def mount_points() -> list[str]:
+    """Every mount point of this mount namespace (from /proc/self/mountinfo)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4].encode().decode("unicode_escape") for line in lines]  # \040 for spaces
+
+
 def mounts_under(prefixes: Sequence[Path]) -> list[str]:
-    """Mount points at or under any of prefixes (from /proc/self/mountinfo), deepest first."""
+    """Mount points at or under any of prefixes, deepest first."""
     roots = [str(p) for p in prefixes]
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")  # \040 for spaces
-        if any(point == r or point.startswith(r + "/") for r in roots):
-            found.append(point)
+    found = [m for m in mount_points() if any(m == r or m.startswith(r + "/") for r in roots)]
     return sorted(set(found), key=lambda p: (-p.count("/"), p))
 
 

@@ -54,6 +54,18 @@ POD_SUBNET = "10.244.0.0/24"
 POD_GATEWAY = "10.244.0.1"
 #: A name with a registry domain: CRI would turn a bare `pause:X` into docker.io/library/pause:X.
 PAUSE_IMAGE = "dsguard.local/pause:{version}"
+#: Every node's containerd state dir is under here (short: socket paths must fit 108 bytes).
+STATE_ROOT = Path("/run/dsguard-node")
+#: What every real node's processes hold in their command lines, whatever its work dir: the
+#: config files' paths (containerd, kubelet, kube-proxy) and the shims' socket dir.
+_PROCESS_MARKS = (
+    "/node/config/containerd.toml",
+    "/node/config/kubelet.yaml",
+    "/node/config/kube-proxy.yaml",
+    f"{STATE_ROOT}/",
+)
+#: Mounts of a real node under its work dir: the kubelet's root (and pod volumes), containerd's.
+_MOUNT_MARKS = ("/node/kubelet", "/node/containerd/")
 
 
 class RealNodeError(RuntimeError):
@@ -144,7 +156,7 @@ class RealNode:
         self.stop_grace = stop_grace
         key = hashlib.sha256(str(workdir).encode()).hexdigest()[:10]
         # Short, under /run: the socket paths must fit 108 bytes whatever workdir is.
-        state = Path("/run/dsguard-node") / key
+        state = STATE_ROOT / key
         self.paths = containerd.ContainerdPaths(
             root=workdir / "containerd",
             state=state,
@@ -216,7 +228,8 @@ class RealNode:
         if before:
             raise RealNodeError(
                 "the machine holds another real node's state (only one can run at a time; "
-                "`python -m localcluster down` stops a detached one): " + ", ".join(before[:8])
+                "`python -m localcluster down` stops a detached one; `python -m localcluster clean-node` "
+                "removes what a killed one left): " + ", ".join(before[:8])
             )
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -482,3 +495,27 @@ def _kubeconfig(path: Path, server: str, ca: Path, client: CertPair) -> None:
     }
     path.write_text(yaml.safe_dump(doc))
     os.chmod(path, 0o600)
+
+
+def clean_leftovers() -> list[str]:
+    """Remove what real nodes that were killed (no stop, no state.json to stop them by) left on
+    the machine: their processes (found by the marks every node's command lines hold), runc
+    containers, kubepods cgroups, mounts, cni0, KUBE-*/CNI-* chains, container log links and
+    state dirs. Returns what could not be removed. Only for a machine where no real node runs."""
+    pids = {pid for mark in _PROCESS_MARKS for pid in host_state.processes_with(mark)}
+    problems = [f"process {p}" for p in host_state.kill_pids(pids)]
+    for runc_root in STATE_ROOT.glob("*/runc"):
+        problems += [f"runc container {c}" for c in containerd.delete_runc_containers(runc_root)]
+    problems += [f"cgroup {d}" for d in host_state.remove_cgroups()]
+    prefixes = [Path(m) for m in host_state.mount_points() if any(mark in m for mark in _MOUNT_MARKS)]
+    problems += [f"mount {m}" for m in host_state.unmount_under([*prefixes, STATE_ROOT])]
+    host_state.remove_bridge()
+    problems += [f"chain {c}" for c in host_state.remove_chains()]
+    logs = Path("/var/log/containers")
+    for link in logs.iterdir() if logs.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and "/node/pod-logs/" in os.readlink(link):
+                link.unlink()
+    if not problems:
+        shutil.rmtree(STATE_ROOT, ignore_errors=True)
+    return problems

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,3 +188,41 @@ def _one_round(workdir: Path, image: NodeImage, *, try_a_second: bool = False) -
 def test_real_node_runs_pods_and_stop_leaves_nothing_twice(tmp_path: Path, echo_image: NodeImage) -> None:
     rounds = [_one_round(tmp_path / f"run{i}", echo_image, try_a_second=i == 1) for i in (1, 2)]
     print(f"real-node cluster start/stop (s): {rounds}")
+
+
+def test_clean_node_removes_what_a_killed_node_left(tmp_path: Path, echo_image: NodeImage) -> None:
+    """Every process of a cluster with a running pod SIGKILLed (no stop, as when the machine's
+    session dies): shims, the pod's container, mounts, cni0, chains and cgroups stay, and a new
+    real node is refused; `python -m localcluster clean-node` removes them all."""
+    workdir = tmp_path / "killed"
+    c = LocalCluster(
+        workdir, real_node=True, node_images=[echo_image.archive], dsguard_image=False, die_with_parent=False
+    )
+    c.start()
+    try:
+        ns = "killed"
+        c.kubectl("create", "namespace", ns)
+        poll(lambda: c.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
+             what="the default ServiceAccount", timeout=30)  # fmt: skip
+        c.kubectl("apply", "-f", "-", input=_manifests(echo_image.ref, ns))
+        poll(lambda: _phase(c, ns, "echo")["ready"] == "True", what="echo pod Ready", timeout=90)
+    finally:
+        for pid in c.component_pids().values():  # processes this test started
+            os.kill(pid, signal.SIGKILL)
+    c.state_file.unlink()
+    left = host_state.leftovers(needles=[str(workdir) + "/", "/run/dsguard-node/"], mount_prefixes=[workdir])
+    assert any(x.startswith("chain ") for x in left) and "link cni0" in left, left
+    with pytest.raises(ClusterError, match="clean-node"):
+        LocalCluster(tmp_path / "next", real_node=True, dsguard_image=False).start()
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "localcluster", "clean-node"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    left = host_state.leftovers(needles=[str(workdir) + "/", "/run/dsguard-node/"], mount_prefixes=[workdir])
+    assert left == []
+    assert not Path("/run/dsguard-node").exists()
