@@ -54,6 +54,7 @@ POD_SUBNET = "10.244.0.0/24"
 POD_GATEWAY = "10.244.0.1"
 #: A name with a registry domain: CRI would turn a bare `pause:X` into docker.io/library/pause:X.
 PAUSE_IMAGE = "dsguard.local/pause:{version}"
+SERVING_STEM = "node-kubelet-serving"  # in the cluster's pki dir
 #: Every node's containerd state dir is under here (short: socket paths must fit 108 bytes).
 STATE_ROOT = Path("/run/dsguard-node")
 #: What every real node's processes hold in their command lines, whatever its work dir: the
@@ -302,11 +303,11 @@ class RealNode:
             pki, "node-kubelet", cn=f"system:node:{self.name}", org="system:nodes", client=True
         )
         proxy = issue_from_ca(pki, "node-kube-proxy", cn="system:kube-proxy", client=True)
-        serving = issue_from_ca(
-            pki, "node-kubelet-serving", cn=f"system:node:{self.name}", server=True,
+        # The kubelet's serving certificate (else it makes a self-signed one): the apiserver dials it.
+        issue_from_ca(
+            pki, SERVING_STEM, cn=f"system:node:{self.name}", server=True,
             dns=[self.name, "localhost"], ips=[self.ip, "127.0.0.1"],
         )  # fmt: skip
-        self._serving = serving
         config = self.workdir / "config"
         config.mkdir(exist_ok=True)
         _kubeconfig(config / "kubelet.kubeconfig", self.server, pki.ca.cert, node)
@@ -322,8 +323,8 @@ class RealNode:
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": self.ports["kubelet_healthz"],
-            "tlsCertFile": str(self._serving.cert),
-            "tlsPrivateKeyFile": str(self._serving.key),
+            "tlsCertFile": str(self.pki.dir / f"{SERVING_STEM}.crt"),
+            "tlsPrivateKeyFile": str(self.pki.dir / f"{SERVING_STEM}.key"),
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
