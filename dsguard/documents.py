@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from dsguard.fielderrors import InvalidSpec
+from dsguard.policy import KIND as POLICY_KIND
 from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo
 
@@ -75,21 +76,52 @@ def _files_all(targets: list[str]) -> Iterator[tuple[str, str]]:
             raise InputError(f"{t}: {e.strerror or e}") from None
 
 
-def load_policies(targets: list[str]) -> list[Policy]:
+@dataclass(frozen=True)
+class PolicySet:
+    """The DaemonSetPolicies of --policy files and folders, and what else those held."""
+
+    policies: list[Policy]
+    # "file#n (Kind)" of every document that is not a DaemonSetPolicy: a folder as teams keep it
+    # (kustomization.yaml, a Namespace, the CRD) is read as it is.
+    skipped: tuple[str, ...] = ()
+
+    def skipped_note(self) -> str:
+        """ "; 1 other document skipped (manifests/kustomization.yaml#1 Kustomization)" or ""."""
+        if not self.skipped:
+            return ""
+        shown = ", ".join(self.skipped[:3]) + (
+            f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+        )
+        return f"{len(self.skipped)} other document(s) skipped ({shown})"
+
+
+def load_policies(targets: list[str]) -> PolicySet:
+    """Every DaemonSetPolicy in targets (files, folders, -); documents of other kinds are skipped
+    and counted, a document without a kind is read as a policy (and fails if it is not one)."""
     policies: list[Policy] = []
+    skipped: list[str] = []
     errors: list[str] = []
     for doc in load_documents(targets):
+        kind = doc.body.get("kind")
+        if kind is not None and kind != POLICY_KIND:
+            skipped.append(f"{doc.source} {kind}")
+            continue
         try:
             policies.append(parse_policy(doc.body, source=doc.source))
         except InvalidSpec as e:
             errors.append(str(e))
     if errors:
         raise InputError("invalid DaemonSetPolicy:\n" + "\n".join(errors))
+    if not policies and skipped:
+        raise InputError(
+            f"{', '.join(targets)}: no {POLICY_KIND} found; {len(skipped)} other document(s) skipped "
+            f"({', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''})"
+        )
     names = [p.name for p in policies]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"DaemonSetPolicy names must be unique; repeated: {', '.join(dupes)}")
-    return policies
+    return PolicySet(policies, tuple(skipped))
 
 
 def load_nodes(targets: list[str]) -> list[NodeInfo]:

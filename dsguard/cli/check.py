@@ -9,6 +9,7 @@ import click
 import orjson
 
 from dsguard.cli import exits
+from dsguard.cli.options import note_skipped
 from dsguard.documents import InputError, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 
@@ -50,9 +51,11 @@ def check(
     from dsguard.rules.engine import evaluate
 
     try:
-        policies = load_policies(list(policy_files))
+        policy_set = load_policies(list(policy_files))
     except InputError as e:
         raise exits.bad_file("--policy", e, fix=exits.FIX_POLICY_FILE) from None
+    policies = policy_set.policies
+    note_skipped("--policy", policy_set)
     try:
         nodes = load_nodes(list(node_files)) if node_files else []
     except InputError as e:

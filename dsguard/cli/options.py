@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from dsguard.documents import PolicySet
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 kubeconfig_opt = click.option(
@@ -45,6 +47,14 @@ def output_opt(*choices: str, default: str) -> Callable[[F], F]:
     return click.option(
         "-o", "--output", type=click.Choice(list(choices)), default=default, show_default=True
     )
+
+
+def note_skipped(flag: str, policy_set: PolicySet) -> None:
+    """One line on stderr when --policy files held other kinds (stdout stays the report)."""
+    if policy_set.skipped:
+        click.echo(
+            f"{flag}: {len(policy_set.policies)} DaemonSetPolicy(ies); {policy_set.skipped_note()}", err=True
+        )
 
 
 def setup_logging(level: str) -> None:

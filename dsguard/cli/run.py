@@ -4,6 +4,7 @@ webhook.main and guard.main."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import click
 
@@ -15,10 +16,12 @@ from dsguard.cli.options import (
     policy_files_opt,
     setup_logging,
 )
-from dsguard.documents import InputError, load_nodes, load_policies
+from dsguard.documents import InputError, PolicySet, load_nodes, load_policies
 from dsguard.policy import Policy
 
 MIN_AUDIT_RESYNC = 10.0
+
+log = logging.getLogger("dsguard.cli")
 
 
 @click.command()
@@ -71,16 +74,17 @@ def webhook(
     from webhook.main import run_webhook
     from webhook.tls import ServingFileError
 
-    policies = _policies(policy_files)
+    policy_set = _policies(policy_files)
     try:
         nodes = load_nodes(list(node_files)) if node_files else None
     except InputError as e:
         raise exits.bad_file("--nodes", e, fix=exits.FIX_NODES_FILE) from None
-    if nodes is not None and policies is None:
+    if nodes is not None and policy_set is None:
         raise click.UsageError(
             "--nodes needs --policy-file: without a cluster there are no policies to watch"
         )
     setup_logging(log_level)
+    policies = _log_policies(policy_set)
     try:
         asyncio.run(
             run_webhook(
@@ -96,12 +100,24 @@ def webhook(
         raise exits.bad_kubeconfig(e, context_flag=False) from None
 
 
-def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
+def _policies(policy_files: tuple[str, ...]) -> PolicySet | None:
     """--policy-file's policies (None: watch the cluster's); a bad file is exit 2, one line."""
     try:
         return load_policies(list(policy_files)) if policy_files else None
     except InputError as e:
         raise exits.bad_file("--policy-file", e, fix=exits.FIX_POLICY_FILE) from None
+
+
+def _log_policies(policy_set: PolicySet | None) -> list[Policy] | None:
+    """Said once logging is set up (a JSON log stays one object per line)."""
+    if policy_set is None:
+        return None
+    log.info(
+        "%d DaemonSetPolicy(ies) from --policy-file%s",
+        len(policy_set.policies),
+        f"; {policy_set.skipped_note()}" if policy_set.skipped else "",
+    )
+    return policy_set.policies
 
 
 @click.command()
@@ -182,8 +198,9 @@ def guard(
     from dsguard.kube import ClientConfigError
     from guard.main import default_identity, run_guard
 
-    policies = _policies(policy_files)
+    policy_set = _policies(policy_files)
     setup_logging(log_level)
+    policies = _log_policies(policy_set)
     try:
         asyncio.run(
             run_guard(
