@@ -40,6 +40,9 @@ class Finding:
     rule: str
     message: str
     severity: Severity = Severity.VIOLATION
+    # The DaemonSet field at fault, e.g. "spec.template.spec.containers[0].image": where CI
+    # reports (SARIF) point, on the line the manifest has it.
+    field: str = ""
 
 
 # -- placements: one walk over the nodes per pod spec and facts snapshot ------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dsguard.daemonset import TOLERATIONS_PATH
 from dsguard.policy import Policy
 from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, name_nodes
 from dsguard.selectors import LabelSelector
 
 RULE = "coverage"
+POD_SPEC_PATH = "spec.template.spec"
 JUDGES = TEMPLATE
 
 
@@ -43,5 +45,20 @@ def _findings(selector: LabelSelector, walk: NodeWalk) -> tuple[Finding, ...]:
             RULE,
             f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: "
             f"{name_nodes(missed)}; {fix}",
+            field=_field_at_fault(walk, bool(taints)),
         ),
     )
+
+
+def _field_at_fault(walk: NodeWalk, taints: bool) -> str:
+    """Where a reader would fix it: the tolerations when taints keep pods off, else the selector."""
+    placement = walk.placement
+    if taints:
+        return TOLERATIONS_PATH
+    if placement.node_name:
+        return f"{POD_SPEC_PATH}.nodeName"
+    if placement.node_selector:
+        return f"{POD_SPEC_PATH}.nodeSelector"
+    if placement.required_terms is not None:
+        return f"{POD_SPEC_PATH}.affinity.nodeAffinity"
+    return POD_SPEC_PATH

@@ -78,7 +78,7 @@ class VersionVerdict:
         )
 
     def finding(self) -> Finding:
-        return Finding(RULE, self.message, self.severity)
+        return Finding(RULE, self.message, self.severity, field=self.image.path)
 
 
 def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
