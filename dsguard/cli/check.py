@@ -96,13 +96,16 @@ def check(
 
 
 def _finding(c: Checked, f: PolicyFinding) -> dict[str, Any]:
-    return {
+    d = {
         "policy": f.policy,
         "rule": f.rule,
         "message": f.message,
         "field": f.field,
         "line": c.doc.line_of(f.field),
     }
+    if f.nodes:  # every node, where the message names the first 10
+        d["nodes"] = [n.to_dict() for n in f.nodes]
+    return d
 
 
 def _result(c: Checked) -> dict[str, Any]:

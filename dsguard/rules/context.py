@@ -8,9 +8,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import field as dataclass_field  # `field` is also a Finding field's name
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -35,6 +36,12 @@ TEMPLATE = SpecPart.TEMPLATE
 ROLLOUT = SpecPart.ROLLOUT
 
 
+class NodeFact(Protocol):
+    """What a finding says about one node, as data (`dsguard check -o json`)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Finding:
     rule: str
@@ -43,6 +50,9 @@ class Finding:
     # The DaemonSet field at fault, e.g. "spec.template.spec.containers[0].image": where CI
     # reports (SARIF) point, on the line the manifest has it.
     field: str = ""
+    # Every node the finding is about (the message names the first 10): coverage's nodes without
+    # a pod and why (NodeExplanation), versions' nodes and kubelets. Not part of its identity.
+    nodes: tuple[NodeFact, ...] = dataclass_field(default=(), compare=False)
 
 
 # -- placements: one walk over the nodes per pod spec and facts snapshot ------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dsguard.daemonset import TOLERATIONS_PATH
 from dsguard.policy import Policy
 from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, name_nodes
+from dsguard.scheduling import NodeExplanation
 from dsguard.selectors import LabelSelector
 
 RULE = "coverage"
@@ -24,6 +25,7 @@ def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
 def _findings(selector: LabelSelector, walk: NodeWalk) -> tuple[Finding, ...]:
     in_scope = 0
     missed: list[str] = []
+    explained: list[NodeExplanation] = []
     taints: dict[str, None] = {}  # ordered set of the untolerated taints, for the fix
     for node, placement in walk.placements:  # the review's one walk, not a second evaluation
         if not selector.matches(node.labels):
@@ -32,6 +34,7 @@ def _findings(selector: LabelSelector, walk: NodeWalk) -> tuple[Finding, ...]:
         if placement.should_run:
             continue
         missed.append(f"{node.name} ({placement.reason})")
+        explained.append(walk.placement.explain(node))
         for taint in placement.untolerated:
             taints[str(taint)] = None
     if not missed:
@@ -45,20 +48,15 @@ def _findings(selector: LabelSelector, walk: NodeWalk) -> tuple[Finding, ...]:
             RULE,
             f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: "
             f"{name_nodes(missed)}; {fix}",
-            field=_field_at_fault(walk, bool(taints)),
+            field=_field_at_fault(explained, bool(taints)),
+            nodes=tuple(explained),
         ),
     )
 
 
-def _field_at_fault(walk: NodeWalk, taints: bool) -> str:
-    """Where a reader would fix it: the tolerations when taints keep pods off, else the selector."""
-    placement = walk.placement
-    if taints:
+def _field_at_fault(explained: list[NodeExplanation], taints: bool) -> str:
+    """Where a reader would fix it: the tolerations when taints keep pods off, else the field of
+    the first node's first reason (its nodeSelector, affinity term or nodeName)."""
+    if taints or not explained or not explained[0].reasons:
         return TOLERATIONS_PATH
-    if placement.node_name:
-        return f"{POD_SPEC_PATH}.nodeName"
-    if placement.node_selector:
-        return f"{POD_SPEC_PATH}.nodeSelector"
-    if placement.required_terms is not None:
-        return f"{POD_SPEC_PATH}.affinity.nodeAffinity"
-    return POD_SPEC_PATH
+    return f"{POD_SPEC_PATH}.{explained[0].reasons[0].field}"

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import field as dataclass_field
 from typing import Any, Protocol
 
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
-from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext, Severity, SpecPart
+from dsguard.rules.context import TEMPLATE, Finding, NodeFact, ObjectEdit, RuleContext, Severity, SpecPart
 
 
 class Rule(Protocol):
@@ -52,6 +53,7 @@ class PolicyFinding:
     rule: str
     message: str
     field: str = ""  # the DaemonSet field at fault (Finding.field)
+    nodes: tuple[NodeFact, ...] = dataclass_field(default=(), compare=False)  # Finding.nodes
 
     def __str__(self) -> str:
         return f'DaemonSetPolicy "{self.policy}" ({self.rule}): {self.message}'
@@ -183,7 +185,7 @@ def judge(
         for rule in RULES:
             (enforced if changed.covers(rule.JUDGES) else unenforced).extend(rule.check(p, ctx))
         for f in enforced:
-            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field)
+            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
                 audits.append(pf)
             elif f.severity is Severity.WARNING or p.enforcement is Enforcement.WARN:
@@ -192,7 +194,7 @@ def judge(
             elif pf not in denials:
                 denials.append(pf)
         for f in unenforced:
-            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field)
+            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
                 audits.append(pf)
             else:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 from dsguard.daemonset import ContainerImage
 from dsguard.policy import Compatibility, Policy, UnknownVersion, VersionPolicy
@@ -41,6 +42,17 @@ class FindingKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class KubeletNode:
+    """A node a version finding is about (NodeFact)."""
+
+    node: str
+    kubelet_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "kubeletVersion": self.kubelet_version}
+
+
+@dataclass(frozen=True)
 class VersionVerdict:
     """One thing the rule has to say about one image, with the nodes it concerns as data (the
     upgrade check reads those; the webhook reads the message). `reported` is False only for an
@@ -55,6 +67,7 @@ class VersionVerdict:
     compatibility: Compatibility | None = None  # the entry violated (INCOMPATIBLE)
     pattern: str = ""  # the first rule's image pattern matching the image
     error: str = ""  # why the reference doesn't parse (INVALID_IMAGE)
+    node_kubelets: tuple[tuple[str, str], ...] = ()  # (node, kubelet version) of `nodes`
 
     @property
     def message(self) -> str:
@@ -78,7 +91,13 @@ class VersionVerdict:
         )
 
     def finding(self) -> Finding:
-        return Finding(RULE, self.message, self.severity, field=self.image.path)
+        return Finding(
+            RULE,
+            self.message,
+            self.severity,
+            field=self.image.path,
+            nodes=tuple(KubeletNode(n, k) for n, k in self.node_kubelets),
+        )
 
 
 def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
@@ -133,6 +152,7 @@ def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
                     FindingKind.INCOMPATIBLE,
                     # dict.fromkeys: a node met under two equal entries is one node
                     nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
+                    node_kubelets=tuple(dict.fromkeys((n, k) for k, ns in where for n in ns)),
                     kubelets=tuple(sorted({k for k, _ in where})),
                     compatibility=compat,
                     pattern=rules[0].image,
