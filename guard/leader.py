@@ -18,6 +18,8 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dsguard.log_context import ObjectRef, object_extra
+
 log = logging.getLogger("dsguard.guard.leader")
 
 
@@ -58,6 +60,7 @@ class LeaderElector:
         self.on_change = on_change
         self.leading = False
         self._last_renew = 0.0
+        self._lease = object_extra(ObjectRef("Lease", name, namespace))  # names it in JSON logs
 
     def is_leader(self) -> bool:
         # Step down on our own clock before the lease can expire for the others.
@@ -68,10 +71,12 @@ class LeaderElector:
             try:
                 acquired = await self._try_acquire_or_renew()
             except ApiException as e:
-                log.warning("lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason)
+                log.warning(
+                    "lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason, extra=self._lease
+                )
                 acquired = False
             except (OSError, TimeoutError) as e:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, e)
+                log.warning("lease %s/%s: %s", self.namespace, self.name, e, extra=self._lease)
                 acquired = False
             if acquired:
                 self._last_renew = time.monotonic()
@@ -82,7 +87,11 @@ class LeaderElector:
         if leading != self.leading:
             self.leading = leading
             log.warning(
-                "%s leadership of %s/%s", "acquired" if leading else "lost", self.namespace, self.name
+                "%s leadership of %s/%s",
+                "acquired" if leading else "lost",
+                self.namespace,
+                self.name,
+                extra=self._lease,
             )
             self.on_change(leading)
 

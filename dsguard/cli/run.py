@@ -12,6 +12,7 @@ from dsguard.cli import exits
 from dsguard.cli.options import (
     DURATION,
     kubeconfig_opt,
+    log_format_opt,
     log_level_opt,
     policy_files_opt,
     setup_logging,
@@ -57,6 +58,7 @@ log = logging.getLogger("dsguard.cli")
     "system:serviceaccount:dsguard:dsguard-guard (repeatable).",
 )
 @log_level_opt
+@log_format_opt
 def webhook(
     tls_cert_file: str,
     tls_private_key_file: str,
@@ -68,6 +70,7 @@ def webhook(
     kubernetes_version: str | None,
     exempt_users: tuple[str, ...],
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
     from dsguard.kube import ClientConfigError
@@ -83,7 +86,7 @@ def webhook(
         raise click.UsageError(
             "--nodes needs --policy-file: without a cluster there are no policies to watch"
         )
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     policies = _log_policies(policy_set)
     try:
         asyncio.run(
@@ -168,6 +171,7 @@ def _log_policies(policy_set: PolicySet | None) -> list[Policy] | None:
     "baseline is the rate over 12 samples before a rollout, the current rate over the last 6.",
 )
 @log_level_opt
+@log_format_opt
 def guard(
     kubeconfig: str | None,
     policy_files: tuple[str, ...],
@@ -183,6 +187,7 @@ def guard(
     audit_resync: float,
     gate_sample_interval: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
     if not 0.1 <= gate_sample_interval <= 300:
@@ -199,7 +204,7 @@ def guard(
     from guard.main import default_identity, run_guard
 
     policy_set = _policies(policy_files)
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     policies = _log_policies(policy_set)
     try:
         asyncio.run(
