@@ -23,7 +23,8 @@ from dsguard.rules.engine import PolicyFinding
     multiple=True,
     required=True,
     type=str,
-    help="DaemonSetPolicy file or directory (repeatable).",
+    envvar="DSGUARD_POLICY",
+    help="DaemonSetPolicy file or directory (repeatable; or $DSGUARD_POLICY, space-separated).",
 )
 @click.option(
     "--nodes",
