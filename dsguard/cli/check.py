@@ -104,8 +104,8 @@ def _finding(c: Checked, f: PolicyFinding) -> dict[str, Any]:
         "field": f.field,
         "line": c.doc.line_of(f.field),
     }
-    if f.nodes:  # every node, where the message names the first 10
-        d["nodes"] = [n.to_dict() for n in f.nodes]
+    if f.nodes is not None:  # every node, where the message names the first 10
+        d["nodes"] = f.nodes.to_dicts()
     return d
 
 

@@ -36,10 +36,11 @@ TEMPLATE = SpecPart.TEMPLATE
 ROLLOUT = SpecPart.ROLLOUT
 
 
-class NodeFact(Protocol):
-    """What a finding says about one node, as data (`dsguard check -o json`)."""
+class NodeList(Protocol):
+    """Every node a finding is about, as data (`dsguard check -o json`), built only when asked:
+    a review on a 5,000-node cluster must not pay for a list nobody reads."""
 
-    def to_dict(self) -> dict[str, Any]: ...
+    def to_dicts(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class Finding:
     # reports (SARIF) point, on the line the manifest has it.
     field: str = ""
     # Every node the finding is about (the message names the first 10): coverage's nodes without
-    # a pod and why (NodeExplanation), versions' nodes and kubelets. Not part of its identity.
-    nodes: tuple[NodeFact, ...] = dataclass_field(default=(), compare=False)
+    # a pod and why, versions' nodes and kubelets. Not part of its identity.
+    nodes: NodeList | None = dataclass_field(default=None, compare=False)
 
 
 # -- placements: one walk over the nodes per pod spec and facts snapshot ------------------------

@@ -27,7 +27,7 @@ from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
-from dsguard.rules.context import TEMPLATE, Finding, NodeFact, ObjectEdit, RuleContext, Severity, SpecPart
+from dsguard.rules.context import TEMPLATE, Finding, NodeList, ObjectEdit, RuleContext, Severity, SpecPart
 
 
 class Rule(Protocol):
@@ -53,7 +53,7 @@ class PolicyFinding:
     rule: str
     message: str
     field: str = ""  # the DaemonSet field at fault (Finding.field)
-    nodes: tuple[NodeFact, ...] = dataclass_field(default=(), compare=False)  # Finding.nodes
+    nodes: NodeList | None = dataclass_field(default=None, compare=False)  # Finding.nodes
 
     def __str__(self) -> str:
         return f'DaemonSetPolicy "{self.policy}" ({self.rule}): {self.message}'

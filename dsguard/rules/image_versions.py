@@ -41,15 +41,20 @@ class FindingKind(StrEnum):
     INVALID_IMAGE = "invalid-image"  # not an image reference at all
 
 
-@dataclass(frozen=True)
-class KubeletNode:
-    """A node a version finding is about (NodeFact)."""
+class KubeletNodes:
+    """A version finding's nodes with their kubelet versions, listed when a report asks (NodeList)."""
 
-    node: str
-    kubelet_version: str
+    __slots__ = ("groups",)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "kubeletVersion": self.kubelet_version}
+    def __init__(self, groups: tuple[tuple[str, Sequence[str]], ...]) -> None:
+        self.groups = groups  # (kubelet version, node names): the memoised groups, not copies
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        seen: dict[str, str] = {}
+        for kubelet, names in self.groups:
+            for n in names:
+                seen.setdefault(n, kubelet)
+        return [{"node": n, "kubeletVersion": k} for n, k in seen.items()]
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class VersionVerdict:
     compatibility: Compatibility | None = None  # the entry violated (INCOMPATIBLE)
     pattern: str = ""  # the first rule's image pattern matching the image
     error: str = ""  # why the reference doesn't parse (INVALID_IMAGE)
-    node_kubelets: tuple[tuple[str, str], ...] = ()  # (node, kubelet version) of `nodes`
+    kubelet_groups: tuple[tuple[str, Sequence[str]], ...] = ()  # (kubelet version, its nodes) of `nodes`
 
     @property
     def message(self) -> str:
@@ -96,7 +101,7 @@ class VersionVerdict:
             self.message,
             self.severity,
             field=self.image.path,
-            nodes=tuple(KubeletNode(n, k) for n, k in self.node_kubelets),
+            nodes=KubeletNodes(self.kubelet_groups) if self.kubelet_groups else None,
         )
 
 
@@ -152,7 +157,7 @@ def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
                     FindingKind.INCOMPATIBLE,
                     # dict.fromkeys: a node met under two equal entries is one node
                     nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
-                    node_kubelets=tuple(dict.fromkeys((n, k) for k, ns in where for n in ns)),
+                    kubelet_groups=tuple(where),
                     kubelets=tuple(sorted({k for k, _ in where})),
                     compatibility=compat,
                     pattern=rules[0].image,

@@ -10,6 +10,7 @@ only this test's nodes are compared (the others are explained as the nodeSelecto
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -179,6 +180,21 @@ def test_explain_agrees_with_the_daemonset_controller(
         assert "yes, evicted after 0s" in rows[infra]
         assert "taint gpu=true:NoSchedule is not tolerated" in rows[gpu]
         print(table)
+
+        # `kubectl dsguard explain`: kubectl runs the kubectl-dsguard console script on PATH
+        # (a plugin takes the kubeconfig from $KUBECONFIG).
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        proc = subprocess.run(
+            [cluster.kubectl_argv()[0], "dsguard", "explain", f"{namespace}/agent", "-o", "json"],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        via_plugin = {n["node"]: n["runs"] for n in json.loads(proc.stdout)["nodes"] if n["node"] in ours}
+        assert via_plugin == {n: e["runs"] for n, e in nodes.items()}
     finally:
         pods.close()
 

@@ -291,7 +291,7 @@ def _check_context(facts: ClusterFacts, spec: dict[str, Any]) -> None:
         ]
         for f in found:
             missed = [n.name for n, p in expected if selector.matches(n.labels) and not p.should_run]
-            assert [getattr(n, "node", None) for n in f.nodes] == missed
+            assert f.nodes is not None and [n["node"] for n in f.nodes.to_dicts()] == missed
     if facts.nodes:
         assert dict(_nodes_by_kubelet(ctx)) == reference_kubelets(facts, spec)
 
