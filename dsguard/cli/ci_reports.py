@@ -8,12 +8,14 @@ per DaemonSet, one test case per DaemonSet and policy, failing with the policy's
 from __future__ import annotations
 
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from dsguard.documents import Document
 from dsguard.rules.engine import Evaluation, PolicyFinding
@@ -73,7 +75,7 @@ def _uri(path: str) -> str | None:
     if not path or path == "<stdin>":
         return None
     p = Path(path)
-    return p.as_uri() if p.is_absolute() else p.as_posix()
+    return p.as_uri() if p.is_absolute() else quote(p.as_posix())  # a space is %20 in a URI
 
 
 def _findings(ev: Evaluation) -> list[tuple[str, PolicyFinding]]:
@@ -186,4 +188,11 @@ def junit(checked: Sequence[Checked]) -> str:
     root.set("failures", str(failed))
     root.set("errors", "0")
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + _XML_ILLEGAL.sub(
+        "\ufffd", ET.tostring(root, encoding="unicode")
+    )
+
+
+# Characters XML 1.0 forbids (a YAML string can hold them, escaped): ElementTree writes them as
+# they are, and no JUnit reader would parse the report.
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")

@@ -232,3 +232,17 @@ def test_the_junit_schema_check_can_fail(files: Path) -> None:
     broken = out.replace('<testsuite name="DaemonSet logging/bad"', '<testsuite title="x"', 1)
     with pytest.raises(xmlschema.XMLSchemaValidationError):
         xmlschema.XMLSchema(SCHEMAS / "junit-10.xsd").validate(broken)
+
+
+def test_paths_with_spaces_and_control_characters(files: Path) -> None:
+    """A space in a path is %20 in the SARIF URI; a control character a YAML string can hold
+    (escaped; here in a name) is replaced in the JUnit XML, which XML 1.0 could not carry."""
+    (files / "my deploy").mkdir()
+    (files / "my deploy" / "a.yaml").write_text(BAD.replace("{name: bad,", '{name: "bad\\x01",'))
+    log = json.loads(check("-o", "sarif", "my deploy/a.yaml")[1])
+    sarif_validator().validate(log)
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]}
+    assert uris == {"my%20deploy/a.yaml"}
+    out = check("-o", "junit", "my deploy/a.yaml")[1]
+    assert 'classname="DaemonSet logging/bad\ufffd"' in out
+    xmlschema.XMLSchema(SCHEMAS / "junit-10.xsd").validate(out)
