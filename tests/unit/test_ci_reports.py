@@ -241,7 +241,8 @@ def test_paths_with_spaces_and_control_characters(files: Path) -> None:
     (files / "my deploy" / "a.yaml").write_text(BAD.replace("{name: bad,", '{name: "bad\\x01",'))
     log = json.loads(check("-o", "sarif", "my deploy/a.yaml")[1])
     sarif_validator().validate(log)
-    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]}
+    results = log["runs"][0]["results"]
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results}
     assert uris == {"my%20deploy/a.yaml"}
     out = check("-o", "junit", "my deploy/a.yaml")[1]
     assert 'classname="DaemonSet logging/bad\ufffd"' in out
