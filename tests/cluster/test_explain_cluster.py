@@ -58,7 +58,7 @@ def pod_node(pod: dict[str, Any]) -> str:
 
 
 def test_explain_agrees_with_the_daemonset_controller(
-    cluster: LocalCluster, namespace: str, kwok_nodes: KwokNodes
+    cluster: LocalCluster, namespace: str, kwok_nodes: KwokNodes, tmp_path: Path
 ) -> None:
     cpu = kwok_nodes(2, suffix="cpu", labels={"pool": "cpu"})
     (gpu,) = kwok_nodes(
@@ -195,6 +195,17 @@ def test_explain_agrees_with_the_daemonset_controller(
         assert proc.returncode == 0, proc.stderr
         via_plugin = {n["node"]: n["runs"] for n in json.loads(proc.stdout)["nodes"] if n["node"] in ours}
         assert via_plugin == {n: e["runs"] for n, e in nodes.items()}
+
+        # The manifest (-f) against the cluster's nodes: the same answer, without pods.
+        manifest = tmp_path / "agent.yaml"
+        manifest.write_text(json.dumps(ds))
+        code, out, err = explain(cluster, "-f", str(manifest), "-o", "json")
+        assert code == 0, err
+        [from_file] = json.loads(out)
+        assert {
+            n["node"]: (n["runs"], n["evictedAfterSeconds"]) for n in from_file["nodes"] if n["node"] in ours
+        } == {n: (e["runs"], e["evictedAfterSeconds"]) for n, e in nodes.items()}
+        assert all("pod" not in n for n in from_file["nodes"])
     finally:
         pods.close()
 
