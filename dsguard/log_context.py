@@ -9,9 +9,7 @@ messages. A contextvar, so concurrent asyncio tasks keep their own. No I/O.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +37,22 @@ class ObjectRef:
 _current: ContextVar[ObjectRef | None] = ContextVar("dsguard_log_object", default=None)
 
 
-@contextmanager
-def about(obj: ObjectRef | None) -> Iterator[None]:
-    """Lines logged inside are about `obj` (None: about nothing in particular)."""
-    token = _current.set(obj)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class about:
+    """Lines logged inside are about `obj` (None: about nothing in particular). A class, not a
+    contextmanager generator: the webhook enters one per review (~4x cheaper)."""
+
+    __slots__ = ("_obj", "_token")
+
+    def __init__(self, obj: ObjectRef | None) -> None:
+        self._obj = obj
+        self._token: Token[ObjectRef | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._obj)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
 
 
 def object_extra(obj: ObjectRef) -> dict[str, Any]:
