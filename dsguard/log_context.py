@@ -39,7 +39,7 @@ _current: ContextVar[ObjectRef | None] = ContextVar("dsguard_log_object", defaul
 
 class about:
     """Lines logged inside are about `obj` (None: about nothing in particular). A class, not a
-    contextmanager generator: the webhook enters one per review (~4x cheaper)."""
+    contextmanager generator: the webhook enters one per review (about 2x cheaper)."""
 
     __slots__ = ("_obj", "_token")
 
