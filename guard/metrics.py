@@ -79,3 +79,10 @@ class GuardMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.report_writes = Counter(
+            "dsguard_audit_report_writes_total",
+            "Policy report (OpenReports Report or PolicyReport) writes, by operation (apply, delete) "
+            "and result (ok, error).",
+            ["operation", "result"],
+            registry=self.registry,
+        )

@@ -492,6 +492,7 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
         tasks = [asyncio.create_task(r.run()) for r in cache.reflectors]
         try:
             assert (await w.get("/readyz"))[0] == 503
+            assert metric(await w.metrics(), "dsguard_webhook_ready") == 0
 
             async def only_nodes_pending() -> bool:
                 return await w.get("/readyz") == (503, "waiting for the first sync of: nodes")
@@ -504,6 +505,7 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
 
             await poll_async(ready, what="/readyz to turn 200")
             assert metric(await w.metrics(), "dsguard_nodes") == len(NODES)
+            assert metric(await w.metrics(), "dsguard_webhook_ready") == 1
         finally:
             for t in tasks:
                 t.cancel()
