@@ -22,7 +22,9 @@ from click.testing import CliRunner
 
 from dsguard.cli import main
 from dsguard.cli.options import log_handler
-from dsguard.log_context import ObjectRef, about, object_extra
+from dsguard.log_context import ObjectFilter, ObjectRef, about, object_extra
+from guard.notify.alert import Alert, AlertKind
+from guard.notify.dispatch import AlertDispatcher
 from localcluster.procs import free_port
 from tests.support import builders
 from tests.support.polling import poll
@@ -185,3 +187,40 @@ def test_webhook_process_logs_json_lines(tmp_path: Path) -> None:
     assert denied["logger"] == "dsguard.webhook" and denied["level"] == "INFO"
     assert any(d["message"] == "1 DaemonSetPolicy(ies) from --policy-file" for d in docs), lines
     assert any(d["message"].startswith("serving on https://127.0.0.1:") for d in docs), lines
+
+
+class _Sink:
+    name = "s"
+
+    async def send(self, alert: Alert) -> None:
+        logging.getLogger("dsguard.guard.notify.test").info("sent %s", alert.key)
+
+
+class _Recorder:
+    async def delivery_failed(self, alert: Alert, sink: str, error: str) -> None:
+        return None
+
+
+def _alert(namespace: str, name: str) -> Alert:
+    return Alert(AlertKind.PAUSED, namespace, name, f"uid-{name}", "r1", "paused")
+
+
+async def test_alert_lines_are_about_the_alerts_daemonset_not_the_one_that_started_the_sender(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sender tasks start inside the guard's decision for one DaemonSet (copying its log
+    context); each delivery's lines must name the alert's own DaemonSet."""
+    caplog.set_level(logging.INFO, logger="dsguard.guard.notify.test")
+    caplog.handler.addFilter(ObjectFilter())
+    d = AlertDispatcher([_Sink()], recorder=_Recorder())
+    with about(ObjectRef.of("DaemonSet", "a/first")):
+        await d.start()
+        d.submit(_alert("a", "first"))
+    d.submit(_alert("b", "second"))
+    await d.wait_idle(5)
+    await d.close(1)
+    objects = [getattr(r, "object", None) for r in caplog.records if r.name == "dsguard.guard.notify.test"]
+    assert objects == [
+        {"kind": "DaemonSet", "namespace": "a", "name": "first"},
+        {"kind": "DaemonSet", "namespace": "b", "name": "second"},
+    ]
