@@ -200,6 +200,8 @@ class Reflector:
         # When list/watch began failing (time.monotonic()); None while it works. Cleared by the
         # next complete list, so a reader can tell a view that is falling behind.
         self.failing_since: float | None = None
+        # Complete lists so far: the first sync and every relist (after a 410 or an error).
+        self.lists = 0
 
     def _replace_all(self, items: list[Obj]) -> None:
         for s in self.subscribers:
@@ -240,6 +242,7 @@ class Reflector:
     async def _list_all(self) -> None:
         items, self.resource_version = await list_all(self._list, page_size=self._page_size)
         self._on_replace(items)
+        self.lists += 1
         self.failing_since = None
         self.synced.set()
 

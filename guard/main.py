@@ -203,6 +203,9 @@ async def run_guard(
         *cache_reflectors,
         *guard_watches(api, guard.store, cache=cache, auditor=auditor, restarts=metrics.watch_restarts),
     ]
+    # The cache's watches (namespaces, policies) restart and relist like the guard's own.
+    cache.on_restart = lambda resource, reason: metrics.watch_restarts.labels(resource, reason).inc()
+    metrics.watch_lists.source = lambda: {r.name: r.lists for r in reflectors}
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
     # Done once it has read the version: not one of the loops /healthz expects to run forever.
     one_shot: list[asyncio.Task[None]] = []

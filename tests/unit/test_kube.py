@@ -270,3 +270,33 @@ def test_a_reflector_needs_something_to_feed() -> None:
     first = Reflector("nodes", list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
                       subscribers=[Subscriber(lambda items: None, lambda k, o: None)])  # fmt: skip
     assert len(first.subscribers) == 2
+
+
+async def test_a_410_gone_relists_at_once_and_counts_the_list() -> None:
+    restarts: list[str] = []
+    replaced: list[list[Any]] = []
+    relisted = asyncio.Event()
+    calls = {"list": 0}
+    gone = orjson.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}})
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        if kwargs.get("watch"):
+            if calls["list"] == 1:
+                return FakeResponse(200, b"", lines=[gone + b"\n"])  # the watch carries the 410, then ends
+            return FakeResponse(200, b"", lines=[])  # stays open
+        calls["list"] += 1
+        return FakeResponse(
+            200, orjson.dumps({"items": [], "metadata": {"resourceVersion": str(calls["list"])}})
+        )
+
+    def on_replace(items: list[Any]) -> None:
+        replaced.append(items)
+        if len(replaced) == 2:
+            relisted.set()
+
+    r = Reflector("pods", list_fn, on_replace=on_replace, on_event=lambda k, o: None,
+                  on_restart=restarts.append)  # fmt: skip
+    await run_briefly(r, relisted)
+    assert r.lists == 2
+    assert restarts == ["gone"]
+    assert r.failing_since is None
