@@ -10,9 +10,9 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
+from dsguard.log_context import ObjectRef, about
 from dsguard.rules import engine
 from webhook import review
 from webhook.metrics import Metrics
@@ -62,6 +63,14 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
     # Only DaemonSet CREATE/UPDATE are judged; the webhook configuration should send nothing else.
     if not req.is_daemonset or req.operation not in ("CREATE", "UPDATE") or req.object is None:
         return 200, review.encode(req.uid, allowed=True), "allowed"
+    # Every line logged while judging it names it (--log-format json: `object`).
+    with about(ObjectRef.of("DaemonSet", req.ref)):
+        return _judge(state, endpoint, req, req.object)
+
+
+def _judge(
+    state: WebhookState, endpoint: Endpoint, req: review.AdmissionRequest, obj: Mapping[str, Any]
+) -> tuple[int, bytes, str]:
     if req.username in state.exempt_users:
         log.info("exempt: %s %s DaemonSet %s unjudged", req.username, req.operation, req.ref)
         return 200, review.encode(req.uid, allowed=True), "exempt"
@@ -71,7 +80,7 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
         mutated = hold_then_mutate(
-            cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+            cache.policies, obj, facts=cache.facts, namespace=req.namespace, old=previous
         )
         verdict = "patched" if mutated.patch else "allowed"
         return (
@@ -79,9 +88,7 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
             review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=mutated.notices),
             verdict,
         )
-    result = engine.judge(
-        cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
-    )
+    result = engine.judge(cache.policies, obj, facts=cache.facts, namespace=req.namespace, old=previous)
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:
         state.metrics.audits.labels(a.policy, a.rule).inc()
