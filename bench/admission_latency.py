@@ -14,6 +14,8 @@ round hits all four alike):
   dsguard     `dsguard webhook` on the host (as the cluster tests run it), /mutate + /validate,
               the three DaemonSetPolicies the CEL policies imitate (--policy-file)
   dsguard-20  another `dsguard webhook` with those three and 17 more that all match
+  minimal     bench/minimal_webhook.py registered the same way (/mutate and /validate: parse,
+              echo the uid, allow): what any aiohttp webhook costs through the apiserver
 
 Per round, in a rotating order, one client (keep-alive HTTPS, the admin certificate) creates a
 DaemonSet in each set-up's namespace (a realistic node agent missing a required toleration and
@@ -56,9 +58,10 @@ if str(REPO) not in sys.path:
 from bench.webhook_load import AGENT_IMAGE, agent_daemonset  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
 from localcluster.nodes import create_nodes, node_manifest  # noqa: E402
-from localcluster.webhook_host import HostWebhook  # noqa: E402
+from localcluster.procs import Child, free_port, launch, wait_ready  # noqa: E402
+from localcluster.webhook_host import HostWebhook, loopback_tls_files, webhook_configurations  # noqa: E402
 
-SETUPS = ("floor", "vap", "dsguard", "dsguard-20")
+SETUPS = ("floor", "vap", "minimal", "dsguard", "dsguard-20")
 SETUP_LABEL = "bench.dsguard.io/setup"
 CEL_POLICIES = REPO / "bench" / "cel" / "node-agent-policies.yaml"
 WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds"
@@ -286,6 +289,41 @@ def start_webhook(cluster: LocalCluster, workdir: Path, setup: str, policies: in
     )
 
 
+def start_minimal(cluster: LocalCluster, workdir: Path) -> Child:
+    """bench/minimal_webhook.py on the host, registered for the `minimal` namespace."""
+    tls, ca_pem = loopback_tls_files(workdir / "minimal-tls")
+    port = free_port()
+    cmd = [
+        sys.executable, str(REPO / "bench" / "minimal_webhook.py"), "--tls-cert-file", str(tls["tls.crt"]),
+        "--tls-private-key-file", str(tls["tls.key"]), "--port", str(port),
+    ]  # fmt: skip
+    child = launch(cmd, log=cluster.logs_dir / "minimal-webhook.log", cwd=REPO)
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    wait_ready(
+        f"https://127.0.0.1:{port}/readyz", what="minimal webhook", child=child, timeout=30, context=ctx
+    )
+    docs = webhook_configurations(
+        f"https://127.0.0.1:{port}", ca_pem, namespace_selector={"matchLabels": {SETUP_LABEL: "minimal"}},
+        name="minimal",
+    )  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    return child
+
+
+def probe_minimal(api: Api, namespace: str, deadline: float) -> None:
+    """Dry runs until the apiserver has called both of the minimal webhook's endpoints."""
+    seen = {"mutate.minimal.io": False, "validate.minimal.io": False}
+    while not all(seen.values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"minimal: webhooks not called: {seen}")
+        api.call("POST", ds_path(namespace) + "?dryRun=All", daemonset(namespace, "probe"))
+        calls = webhook_calls(api.metrics())
+        for name in seen:
+            seen[name] = any(n == name and count > 0 for (n, _), (count, _) in calls.items())
+        if not all(seen.values()):
+            time.sleep(0.1)
+
+
 def probe(api: Api, namespace: str, setup: str, deadline: float) -> None:
     """Dry runs until the set-up's admission is in force: the mutation (the GPU toleration added)
     and a denial (an agent image too old for the kubelets)."""
@@ -370,6 +408,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(cluster.stop)
         create_nodes(cluster.kubectl, nodes())
         register_cel(cluster)
+        minimal = start_minimal(cluster, workdir)
+        stack.callback(minimal.stop, 5)
         hooks = {
             "dsguard": stack.enter_context(start_webhook(cluster, workdir, "dsguard", 3)),
             "dsguard-20": stack.enter_context(start_webhook(cluster, workdir, "dsguard-20", 20)),
@@ -388,13 +428,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(api.close)
         deadline = time.monotonic() + 60
         for setup, ns in namespaces.items():
-            probe(api, ns, setup, deadline)
+            if setup == "minimal":
+                probe_minimal(api, ns, deadline)
+            else:
+                probe(api, ns, setup, deadline)
         rounds(api, namespaces, args.warmup, "warm")
         before = webhook_calls(api.metrics())
         hooks_before = {s: review_histogram(h.metrics()) for s, h in hooks.items()}
         timings = rounds(api, namespaces, args.n, "ds")
         after = webhook_calls(api.metrics())
         hooks_after = {s: review_histogram(h.metrics()) for s, h in hooks.items()}
+        if not minimal.alive():
+            raise RuntimeError(f"minimal webhook died:\n{minimal.tail(20)}")
         for setup, hook in hooks.items():
             if hook.child is None or not hook.child.alive():
                 raise RuntimeError(f"{setup}: dsguard webhook died:\n{hook.log_tail()}")
@@ -435,6 +480,7 @@ def summarize(
         "config": {"n": args.n, "warmup": args.warmup, "requests_per_setup": 2 * args.n},
         "setups": rows,
         "ratio_dsguard_over_vap_added_p50": round(ds_added / vap_added, 2) if vap_added > 0 else None,
+        "dsguard_added_over_minimal_p50_ms": round(ds_added - rows["minimal"]["added_p50_ms"], 2),
         "apiserver_webhook_mean_ms": apiserver_ms,
         "dsguard_handler_mean_ms": handler_ms,
         "meets_target": ds_added <= TARGET_ADDED_P50_MS
@@ -449,7 +495,10 @@ def print_report(r: Mapping[str, Any]) -> None:
         f"DaemonSet create + update through the apiserver: {cfg['n']} of each per set-up "
         f"({cfg['warmup']} warm-up rounds), interleaved; one keep-alive client; client-side round trip"
     )
-    header = f"{'set-up':<11} {'p50 ms':>7} {'p99 ms':>7} {'create p50':>10} {'update p50':>10} {'+p50 ms':>8} {'+p99 ms':>8}"
+    header = (
+        f"{'set-up':<11} {'p50 ms':>7} {'p99 ms':>7} {'create p50':>10} {'update p50':>10} "
+        f"{'+p50 ms':>8} {'+p99 ms':>8}"
+    )
     print(header)
     print("-" * len(header))
     for setup, row in r["setups"].items():
@@ -459,6 +508,10 @@ def print_report(r: Mapping[str, Any]) -> None:
         )
     ratio = r["ratio_dsguard_over_vap_added_p50"]
     print(f"\ndsguard added p50 / VAP+MAP added p50: {ratio if ratio is not None else 'n/a'}")
+    print(
+        "dsguard added p50 over the minimal aiohttp webhook's (the rules and dsguard's own HTTP "
+        f"handling): {r['dsguard_added_over_minimal_p50_ms']:.2f} ms"
+    )
     print("apiserver's webhook call (apiserver_admission_webhook_admission_duration_seconds, mean ms):")
     for name, kinds in sorted(r["apiserver_webhook_mean_ms"].items()):
         print(f"  {name:<22} " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items())))
