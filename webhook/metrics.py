@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+ENDPOINTS = ("mutate", "validate")
+VERDICTS = ("allowed", "denied", "patched", "warned", "exempt", "bad_request", "error")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -32,6 +35,9 @@ class Metrics:
         self.policy_errors = Gauge(
             "dsguard_policy_errors", "DaemonSetPolicies rejected as invalid.", registry=self.registry
         )
+        # Children bound once: labels() costs a lock and a dict lookup on every review.
+        self.review_counters = {(e, v): self.reviews.labels(e, v) for e in ENDPOINTS for v in VERDICTS}
+        self.latencies = {e: self.latency.labels(e) for e in ENDPOINTS}
         self.nodes = Gauge("dsguard_nodes", "Nodes in the webhook's cache.", registry=self.registry)
         self.watch_restarts = Counter(
             "dsguard_watch_restarts_total",

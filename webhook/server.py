@@ -135,8 +135,10 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
                         orjson.dumps({"error": "internal error; see the webhook log"}),
                         "error",
                     )
-        state.metrics.reviews.labels(endpoint, verdict).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        metrics = state.metrics
+        bound = metrics.review_counters.get((endpoint, verdict))
+        (bound or metrics.reviews.labels(endpoint, verdict)).inc()
+        metrics.latencies[endpoint].observe(time.perf_counter() - start)
         return web.Response(status=status, body=out, content_type="application/json")
 
     return handle
