@@ -4,7 +4,8 @@ Runs in the guard process, on the leader only (one writer per status). Wakes on 
 spec or label change, a policy change, a new facts snapshot (nodes, namespace labels: the
 ClusterCache builds a new one only when something the rules read changed) and every `resync`
 seconds; bursts are coalesced into one audit per `min_interval`. The judgement is
-guard/policy_audit.py.
+guard/policy_audit.py: incremental (only the DaemonSets a change can affect are judged again),
+and every DaemonSet at a resync.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from dsguard.kube import Obj, raw_body
 from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import SinkError
-from guard.policy_audit import audit, known_violations, plan_events, policy_status, status_changed
+from guard.policy_audit import (
+    IncrementalAudit,
+    known_violations,
+    plan_events,
+    policy_status,
+    status_changed,
+)
 
 log = logging.getLogger("dsguard.audit")
 
@@ -104,6 +111,8 @@ class Auditor:
         self._backoff = 1.0
         self._last_facts: ClusterFacts | None = None
         self._last_audit = -float("inf")
+        self._last_full = -float("inf")
+        self.incremental = IncrementalAudit()
         self._was_leader = False
         self._gauged: set[str] = set()
         # (policy, namespace, name, rule) reported so far; None until loaded from the stored statuses
@@ -183,7 +192,10 @@ class Auditor:
         facts = self.cache.facts
         policies = self.cache.policies
         started = time.perf_counter()
-        results = audit(policies, self.daemonsets.values(), facts)
+        full = time.monotonic() - self._last_full >= self.resync
+        results = self.incremental.run(policies, self.daemonsets, facts, full=full)
+        if full:
+            self._last_full = time.monotonic()
         self.metrics.audit_seconds.observe(time.perf_counter() - started)
         self.metrics.audits.inc()
         self._last_facts = facts
