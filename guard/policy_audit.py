@@ -133,8 +133,10 @@ class IncrementalAudit:
     * a DaemonSet added or changed: that DaemonSet; deleted: forgotten;
     * a policy added, changed or deleted: the DaemonSets it matched or matches now;
     * a namespace's labels: the DaemonSets in it;
-    * a node added, changed or deleted: the DaemonSets whose pods its old or new version would
-      run (NodeShouldRunDaemonPod) or that a matching coverage selector picks in either version;
+    * a node added or deleted: the DaemonSets whose pods would run on it (NodeShouldRunDaemonPod)
+      or whose coverage selector picks it; a node changed: those where its targeting changes, its
+      kubelet changes under a versions rule while targeted, or a coverage selector's pick of it
+      or the placement there changes (a label or taint no rule reads changes nothing);
     * the apiserver version, no nodes <-> some nodes, or more than 2% of the nodes at once:
       everything.
 
@@ -254,17 +256,30 @@ class IncrementalAudit:
         if judged.placement is None:
             judged.placement = PodPlacement.from_pod_spec(DaemonSetView.from_object(judged.obj).pod_spec)
         selectors: list[LabelSelector] = []
+        reads_kubelets = False
         for name in judged.findings.matched:
             policy = by_name.get(name)
-            tolerations = policy.tolerations if policy is not None else None
-            if tolerations is not None and tolerations.coverage is not None:
-                selectors.append(tolerations.coverage.node_selector)
+            if policy is None:
+                return True
+            if policy.tolerations is not None and policy.tolerations.coverage is not None:
+                selectors.append(policy.tolerations.coverage.node_selector)
+            reads_kubelets = reads_kubelets or policy.versions is not None
         evaluate = judged.placement.evaluate
-        for pair in changed:
-            for node in pair:
-                if node is None:
-                    continue
+        for old, new in changed:
+            if old is None or new is None:  # joined or left: counted if targeted or in scope
+                node = old or new
+                assert node is not None
                 if evaluate(node).should_run or any(s.matches(node.labels) for s in selectors):
+                    return True
+                continue
+            before, after = evaluate(old), evaluate(new)
+            if before.should_run != after.should_run:  # caps count targeted nodes
+                return True
+            if before.should_run and reads_kubelets and old.kubelet_version != new.kubelet_version:
+                return True  # versions read the targeted nodes' kubelets
+            for s in selectors:  # coverage: the nodes in scope, and why a pod wouldn't run there
+                in_before, in_after = s.matches(old.labels), s.matches(new.labels)
+                if in_before != in_after or (in_before and before != after):
                     return True
         return False
 

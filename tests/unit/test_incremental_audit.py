@@ -73,9 +73,10 @@ class World:
     def apply(self, change: tuple[Any, ...]) -> None:
         kind, *args = change
         if kind == "node":
-            name, pool, taint, kubelet = args
+            name, pool, taint, kubelet, *zone = args
+            labels = {"pool": pool, **({"zone": zone[0]} if zone else {})}  # no rule reads zone
             self.nodes[name] = node_info(
-                name, labels={"pool": pool}, hostname_label=True, taints=TAINTS[taint], kubelet=kubelet
+                name, labels=labels, hostname_label=True, taints=TAINTS[taint], kubelet=kubelet
             )
             self._node_tuple = None
         elif kind == "node-delete":
@@ -107,7 +108,7 @@ class World:
 node_names = st.sampled_from([f"n{i}" for i in range(6)])
 node_change = st.tuples(
     st.just("node"), node_names, st.sampled_from(["a", "b"]), st.sampled_from(list(TAINTS)),
-    st.sampled_from(["v1.31.4", "v1.33.2"]),
+    st.sampled_from(["v1.31.4", "v1.33.2"]), st.sampled_from(["z1", "z2"]),
 )  # fmt: skip
 ds_names = st.sampled_from(["d0", "d1", "d2", "d3"])
 ds_change = st.tuples(
@@ -164,13 +165,16 @@ def _base() -> World:
 @pytest.mark.parametrize(
     ("change", "rejudged"),
     [
-        # a node only pool-b's pods would run on: pool-b only (everywhere tolerates it too)
+        # a kubelet upgrade on a node all three target: all three read its kubelet
         (("node", "n2", "b", "none", "v1.31.4"), {"everywhere", "pool-b", "ungoverned"}),
-        # a node in pool a that gains a GPU taint: everywhere tolerates it, the others don't target it
-        (("node", "n0", "a", "gpu", "v1.33.2"), {"everywhere", "ungoverned"}),
-        # a tainted pool-a node nobody tolerates but everywhere, and whose kubelet changes
+        # a label no rule reads: nothing
+        (("node", "n2", "b", "none", "v1.33.2", "z1"), set()),
+        # a pool-a node gains a GPU taint: everywhere tolerates it; ungoverned no longer targets it
+        (("node", "n0", "a", "gpu", "v1.33.2"), {"ungoverned"}),
+        # a tainted pool-a node only everywhere targets, whose kubelet changes
         (("node", "n1", "a", "infra", "v1.31.4"), {"everywhere"}),
         (("node-delete", "n1"), {"everywhere"}),
+        (("node", "n9", "b", "none", "v1.33.2"), {"everywhere", "pool-b", "ungoverned"}),
         (("namespace", "monitoring", "workload"), {"pool-b", "ungoverned"}),
         (("ds", "pool-b", "monitoring", "1.0.0", [], {"pool": "b"}, 1, "net"), {"pool-b"}),
         # a policy matching logging only: the DaemonSets it matched (none) or matches (everywhere)
