@@ -12,6 +12,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import orjson
@@ -25,6 +26,7 @@ from webhook import review
 from webhook.metrics import Metrics
 from webhook.mutation import hold_then_mutate
 from webhook.tls import CertReloader
+from webhook.verdict_memo import VerdictMemo
 
 log = logging.getLogger("dsguard.webhook")
 
@@ -43,6 +45,8 @@ class WebhookState:
     # rollback restores an older template and whose resume restores the old strategy, which a
     # policy added since might deny, and which must not be blocked mid-incident.
     exempt_users: frozenset[str] = frozenset()
+    # Repeated reviews (GitOps re-applies) answered without running the rules again.
+    memo: VerdictMemo = field(default_factory=VerdictMemo)
 
 
 STATE = web.AppKey("state", WebhookState)
@@ -67,11 +71,24 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
         return 200, review.encode(req.uid, allowed=True), "exempt"
 
     cache = state.cache
+    policies, facts, obj = cache.policies, cache.facts, req.object
     previous = req.old_object if req.operation == "UPDATE" else None
+    memo = partial(
+        state.memo.evaluate,
+        endpoint,
+        req.operation,
+        req.namespace,
+        obj,
+        previous,
+        policies=policies,
+        facts=facts,
+    )
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
-        mutated = hold_then_mutate(
-            cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+        mutated = memo(
+            compute=lambda: hold_then_mutate(
+                policies, obj, facts=facts, namespace=req.namespace, old=previous
+            )
         )
         verdict = "patched" if mutated.patch else "allowed"
         return (
@@ -79,8 +96,8 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
             review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=mutated.notices),
             verdict,
         )
-    result = engine.judge(
-        cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+    result = memo(
+        compute=lambda: engine.judge(policies, obj, facts=facts, namespace=req.namespace, old=previous)
     )
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:
