@@ -9,6 +9,10 @@ replaces (new objects) whenever anything the rules read changes: the memo is emp
 either is not the one it was filled under, so it never answers from an older cluster or policy
 set. What a review records (audit findings, denial logs) is still done per review by the caller.
 
+An entry keeps what an answer is made of (patch, notices, verdict, findings, the DaemonSet's
+namespace and name), not the object: a memo of whole decoded DaemonSets kept 256 object graphs
+alive for the garbage collector to walk.
+
 Bounded: at most `maxsize` entries of at most `max_entry_bytes` each (bigger objects are judged
 every time), least recently used first out.
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -27,6 +33,12 @@ from dsguard.policy import Policy
 from dsguard.rules.engine import Evaluation
 
 Key = tuple[str, str, str, bytes, bytes]
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def slim(result: Evaluation) -> Evaluation:
+    """The evaluation without the objects it was computed from: what an answer reads of it."""
+    return replace(result, obj=_EMPTY, ds=replace(result.ds, labels=_EMPTY, pod_spec=_EMPTY))
 
 
 class VerdictMemo:
@@ -53,7 +65,8 @@ class VerdictMemo:
         facts: ClusterFacts,
         compute: Callable[[], Evaluation],
     ) -> Evaluation:
-        """compute()'s result for these inputs, from the memo when it holds it."""
+        """compute()'s result for these inputs, from the memo when it holds it (slim: `obj`, the
+        view's labels and pod spec are empty in a remembered one)."""
         try:
             key: Key = (
                 endpoint,
@@ -81,7 +94,7 @@ class VerdictMemo:
         with self._lock:
             # Filed only under the snapshots it was computed from.
             if self._policies is policies and self._facts is facts:
-                self._entries[key] = result
+                self._entries[key] = slim(result)
                 while len(self._entries) > self.maxsize:
                     self._entries.popitem(last=False)
         return result
