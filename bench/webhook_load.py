@@ -338,8 +338,18 @@ def agent_daemonset(*, compliant: bool) -> dict[str, Any]:
 UID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
 
-def admission_review(obj: dict[str, Any]) -> bytes:
+def admission_review(obj: dict[str, Any], *, distinct: bool = False) -> bytes:
+    """distinct: the object carries the review's uid too (an annotation), so no two reviews send
+    the same object and the webhook's verdict memo never answers: the rules run every time."""
     meta = obj["metadata"]
+    if distinct:
+        obj = {
+            **obj,
+            "metadata": {
+                **meta,
+                "annotations": {**meta.get("annotations", {}), "bench/review": UID_PLACEHOLDER},
+            },
+        }
     kind = {"group": "apps", "version": "v1", "kind": "DaemonSet"}
     resource = {"group": "apps", "version": "v1", "resource": "daemonsets"}
     return orjson.dumps(
@@ -491,7 +501,7 @@ async def _worker(
     (no coordinated omission).
     """
     url = load.server.url(load.scenario.path)
-    head, _, tail = load.scenario.body.partition(UID_PLACEHOLDER.encode())
+    parts = load.scenario.body.split(UID_PLACEHOLDER.encode())
     headers = {"Content-Type": "application/json"}
     interval = load.concurrency / load.rate if load.rate else 0.0
     due = start_at + (worker / load.rate if load.rate else 0.0)
@@ -515,7 +525,7 @@ async def _worker(
                 await r.read()
                 status = r.status
         else:
-            body = head + f"{worker:08x}-0000-4000-8000-{n:012x}".encode() + tail  # a uid per review
+            body = f"{worker:08x}-0000-4000-8000-{n:012x}".encode().join(parts)  # a uid per review
             async with session.post(url, data=body, headers=headers) as r:
                 await r.read()
                 status = r.status
@@ -594,8 +604,9 @@ async def check_answers(server: Server, session: aiohttp.ClientSession, scenario
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    compliant = admission_review(agent_daemonset(compliant=True))
-    needs_patch = admission_review(agent_daemonset(compliant=False))
+    distinct = not args.repeat_objects
+    compliant = admission_review(agent_daemonset(compliant=True), distinct=distinct)
+    needs_patch = admission_review(agent_daemonset(compliant=False), distinct=distinct)
     scenarios = [
         Scenario("healthz (TLS+HTTP floor)", "GET", "/healthz"),
         Scenario("validate (allowed)", "POST", "/validate", compliant),
@@ -628,6 +639,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "policies": len(POLICIES),
             "concurrency": args.concurrency,
             "rate": args.rate or None,
+            "objects": "repeated (memo hits)" if args.repeat_objects else "distinct (rules run every time)",
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "review_bytes": {"validate": len(compliant), "mutate": len(needs_patch)},
@@ -647,7 +659,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"dsguard webhook load: {cfg['nodes']} nodes, {cfg['policies']} policies, "
         f"{cfg['concurrency']} keep-alive HTTPS connections, {cfg['warmup_s']}s warm-up + "
         f"{cfg['duration_s']}s per phase, AdmissionReview {size['validate']} B (validate) / "
-        f"{size['mutate']} B (mutate)"
+        f"{size['mutate']} B (mutate); objects {cfg['objects']}"
     )
     if cfg["rate"]:
         print(
@@ -704,11 +716,18 @@ def print_table(report: dict[str, Any]) -> None:
 # --- --baseline: dsguard against a minimal aiohttp webhook, one core each, wrk on the other -------
 
 MINIMAL = REPO / "bench" / "minimal_webhook.py"
+# A uid per review (in the review, and in the object with --distinct-objects, the default).
 WRK_SCRIPT = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open("{body}", "rb"))
-wrk.body = f:read("*a")
+local body = f:read("*a")
 f:close()
+local counter = 0
+request = function()
+  counter = counter + 1
+  local uid = string.format("00000000-0000-4000-8000-%012x", counter)
+  return wrk.format(nil, nil, nil, (body:gsub("00000000%-0000%-0000%-0000%-000000000000", uid)))
+end
 """
 TARGET_RATIO = 0.85
 TARGET_SERIAL_P99_RATIO = 1.5
@@ -755,9 +774,10 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--baseline needs wrk and taskset: apt-get install wrk util-linux")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("--baseline needs 2 CPUs: the server on one, wrk on the other")
+    distinct = not args.repeat_objects
     bodies = {
-        "validate": admission_review(agent_daemonset(compliant=True)),
-        "mutate": admission_review(agent_daemonset(compliant=False)),
+        "validate": admission_review(agent_daemonset(compliant=True), distinct=distinct),
+        "mutate": admission_review(agent_daemonset(compliant=False), distinct=distinct),
     }
     rows: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="dsguard-bench-") as tmp, contextlib.ExitStack() as stack:
@@ -822,6 +842,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "review_bytes": {k: len(v) for k, v in bodies.items()},
+            "objects": "repeated (memo hits)" if args.repeat_objects else "distinct (rules run every time)",
         },
         "servers": summary,
         "ratio_dsguard_over_minimal": ratios,
@@ -837,7 +858,8 @@ def print_baseline(report: dict[str, Any]) -> None:
     print(
         f"dsguard webhook vs a minimal aiohttp webhook: each server pinned to CPU 0, wrk on CPU 1, "
         f"{cfg['connections']} TLS keep-alive connections, {cfg['rounds']} round(s) x {cfg['duration_s']}s, "
-        f"{cfg['policies']} policies, {cfg['nodes']} nodes, review {cfg['review_bytes']['validate']} B"
+        f"{cfg['policies']} policies, {cfg['nodes']} nodes, review {cfg['review_bytes']['validate']} B, "
+        f"objects {cfg['objects']}"
     )
     print(f"{'server /endpoint':<20} {'reviews/s':>10} {'serial p50 ms':>14} {'serial p99 ms':>14}  runs")
     for key, row in report["servers"].items():
@@ -877,6 +899,12 @@ def main() -> None:
         "--baseline", action="store_true", help="dsguard vs a minimal aiohttp webhook, one core each, wrk"
     )
     parser.add_argument("--rounds", type=int, default=3, help="--baseline: rounds (default 3)")
+    parser.add_argument(
+        "--repeat-objects",
+        action="store_true",
+        help="send the same object in every review (a GitOps re-apply: the verdict memo answers); "
+        "default: a distinct object each time, so the rules run on every review",
+    )
     parser.add_argument("--quick", action="store_true", help="--duration 2 --warmup 1 (--rounds 1)")
     args = parser.parse_args()
     if args.quick:
