@@ -73,16 +73,7 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
     cache = state.cache
     policies, facts, obj = cache.policies, cache.facts, req.object
     previous = req.old_object if req.operation == "UPDATE" else None
-    memo = partial(
-        state.memo.evaluate,
-        endpoint,
-        req.operation,
-        req.namespace,
-        obj,
-        previous,
-        policies=policies,
-        facts=facts,
-    )
+    memo = partial(state.memo.evaluate, endpoint, body, req.uid, policies=policies, facts=facts)
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
         mutated = memo(

@@ -25,7 +25,7 @@ PLATFORM = {"namespaceSelector": {"matchLabels": {"tier": "platform"}}}
 
 def review(obj: dict[str, Any], uid: str, old: dict[str, Any] | None = None) -> bytes:
     request: dict[str, Any] = {
-        "uid": uid,
+        "uid": UIDS.get(uid, uid),
         "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"},
         "resource": {"group": "apps", "version": "v1", "resource": "daemonsets"},
         "name": obj["metadata"]["name"],
@@ -38,10 +38,17 @@ def review(obj: dict[str, Any], uid: str, old: dict[str, Any] | None = None) -> 
     return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
 
 
+#: The apiserver's uids are UUIDs; the tests name them.
+UIDS = {name: f"6f0c8f4e-2d7b-4c1e-9a55-{i:012x}" for i, name in enumerate(["u", "u1", "u2", "u3", "uid-x"])}
+UIDS |= {f"uid-{i}": f"0e4f1b7c-3d21-4c1e-9a55-{i:012x}" for i in range(3)}
+
+
 def answer(state: WebhookState, endpoint: str, body: bytes) -> dict[str, Any]:
     status, out, _ = serve_admission(state, endpoint, body)  # type: ignore[arg-type]
     assert status == 200
     response: dict[str, Any] = orjson.loads(out)["response"]
+    names = {v: k for k, v in UIDS.items()}
+    response["uid"] = names.get(response["uid"], response["uid"])
     return response
 
 
@@ -147,3 +154,22 @@ def test_the_memo_is_bounded() -> None:
     answer(state, "validate", review(big, "u"))
     answer(state, "validate", review(big, "u"))
     assert state.memo.hits == 0  # too big to keep: judged every time
+
+
+@pytest.mark.parametrize(
+    ("uid", "in_object"),
+    [
+        ("6f0c8f4e-2d7b-4c1e-9a55-0e4f1b7c3d21", True),  # also in the object: where is the uid field?
+        ("a", False),  # occurs all over the body
+        ("caf\u00e9", False),  # not plain: JSON may spell it otherwise (\\u00e9)
+    ],
+)
+def test_a_uid_that_cannot_be_cut_out_plainly_is_judged_without_the_memo(uid: str, in_object: bool) -> None:
+    state = WebhookState(cache=watched_cache([], {}))
+    obj = agent()
+    if in_object:
+        obj["metadata"]["annotations"] = {"copied": uid}
+    for _ in range(2):
+        status, out, _ = serve_admission(state, "validate", review(obj, uid))
+        assert status == 200 and orjson.loads(out)["response"]["uid"] == uid
+    assert (state.memo.hits, state.memo.misses, len(state.memo)) == (0, 0, 0)
