@@ -197,6 +197,7 @@ class Auditor:
         if full:
             self._last_full = time.monotonic()
         self.metrics.audit_seconds.observe(time.perf_counter() - started)
+        self.metrics.audit_rejudged.set(self.incremental.rejudged)
         self.metrics.audits.inc()
         self._last_facts = facts
         self._last_audit = time.monotonic()
