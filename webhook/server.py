@@ -182,6 +182,7 @@ def make_app(state: WebhookState) -> web.Application:
     state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
         resource, reason
     ).inc()
+    state.metrics.count_memo(lambda: (state.memo.hits, state.memo.misses))
     app.router.add_post("/mutate", _review_handler("mutate"))
     app.router.add_post("/validate", _review_handler("validate"))
     app.router.add_get("/healthz", _healthz)
