@@ -3,9 +3,9 @@ ValidatingAdmissionPolicy + MutatingAdmissionPolicy doing the same job (CEL, in-
 
 Starts a local control plane (localcluster.LocalCluster in a temp dir, no DaemonSet controller:
 nothing but the writes is measured), 24 Node objects (tainted control-plane, infra and GPU pools;
-kubelets on 1.37 and 1.36), and four set-ups side by side, each scoped to a fresh namespace of
-its own by a namespaceSelector (so all four are registered before the clock starts and every
-round hits all four alike):
+kubelets on 1.37 and 1.36), and five set-ups side by side, each scoped to a fresh namespace of
+its own by a namespaceSelector (so all five are registered before the clock starts and every
+round hits all five alike):
 
   floor       no webhook, no policy: the apiserver's own cost of a DaemonSet create / update
   vap         bench/cel/node-agent-policies.yaml: a MutatingAdmissionPolicy (one JSONPatch,
@@ -20,7 +20,8 @@ round hits all four alike):
 Per round, in a rotating order, one client (keep-alive HTTPS, the admin certificate) creates a
 DaemonSet in each set-up's namespace (a realistic node agent missing a required toleration and
 with maxUnavailable 25%, so both mutations apply), then updates it (a new image tag: a template
-change, judged again). Times are client-side, the full round trip of the POST / PUT. Beside
+change, judged again); every write is a new object, so dsguard's verdict memo never answers and
+its rules run every time. Times are client-side, the full round trip of the POST / PUT. Beside
 them, the apiserver's own `apiserver_admission_webhook_admission_duration_seconds` (mean per
 webhook call over the timed requests) and dsguard's `dsguard_webhook_review_duration_seconds`.
 
