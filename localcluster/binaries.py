@@ -129,7 +129,7 @@ NODE_BINARIES = ("kubelet", "kube-proxy", "pause")
 
 def ensure_node_binaries(*, timeout: float | None = None) -> Path:
     """The real node's bin directory (kubelet, kube-proxy, pause), built by gobuild/build_node.sh
-    first if missing (a few minutes cold, with the control plane's module cache warm). Its parent
+    first if missing (2.5 to 10 minutes cold on 2 cores, see docs/local-cluster.md). Its parent
     holds PAUSE_VERSION. ``DSGUARD_NODE_BIN_DIR`` points at binaries you already have."""
     override = os.environ.get("DSGUARD_NODE_BIN_DIR")
     directory = Path(override) if override else Path(_run_build("--print-dir", script=NODE_BUILD_SCRIPT))
