@@ -424,6 +424,46 @@ class LocalCluster:
             out[comp.name] = "ok" if ok else "unhealthy"
         return out
 
+    def stop_component(self, name: str, *, grace: float | None = None) -> None:
+        """Stop one component (a fault to inject): SIGTERM its process group, SIGKILL after `grace`
+        seconds (the cluster's stop grace by default; 0 kills at once). A kube-apiserver given
+        SIGTERM keeps its open watches silent until it exits (up to its 60 s request timeout),
+        so a short grace is the way to cut them. start_component() brings it back. Raises
+        ClusterError for an unknown component, or one that would not die."""
+        comp = self._component(name)
+        grace = self.stop_grace if grace is None else grace
+        left = stop_group(
+            comp.pgid, leader=comp.pid, start_time=comp.start_time, grace=grace, popen=comp.popen,
+            sigterm=grace > 0,
+        )  # fmt: skip
+        if left:
+            raise ClusterError(f"{name} did not stop: processes {left} still running")
+
+    def start_component(self, name: str, *, timeout: float | None = None) -> None:
+        """Start a component stopped by stop_component() again, with the same arguments,
+        environment, port and log (appended to), and wait until it is healthy (the cluster's
+        startup timeout by default). Raises ClusterError if it is still running, ComponentError
+        if it exits or is not healthy in time."""
+        comp = self._component(name)
+        if comp.alive():
+            raise ClusterError(f"{name} is still running (pid {comp.pid}): stop_component() it first")
+        child = launch(
+            comp.args, log=comp.log, cwd=self.workdir, env=comp.env, die_with_parent=self.die_with_parent,
+            header=f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} restarted: {' '.join(comp.args)}",
+        )  # fmt: skip
+        comp.popen = child.popen
+        comp.pid = comp.pgid = child.pid
+        comp.start_time = child.start_time
+        self.write_state()
+        self._wait_healthy(comp, time.monotonic() + (self.startup_timeout if timeout is None else timeout))
+
+    def _component(self, name: str) -> _Component:
+        comp = next((c for c in self._components if c.name == name), None)
+        if comp is None:
+            known = ", ".join(c.name for c in self._components) or "none (not started?)"
+            raise ClusterError(f"no component {name!r} in this cluster (components: {known})")
+        return comp
+
     def write_state(self) -> None:
         state = {
             "version": STATE_VERSION,
@@ -680,8 +720,9 @@ class LocalCluster:
         env: dict[str, str] | None = None,
     ) -> _Component:
         comp = _Component(
-            name=name, args=[str(bin_dir / name), *args], log=self.logs_dir / f"{name}.log", port=port
-        )
+            name=name, args=[str(bin_dir / name), *args], log=self.logs_dir / f"{name}.log", port=port,
+            env=env,
+        )  # fmt: skip
         child = launch(  # its own session and process group
             comp.args, log=comp.log, cwd=self.workdir, env=env, die_with_parent=self.die_with_parent,
             header=f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(comp.args)}",
