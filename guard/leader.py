@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -70,8 +71,9 @@ class LeaderElector:
             except ApiException as e:
                 log.warning("lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason)
                 acquired = False
-            except (OSError, TimeoutError) as e:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, e)
+            except (OSError, TimeoutError, aiohttp.ClientError) as e:
+                # ClientError: a disconnect mid-request (an apiserver restarting) is no OSError
+                log.warning("lease %s/%s: %s: %s", self.namespace, self.name, type(e).__name__, e)
                 acquired = False
             if acquired:
                 self._last_renew = time.monotonic()
