@@ -4,7 +4,8 @@ A real control plane (localcluster) with a few kwok nodes and a DaemonSetPolicy;
 webhook` and `dsguard guard` as child processes (localcluster.webhook_host, guard_host), both
 watching the cluster's policies (the guard with its audit: 6 watches; the webhook: 3). Beside them,
 in this process, the baseline: reflectors with the backoff dsguard had before issue 16 (0.5 s
-doubling to a 30 s cap, times 0.5-1.5, for every failure: dsguard.reconnect.BACKOFF_ONLY), on
+doubling to a 30 s cap, times 0.5-1.5, for every failure, Retry-After unread:
+dsguard.reconnect.BACKOFF_ONLY), on
 nodes, namespaces, pods, daemonsets and daemonsetpolicies, through the same apiserver in the
 same outage.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import statistics
 import sys
@@ -217,6 +219,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--json", type=Path, help="write the runs here")
     args = ap.parse_args()
+    logging.getLogger("dsguard.kube").setLevel(logging.ERROR)  # the baseline's retries: not news
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dsguard-bench-outage-"))
     log(f"cluster in {workdir}")
     with LocalCluster(workdir / "cluster") as cluster:

@@ -301,7 +301,7 @@ class Reflector:
                     await self._probe_until_answered()
                     errors = 0  # a server that was gone starts with a fresh backoff
                     continue
-                after = reconnect.retry_after(e)
+                after = reconnect.retry_after(e) if self.retry.retry_after else None
                 delay = self.retry.backoff(errors, after=after)
                 errors += 1
                 log.warning(

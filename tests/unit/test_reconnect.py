@@ -65,6 +65,7 @@ def test_retry_after(error: BaseException, seconds: float | None) -> None:
         (DEFAULT, 10, 1.0, 0.0, 1.0),  # Retry-After wins over the ladder
         (DEFAULT, 0, 2.0, 0.5, 2.2),
         (Retry(first=0.1, cap=1.0), 5, None, 0.5, 1.0),
+        (BACKOFF_ONLY, 0, 5.0, 0.5, 0.5),  # the old reflector did not read Retry-After
     ],
 )
 def test_backoff(retry: Retry, errors: int, after: float | None, rand: float, wait: float) -> None:
@@ -77,5 +78,5 @@ def test_probe_interval_is_short_and_jittered(rand: float, wait: float) -> None:
 
 
 def test_backoff_only_is_the_old_behaviour() -> None:
-    assert BACKOFF_ONLY.probe_every is None
+    assert BACKOFF_ONLY.probe_every is None and not BACKOFF_ONLY.retry_after
     assert (BACKOFF_ONLY.first, BACKOFF_ONLY.cap) == (0.5, 30.0)
