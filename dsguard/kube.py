@@ -247,7 +247,8 @@ class Reflector:
         # normally). `_current_at`: the last moment the view was known to be current.
         self._current = False
         self._current_at = monotonic()
-        self.recoveries = 0  # complete lists after a failure: tests and benchmarks count them
+        # Complete lists so far: the first sync and every relist (after a 410 or an error).
+        self.lists = 0
 
     def _replace_all(self, items: list[Obj]) -> None:
         for s in self.subscribers:
@@ -352,9 +353,9 @@ class Reflector:
             self._list, page_size=self._page_size, _request_timeout=_list_timeout()
         )
         self._on_replace(items)
+        self.lists += 1
         now = self._monotonic()
         if self.failing_since is not None:
-            self.recoveries += 1
             log.warning(
                 "%s: listed again (%d objects) after %.1fs without a current view",
                 self.name, len(items), now - min(self.failing_since, self._current_at),

@@ -29,6 +29,7 @@ from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import SinkError
 from guard.policy_audit import audit, known_violations, plan_events, policy_status, status_changed
+from guard.policy_reports import PolicyReportWriter
 
 log = logging.getLogger("dsguard.audit")
 
@@ -83,8 +84,10 @@ class Auditor:
         min_interval: float = 1.0,
         tick: float = 1.0,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        reports: PolicyReportWriter | None = None,
     ) -> None:
         self.cache = cache
+        self.reports = reports
         self.writer = writer
         self.recorder = recorder
         self.metrics = metrics
@@ -161,8 +164,12 @@ class Auditor:
                 self._wake.clear()
                 self._pending = True
             leading = self.is_leader()
+            if self._was_leader and not leading:
+                self._forget_gauges()  # a follower's stale counts would read as a second leader's
             if leading and not self._was_leader:
                 self._reported = None  # re-read what the previous leader reported
+                if self.reports is not None:
+                    self.reports.relist()
                 self._pending = True
             self._was_leader = leading
             if not leading or not self.daemonsets_synced or not self.cache.synced or not self._due():
@@ -183,7 +190,8 @@ class Auditor:
         facts = self.cache.facts
         policies = self.cache.policies
         started = time.perf_counter()
-        results = audit(policies, self.daemonsets.values(), facts)
+        on_judged = self.reports.judged if self.reports is not None else None
+        results = audit(policies, self.daemonsets.values(), facts, on_judged=on_judged)
         self.metrics.audit_seconds.observe(time.perf_counter() - started)
         self.metrics.audits.inc()
         self._last_facts = facts
@@ -217,6 +225,13 @@ class Auditor:
         present = set(self.daemonsets)
         plan, self._reported = plan_events(results, self._reported, present)
         await self._record(plan.new, plan.resolved)
+        if self.reports is not None and not await self.reports.sync(present):
+            self._retry_later("policy reports are not up to date")
+
+    def _forget_gauges(self) -> None:
+        for name in self._gauged:
+            self.metrics.violating.remove(name)
+        self._gauged.clear()
 
     async def _write(self, name: str, status: Mapping[str, Any]) -> None:
         try:

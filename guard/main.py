@@ -20,6 +20,7 @@ from dsguard.kube import Reflector, Subscriber, api_client, raw_body, readyz_pro
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
+from dsguard.policy_reports import FORMATS, MAX_RESULTS
 from guard.actions import PatchBody
 from guard.audit_loop import Auditor, KubeStatusWriter
 from guard.controller import Guard, PolicyLookup
@@ -30,6 +31,7 @@ from guard.notify.events import EventRecorder
 from guard.notify.notifier import Notifier
 from guard.notify.sinks import KubeSecretReader
 from guard.outbox import Outbox
+from guard.policy_reports import KubeReportStore, PolicyReportWriter
 from guard.rollout import DaemonSetState
 from guard.store import Dirty, Store
 
@@ -106,6 +108,8 @@ async def run_guard(
     audit: bool = True,
     audit_resync: float = 300.0,
     gate_sample_interval: float = 5.0,
+    policy_reports: str = "openreports",
+    report_max_results: int = MAX_RESULTS,
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
@@ -186,9 +190,15 @@ async def run_guard(
         gates=Probes(sampler, prober),
         record_event=record_event,
     )
+    fmt = FORMATS.get(policy_reports)  # None: --policy-reports none
+    reports = (
+        PolicyReportWriter(fmt, KubeReportStore(api, fmt), metrics, max_results=report_max_results)
+        if fmt is not None and auditing
+        else None
+    )
     auditor = (
         Auditor(cache, KubeStatusWriter(api), recorder, metrics, is_leader=is_leader, wake=audit_wake,
-                resync=audit_resync)
+                resync=audit_resync, reports=reports)
         if auditing
         else None
     )  # fmt: skip
@@ -199,6 +209,9 @@ async def run_guard(
     ]
     for r in reflectors:
         metrics.watch_staleness.labels(r.name).set_function(r.staleness)
+    # The cache's watches (namespaces, policies) restart and relist like the guard's own.
+    cache.on_restart = lambda resource, reason: metrics.watch_restarts.labels(resource, reason).inc()
+    metrics.watch_lists.source = lambda: {r.name: r.lists for r in reflectors}
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
     # Done once it has read the version: not one of the loops /healthz expects to run forever.
     one_shot: list[asyncio.Task[None]] = []

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class GuardMetrics:
@@ -63,6 +67,8 @@ class GuardMetrics:
             ["resource"],
             registry=self.registry,
         )
+        self.watch_lists = _ListsCollector()
+        self.registry.register(self.watch_lists)
         self.leader = Gauge(
             "dsguard_guard_leader", "1 while this replica holds the lease.", registry=self.registry
         )
@@ -87,3 +93,28 @@ class GuardMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.report_writes = Counter(
+            "dsguard_audit_report_writes_total",
+            "Policy report (OpenReports Report or PolicyReport) writes, by operation (apply, delete) "
+            "and result (ok, error).",
+            ["operation", "result"],
+            registry=self.registry,
+        )
+
+
+class _ListsCollector(Collector):
+    """dsguard_guard_watch_lists_total: complete lists per watch (the first sync and every relist),
+    read from the reflectors when scraped (`source`, set once they exist)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "dsguard_guard_watch_lists",
+            "Complete lists, by resource: the first sync and every relist (after a 410 Gone or an error).",
+            labels=["resource"],
+        )
+        for resource, count in sorted(self.source().items()):
+            family.add_metric([resource], count)
+        yield family

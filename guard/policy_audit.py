@@ -10,13 +10,13 @@ DaemonSet specs change. No I/O here: guard/audit_loop.py watches, writes and rec
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
-from dsguard.rules.context import Severity
+from dsguard.rules.context import Finding, Severity
 from dsguard.rules.engine import findings_by_policy
 
 # The status stays small whatever the cluster holds (etcd objects are capped at 1.5 MiB, and
@@ -57,8 +57,16 @@ def _ref(obj: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
+# Told every DaemonSet judged and what each matching policy found (policy reports read it).
+OnJudged = Callable[[Mapping[str, Any], Sequence[tuple[Policy, Sequence[Finding]]]], None]
+
+
 def audit(
-    policies: Sequence[Policy], daemonsets: Iterable[Mapping[str, Any]], facts: ClusterFacts
+    policies: Sequence[Policy],
+    daemonsets: Iterable[Mapping[str, Any]],
+    facts: ClusterFacts,
+    *,
+    on_judged: OnJudged | None = None,
 ) -> dict[str, PolicyAudit]:
     """Every policy (governing DaemonSets or not) -> its audit. Warnings (e.g. an untagged image
     under unknownVersion: Warn) are not violations."""
@@ -66,7 +74,10 @@ def audit(
     found: dict[str, list[Violation]] = {p.name: [] for p in policies}
     for obj in daemonsets:
         namespace, name = _ref(obj)
-        for policy, findings in findings_by_policy(policies, obj, facts=facts):
+        judged = findings_by_policy(policies, obj, facts=facts)
+        if on_judged is not None:
+            on_judged(obj, judged)
+        for policy, findings in judged:
             matched[policy.name].append(f"{namespace}/{name}")
             found[policy.name] += [
                 Violation(namespace, name, policy.name, f.rule, f.message)

@@ -33,6 +33,14 @@ class Metrics:
             "dsguard_policy_errors", "DaemonSetPolicies rejected as invalid.", registry=self.registry
         )
         self.nodes = Gauge("dsguard_nodes", "Nodes in the webhook's cache.", registry=self.registry)
+        # The alert rules need it: with failurePolicy Ignore, no ready replica means DaemonSets
+        # go through unchecked (manifests/helm/dsguard/files/prometheus-rules.yaml).
+        self.ready = Gauge(
+            "dsguard_webhook_ready",
+            "1 when this replica is ready (/readyz: nodes, namespaces, policies and the server "
+            "version synced), else 0.",
+            registry=self.registry,
+        )
         self.watch_restarts = Counter(
             "dsguard_watch_restarts_total",
             "List/watch restarts, by resource and reason (gone, error).",

@@ -166,6 +166,7 @@ async def _metrics(request: web.Request) -> web.Response:
     state.metrics.policies.set(len(cache.policies))
     state.metrics.policy_errors.set(len(cache.policy_errors))
     state.metrics.nodes.set(len(cache.facts.nodes))
+    state.metrics.ready.set(1 if cache.synced else 0)
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

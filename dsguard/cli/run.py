@@ -144,6 +144,23 @@ def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
     help="Audit at least this often even when nothing changed.",
 )
 @click.option(
+    "--policy-reports",
+    type=click.Choice(["openreports", "wgpolicy", "none"]),
+    default="openreports",
+    show_default=True,
+    help="The audit's results also as policy reports, one per namespace with governed DaemonSets: "
+    "openreports (openreports.io/v1alpha1 Report), wgpolicy (wgpolicyk8s.io/v1alpha2 PolicyReport) "
+    "or none. Needs the report CRD in the cluster (docs/audit.md).",
+)
+@click.option(
+    "--policy-report-max-results",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Results listed per report (fail first, then warn, pass; at most 1 MiB of them); the summary "
+    "counts them all.",
+)
+@click.option(
     "--gate-sample-interval",
     default="5s",
     show_default=True,
@@ -165,6 +182,8 @@ def guard(
     tick: float,
     audit: bool,
     audit_resync: float,
+    policy_reports: str,
+    policy_report_max_results: int,
     gate_sample_interval: float,
     log_level: str,
 ) -> None:
@@ -191,6 +210,7 @@ def guard(
                 lease_name=lease_name, identity=identity or default_identity(), host=host, port=port,
                 tick=tick, leader_election=not no_leader_election, lease_duration=lease_duration,
                 audit=audit, audit_resync=audit_resync, gate_sample_interval=gate_sample_interval,
+                policy_reports=policy_reports, report_max_results=policy_report_max_results,
             )
         )  # fmt: skip
     except ClientConfigError as e:  # raised before anything runs: the client is built first

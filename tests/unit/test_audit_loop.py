@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.policy import parse_policy
@@ -174,6 +175,9 @@ class Rig:
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
+
+    def exposition(self) -> str:
+        return generate_latest(self.metrics.registry).decode()
 
 
 def make_cache(
@@ -646,6 +650,20 @@ async def test_not_leader_writes_nothing_until_it_leads() -> None:
         assert rig.sample("dsguard_audit_runs_total") == 0
         leader.leading = True
         await poll_async(lambda: len(rig.writer.writes) == 4, what="the new leader's writes")
+
+
+async def test_a_replica_that_stops_leading_drops_its_violation_gauges() -> None:
+    """Only the leader exports dsguard_audit_violating_daemonsets, so dashboards and alerts that
+    take the max over replicas see the current counts, not a former leader's last ones."""
+    leader = LeaderFlag(True)
+    rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)
+    async with running(rig.auditor):
+        await poll_async(lambda: (rig.sample("dsguard_audit_runs_total") or 0) >= 1, what="the first audit")
+        assert "dsguard_audit_violating_daemonsets{" in rig.exposition()
+        leader.leading = False
+        await poll_async(
+            lambda: "dsguard_audit_violating_daemonsets{" not in rig.exposition(), what="the gauges dropped"
+        )
 
 
 async def test_forbidden_write_is_retried_by_the_loop() -> None:

@@ -349,7 +349,7 @@ async def test_an_apiserver_that_does_not_answer_is_probed_and_listed_as_soon_as
         await poll_async(lambda: r.failing_since is None, what="the relist", timeout=recovers_within)
         relisted = next(t for t, k in reversed(api.calls) if k == "list")
         assert relisted - back < recovers_within
-        assert r.recoveries == 1 and api.count("list") == 2
+        assert r.lists == 2 and api.count("list") == 2
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -469,3 +469,33 @@ async def test_a_probe_that_answers_not_ready_keeps_the_reflector_from_listing_u
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_410_gone_relists_at_once_and_counts_the_list() -> None:
+    restarts: list[str] = []
+    replaced: list[list[Any]] = []
+    relisted = asyncio.Event()
+    calls = {"list": 0}
+    gone = orjson.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}})
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        if kwargs.get("watch"):
+            if calls["list"] == 1:
+                return FakeResponse(200, b"", lines=[gone + b"\n"])  # the watch carries the 410, then ends
+            return FakeResponse(200, b"", lines=[])  # stays open
+        calls["list"] += 1
+        return FakeResponse(
+            200, orjson.dumps({"items": [], "metadata": {"resourceVersion": str(calls["list"])}})
+        )
+
+    def on_replace(items: list[Any]) -> None:
+        replaced.append(items)
+        if len(replaced) == 2:
+            relisted.set()
+
+    r = Reflector("pods", list_fn, on_replace=on_replace, on_event=lambda k, o: None,
+                  on_restart=restarts.append)  # fmt: skip
+    await run_briefly(r, relisted)
+    assert r.lists == 2
+    assert restarts == ["gone"]
+    assert r.failing_since is None
