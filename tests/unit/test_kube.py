@@ -13,7 +13,7 @@ import orjson
 import pytest
 from kubernetes_asyncio import client
 
-from dsguard.kube import ListError, Reflector, Subscriber, list_explained, list_scoped
+from dsguard.kube import ListError, Reflector, Subscriber, list_explained, list_scoped, readyz_probe
 from dsguard.reconnect import Retry
 from tests.support.polling import poll_async
 
@@ -499,3 +499,32 @@ async def test_a_410_gone_relists_at_once_and_counts_the_list() -> None:
     assert r.lists == 2
     assert restarts == ["gone"]
     assert r.failing_since is None
+
+
+class FakeReadyzClient:
+    """What readyz_probe uses of an ApiClient: call_api answering /readyz with `status`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.paths: list[str] = []
+
+    async def call_api(self, path: str, method: str, **kwargs: Any) -> FakeResponse:
+        self.paths.append(f"{method} {path}")
+        return FakeResponse(self.status, b"[-]etcd failed" if self.status != 200 else b"ok")
+
+
+@pytest.mark.parametrize(
+    ("status", "back"),
+    [
+        (200, True),  # ready: list again
+        (500, False),  # answers, not ready yet (a post-start hook, etcd): probe on
+        (503, False),
+        (401, True),  # /readyz not ours to read: the list itself tells
+        (403, True),
+        (404, True),
+    ],
+)
+async def test_readyz_probe(status: int, back: bool) -> None:
+    api = FakeReadyzClient(status)
+    assert await readyz_probe(api)() is back  # type: ignore[arg-type]
+    assert api.paths == ["GET /readyz"]
