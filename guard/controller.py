@@ -36,6 +36,7 @@ from dsguard.annotations import (
     waves_in_progress,
 )
 from dsguard.daemonset import ON_DELETE, as_mapping
+from dsguard.log_context import ObjectRef, about
 from dsguard.policy import GuardAction, GuardPolicy, Policy, guard_policy_for
 from dsguard.revisions import previous_revision, update_revision
 from dsguard.waves import Wave, WaveDecision, WaveStep, decide_waves
@@ -232,23 +233,32 @@ class Guard:
 
     async def process(self, uids: set[str]) -> None:
         for uid in uids:
-            try:
-                patched = await self._evaluate_and_act(uid)
-                tracked = self.store.daemonsets.get(uid)
-                ds = tracked.state if tracked is not None else None
-                if self.is_leader():
-                    resend = self._resend if self._listed() else None
-                    await self.outbox.sync(uid, ds, patched=patched, resend=resend)
-                else:
-                    self.outbox.count(uid, ds)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # One DaemonSet's odd object (its annotations are anyone's to write) must not stop
-                # the guard for every other one; it is decided again at its next change.
-                tracked = self.store.daemonsets.get(uid)
-                log.exception("%s: evaluation failed", tracked.state.ref if tracked else uid)
-                self.metrics.action_errors.labels("evaluate").inc()
+            known = self.store.daemonsets.get(uid)
+            # Every line logged while deciding for it names it (--log-format json: `object`).
+            with about(ObjectRef.of("DaemonSet", known.state.ref) if known is not None else None):
+                await self._process_one(uid)
+        self._tidy()
+
+    async def _process_one(self, uid: str) -> None:
+        try:
+            patched = await self._evaluate_and_act(uid)
+            tracked = self.store.daemonsets.get(uid)
+            ds = tracked.state if tracked is not None else None
+            if self.is_leader():
+                resend = self._resend if self._listed() else None
+                await self.outbox.sync(uid, ds, patched=patched, resend=resend)
+            else:
+                self.outbox.count(uid, ds)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # One DaemonSet's odd object (its annotations are anyone's to write) must not stop
+            # the guard for every other one; it is decided again at its next change.
+            tracked = self.store.daemonsets.get(uid)
+            log.exception("%s: evaluation failed", tracked.state.ref if tracked else uid)
+            self.metrics.action_errors.labels("evaluate").inc()
+
+    def _tidy(self) -> None:
         live = self.store.daemonsets
         for gone in [uid for uid in self._failing if uid not in live]:
             del self._failing[gone]

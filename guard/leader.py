@@ -25,6 +25,8 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dsguard.log_context import ObjectRef, object_extra
+
 log = logging.getLogger("dsguard.guard.leader")
 
 
@@ -58,6 +60,7 @@ class LeaderElector:
         self.on_change = on_change
         self.clock = clock
         self.leading = False
+        self._lease = object_extra(ObjectRef("Lease", name, namespace))  # names it in JSON logs
         self._term_start = 0.0  # clock() at the start of the last successful acquire or renew
         # The lease record as last read, and clock() when it last changed (client-go's
         # observedRecord/observedTime): the holder's lease runs from when *we* saw it renewed.
@@ -81,13 +84,22 @@ class LeaderElector:
         try:
             acquired = await asyncio.wait_for(self._try_acquire_or_renew(started), self._attempt_timeout())
         except ApiException as e:
-            log.warning("lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason)
+            log.warning(
+                "lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason, extra=self._lease
+            )
             acquired = False
         except TimeoutError:
-            log.warning("lease %s/%s: no answer from the apiserver in time", self.namespace, self.name)
+            log.warning(
+                "lease %s/%s: no answer from the apiserver in time",
+                self.namespace,
+                self.name,
+                extra=self._lease,
+            )
             acquired = False
         except (OSError, aiohttp.ClientError) as e:  # refused, reset, disconnected
-            log.warning("lease %s/%s: %s: %s", self.namespace, self.name, type(e).__name__, e)
+            log.warning(
+                "lease %s/%s: %s: %s", self.namespace, self.name, type(e).__name__, e, extra=self._lease
+            )
             acquired = False
         if acquired:
             self._term_start = started
@@ -103,7 +115,11 @@ class LeaderElector:
         if leading != self.leading:
             self.leading = leading
             log.warning(
-                "%s leadership of %s/%s", "acquired" if leading else "lost", self.namespace, self.name
+                "%s leadership of %s/%s",
+                "acquired" if leading else "lost",
+                self.namespace,
+                self.name,
+                extra=self._lease,
             )
             self.on_change(leading)
 
@@ -174,5 +190,5 @@ class LeaderElector:
                     self.coord.replace_namespaced_lease(self.name, self.namespace, lease), self.renew_deadline
                 )
         except (ApiException, OSError, TimeoutError, aiohttp.ClientError) as e:
-            log.warning("releasing lease failed: %s", e)
+            log.warning("releasing lease failed: %s", e, extra=self._lease)
         self._set(False)

@@ -77,8 +77,14 @@ class GuardMetrics:
         )
         self.audit_seconds = Histogram(
             "dsguard_audit_duration_seconds",
-            "Time to judge every governed DaemonSet once (rules only, no API calls).",
+            "Time of one audit's judgement (the DaemonSets a change can affect; all of them at a resync; "
+            "rules only, no API calls).",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
+        self.audit_rejudged = Gauge(
+            "dsguard_audit_rejudged_daemonsets",
+            "DaemonSets judged again by the last audit (the incremental audit's reach).",
             registry=self.registry,
         )
         self.violating = Gauge(

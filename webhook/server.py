@@ -10,9 +10,10 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -20,11 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
+from dsguard.log_context import ObjectRef, about
 from dsguard.rules import engine
 from webhook import review
 from webhook.metrics import Metrics
 from webhook.mutation import hold_then_mutate
 from webhook.tls import CertReloader
+from webhook.verdict_memo import VerdictMemo
 
 log = logging.getLogger("dsguard.webhook")
 
@@ -43,6 +46,8 @@ class WebhookState:
     # rollback restores an older template and whose resume restores the old strategy, which a
     # policy added since might deny, and which must not be blocked mid-incident.
     exempt_users: frozenset[str] = frozenset()
+    # Repeated reviews (GitOps re-applies) answered without running the rules again.
+    memo: VerdictMemo = field(default_factory=VerdictMemo)
 
 
 STATE = web.AppKey("state", WebhookState)
@@ -62,16 +67,32 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
     # Only DaemonSet CREATE/UPDATE are judged; the webhook configuration should send nothing else.
     if not req.is_daemonset or req.operation not in ("CREATE", "UPDATE") or req.object is None:
         return 200, review.encode(req.uid, allowed=True), "allowed"
+    # Every line logged while judging it names it (--log-format json: `object`).
+    with about(ObjectRef.of("DaemonSet", req.ref)):
+        return _judge(state, endpoint, req, req.object, body)
+
+
+def _judge(
+    state: WebhookState,
+    endpoint: Endpoint,
+    req: review.AdmissionRequest,
+    obj: Mapping[str, Any],
+    body: bytes,
+) -> tuple[int, bytes, str]:
     if req.username in state.exempt_users:
         log.info("exempt: %s %s DaemonSet %s unjudged", req.username, req.operation, req.ref)
         return 200, review.encode(req.uid, allowed=True), "exempt"
 
     cache = state.cache
+    policies, facts = cache.policies, cache.facts
     previous = req.old_object if req.operation == "UPDATE" else None
+    memo = partial(state.memo.evaluate, endpoint, body, req.uid, policies=policies, facts=facts)
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
-        mutated = hold_then_mutate(
-            cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+        mutated = memo(
+            compute=lambda: hold_then_mutate(
+                policies, obj, facts=facts, namespace=req.namespace, old=previous
+            )
         )
         verdict = "patched" if mutated.patch else "allowed"
         return (
@@ -79,8 +100,8 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
             review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=mutated.notices),
             verdict,
         )
-    result = engine.judge(
-        cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+    result = memo(
+        compute=lambda: engine.judge(policies, obj, facts=facts, namespace=req.namespace, old=previous)
     )
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:
@@ -135,8 +156,10 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
                         orjson.dumps({"error": "internal error; see the webhook log"}),
                         "error",
                     )
-        state.metrics.reviews.labels(endpoint, verdict).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        metrics = state.metrics
+        bound = metrics.review_counters.get((endpoint, verdict))
+        (bound or metrics.reviews.labels(endpoint, verdict)).inc()
+        metrics.latencies[endpoint].observe(time.perf_counter() - start)
         return web.Response(status=status, body=out, content_type="application/json")
 
     return handle
@@ -177,6 +200,7 @@ def make_app(state: WebhookState) -> web.Application:
     state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
         resource, reason
     ).inc()
+    state.metrics.count_memo(lambda: (state.memo.hits, state.memo.misses))
     for reflector in state.cache.reflectors:
         state.metrics.watch_staleness.labels(reflector.name).set_function(reflector.staleness)
     app.router.add_post("/mutate", _review_handler("mutate"))

@@ -4,6 +4,7 @@ webhook.main and guard.main."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import click
 
@@ -11,14 +12,17 @@ from dsguard.cli import exits
 from dsguard.cli.options import (
     DURATION,
     kubeconfig_opt,
+    log_format_opt,
     log_level_opt,
     policy_files_opt,
     setup_logging,
 )
-from dsguard.documents import InputError, load_nodes, load_policies
+from dsguard.documents import InputError, PolicySet, load_nodes, load_policies
 from dsguard.policy import Policy
 
 MIN_AUDIT_RESYNC = 10.0
+
+log = logging.getLogger("dsguard.cli")
 
 
 @click.command()
@@ -54,6 +58,7 @@ MIN_AUDIT_RESYNC = 10.0
     "system:serviceaccount:dsguard:dsguard-guard (repeatable).",
 )
 @log_level_opt
+@log_format_opt
 def webhook(
     tls_cert_file: str,
     tls_private_key_file: str,
@@ -65,22 +70,24 @@ def webhook(
     kubernetes_version: str | None,
     exempt_users: tuple[str, ...],
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
     from dsguard.kube import ClientConfigError
     from webhook.main import run_webhook
     from webhook.tls import ServingFileError
 
-    policies = _policies(policy_files)
+    policy_set = _policies(policy_files)
     try:
         nodes = load_nodes(list(node_files)) if node_files else None
     except InputError as e:
         raise exits.bad_file("--nodes", e, fix=exits.FIX_NODES_FILE) from None
-    if nodes is not None and policies is None:
+    if nodes is not None and policy_set is None:
         raise click.UsageError(
             "--nodes needs --policy-file: without a cluster there are no policies to watch"
         )
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
+    policies = _log_policies(policy_set)
     try:
         asyncio.run(
             run_webhook(
@@ -96,12 +103,24 @@ def webhook(
         raise exits.bad_kubeconfig(e, context_flag=False) from None
 
 
-def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
+def _policies(policy_files: tuple[str, ...]) -> PolicySet | None:
     """--policy-file's policies (None: watch the cluster's); a bad file is exit 2, one line."""
     try:
         return load_policies(list(policy_files)) if policy_files else None
     except InputError as e:
         raise exits.bad_file("--policy-file", e, fix=exits.FIX_POLICY_FILE) from None
+
+
+def _log_policies(policy_set: PolicySet | None) -> list[Policy] | None:
+    """Said once logging is set up (a JSON log stays one object per line)."""
+    if policy_set is None:
+        return None
+    log.info(
+        "%d DaemonSetPolicy(ies) from --policy-file%s",
+        len(policy_set.policies),
+        f"; {policy_set.skipped_note()}" if policy_set.skipped else "",
+    )
+    return policy_set.policies
 
 
 @click.command()
@@ -169,6 +188,7 @@ def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
     "baseline is the rate over 12 samples before a rollout, the current rate over the last 6.",
 )
 @log_level_opt
+@log_format_opt
 def guard(
     kubeconfig: str | None,
     policy_files: tuple[str, ...],
@@ -186,6 +206,7 @@ def guard(
     policy_report_max_results: int,
     gate_sample_interval: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
     if not 0.1 <= gate_sample_interval <= 300:
@@ -201,8 +222,9 @@ def guard(
     from dsguard.kube import ClientConfigError
     from guard.main import default_identity, run_guard
 
-    policies = _policies(policy_files)
-    setup_logging(log_level)
+    policy_set = _policies(policy_files)
+    setup_logging(log_level, log_format)
+    policies = _log_policies(policy_set)
     try:
         asyncio.run(
             run_guard(

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import field as dataclass_field
 from typing import Any, Protocol
 
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
-from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext, Severity, SpecPart
+from dsguard.rules.context import TEMPLATE, Finding, NodeList, ObjectEdit, RuleContext, Severity, SpecPart
 
 
 class Rule(Protocol):
@@ -51,6 +52,8 @@ class PolicyFinding:
     enforcement: Enforcement
     rule: str
     message: str
+    field: str = ""  # the DaemonSet field at fault (Finding.field)
+    nodes: NodeList | None = dataclass_field(default=None, compare=False)  # Finding.nodes
 
     def __str__(self) -> str:
         return f'DaemonSetPolicy "{self.policy}" ({self.rule}): {self.message}'
@@ -66,6 +69,7 @@ class Evaluation:
     warnings: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()  # what the mutations did
     audits: tuple[PolicyFinding, ...] = ()
+    warned: tuple[PolicyFinding, ...] = ()  # the findings among `warnings`, as data (CI reports)
 
     @property
     def allowed(self) -> bool:
@@ -173,6 +177,7 @@ def judge(
     ctx = RuleContext(ds, facts)
     denials: list[PolicyFinding] = []
     warnings: list[str] = []
+    warned: list[PolicyFinding] = []
     audits: list[PolicyFinding] = []
     for p in matched:
         enforced: list[Finding] = []
@@ -180,19 +185,22 @@ def judge(
         for rule in RULES:
             (enforced if changed.covers(rule.JUDGES) else unenforced).extend(rule.check(p, ctx))
         for f in enforced:
-            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message)
+            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
                 audits.append(pf)
             elif f.severity is Severity.WARNING or p.enforcement is Enforcement.WARN:
                 warnings.append(str(pf))
+                warned.append(pf)
             elif pf not in denials:
                 denials.append(pf)
         for f in unenforced:
-            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message)
+            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
                 audits.append(pf)
             else:
-                warnings.append(f"{pf} (not enforced: unchanged by this update)")
+                pf = replace(pf, message=f"{pf.message} (not enforced: unchanged by this update)")
+                warnings.append(str(pf))
+                warned.append(pf)
     return Evaluation(
         ds=ds,
         obj=obj,
@@ -200,6 +208,7 @@ def judge(
         denials=tuple(denials),
         warnings=tuple(dict.fromkeys(warnings)),
         audits=tuple(audits),
+        warned=tuple(dict.fromkeys(warned)),
     )
 
 

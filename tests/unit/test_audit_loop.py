@@ -324,6 +324,21 @@ async def test_second_audit_with_nothing_changed_writes_nothing() -> None:
     assert rig.sample("dsguard_audit_runs_total") == 2
 
 
+async def test_an_audit_judges_again_only_what_changed() -> None:
+    rig = make_rig()
+    await rig.auditor.audit_once()
+    assert rig.sample("dsguard_audit_rejudged_daemonsets") == 4  # the first: every DaemonSet
+    rig.clock.now += timedelta(seconds=10)
+    await rig.auditor.audit_once()
+    assert rig.sample("dsguard_audit_rejudged_daemonsets") == 0
+    rig.auditor.daemonset_event(
+        "MODIFIED", ds_obj("node-exporter", namespace="monitoring", max_unavailable=1)
+    )
+    await rig.auditor.audit_once()
+    assert rig.sample("dsguard_audit_rejudged_daemonsets") == 1
+    assert "monitoring/node-exporter" not in listed(rig.writer.last("exporters"))  # and it shows
+
+
 async def test_watch_echo_of_the_audits_own_write_changes_nothing() -> None:
     rig = make_rig()
     await rig.auditor.audit_once()
