@@ -104,6 +104,7 @@ class Guard:
         dirty: Dirty,
         is_leader: Callable[[], bool] = _always,
         ready: Callable[[], bool] = _always,
+        current: Callable[[], bool] = _always,
         metrics: GuardMetrics | None = None,
         clock: Callable[[], float] = time.time,
         tick: float = 1.0,
@@ -116,7 +117,11 @@ class Guard:
         """`dirty`: the marks the guard takes its work from (its store marks them too; the outbox,
         a policy change and a new leader may). `ready`: whether the watches `policies_for` reads
         have listed; pending alerts are resent only once they have and the store's own have
-        (before the policies are known, an alert would go to the Events only)."""
+        (before the policies are known, an alert would go to the Events only). `current`: whether
+        every watch is current (none failing since its last list): while one is not, the guard
+        is blind to part of the cluster and acts on nothing; when they all are again, it decides
+        for every DaemonSet at once, so what became due meanwhile is done then (once: the
+        relisted objects show what was already done)."""
         self.policies_for = policies_for
         self.patcher = patcher
         self.outbox = outbox
@@ -124,6 +129,8 @@ class Guard:
         self.dirty = dirty
         self.is_leader = is_leader
         self.ready = ready
+        self.current = current
+        self._was_current = True
         self.metrics = metrics or GuardMetrics()
         self.clock = clock
         self.tick = tick
@@ -204,6 +211,14 @@ class Guard:
             if not self._was_ready and self._listed():
                 self._was_ready = True
                 self.mark_all()  # pending alerts can be resent now
+            current = self.current()
+            if current != self._was_current:
+                self._was_current = current
+                if current:
+                    log.warning("every watch is current again: deciding for every DaemonSet")
+                    self.mark_all()  # what became due while blind, now
+                else:
+                    log.warning("a watch is not current: deciding nothing until it has listed again")
             now = self.monotonic()
             if now >= next_tick:
                 next_tick = now + self.tick
@@ -270,8 +285,8 @@ class Guard:
             return False
         decision, ds, governing = result
         self._failing[uid] = len(decision.assessment.failing) if decision.assessment else 0
-        if not self.is_leader():
-            return False
+        if not self.is_leader() or not self.current():
+            return False  # a follower, or blind: the decision may rest on what it no longer sees
         if decision.step is Step.NONE and governing.guard.waves is not None:
             failed = await self._check_gates(decision, ds, governing)
             if failed is None:

@@ -16,7 +16,7 @@ from kubernetes_asyncio import client
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.kube import Reflector, Subscriber, api_client, raw_body, slim_lists
+from dsguard.kube import Reflector, Subscriber, api_client, raw_body, readyz_probe, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
@@ -151,6 +151,9 @@ async def run_guard(
     def policies_known() -> bool:
         return all(r.synced.is_set() for r in cache_reflectors)
 
+    def watches_current() -> bool:  # every watch (`reflectors`, below) listed since its last failure
+        return all(r.failing_since is None for r in reflectors)
+
     outbox = Outbox(patcher=patcher, mark=dirty.mark, metrics=metrics)
     recorder = EventRecorder.for_client(api)
     # Wave rollouts' apiserver gate: sample the request counter while a policy asks for it, so a
@@ -180,6 +183,7 @@ async def run_guard(
         dirty=dirty,
         is_leader=is_leader,
         ready=policies_known,
+        current=watches_current,
         metrics=metrics,
         tick=tick,
         pods=KubePodDeleter(api),
@@ -203,6 +207,8 @@ async def run_guard(
         *cache_reflectors,
         *guard_watches(api, guard.store, cache=cache, auditor=auditor, restarts=metrics.watch_restarts),
     ]
+    for r in reflectors:
+        metrics.watch_staleness.labels(r.name).set_function(r.staleness)
     # The cache's watches (namespaces, policies) restart and relist like the guard's own.
     cache.on_restart = lambda resource, reason: metrics.watch_restarts.labels(resource, reason).inc()
     metrics.watch_lists.source = lambda: {r.name: r.lists for r in reflectors}
@@ -250,8 +256,10 @@ def guard_watches(
     """The guard's own watches: DaemonSets, ControllerRevisions, pods and nodes, feeding its store
     and, with the audit, the auditor (DaemonSets) and the cache (nodes)."""
 
+    probe = readyz_probe(api)
+
     def reflector(name: str, list_fn: Any, *subscribers: Subscriber) -> Reflector:
-        return Reflector(name, list_fn, subscribers=subscribers,
+        return Reflector(name, list_fn, subscribers=subscribers, probe=probe,
                          on_restart=lambda reason: restarts.labels(name, reason).inc())  # fmt: skip
 
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)

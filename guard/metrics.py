@@ -59,6 +59,14 @@ class GuardMetrics:
             ["resource", "reason"],
             registry=self.registry,
         )
+        self.watch_staleness = Gauge(
+            "dsguard_guard_watch_staleness_seconds",
+            "Seconds the guard's view of a resource may be behind the apiserver: 0 while its watch "
+            "is open after a complete list, else since it was last current. While any is above 0 the "
+            "guard decides nothing (it would decide on what it no longer sees).",
+            ["resource"],
+            registry=self.registry,
+        )
         self.watch_lists = _ListsCollector()
         self.registry.register(self.watch_lists)
         self.leader = Gauge(

@@ -58,6 +58,13 @@ class Metrics:
             ["resource", "reason"],
             registry=self.registry,
         )
+        self.watch_staleness = Gauge(
+            "dsguard_watch_staleness_seconds",
+            "Seconds the cache of a resource may be behind the apiserver: 0 while its watch is open "
+            "after a complete list, else since it was last current (an outage, a failing list).",
+            ["resource"],
+            registry=self.registry,
+        )
 
     def count_memo(self, stats: Callable[[], tuple[int, int]]) -> None:
         """Export the verdict memo's (hits, misses), read at each scrape; once per registry."""

@@ -172,7 +172,11 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     cache = request.app[STATE].cache
     if cache.synced:
-        return web.Response(text="ok")
+        # Ready on a stale cache too (docs/install.md, "When the apiserver is away"): every
+        # replica watches the same apiserver, so not-ready would take all of them out at once
+        # and hand every DaemonSet write to failurePolicy instead of to the last known policies.
+        stale = [f"{r.name} {r.staleness():.0f}s" for r in cache.reflectors if r.failing_since is not None]
+        return web.Response(text="ok" + (f" (cache not current: {', '.join(stale)})" if stale else ""))
     pending = [r.name for r in cache.reflectors if not r.synced.is_set()]
     return web.Response(
         status=503, text=f"waiting for the first sync of: {', '.join(pending) or 'server version'}"
@@ -197,6 +201,8 @@ def make_app(state: WebhookState) -> web.Application:
         resource, reason
     ).inc()
     state.metrics.count_memo(lambda: (state.memo.hits, state.memo.misses))
+    for reflector in state.cache.reflectors:
+        state.metrics.watch_staleness.labels(reflector.name).set_function(reflector.staleness)
     app.router.add_post("/mutate", _review_handler("mutate"))
     app.router.add_post("/validate", _review_handler("validate"))
     app.router.add_get("/healthz", _healthz)
