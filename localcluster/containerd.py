@@ -15,7 +15,9 @@ proved (../shared/REAL_NODE.md in the project notes):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -27,6 +29,8 @@ __all__ = ["CRI_NAMESPACE", "ContainerdError", "ContainerdPaths", "ctr", "write_
 CRI_NAMESPACE = "k8s.io"
 RUNC = "/usr/sbin/runc"
 CNI_BIN_DIR = "/usr/lib/cni"
+#: containerd 1.6 puts every shim's socket here, whatever its own state dir (defaults.DefaultStateDir).
+SHIM_SOCKET_DIR = Path("/run/containerd/s")
 
 
 class ContainerdError(RuntimeError):
@@ -181,6 +185,26 @@ def kill_tasks(socket: Path, *, timeout: float = 20.0) -> list[str]:
 def _task_ids(socket: Path) -> list[str]:
     proc = ctr(socket, "tasks", "list", "--quiet", check=False, timeout=10.0)
     return [ln.split()[0] for ln in proc.stdout.splitlines() if ln.strip()] if proc.returncode == 0 else []
+
+
+def shim_socket(address: Path, container_id: str) -> Path:
+    """The socket of the shim of container (or sandbox) container_id under the containerd at
+    address: runtime/v2/shim.SocketAddress, sha256 of "<address>/<namespace>/<id>". A shim that is
+    killed, not shut down, leaves it behind."""
+    digest = hashlib.sha256(os.path.join(str(address), CRI_NAMESPACE, container_id).encode()).hexdigest()
+    return SHIM_SOCKET_DIR / digest
+
+
+def container_ids(socket: Path, runc_root: Path) -> set[str]:
+    """Every container id this containerd knows (when it answers) or runc still has state for."""
+    ids: set[str] = set()
+    if answers(socket):
+        out = ctr(socket, "containers", "list", "--quiet", check=False).stdout
+        ids.update(ln.split()[0] for ln in out.splitlines() if ln.strip())
+    ns_root = runc_root / CRI_NAMESPACE
+    if ns_root.is_dir():
+        ids.update(d.name for d in ns_root.iterdir() if d.is_dir())
+    return ids
 
 
 def runc_containers(runc_root: Path) -> list[str]:

@@ -175,6 +175,7 @@ class RealNode:
         #: Has this node changed the machine yet? Until it has, stop() touches nothing: the
         #: machine-wide names (cni0, chains, /kubepods) may be another running node's.
         self.touched = False
+        self._shim_sockets: set[Path] = set()  # the shims' sockets under /run/containerd/s
 
     # -- state ----------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class RealNode:
         container log links); [] when nothing is."""
         found = host_state.leftovers(needles=self.needles(), mount_prefixes=[self.workdir, self.paths.state])
         found += [f"file {p}" for p in self._container_log_links()]
+        found += [f"socket {p}" for p in sorted(self._shim_sockets) if p.exists()]
         if self.paths.state.exists():
             found.append(f"directory {self.paths.state}")
         return found
@@ -428,6 +430,10 @@ class RealNode:
         t0 = time.monotonic()
         by_name = {p.name: p for p in self.procs}
         problems: list[str] = []
+        self._shim_sockets |= {
+            containerd.shim_socket(self.paths.socket, cid)
+            for cid in containerd.container_ids(self.paths.socket, self.paths.runc_root)
+        }
         if "kube-proxy" in by_name:
             problems += [f"kube-proxy pid {p}" for p in by_name["kube-proxy"].stop(grace)]
         if (self.workdir / "config" / "kube-proxy.yaml").exists() and not problems:
@@ -448,6 +454,8 @@ class RealNode:
         problems += [f"chain {c}" for c in host_state.remove_chains()]
         for link in self._container_log_links():
             link.unlink(missing_ok=True)
+        for sock in self._shim_sockets:
+            sock.unlink(missing_ok=True)
         host_state.write_sysctls(self.saved_sysctls)
         if not problems:
             shutil.rmtree(self.paths.state, ignore_errors=True)
@@ -506,6 +514,9 @@ def clean_leftovers() -> list[str]:
     pids = {pid for mark in _PROCESS_MARKS for pid in host_state.processes_with(mark)}
     problems = [f"process {p}" for p in host_state.kill_pids(pids)]
     for runc_root in STATE_ROOT.glob("*/runc"):
+        address = runc_root.parent / "containerd.sock"
+        for cid in containerd.container_ids(address, runc_root):
+            containerd.shim_socket(address, cid).unlink(missing_ok=True)
         problems += [f"runc container {c}" for c in containerd.delete_runc_containers(runc_root)]
     problems += [f"cgroup {d}" for d in host_state.remove_cgroups()]
     prefixes = [Path(m) for m in host_state.mount_points() if any(mark in m for mark in _MOUNT_MARKS)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import host_state
+from localcluster import containerd, host_state
 from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
 from localcluster.procs import http_get
@@ -104,8 +104,14 @@ def _phase(c: LocalCluster, ns: str, name: str) -> dict[str, str]:
     }
 
 
+def _shim_sockets() -> set[str]:
+    d = containerd.SHIM_SOCKET_DIR
+    return set(os.listdir(d)) if d.is_dir() else set()
+
+
 def _one_round(workdir: Path, image: NodeImage, *, try_a_second: bool = False) -> dict[str, float]:
     forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    shim_sockets_before = _shim_sockets()
     c = LocalCluster(workdir, real_node=True, node_images=[image.archive], dsguard_image=False)
     t0 = time.monotonic()
     c.start()
@@ -177,6 +183,7 @@ def _one_round(workdir: Path, image: NodeImage, *, try_a_second: bool = False) -
     assert node.leftovers() == []
     assert host_state.leftovers(needles=[str(workdir) + "/"], mount_prefixes=[workdir]) == []
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward_before
+    assert _shim_sockets() - shim_sockets_before == set()  # containerd 1.6's fixed /run/containerd/s
     return {
         "start": started,
         "node": node.timings.total,
@@ -210,6 +217,7 @@ def test_clean_node_removes_what_a_killed_node_left(tmp_path: Path, echo_image: 
         for pid in c.component_pids().values():  # processes this test started
             os.kill(pid, signal.SIGKILL)
     c.state_file.unlink()
+    shim_sockets = _shim_sockets()
     left = host_state.leftovers(needles=[str(workdir) + "/", "/run/dsguard-node/"], mount_prefixes=[workdir])
     assert any(x.startswith("chain ") for x in left) and "link cni0" in left, left
     with pytest.raises(ClusterError, match="clean-node"):
@@ -226,3 +234,4 @@ def test_clean_node_removes_what_a_killed_node_left(tmp_path: Path, echo_image: 
     left = host_state.leftovers(needles=[str(workdir) + "/", "/run/dsguard-node/"], mount_prefixes=[workdir])
     assert left == []
     assert not Path("/run/dsguard-node").exists()
+    assert _shim_sockets() < shim_sockets  # the killed shims' sockets are gone too
