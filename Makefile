@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv binaries image-deps image lint unit cluster-test test demo cluster-up cluster-down bench clean
+.PHONY: venv binaries node-binaries node-packages image-deps image lint unit cluster-test test demo cluster-up cluster-down bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -16,6 +16,19 @@ $(STAMP): pyproject.toml
 # Kubernetes control plane + kwok, built from Go modules into ~/.cache/dsguard (skipped when built).
 binaries:
 	bash localcluster/gobuild/build.sh
+
+# The real node's kubelet, kube-proxy and pause, built from the same pinned Kubernetes module into
+# ~/.cache/dsguard (skipped when built; a separate cache key from the control plane's).
+node-binaries:
+	bash localcluster/gobuild/build_node.sh
+
+# The Debian packages the real node runs on (localcluster/apt/node.txt), installed with apt when
+# missing (root or passwordless sudo; otherwise it fails naming them). DSGUARD_NO_REAL_NODE=1 skips it,
+# and opts out of the real-node tests.
+NODE_APT := localcluster/apt/node.txt
+node-packages:
+	@if [ "$${DSGUARD_NO_REAL_NODE:-}" = 1 ]; then echo "node-packages: DSGUARD_NO_REAL_NODE=1, skipped"; \
+	else bash localcluster/apt/install.sh $(NODE_APT); fi
 
 # Helm v3, built from Go modules into ~/.cache/dsguard (only to lint and render manifests/helm/dsguard;
 # tests/cluster/test_manifests.py builds it when missing). Prints its bin directory.
@@ -50,10 +63,13 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit
 
-cluster-test: venv binaries
+# The real-node tests run unless DSGUARD_NO_REAL_NODE=1 (then their build and packages are skipped).
+REAL_NODE_DEPS := $(if $(filter 1,$(DSGUARD_NO_REAL_NODE)),,node-packages node-binaries)
+
+cluster-test: venv binaries $(REAL_NODE_DEPS)
 	$(PY) -m pytest tests/cluster
 
-test: lint binaries image-deps
+test: lint binaries image-deps $(REAL_NODE_DEPS)
 	$(PY) -m pytest
 
 demo: venv binaries

@@ -1,12 +1,15 @@
 """python -m localcluster up|down|status — a detached local cluster for demos and benchmarks.
 
-    python -m localcluster up [--nodes N (default 3)] [--workdir DIR]  # last line: kubeconfig
+    python -m localcluster up [--nodes N (default 3)] [--real-node] [--workdir DIR]  # last line: kubeconfig
     python -m localcluster status [--workdir DIR]
     python -m localcluster down [--workdir DIR]
+    python -m localcluster clean-node  # what a killed real node left on the machine
     python -m localcluster image [--rebuild] [--no-import]  # dsguard's image; last line: its reference
 
 DIR defaults to $DSGUARD_CLUSTER_DIR or <repo>/.cluster. The processes outlive `up`; pids and
-ports are in DIR/state.json, logs in DIR/logs/.
+ports are in DIR/state.json, logs in DIR/logs/. --real-node adds one real node (kubelet, containerd,
+kube-proxy; root only, see docs/local-cluster.md) beside the kwok nodes; its containerd socket is
+state.json's real_node.containerd_socket.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from pathlib import Path
 from localcluster.binaries import BinariesError
 from localcluster.cluster import ClusterError, LocalCluster, default_workdir
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
+from localcluster.realnode import clean_leftovers
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir
     t0 = time.monotonic()
-    cluster = LocalCluster(workdir, die_with_parent=False, startup_timeout=args.timeout)
+    cluster = LocalCluster(
+        workdir, die_with_parent=False, startup_timeout=args.timeout, real_node=args.real_node
+    )
     try:
         cluster.start()
     except (ClusterError, BinariesError) as exc:
@@ -34,6 +40,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(
         f"control plane ready in {started:.1f}s (apiserver {cluster.timings.apiserver:.1f}s)", file=sys.stderr
     )
+    if cluster.real_node is not None:
+        node = cluster.real_node
+        print(
+            f"real node {node.name} Ready in {node.timings.ready:.1f}s after its kubelet started "
+            f"(containerd {node.timings.containerd:.1f}s, images {node.timings.images:.1f}s, "
+            f"kube-proxy {node.timings.kube_proxy:.1f}s); containerd socket {node.socket}; "
+            f"images imported: {', '.join(node.image_refs())}",
+            file=sys.stderr,
+        )
     if args.nodes > 0:
         names = [f"{args.node_prefix}-{i}" for i in range(args.nodes)]
         try:
@@ -67,6 +82,15 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean_node(args: argparse.Namespace) -> int:
+    left = clean_leftovers()
+    if left:
+        print(f"localcluster clean-node: could not remove {', '.join(left)}", file=sys.stderr)
+        return 1
+    print("no real node's state is left on this machine")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
         cluster = LocalCluster.from_state(args.workdir)
@@ -96,15 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=3, help="kwok nodes to create (default 3)")
     up.add_argument("--node-prefix", default="kwok-node")
     up.add_argument("--timeout", type=float, default=120.0, help="startup deadline in seconds")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run a real node (kubelet + containerd + kube-proxy; needs root and `make node-packages`)",
+    )
     down = sub.add_parser("down", help="stop the cluster in the workdir")
     down.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     status = sub.add_parser("status", help="show the cluster's components")
+    clean = sub.add_parser(
+        "clean-node",
+        help="remove what a killed real node left on the machine (processes, mounts, cni0, chains, cgroups)",
+    )
     sub.add_parser("image", help="build dsguard's image (see python -m localcluster image --help)")
-    for p in (up, down, status):
+    for p in (up, down, status, clean):
         p.add_argument("--workdir", type=Path, default=default_workdir())
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
-    handler = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[args.cmd]
+    handler = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "clean-node": _cmd_clean_node}[
+        args.cmd
+    ]
     return handler(args)
 
 

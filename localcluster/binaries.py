@@ -19,11 +19,13 @@ __all__ = [
     "bin_dir",
     "bin_path",
     "ensure_binaries",
+    "ensure_node_binaries",
     "versions",
 ]
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "gobuild" / "build.sh"
+NODE_BUILD_SCRIPT = HERE / "gobuild" / "build_node.sh"
 VERSIONS_FILE = HERE / "gobuild" / "versions.env"
 
 #: Every binary build.sh puts in the bin directory.
@@ -57,25 +59,25 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _run_build(*args: str, timeout: float | None = None) -> str:
+def _run_build(*args: str, timeout: float | None = None, script: Path = BUILD_SCRIPT) -> str:
     try:
         proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT), *args],
+            ["bash", str(script), *args],
             capture_output=True,
             text=True,
             check=False,
             timeout=timeout,
         )
     except FileNotFoundError as exc:  # pragma: no cover - bash is everywhere we run
-        raise BinariesError(f"cannot run {BUILD_SCRIPT}: {exc}") from exc
+        raise BinariesError(f"cannot run {script}: {exc}") from exc
     if proc.returncode == 3 or (proc.returncode != 0 and "Go is not installed" in proc.stderr):
         raise GoMissingError(GO_INSTALL_HINT)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-30:])
-        raise BinariesError(f"{BUILD_SCRIPT} {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
+        raise BinariesError(f"{script} {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
     if not lines:
-        raise BinariesError(f"{BUILD_SCRIPT} printed no bin directory")
+        raise BinariesError(f"{script} printed no bin directory")
     return lines[-1].strip()
 
 
@@ -119,3 +121,25 @@ def bin_path(name: str) -> Path:
     if name not in BINARIES:
         raise ValueError(f"unknown binary {name!r}; expected one of {', '.join(BINARIES)}")
     return ensure_binaries() / name
+
+
+#: What build_node.sh puts in its bin directory (the real node's binaries).
+NODE_BINARIES = ("kubelet", "kube-proxy", "pause")
+
+
+def ensure_node_binaries(*, timeout: float | None = None) -> Path:
+    """The real node's bin directory (kubelet, kube-proxy, pause), built by gobuild/build_node.sh
+    first if missing (2.5 to 10 minutes cold on 2 cores, see docs/local-cluster.md). Its parent
+    holds PAUSE_VERSION. ``DSGUARD_NODE_BIN_DIR`` points at binaries you already have."""
+    override = os.environ.get("DSGUARD_NODE_BIN_DIR")
+    directory = Path(override) if override else Path(_run_build("--print-dir", script=NODE_BUILD_SCRIPT))
+    missing = [n for n in NODE_BINARIES if not os.access(directory / n, os.X_OK)]
+    if not missing:
+        return directory
+    if override:
+        raise BinariesError(f"DSGUARD_NODE_BIN_DIR={directory} lacks {', '.join(missing)}")
+    built = Path(_run_build(timeout=timeout, script=NODE_BUILD_SCRIPT))
+    missing = [n for n in NODE_BINARIES if not os.access(built / n, os.X_OK)]
+    if missing:
+        raise BinariesError(f"build finished but {built} lacks {', '.join(missing)}")
+    return built

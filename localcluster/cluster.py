@@ -33,6 +33,7 @@ from typing import Any, Self
 import yaml
 
 from localcluster.binaries import ensure_binaries, versions
+from localcluster.image import latest_image
 from localcluster.pki import Pki, generate_pki
 from localcluster.procs import (
     NotReady,
@@ -46,6 +47,7 @@ from localcluster.procs import (
     stop_group,
     wait_ready,
 )
+from localcluster.realnode import RealNode, RealNodeError, host_ip
 
 __all__ = [
     "DEFAULT_CONTROLLERS",
@@ -63,16 +65,18 @@ REPO_ROOT = HERE.parent
 
 SERVICE_CIDR = "10.96.0.0/16"
 FIRST_SERVICE_IP = "10.96.0.1"
-POD_CIDR = "10.244.0.0/16"  # kwok hands out fake pod IPs from here; nothing is bound to them
+#: kwok hands out fake pod IPs from here; nothing is bound to them. Not the real node's pod range
+#: (realnode.POD_CIDR, 10.244.0.0/16), so a fake IP never shadows a real pod's.
+KWOK_POD_CIDR = "10.250.0.0/16"
 NODE_IP = "127.0.0.1"  # what kwok nodes report as InternalIP, so nothing ever dials elsewhere
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_ANNOTATION_SELECTOR = "kwok.x-k8s.io/node=fake"
 STATE_VERSION = 1
 ALWAYS_ALLOW_PATHS = "/healthz,/readyz,/livez,/metrics"
 
-#: kube-controller-manager controllers that run. The rest (replicaset, deployment, job,
-#: endpoints, volumes, certificates, ...) are off: nothing here needs them and every
-#: controller costs informers and CPU on a 2-core machine.
+#: kube-controller-manager controllers that run. The rest (job, cronjob, statefulset, volumes,
+#: certificates, ...) are off: nothing here needs them and every controller costs informers and
+#: CPU on a 2-core machine.
 DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "daemonset-controller",  # the subject of dsguard
     "serviceaccount-controller",  # the `default` ServiceAccount pods need in each namespace
@@ -84,6 +88,13 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "taint-eviction-controller",  # NoExecute taint evictions (DaemonSet pods tolerate them)
     "pod-garbage-collector-controller",  # pods bound to deleted nodes
     "clusterrole-aggregation-controller",  # rules of the aggregated admin/edit/view roles
+    # What dsguard's own chart and base need on a real node (Deployments, PDBs, Services). On
+    # always: one configuration, and the kwok-only tests pass with them on.
+    "deployment-controller",
+    "replicaset-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "disruption-controller",
 )
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -196,6 +207,7 @@ class _Timings:
     etcd: float = 0.0
     apiserver: float = 0.0
     controllers: float = 0.0
+    real_node: float = 0.0
     total: float = 0.0
 
 
@@ -223,6 +235,9 @@ class LocalCluster:
         apiserver_args: Sequence[str] = (),
         controller_manager_args: Sequence[str] = (),
         kwok_args: Sequence[str] = (),
+        real_node: bool = False,
+        node_images: Sequence[Path] = (),
+        dsguard_image: bool = True,
     ) -> None:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dsguard-cluster-"))
         self.workdir = self.workdir.resolve()
@@ -235,6 +250,13 @@ class LocalCluster:
         self.apiserver_args = tuple(apiserver_args)
         self.controller_manager_args = tuple(controller_manager_args)
         self.kwok_args = tuple(kwok_args)
+        self.real_node_wanted = real_node
+        self.node_images = tuple(Path(p) for p in node_images)
+        #: A starting real node imports the latest built dsguard image (`make image`), if any.
+        self.dsguard_image = dsguard_image
+        #: The real node (real_node=True), once started: its containerd socket, processes, timings.
+        self.real_node: RealNode | None = None
+        self.host_ip = ""
 
         self.logs_dir = self.workdir / "logs"
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -297,6 +319,10 @@ class LocalCluster:
         c.server = str(state["server"])
         c.ports = _Endpoints(**state["ports"])
         c._components = [_Component.from_state(d) for d in state["components"]]
+        node_state = state.get("real_node")
+        if node_state:
+            c.real_node = RealNode.from_state(node_state, server=c.server, pki=_pki_from_dir(workdir / "pki"))
+            c.real_node_wanted = True
         c._started = True
         return c
 
@@ -313,6 +339,8 @@ class LocalCluster:
             else:
                 self._start_local(bin_dir)
         except BaseException:
+            if self.real_node is not None:
+                self.real_node.stop()
             self._stop_components(self.stop_grace)
             raise
         self._started = True
@@ -327,6 +355,11 @@ class LocalCluster:
         """Stop every component (SIGTERM, then SIGKILL after the grace period) and check that
         no process of theirs and no listening port is left. Idempotent."""
         grace = self.stop_grace if grace is None else grace
+        node_left: list[str] = []
+        if self.real_node is not None:  # first: its kubelet and kube-proxy talk to the apiserver
+            node_left = self.real_node.stop(grace)
+            if not node_left:
+                self.real_node = None
         ours = {c.pid for c in self._components} | {c.pgid for c in self._components}
         leftovers = self._stop_components(grace)
         self._started = False
@@ -339,10 +372,14 @@ class LocalCluster:
                 st = proc_stat(pid)
                 if pid in ours or (st is not None and st[1] in ours):
                     busy.append(port)
-        if not leftovers:  # keep the pids around for another `down` if something survived
+        if not leftovers and not node_left:  # keep the state for another `down` if something survived
             with contextlib.suppress(FileNotFoundError):
                 self.state_file.unlink()
+        elif self.state_file.exists() or node_left:
+            self.write_state()
         problems = []
+        if node_left:
+            problems.append(f"the real node left: {', '.join(node_left)}")
         if leftovers:
             problems.append(f"processes still running: {leftovers}")
         if busy:
@@ -404,7 +441,10 @@ class LocalCluster:
         return json.loads(self.kubectl(*args, "-o", "json", timeout=timeout).stdout)
 
     def component_pids(self) -> dict[str, int]:
-        return {c.name: c.pid for c in self._components}
+        pids = {c.name: c.pid for c in self._components}
+        if self.real_node is not None:
+            pids.update({p.name: p.pid for p in self.real_node.procs})
+        return pids
 
     def is_running(self) -> bool:
         return bool(self._components) and all(c.alive() for c in self._components)
@@ -422,6 +462,8 @@ class LocalCluster:
                 out[comp.name] = f"unhealthy: {exc}"
                 continue
             out[comp.name] = "ok" if ok else "unhealthy"
+        if self.real_node is not None:
+            out.update(self.real_node.health())
         return out
 
     def write_state(self) -> None:
@@ -435,6 +477,10 @@ class LocalCluster:
             "logs_dir": str(self.logs_dir),
             "ports": self.ports.as_dict(),
             "components": [c.to_state() for c in self._components],
+            # the real node: pids, paths and its containerd socket (`make image` imports through it)
+            "real_node": self.real_node.to_state() if self.real_node is not None else None,
+            # where `make image` (localcluster/image.py) imports dsguard's image into a running cluster
+            "containerd_address": str(self.real_node.socket) if self.real_node is not None else None,
             "versions": versions(),
             "started_at": time.time(),
         }
@@ -538,7 +584,13 @@ class LocalCluster:
             p.kwok,
         ) = free_ports(6)
         self.server = f"https://127.0.0.1:{p.apiserver}"
-        pki = generate_pki(self.workdir / "pki", service_ip=FIRST_SERVICE_IP)
+        if self.real_node_wanted:
+            try:
+                self.host_ip = host_ip()
+            except RealNodeError as exc:
+                raise ClusterError(str(exc)) from None
+        sans = [self.host_ip] if self.host_ip else []
+        pki = generate_pki(self.workdir / "pki", service_ip=FIRST_SERVICE_IP, extra_sans=sans)
         self.pki = pki
         _write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.clients["admin"], "admin")
         kcm_kubeconfig = pki.dir / "kube-controller-manager.kubeconfig"
@@ -606,6 +658,21 @@ class LocalCluster:
             "the `default` ServiceAccount in namespace default never appeared",
         )
         self.timings.controllers = time.monotonic() - t
+        if self.real_node_wanted:
+            t = time.monotonic()
+            images = list(self.node_images)
+            built = latest_image() if self.dsguard_image else None
+            if built is not None:
+                images.append(built.archive)
+            self.real_node = RealNode(
+                self.workdir / "node", server=self.server, pki=pki, ip=self.host_ip, images=images,
+                die_with_parent=self.die_with_parent, stop_grace=self.stop_grace,
+            )  # fmt: skip
+            try:
+                self.real_node.start(self.api_get, timeout=self.startup_timeout)
+            except RealNodeError as exc:
+                raise ClusterError(str(exc)) from None
+            self.timings.real_node = time.monotonic() - t
 
     def _start_external(self, bin_dir: Path) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -636,7 +703,7 @@ class LocalCluster:
             f"--config={','.join(str(c) for c in self.kwok_configs)}",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION_SELECTOR}",
             f"--node-ip={NODE_IP}",
-            f"--cidr={POD_CIDR}",
+            f"--cidr={KWOK_POD_CIDR}",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{self.ports.kwok}",
             *self.kwok_args,
@@ -669,8 +736,7 @@ class LocalCluster:
     def _apiserver_args(self, pki: Pki) -> list[str]:
         return [
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *self._apiserver_network_args(),
             f"--secure-port={self.ports.apiserver}",
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
@@ -683,12 +749,29 @@ class LocalCluster:
             f"--api-audiences={SA_ISSUER}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",  # DaemonSets are often privileged / hostNetwork
-            # The `kubernetes` Service endpoints would be 127.0.0.1, which Endpoints reject,
-            # and nothing in this cluster connects to it.
-            "--endpoint-reconciler-type=none",
+            f"--kubelet-client-certificate={pki.clients['apiserver-kubelet-client'].cert}",
+            f"--kubelet-client-key={pki.clients['apiserver-kubelet-client'].key}",
             "--profiling=false",
             "--event-ttl=30m",
             *self.apiserver_args,
+        ]
+
+    def _apiserver_network_args(self) -> list[str]:
+        if not self.host_ip:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # The `kubernetes` Service endpoints would be 127.0.0.1, which Endpoints reject,
+                # and nothing in this cluster connects to it.
+                "--endpoint-reconciler-type=none",
+            ]
+        # A real node's pods reach the apiserver through the `kubernetes` Service (10.96.0.1),
+        # whose endpoint is the host's address: it must listen there too.
+        return [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.host_ip}",
+            "--endpoint-reconciler-type=lease",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
         ]
 
     def _controller_manager_args(self, pki: Pki, kubeconfig: Path) -> list[str]:

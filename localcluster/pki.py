@@ -27,6 +27,7 @@ __all__ = [
     "CertPair",
     "Pki",
     "generate_pki",
+    "issue_from_ca",
     "write_private_key",
 ]
 
@@ -43,6 +44,9 @@ CLIENTS: dict[str, tuple[str, str | None]] = {
     "admin": ("kubernetes-admin", "system:masters"),
     "kube-controller-manager": ("system:kube-controller-manager", None),
     "kube-scheduler": ("system:kube-scheduler", None),
+    # The apiserver's identity towards kubelets (`kubectl logs/exec`); the kubelet's webhook
+    # authorizer asks the apiserver, which lets system:masters do anything.
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
 _VALIDITY = dt.timedelta(days=365)
@@ -193,6 +197,27 @@ def _save(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCu
     _write_cert(pair.cert, cert)
     write_private_key(pair.key, key)
     return pair
+
+
+def issue_from_ca(
+    pki: Pki,
+    stem: str,
+    *,
+    cn: str,
+    org: str | None = None,
+    server: bool = False,
+    client: bool = False,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+) -> CertPair:
+    """Issue one more certificate from the CA of an existing Pki into its directory (e.g. a real
+    node's client and serving certificates, made when the node starts)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca.key}: not an ECDSA key")
+    cert, key = _issue(ca_cert, ca_key, cn=cn, org=org, server=server, client=client, dns=dns, ips=ips)
+    return _save(pki.dir, stem, cert, key)
 
 
 def generate_pki(directory: Path, *, service_ip: str = "10.96.0.1", extra_sans: Sequence[str] = ()) -> Pki:
