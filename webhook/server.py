@@ -70,17 +70,30 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
     previous = req.old_object if req.operation == "UPDATE" else None
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
+        # Fields it can't read are left untouched; the apiserver's validation names them.
         mutated = hold_then_mutate(
-            cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+            cache.policies,
+            req.object,
+            facts=cache.facts,
+            namespace=req.namespace,
+            old=previous,
+            errors=req.object_errors,
+            old_errors=req.old_object_errors,
         )
-        verdict = "patched" if mutated.patch else "allowed"
+        verdict = "patched" if mutated.patch else "warned" if mutated.unreadable else "allowed"
+        notices = [*mutated.notices, *(f"dsguard left it unchanged: {e}" for e in mutated.unreadable)]
         return (
             200,
-            review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=mutated.notices),
+            review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=notices),
             verdict,
         )
     result = engine.judge(
-        cache.policies, req.object, facts=cache.facts, namespace=req.namespace, old=previous
+        cache.policies,
+        req.object,
+        facts=cache.facts,
+        namespace=req.namespace,
+        old=previous,
+        shape_errors=req.object_errors,
     )
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dsguard import daemonset_shape as shape
 from dsguard.policy import Policy
 from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, name_nodes
 from dsguard.selectors import LabelSelector
 
 RULE = "coverage"
 JUDGES = TEMPLATE
+READS: tuple[str, ...] = shape.PLACEMENT
+
+
+def governs(policy: Policy) -> bool:
+    return policy.tolerations is not None and policy.tolerations.coverage is not None
 
 
 def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
