@@ -51,6 +51,8 @@ def load_documents(targets: list[str]) -> Iterator[Document]:
             docs = list(yaml.safe_load_all(text))
         except yaml.YAMLError as e:
             raise InputError(f"{name}: not valid YAML: {e}") from None
+        except RecursionError:  # PyYAML composes nested nodes recursively
+            raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
         for i, doc in enumerate(docs, start=1):
             if doc is None:
                 continue

@@ -16,6 +16,7 @@ from typing import Literal
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
@@ -48,8 +49,14 @@ class WebhookState:
 STATE = web.AppKey("state", WebhookState)
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _bad_request(message: str) -> tuple[int, bytes]:
-    return 400, orjson.dumps({"error": message})
+    # A metav1.Status, as the apiserver answers its own bad requests; "error" for older clients.
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400}
+    return 400, orjson.dumps({**status, "message": message, "error": message})
 
 
 def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tuple[int, bytes, str]:
@@ -122,6 +129,7 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         start = time.perf_counter()
+        close = False
         if request.content_type != "application/json":
             status, out = _bad_request(f"Content-Type must be application/json, got {request.content_type!r}")
             verdict = "bad_request"
@@ -131,12 +139,21 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
             )
             verdict = "bad_request"
         else:
+            body: bytes | None = None
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check first
-                body = None
-            if body is None:
                 status, out = _bad_request(f"body is over the {MAX_BODY_BYTES}-byte limit")
+            except (web.RequestPayloadError, HttpProcessingError) as e:
+                # The body can't be read as declared (Content-Encoding gzip/deflate that isn't,
+                # a chunked or length error): aiohttp drops the connection after such an error
+                # without saying so, so say it (Connection: close), and answer why.
+                close = True
+                status, out = _bad_request(
+                    f"body can't be read as sent ({_one_line(e)}); send the JSON "
+                    "AdmissionReview uncompressed, or compressed as its Content-Encoding says"
+                )
+            if body is None:
                 verdict = "bad_request"
             else:
                 try:
@@ -150,7 +167,10 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
                     )
         state.metrics.reviews.labels(endpoint, verdict).inc()
         state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return web.Response(status=status, body=out, content_type="application/json")
+        response = web.Response(status=status, body=out, content_type="application/json")
+        if close:
+            response.force_close()
+        return response
 
     return handle
 
