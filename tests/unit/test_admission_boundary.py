@@ -35,7 +35,8 @@ UID = "5d0c9b1e-2a7f-4c1e-8b0a-0f3c2e1d4a55"
 INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
 MAX_UNAVAILABLE = "spec.updateStrategy.rollingUpdate.maxUnavailable"
 TOLERATIONS = "spec.template.spec.tolerations"
-TERMS = "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+REQUIRED = "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+TERMS = f"{REQUIRED}.nodeSelectorTerms"
 
 # Tolerations added (Add), caps clamped (Clamp): in NS on every node; in NOWHERE_NS the same policy
 # on a DaemonSet whose nodeSelector targets no node (caps compared as written).
@@ -49,8 +50,8 @@ POLICIES = (
     parsed_policy("nowhere", _SPEC, namespaces=[NOWHERE_NS]),
 )
 _node = partial(node, labels={"kubernetes.io/os": "linux"}, hostname_label=True, kubelet="v1.33.1")
-NODES = [_node(f"n{i}", taints=[{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}] if i < 2 else [])
-         for i in range(10)]  # fmt: skip
+_TAINT = {"key": "dedicated", "value": "infra", "effect": "NoSchedule"}
+NODES = [_node(f"n{i}", taints=[_TAINT] if i < 2 else []) for i in range(10)]
 
 
 def state() -> WebhookState:
@@ -60,7 +61,8 @@ def state() -> WebhookState:
 
 
 def agent(namespace: str = NS) -> dict[str, Any]:
-    ds = daemonset("agent", namespace, image="registry.example.com/agent:1.0.0", max_unavailable=1, max_surge=0)
+    image = "registry.example.com/agent:1.0.0"
+    ds = daemonset("agent", namespace, image=image, max_unavailable=1, max_surge=0)
     if namespace == NOWHERE_NS:
         ds["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "none"}
     return ds
@@ -161,29 +163,69 @@ class Bug:
 BUGS = [
     # 1. intstr.scaled_value on a percentage apps/v1 refuses.
     *(
-        Bug(f"1-max-unavailable-{v!r}", at(MAX_UNAVAILABLE, v), 200, "patched", "denied", MAX_UNAVAILABLE, True)
+        Bug(
+            f"1-max-unavailable-{v!r}",
+            at(MAX_UNAVAILABLE, v),
+            200,
+            "patched",
+            "denied",
+            MAX_UNAVAILABLE,
+            True,
+        )
         for v in ("5% ", "abc", "", "10.5%", "5%\n", "101%")
     ),
     # 2. The same with no node targeted: rollout_caps._number.
-    Bug("2-percent-no-nodes", at(MAX_UNAVAILABLE, "%%", NOWHERE_NS), 200, "patched", "denied", MAX_UNAVAILABLE, True),
+    Bug(
+        "2-percent-no-nodes",
+        at(MAX_UNAVAILABLE, "%%", NOWHERE_NS),
+        200,
+        "patched",
+        "denied",
+        MAX_UNAVAILABLE,
+        True,
+    ),
     # 3. A Gt value of 5,000 digits: the apiserver accepts it, the term never matches (no int() of it).
     Bug("3-gt-5000-digits", gt_value(5000), 200, "patched", "denied", still_added=True),
     # 5.-8. ~1,000-deep nesting: refused before the rules (scheduling._str, decode's message,
     # the template comparison, the pause hold).
-    Bug("5-deep-toleration-key", at(f"{TOLERATIONS}", [{"key": deep(1000)}]), 400, "bad_request", "bad_request"),
+    Bug(
+        "5-deep-toleration-key",
+        at(f"{TOLERATIONS}", [{"key": deep(1000)}]),
+        400,
+        "bad_request",
+        "bad_request",
+    ),
     Bug("6-deep-api-version", deep_api_version, 400, "bad_request", "bad_request"),
-    Bug("7-deep-template", at("spec.template.metadata.labels", deep(1000), update=True), 400, "bad_request",
-        "bad_request"),  # fmt: skip
+    Bug(
+        "7-deep-template",
+        at("spec.template.metadata.labels", deep(1000), update=True),
+        400,
+        "bad_request",
+        "bad_request",
+    ),
     Bug("8-deep-paused-strategy", paused(deep(1000)), 400, "bad_request", "bad_request"),
     # The same types, nested within the limit: a field the rules can't read, by name.
-    Bug("5-toleration-key-a-list", at(TOLERATIONS, [{"key": nested(20)}]), 200, "warned", "denied",
-        f"{TOLERATIONS}[0].key"),  # fmt: skip
+    Bug(
+        "5-toleration-key-a-list",
+        at(TOLERATIONS, [{"key": nested(20)}]),
+        200,
+        "warned",
+        "denied",
+        f"{TOLERATIONS}[0].key",
+    ),
     Bug("8-paused-strategy-a-list", paused(nested(20)), 200, "warned", "denied", "spec.updateStrategy"),
     # 9.-11. TypeError / AttributeError in the placement.
     Bug("9-node-selector-terms-a-number", at(f"{TERMS}", 7), 200, "patched", "denied", TERMS, True),
     Bug("10-tolerations-a-number", at(TOLERATIONS, 7), 200, "warned", "denied", TOLERATIONS),
-    Bug("11-node-affinity-a-string", at("spec.template.spec.affinity.nodeAffinity", "x"), 200, "patched", "denied",
-        "spec.template.spec.affinity.nodeAffinity", True),  # fmt: skip
+    Bug(
+        "11-node-affinity-a-string",
+        at("spec.template.spec.affinity.nodeAffinity", "x"),
+        200,
+        "patched",
+        "denied",
+        "spec.template.spec.affinity.nodeAffinity",
+        True,
+    ),
 ]
 
 
@@ -210,7 +252,7 @@ def test_each_bug_gets_a_clear_answer_not_a_500(bug: Bug, endpoint: Endpoint) ->
     else:
         assert response["allowed"] is False
         message = response["status"]["message"]
-        assert bug.field in message and "fix:" in message or not bug.field, message
+        assert (bug.field in message and "fix:" in message) or not bug.field, message
         assert ("missing required toleration" in message) == bug.still_added, message
 
 
@@ -234,9 +276,10 @@ def test_the_cli_check_reports_the_same_fields(tmp_path: Any) -> None:
     obj = agent()
     obj["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = "5% "
     (tmp_path / "ds.json").write_bytes(orjson.dumps(obj))
-    (tmp_path / "p.yaml").write_bytes(orjson.dumps({"apiVersion": "dsguard.io/v1alpha1", "kind": "DaemonSetPolicy",
-                                                    "metadata": {"name": "p"}, "spec": _SPEC}))  # fmt: skip
-    result = CliRunner().invoke(main, ["check", "--policy", str(tmp_path / "p.yaml"), str(tmp_path / "ds.json")])
+    policy = {"apiVersion": "dsguard.io/v1alpha1", "kind": "DaemonSetPolicy", "metadata": {"name": "p"}}
+    (tmp_path / "p.yaml").write_bytes(orjson.dumps({**policy, "spec": _SPEC}))
+    args = ["check", "--policy", str(tmp_path / "p.yaml"), str(tmp_path / "ds.json")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert f"ds.json#1: DaemonSet {NS}/agent: {MAX_UNAVAILABLE}" in result.output, result.output
     assert "fix: write maxUnavailable" in result.output, result.output
@@ -269,9 +312,10 @@ def test_int_or_percent_as_apps_validation_takes_it(value: Any, problem: str) ->
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
 _json = st.recursive(
-    _scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=20,
-)  # fmt: skip
+)
 # Values a hostile client puts anywhere: wrong types, deep nesting, huge numbers and strings.
 _HUGE_INT = "HUGE-INT-PLACEHOLDER"
 _hostile = (
