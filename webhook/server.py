@@ -23,6 +23,7 @@ from dsguard.cluster_cache import ClusterCache
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.rules import engine
 from webhook import review
+from webhook.connections import ConnectionGate, ConnectionLimits, GuardedConnection
 from webhook.metrics import Metrics
 from webhook.mutation import hold_then_mutate
 from webhook.tls import CertReloader
@@ -44,6 +45,7 @@ class WebhookState:
     # rollback restores an older template and whose resume restores the old strategy, which a
     # policy added since might deny, and which must not be blocked mid-incident.
     exempt_users: frozenset[str] = frozenset()
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 STATE = web.AppKey("state", WebhookState)
@@ -141,7 +143,14 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
         else:
             body: bytes | None = None
             try:
-                body = await request.read()
+                async with asyncio.timeout(state.limits.read_timeout):
+                    body = await request.read()
+            except TimeoutError:  # a client trickling its body: it gets its connection closed
+                close = True
+                status, out = (
+                    408,
+                    orjson.dumps({"error": f"body not received within {state.limits.read_timeout:g}s"}),
+                )
             except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check first
                 status, out = _bad_request(f"body is over the {MAX_BODY_BYTES}-byte limit")
             except (web.RequestPayloadError, HttpProcessingError) as e:
@@ -199,8 +208,25 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@web.middleware
+async def _request_cycle(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the connection's guard that a request head arrived (its header timer stops) and when
+    the request is done (the next head is timed from its first byte)."""
+    transport = request.transport
+    conn = transport.get_protocol() if transport is not None else None
+    if not isinstance(conn, GuardedConnection):
+        return await handler(request)
+    conn.request_started()
+    try:
+        return await handler(request)
+    finally:
+        conn.request_finished()
+
+
 def make_app(state: WebhookState) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_request_cycle])
     app[STATE] = state
     state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
         resource, reason
@@ -225,11 +251,27 @@ async def run(
 ) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, let reviews in flight finish, stop watches."""
     app = make_app(state)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    limits = state.limits
+    runner = web.AppRunner(
+        app, shutdown_timeout=shutdown_timeout, access_log=None, keepalive_timeout=limits.idle_timeout
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-    await site.start()
-    log.info("serving on https://%s:%d", host, port)
+    assert runner.server is not None
+    # Not web.TCPSite: it has no TLS handshake timeout, and the gate counts connections from accept.
+    listener = await asyncio.get_running_loop().create_server(
+        ConnectionGate(limits, runner.server),
+        host,
+        port,
+        ssl=ssl_context,
+        backlog=1024,
+        ssl_handshake_timeout=limits.tls_handshake_timeout,
+    )
+    log.info(
+        "serving on https://%s:%d (at most %d connections; TLS handshake %gs, request head %gs, "
+        "body %gs, idle %gs)",
+        host, port, limits.max_connections, limits.tls_handshake_timeout, limits.read_header_timeout,
+        limits.read_timeout, limits.idle_timeout,
+    )  # fmt: skip
     background_tasks = list(tasks or [])
     if reloader is not None:
         background_tasks.append(asyncio.create_task(reloader.run()))
@@ -237,5 +279,6 @@ async def run(
         await wait_for_shutdown_signal()
     finally:
         log.info("shutting down")
+        listener.close()  # stop accepting; runner.cleanup lets the reviews in flight finish
         await runner.cleanup()
         await cancel_and_wait(background_tasks)
