@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.metrics import Metrics
+
 log = logging.getLogger("dsguard.webhook")
 
 _BUSY = b'{"error": "too many connections to the dsguard webhook; retry later"}'
@@ -35,7 +37,9 @@ _SERVICE_UNAVAILABLE = (
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_connections: int = 1000
+    # ~300 KiB each (asyncio's TLS read buffer alone is 256 KiB): 500 fit the 512Mi limit of the
+    # install manifests beside the caches; the apiserver needs a few dozen.
+    max_connections: int = 500
     tls_handshake_timeout: float = 10.0
     read_header_timeout: float = 10.0
     read_timeout: float = 10.0
@@ -82,7 +86,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        self._gate.header_timeouts += 1
+        self._gate.metrics.read_timeouts.labels("header").inc()
         if self._transport is not None:
             self._transport.abort()
 
@@ -132,15 +136,17 @@ class ConnectionGate:
     """The protocol factory for the listening socket: counts connections from accept (handshakes
     in progress too) and refuses those over the cap."""
 
-    def __init__(self, limits: ConnectionLimits, inner: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self, limits: ConnectionLimits, inner: Callable[[], asyncio.BaseProtocol], metrics: Metrics
+    ) -> None:
         self.limits = limits
         self._inner = inner
+        self.metrics = metrics
         self._open: set[GuardedConnection] = set()
         # Accepted, handshake not finished: a handshake that fails or times out is never reported
         # to the protocol, so an entry leaves after tls_handshake_timeout at the latest.
         self._handshaking: dict[GuardedConnection, float] = {}
         self.refused = 0
-        self.header_timeouts = 0
 
     @property
     def connections(self) -> int:
@@ -158,6 +164,7 @@ class ConnectionGate:
     def __call__(self) -> asyncio.BaseProtocol:
         if self.connections >= self.limits.max_connections:
             self.refused += 1
+            self.metrics.connections_refused.inc()
             if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
                 log.warning(
                     "refused connection %d: at the cap of %d", self.refused, self.limits.max_connections

@@ -32,6 +32,22 @@ class Metrics:
         self.policy_errors = Gauge(
             "dsguard_policy_errors", "DaemonSetPolicies rejected as invalid.", registry=self.registry
         )
+        self.connections = Gauge(
+            "dsguard_webhook_connections",
+            "Connections open on the webhook port, TLS handshakes in progress included.",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "dsguard_webhook_connections_refused_total",
+            "Connections answered 503 and closed: over --max-connections.",
+            registry=self.registry,
+        )
+        self.read_timeouts = Counter(
+            "dsguard_webhook_read_timeouts_total",
+            "Connections closed for a request head (header) or body (body) not received in time.",
+            ["part"],
+            registry=self.registry,
+        )
         self.nodes = Gauge("dsguard_nodes", "Nodes in the webhook's cache.", registry=self.registry)
         self.watch_restarts = Counter(
             "dsguard_watch_restarts_total",

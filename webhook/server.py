@@ -46,6 +46,7 @@ class WebhookState:
     # policy added since might deny, and which must not be blocked mid-incident.
     exempt_users: frozenset[str] = frozenset()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    gate: ConnectionGate | None = None  # set by run(): the listening socket's connection counter
 
 
 STATE = web.AppKey("state", WebhookState)
@@ -147,6 +148,7 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
                     body = await request.read()
             except TimeoutError:  # a client trickling its body: it gets its connection closed
                 close = True
+                state.metrics.read_timeouts.labels("body").inc()
                 status, out = (
                     408,
                     orjson.dumps({"error": f"body not received within {state.limits.read_timeout:g}s"}),
@@ -204,6 +206,8 @@ async def _metrics(request: web.Request) -> web.Response:
     state.metrics.policies.set(len(cache.policies))
     state.metrics.policy_errors.set(len(cache.policy_errors))
     state.metrics.nodes.set(len(cache.facts.nodes))
+    if state.gate is not None:
+        state.metrics.connections.set(state.gate.connections)
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -258,8 +262,9 @@ async def run(
     await runner.setup()
     assert runner.server is not None
     # Not web.TCPSite: it has no TLS handshake timeout, and the gate counts connections from accept.
+    state.gate = ConnectionGate(limits, runner.server, state.metrics)
     listener = await asyncio.get_running_loop().create_server(
-        ConnectionGate(limits, runner.server),
+        state.gate,
         host,
         port,
         ssl=ssl_context,

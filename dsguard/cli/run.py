@@ -55,7 +55,7 @@ MIN_AUDIT_RESYNC = 10.0
 )
 @click.option(
     "--max-connections",
-    default=1000,
+    default=500,
     show_default=True,
     type=click.IntRange(1),
     help="Connections at once, TLS handshakes in progress included; more are answered 503.",

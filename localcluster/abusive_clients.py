@@ -1,0 +1,152 @@
+"""Clients that abuse an HTTPS port, and a well-behaved one that measures what it gets.
+
+For the webhook's slow-client test and benchmark (tests/cluster/test_webhook_abuse.py,
+bench/webhook_abuse.py). Each abuser holds `count` connections and reconnects whenever the server
+closes one, so the pressure stays on for as long as it runs:
+
+- slowloris: a finished TLS handshake, then a request head trickled a byte at a time, never done;
+- idle: a finished TLS handshake, then nothing;
+- handshake: a TCP connection that never sends its ClientHello (a TLS handshake never finished).
+
+`closed` counts the connections the server ended: proof that its timeouts fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+
+Kind = Literal["slowloris", "idle", "handshake"]
+KINDS: tuple[Kind, ...] = ("slowloris", "idle", "handshake")
+_HEAD = b"POST /validate HTTP/1.1\r\nHost: dsguard\r\nContent-Type: application/json\r\nX-Slow: "
+
+
+@dataclass
+class Abuse:
+    port: int
+    context: ssl.SSLContext
+    kind: Kind
+    count: int
+    trickle_interval: float = 0.5
+    opened: int = 0
+    closed: int = 0  # by the server (EOF, reset, or a failed read)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.kind == "handshake":
+            return await asyncio.open_connection("127.0.0.1", self.port)
+        return await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1"
+        )
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Until the server closes the connection."""
+        if self.kind == "slowloris":
+            writer.write(_HEAD)
+            while not reader.at_eof():
+                writer.write(b"x")
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(reader.read(1024), self.trickle_interval) == b"":
+                        return
+        else:
+            while await reader.read(1024):
+                pass
+
+    async def _one(self) -> None:
+        while True:
+            try:
+                reader, writer = await self._open()
+            except (OSError, ssl.SSLError, TimeoutError):
+                await asyncio.sleep(0.1)  # refused, or the cap's 503 during the handshake: try again
+                continue
+            self.opened += 1
+            try:
+                await self._hold(reader, writer)
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                self.closed += 1
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._one()) for _ in range(self.count)]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+@contextlib.asynccontextmanager
+async def abusing(port: int, context: ssl.SSLContext, counts: dict[Kind, int]) -> AsyncIterator[list[Abuse]]:
+    abusers = [Abuse(port, context, kind, n) for kind, n in counts.items() if n]
+    for a in abusers:
+        a.start()
+    try:
+        yield abusers
+    finally:
+        for a in abusers:
+            await a.stop()
+
+
+@dataclass
+class Latencies:
+    ok: list[float] = field(default_factory=list)  # seconds, answered 200
+    failed: list[str] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        values = sorted(self.ok)
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+async def good_client(
+    url: str,
+    context: ssl.SSLContext,
+    body: Callable[[int], bytes],
+    *,
+    duration: float,
+    concurrency: int = 2,
+    check: Callable[[bytes], bool] | None = None,
+) -> Latencies:
+    """Keep-alive HTTPS POSTs of body(i) for `duration` seconds, as the apiserver sends reviews."""
+    out = Latencies()
+    deadline = time.monotonic() + duration
+    counter = iter(range(10**9))
+    timeout = aiohttp.ClientTimeout(total=10)
+    connector = aiohttp.TCPConnector(ssl=context, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                i = next(counter)
+                start = time.perf_counter()
+                try:
+                    async with session.post(
+                        url, data=body(i), headers={"Content-Type": "application/json"}
+                    ) as r:
+                        data = await r.read()
+                        status = r.status
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    out.failed.append(f"{type(e).__name__}: {e}")
+                    continue
+                elapsed = time.perf_counter() - start
+                if status == 200 and (check is None or check(data)):
+                    out.ok.append(elapsed)
+                else:
+                    out.failed.append(f"HTTP {status}: {data[:200]!r}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
