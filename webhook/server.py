@@ -30,6 +30,22 @@ from webhook.tls import CertReloader
 
 log = logging.getLogger("dsguard.webhook")
 
+
+class _ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a request it can't parse (a malformed head, a bad chunk) as an ERROR with a
+    traceback, though it answers 400: the client's mistake, not ours. One INFO line instead, so
+    a hostile client can't flood the log with tracebacks; real errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+            log.info("bad request from a client, answered 400: %s", _one_line(exc))
+            return False
+        return True
+
+
+_CLIENT_ERRORS = _ClientErrorsInOneLine()
+
 Endpoint = Literal["mutate", "validate"]
 
 # The apiserver refuses request bodies over 3 MiB (MaxRequestBodyBytes in
@@ -158,8 +174,10 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
             except (web.RequestPayloadError, HttpProcessingError) as e:
                 # The body can't be read as declared (Content-Encoding gzip/deflate that isn't,
                 # a chunked or length error): aiohttp drops the connection after such an error
-                # without saying so, so say it (Connection: close), and answer why.
+                # without saying so, so say it (Connection: close), and answer why. The body is
+                # done with: aiohttp would otherwise try to drain it and hit the error again.
                 close = True
+                request.content.feed_eof()
                 status, out = _bad_request(
                     f"body can't be read as sent ({_one_line(e)}); send the JSON "
                     "AdmissionReview uncompressed, or compressed as its Content-Encoding says"
@@ -231,6 +249,9 @@ async def _request_cycle(
 
 def make_app(state: WebhookState) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_request_cycle])
+    aiohttp_server_log = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERRORS not in aiohttp_server_log.filters:
+        aiohttp_server_log.addFilter(_CLIENT_ERRORS)
     app[STATE] = state
     state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
         resource, reason
