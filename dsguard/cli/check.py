@@ -9,9 +9,14 @@ import click
 import orjson
 
 from dsguard.cli import exits
-from dsguard.daemonset import DaemonSetView
-from dsguard.daemonset_shape import MAX_DEPTH, daemonset_shape_errors, too_deep
-from dsguard.documents import Document, InputError, load_documents, load_nodes, load_policies
+from dsguard.documents import (
+    InputError,
+    check_daemonsets,
+    is_daemonset,
+    load_documents,
+    load_nodes,
+    load_policies,
+)
 from dsguard.facts import ClusterFacts
 
 
@@ -63,13 +68,16 @@ def check(
         docs = list(load_documents(list(manifests)))
     except InputError as e:
         raise exits.BadInput(str(e)) from None
-    _check_shapes(docs)
+    try:
+        check_daemonsets(docs)
+    except InputError as e:
+        raise exits.BadInput(str(e)) from None
     facts = ClusterFacts(nodes=tuple(nodes), server_version=kubernetes_version)
     results: list[dict[str, Any]] = []
     skipped = 0
     for doc in docs:
         body = doc.body
-        if not _is_daemonset(body):
+        if not is_daemonset(body):
             skipped += 1
             continue
         ev = evaluate(policies, body, facts=facts)
@@ -94,31 +102,6 @@ def check(
     else:
         _print_text(results, skipped)
     sys.exit(exits.PROBLEM if any(not r["allowed"] for r in results) else exits.OK)
-
-
-def _is_daemonset(body: dict[str, Any]) -> bool:
-    return body.get("kind") == "DaemonSet" and str(body.get("apiVersion", "")).startswith("apps/")
-
-
-def _check_shapes(docs: list[Document]) -> None:
-    """Exit 2 naming the file, the DaemonSet, the field and the fix for a field the rules can't
-    read (the webhook's boundary, dsguard.daemonset_shape): the apiserver would refuse it too."""
-    problems: list[str] = []
-    fixes: list[str] = []
-    for doc in docs:
-        if not _is_daemonset(doc.body):
-            continue
-        if too_deep(doc.body):
-            problems.append(f"{doc.source}: nests more than {MAX_DEPTH} levels deep")
-            fixes.append("give a DaemonSet manifest")
-            continue
-        errors = daemonset_shape_errors(doc.body)
-        if errors:
-            ref = DaemonSetView.from_object(doc.body).ref
-            problems += [f"{doc.source}: DaemonSet {ref}: {e.path}: {e.problem}" for e in errors]
-            fixes += [e.fix for e in errors]
-    if problems:
-        raise exits.BadInput("; ".join(problems), fix="; ".join(dict.fromkeys(fixes)))
 
 
 def _print_text(results: list[dict[str, Any]], skipped: int) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from dsguard.cli import exits
 from dsguard.cli.options import all_namespaces_opt, context_opt, kubeconfig_opt, output_opt, policy_files_opt
-from dsguard.documents import InputError, load_documents, load_nodes, load_policies
+from dsguard.documents import InputError, check_daemonsets, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
 from dsguard.rules.context import Severity
@@ -189,7 +189,9 @@ def _load(
     manifests: list[Manifest] = []
     skipped = 0
     if filenames:
-        for doc in load_documents(list(filenames)):
+        docs = list(load_documents(list(filenames)))
+        check_daemonsets(docs)
+        for doc in docs:
             body = doc.body
             if body.get("kind") != "DaemonSet" or not str(body.get("apiVersion", "")).startswith("apps/"):
                 skipped += 1

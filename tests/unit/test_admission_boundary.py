@@ -268,21 +268,32 @@ def test_a_bad_field_no_policy_reads_is_a_warning_at_validate() -> None:
     assert any("spec.minReadySeconds" in w and "apps/v1" in w for w in response["warnings"]), response
 
 
-def test_the_cli_check_reports_the_same_fields(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check", "--policy", "{p}", "{ds}"],
+        ["plan", "-f", "{ds}", "--policy-file", "{p}", "--nodes", "{nodes}"],
+        ["upgrade-check", "--to", "1.38.0", "-f", "{ds}", "--policy-file", "{p}", "--nodes", "{nodes}"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_the_offline_commands_report_the_same_fields(tmp_path: Any, command: list[str]) -> None:
     from click.testing import CliRunner
 
     from dsguard.cli import main
 
     obj = agent()
     obj["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = "5% "
-    (tmp_path / "ds.json").write_bytes(orjson.dumps(obj))
+    files = {"ds": tmp_path / "ds.json", "p": tmp_path / "p.yaml", "nodes": tmp_path / "nodes.json"}
+    files["ds"].write_bytes(orjson.dumps(obj))
     policy = {"apiVersion": "dsguard.io/v1alpha1", "kind": "DaemonSetPolicy", "metadata": {"name": "p"}}
-    (tmp_path / "p.yaml").write_bytes(orjson.dumps({**policy, "spec": _SPEC}))
-    args = ["check", "--policy", str(tmp_path / "p.yaml"), str(tmp_path / "ds.json")]
-    result = CliRunner().invoke(main, args)
+    files["p"].write_bytes(orjson.dumps({**policy, "spec": _SPEC}))
+    files["nodes"].write_bytes(orjson.dumps({"apiVersion": "v1", "kind": "List", "items": NODES}))
+    result = CliRunner().invoke(main, [arg.format(**files) for arg in command])
     assert result.exit_code == 2, result.output
     assert f"ds.json#1: DaemonSet {NS}/agent: {MAX_UNAVAILABLE}" in result.output, result.output
     assert "fix: write maxUnavailable" in result.output, result.output
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(
