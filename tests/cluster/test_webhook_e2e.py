@@ -257,3 +257,50 @@ def test_existing_daemonset_is_not_locked_by_a_later_policy(env: Env) -> None:
     assert "not enforced: unchanged by this update" in label.stderr
     bump = env.apply(env.daemonset(image="registry.example.com/agent:2.2.0"))
     assert bump.returncode != 0 and "missing required toleration" in bump.stderr
+
+
+@pytest.mark.parametrize("value", ["5% ", "10.5%", "%%"])
+def test_a_bad_percentage_gets_the_apiservers_own_message_not_a_webhook_error(env: Env, value: str) -> None:
+    """The mutating webhook runs before apps/v1 validation: it leaves what it can't read untouched
+    (with a warning) and the apiserver names the problem; the toleration is still added."""
+    env.add_nodes([{"name": "plain"}, {"name": "infra-1", "taints": [INFRA]}])
+    env.add_policy(
+        {
+            "tolerations": {"required": [INFRA], "onMissing": "Add"},
+            "rollout": {"maxUnavailable": "20%", "onExceed": "Clamp"},
+        }
+    )
+    bad = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": value}}
+    proc = env.apply(env.daemonset(update_strategy=bad))
+    assert proc.returncode != 0
+    assert "failed calling webhook" not in proc.stderr, proc.stderr
+    assert (
+        'DaemonSet.apps "agent" is invalid: spec.updateStrategy.rollingUpdate.maxUnavailable' in proc.stderr
+    )
+    assert env.get_ds() is None
+    # Fixed, the same policy adds the toleration and clamps the cap.
+    good = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "50%"}}
+    proc = env.apply(env.daemonset(update_strategy=good))
+    assert proc.returncode == 0, proc.stderr
+    stored = env.get_ds()
+    assert stored is not None
+    assert INFRA in stored["spec"]["template"]["spec"]["tolerations"]
+    assert stored["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+
+
+def test_a_node_affinity_bound_of_5000_digits_is_stored_and_matches_no_node(env: Env) -> None:
+    """The apiserver accepts any string as a Gt/Lt value; so does dsguard (the term matches no
+    node, as in the scheduler), without a webhook error."""
+    env.add_nodes([{"name": "plain", "labels": {"generation": "7"}}])
+    env.add_policy({"tolerations": {"required": [INFRA], "onMissing": "Add"}})
+    ds = env.daemonset()
+    term = {"matchExpressions": [{"key": "generation", "operator": "Gt", "values": ["5" * 5000]}]}
+    ds["spec"]["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+    }
+    proc = env.apply(ds)
+    assert proc.returncode == 0, proc.stderr
+    assert "dsguard added toleration" in proc.stderr
+    stored = env.get_ds()
+    assert stored is not None
+    assert INFRA in stored["spec"]["template"]["spec"]["tolerations"]
