@@ -214,8 +214,8 @@ def judge(
     matching policy's enforcement. Never changes the object."""
     errors = _shape(obj, shape_errors)
     ds = DaemonSetView.from_object(obj, namespace=namespace)
-    if errors and (unmatchable := blocks(errors, MATCH_READS)):
-        # Which policies govern it is unknown: fail closed, naming the field and the fix.
+    if errors and (unmatchable := blocks(errors, MATCH_READS)) and policies:
+        # Which policies govern it is unknown: fail closed ("*": any of them), naming the field.
         denial = PolicyFinding("*", Enforcement.ENFORCE, "match", unjudged(unmatchable[0]))
         return Evaluation(ds=ds, obj=obj, denials=(denial,), unreadable=tuple(unmatchable))
     matched = matching_policies(policies, ds, facts)

@@ -274,12 +274,13 @@ def test_a_bad_percentage_gets_the_apiservers_own_message_not_a_webhook_error(en
     proc = env.apply(env.daemonset(update_strategy=bad))
     assert proc.returncode != 0
     assert "failed calling webhook" not in proc.stderr, proc.stderr
-    assert (
-        'DaemonSet.apps "agent" is invalid: spec.updateStrategy.rollingUpdate.maxUnavailable' in proc.stderr
-    )
+    assert 'The DaemonSet "agent" is invalid' in proc.stderr, proc.stderr  # the apiserver's validation
+    assert "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value" in proc.stderr, proc.stderr
+    # and our warning, naming the field the mutating webhook left alone
+    assert "dsguard left it unchanged: spec.updateStrategy.rollingUpdate.maxUnavailable" in proc.stderr
     assert env.get_ds() is None
     # Fixed, the same policy adds the toleration and clamps the cap.
-    good = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "50%"}}
+    good = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}  # 2 of 2 nodes: over 20%
     proc = env.apply(env.daemonset(update_strategy=good))
     assert proc.returncode == 0, proc.stderr
     stored = env.get_ds()
@@ -291,7 +292,7 @@ def test_a_bad_percentage_gets_the_apiservers_own_message_not_a_webhook_error(en
 @pytest.mark.parametrize("digits", [40, 5000])
 def test_a_node_affinity_bound_out_of_int64_is_no_webhook_error(env: Env, digits: int) -> None:
     """The mutating webhook sees a Gt value of 5,000 digits before apps/v1 validation, which
-    refuses it (a label value: 63 characters at most); one of 40 digits is a valid label value,
+    refuses it (a label value: 63 bytes at most); one of 40 digits is a valid label value,
     stored, and its term matches no node, as in the scheduler. Neither is a webhook error."""
     env.add_nodes([{"name": "plain", "labels": {"generation": "7"}}])
     env.add_policy({"tolerations": {"required": [INFRA], "onMissing": "Add"}})
@@ -304,7 +305,7 @@ def test_a_node_affinity_bound_out_of_int64_is_no_webhook_error(env: Env, digits
     assert "failed calling webhook" not in proc.stderr, proc.stderr
     if digits > 63:
         assert proc.returncode != 0
-        assert "must be no more than 63 characters" in proc.stderr, proc.stderr
+        assert "must be no more than 63 bytes" in proc.stderr, proc.stderr  # v1.37 wording
         return
     assert proc.returncode == 0, proc.stderr
     assert "dsguard added toleration" in proc.stderr
