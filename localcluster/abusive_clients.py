@@ -8,18 +8,24 @@ closes one, so the pressure stays on for as long as it runs:
 - idle: a finished TLS handshake, then nothing;
 - handshake: a TCP connection that never sends its ClientHello (a TLS handshake never finished).
 
-`closed` counts the connections the server ended: proof that its timeouts fire.
+`closed` counts the connections the server ended: proof that its timeouts fire. The abusers run
+in a process of their own (AbuserProcess), from another loopback address than the good clients
+(127.0.0.2: one client to the server's per-client cap), so their own CPU work neither slows the
+good clients' event loop nor shares their address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from multiprocessing.sharedctypes import SynchronizedArray
+from multiprocessing.synchronize import Event
+from typing import Any, Literal, Self
 
 import aiohttp
 
@@ -34,16 +40,18 @@ class Abuse:
     context: ssl.SSLContext
     kind: Kind
     count: int
+    source: str = "127.0.0.2"
     trickle_interval: float = 0.5
     opened: int = 0
     closed: int = 0  # by the server (EOF, reset, or a failed read)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        local = (self.source, 0)
         if self.kind == "handshake":
-            return await asyncio.open_connection("127.0.0.1", self.port)
+            return await asyncio.open_connection("127.0.0.1", self.port, local_addr=local)
         return await asyncio.open_connection(
-            "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1"
+            "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1", local_addr=local
         )
 
     async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -68,6 +76,7 @@ class Abuse:
                 await asyncio.sleep(0.1)  # refused, or the cap's 503 during the handshake: try again
                 continue
             self.opened += 1
+            started = time.monotonic()
             try:
                 await self._hold(reader, writer)
             except (OSError, ssl.SSLError):
@@ -76,7 +85,9 @@ class Abuse:
                 self.closed += 1
                 writer.close()
                 with contextlib.suppress(OSError, ssl.SSLError):
-                    await writer.wait_closed()
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+            if time.monotonic() - started < 0.1:
+                await asyncio.sleep(0.1)  # refused at once: retry, as hard as a client in a loop would
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._one()) for _ in range(self.count)]
@@ -89,8 +100,11 @@ class Abuse:
 
 
 @contextlib.asynccontextmanager
-async def abusing(port: int, context: ssl.SSLContext, counts: dict[Kind, int]) -> AsyncIterator[list[Abuse]]:
-    abusers = [Abuse(port, context, kind, n) for kind, n in counts.items() if n]
+async def abusing(
+    port: int, context: ssl.SSLContext, counts: Mapping[Kind, int], source: str = "127.0.0.2"
+) -> AsyncIterator[list[Abuse]]:
+    """The abusers in this event loop (AbuserProcess runs them in a process of their own)."""
+    abusers = [Abuse(port, context, kind, n, source) for kind, n in counts.items() if n]
     for a in abusers:
         a.start()
     try:
@@ -98,6 +112,56 @@ async def abusing(port: int, context: ssl.SSLContext, counts: dict[Kind, int]) -
     finally:
         for a in abusers:
             await a.stop()
+
+
+def _abuse_main(
+    port: int, ca_pem: bytes, counts: dict[Kind, int], source: str, stop: Event, opened: Any, closed: Any
+) -> None:
+    async def run() -> None:
+        context = ssl.create_default_context(cadata=ca_pem.decode())
+        async with abusing(port, context, counts, source) as abusers:
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+                for a in abusers:
+                    i = KINDS.index(a.kind)
+                    opened[i], closed[i] = a.opened, a.closed
+
+    asyncio.run(run())
+
+
+class AbuserProcess:
+    """The abusers in a child process; `opened(kind)` / `closed(kind)` as it runs (every 0.1 s)."""
+
+    def __init__(
+        self, port: int, ca_pem: bytes, counts: Mapping[Kind, int], *, source: str = "127.0.0.2"
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._opened: SynchronizedArray[int] = ctx.Array("i", len(KINDS))
+        self._closed: SynchronizedArray[int] = ctx.Array("i", len(KINDS))
+        self.counts = dict(counts)
+        self._process = ctx.Process(
+            target=_abuse_main,
+            args=(port, ca_pem, self.counts, source, self._stop, self._opened, self._closed),
+            daemon=True,
+        )
+
+    def opened(self, kind: Kind) -> int:
+        return int(self._opened[KINDS.index(kind)])
+
+    def closed(self, kind: Kind) -> int:
+        return int(self._closed[KINDS.index(kind)])
+
+    def __enter__(self) -> Self:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(15)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
 
 
 @dataclass

@@ -282,21 +282,14 @@ async def run(
     )
     await runner.setup()
     assert runner.server is not None
-    # Not web.TCPSite: it has no TLS handshake timeout, and the gate counts connections from accept.
-    state.gate = ConnectionGate(limits, runner.server, state.metrics)
-    listener = await asyncio.get_running_loop().create_server(
-        state.gate,
-        host,
-        port,
-        ssl=ssl_context,
-        backlog=1024,
-        ssl_handshake_timeout=limits.tls_handshake_timeout,
-    )
+    # Plain TCP at the socket: the gate admits by the caps, then upgrades to TLS (connections.py).
+    state.gate = ConnectionGate(limits, runner.server, ssl_context, state.metrics)
+    listener = await asyncio.get_running_loop().create_server(state.gate, host, port, backlog=1024)
     log.info(
-        "serving on https://%s:%d (at most %d connections; TLS handshake %gs, request head %gs, "
-        "body %gs, idle %gs)",
-        host, port, limits.max_connections, limits.tls_handshake_timeout, limits.read_header_timeout,
-        limits.read_timeout, limits.idle_timeout,
+        "serving on https://%s:%d (at most %d connections, %d per client; TLS handshake %gs, "
+        "request head %gs, body %gs, idle %gs)",
+        host, port, limits.max_connections, limits.max_connections_per_client, limits.tls_handshake_timeout,
+        limits.read_header_timeout, limits.read_timeout, limits.idle_timeout,
     )  # fmt: skip
     background_tasks = list(tasks or [])
     if reloader is not None:

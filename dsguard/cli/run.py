@@ -58,7 +58,14 @@ MIN_AUDIT_RESYNC = 10.0
     default=500,
     show_default=True,
     type=click.IntRange(1),
-    help="Connections at once, TLS handshakes in progress included; more are answered 503.",
+    help="Connections at once, TLS handshakes in progress included; more are closed at once.",
+)
+@click.option(
+    "--max-connections-per-client",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections at once from one IP address (an apiserver needs a few dozen at most).",
 )
 @click.option(
     "--tls-handshake-timeout", default="10s", show_default=True, type=DURATION,
@@ -88,6 +95,7 @@ def webhook(
     kubernetes_version: str | None,
     exempt_users: tuple[str, ...],
     max_connections: int,
+    max_connections_per_client: int,
     tls_handshake_timeout: float,
     read_header_timeout: float,
     read_timeout: float,
@@ -117,7 +125,8 @@ def webhook(
                 kubeconfig=kubeconfig, policies=policies, nodes=nodes, kubernetes_version=kubernetes_version,
                 exempt_users=frozenset(exempt_users),
                 limits=ConnectionLimits(
-                    max_connections=max_connections, tls_handshake_timeout=tls_handshake_timeout,
+                    max_connections=max_connections, max_connections_per_client=max_connections_per_client,
+                    tls_handshake_timeout=tls_handshake_timeout,
                     read_header_timeout=read_header_timeout, read_timeout=read_timeout,
                     idle_timeout=idle_timeout,
                 ),

@@ -16,14 +16,14 @@ from typing import Any
 import orjson
 import pytest
 
-from localcluster.abusive_clients import Abuse, Kind, abusing, good_client
+from localcluster.abusive_clients import AbuserProcess, Kind, good_client
 from localcluster.procs import http_get
 from localcluster.static_webhook import StaticWebhook
 from tests.support.builders import daemonset, node, policy
 from tests.support.polling import poll_async
 
 NS = "agents"
-CAP = 120
+CAP, PER_CLIENT = 120, 60
 TIMEOUTS = ["--read-header-timeout", "1s", "--tls-handshake-timeout", "1s", "--idle-timeout", "2s"]
 POLICY = policy(
     "agents",
@@ -55,7 +55,7 @@ def allowed(data: bytes) -> bool:
 
 @pytest.fixture
 def webhook(tmp_path: Path) -> Any:
-    extra = [*TIMEOUTS, "--max-connections", str(CAP)]
+    extra = [*TIMEOUTS, "--max-connections", str(CAP), "--max-connections-per-client", str(PER_CLIENT)]
     with StaticWebhook(tmp_path, policies=[POLICY], nodes=NODES, extra_args=extra) as server:
         yield server
 
@@ -89,42 +89,51 @@ async def _status_of_a_new_connection(server: StaticWebhook) -> int:
         writer.close()
 
 
-def _closed(abusers: list[Abuse]) -> dict[str, int]:
-    return {a.kind: a.closed for a in abusers}
-
-
 async def test_abusive_clients_neither_starve_good_ones_nor_hold_their_connections(
     webhook: StaticWebhook,
 ) -> None:
     served, failed = await _good(webhook, 2.0)
     assert served > 0 and not failed, failed
 
-    # Below the cap: every well-behaved review is served during the abuse, and the server's
+    # Within the caps: every well-behaved review is served during the abuse, and the server's
     # timeouts close the slowloris, idle and stuck-handshake connections (they reconnect).
-    counts: dict[Kind, int] = {"slowloris": 30, "idle": 30, "handshake": 30}
-    async with abusing(webhook.port, webhook.client_context(), counts) as abusers:
+    counts: dict[Kind, int] = {"slowloris": 20, "idle": 20, "handshake": 20}
+    with AbuserProcess(webhook.port, webhook.ca_pem, counts) as abusers:
+        await poll_async(lambda: all(abusers.opened(k) >= n for k, n in counts.items()), timeout=30,
+                         what="the abusers connected")  # fmt: skip
         served, failed = await _good(webhook, 4.0)
         assert served > 0 and not failed, failed[:5]
         await poll_async(
-            lambda: all(n >= c for n, c in zip(_closed(abusers).values(), counts.values(), strict=True)),
-            timeout=30, what=f"the server to close each abusive connection once ({_closed(abusers)})",
+            lambda: all(abusers.closed(k) >= n for k, n in counts.items()), timeout=30,
+            what=f"the server to close each abusive connection once ({[abusers.closed(k) for k in counts]})",
         )  # fmt: skip
 
-    # Over the cap: a new connection gets a 503 and is closed, not a hang.
-    async with abusing(webhook.port, webhook.client_context(), {"idle": CAP + 30}):
+    # One client over its cap: its extra connections are closed at once; others are served.
+    with AbuserProcess(webhook.port, webhook.ca_pem, {"idle": PER_CLIENT + 40}):
         await poll_async(
-            _answered(webhook, 503), timeout=30, what="a new connection over the cap answered 503"
+            lambda: _refused(webhook) > 0, timeout=30, what="connections over the per-client cap refused"
         )
+        served, failed = await _good(webhook, 2.0)
+        assert served > 0 and not failed, failed[:5]
 
-    # Recovery: the abusers gone, good clients are served again at once.
+    # Two clients filling the global cap: a new connection is closed without an answer, not left
+    # hanging; when they leave, good clients are served again at once.
+    half: dict[Kind, int] = {"idle": CAP // 2}
+    with (
+        AbuserProcess(webhook.port, webhook.ca_pem, half, source="127.0.0.2"),
+        AbuserProcess(webhook.port, webhook.ca_pem, half, source="127.0.0.3"),
+    ):
+        await poll_async(_answered(webhook, 0), timeout=30, what="a new connection over the cap closed")
     await poll_async(_answered(webhook, 200), timeout=30, what="a new connection served again")
     served, failed = await _good(webhook, 2.0)
     assert served > 0 and not failed, failed[:5]
     metrics = await asyncio.to_thread(_metrics, webhook)
-    assert "dsguard_webhook_connections_refused_total" in metrics
-    refused = _sample(metrics, "dsguard_webhook_connections_refused_total")
     header_timeouts = _sample(metrics, 'dsguard_webhook_read_timeouts_total{part="header"}')
-    assert refused >= 1 and header_timeouts >= counts["slowloris"], (refused, header_timeouts)
+    assert header_timeouts >= counts["slowloris"], metrics
+
+
+def _refused(server: StaticWebhook) -> float:
+    return _sample(_metrics(server), "dsguard_webhook_connections_refused_total")
 
 
 def _answered(server: StaticWebhook, want: int) -> Callable[[], Awaitable[bool]]:
