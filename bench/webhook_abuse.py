@@ -6,7 +6,9 @@ reviews, --concurrency at a time, as the apiserver sends them):
 
 1. baseline: the good clients alone;
 2. abuse: plus slowloris connections (request heads trickled), idle connections and TLS handshakes
-   that never finish (--slowloris, --idle, --handshakes each; every abuser reconnects when closed);
+   that never finish (--slowloris, --idle, --handshakes each; every abuser reconnects when closed,
+   each kind from a loopback address of its own, so the server's per-client cap of 100 holds; the
+   abusers run in a process of their own);
 3. after: the abusers gone, the good clients alone again (recovery).
 
 Prints the good clients' p50/p99 and failures per phase, p99 under abuse over the baseline's
@@ -14,8 +16,8 @@ Prints the good clients' p50/p99 and failures per phase, p99 under abuse over th
 RSS. The server runs with --read-header-timeout and --tls-handshake-timeout of --abuse-timeout
 seconds so the timeouts fire within a phase.
 
-    .venv/bin/python bench/webhook_abuse.py [--duration 10] [--slowloris 200] [--idle 200]
-                                            [--handshakes 200] [--concurrency 2] [--abuse-timeout 3]
+    .venv/bin/python bench/webhook_abuse.py [--duration 10] [--slowloris 100] [--idle 100]
+                                            [--handshakes 100] [--concurrency 2] [--abuse-timeout 3]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.webhook_load import POLICIES, UID_PLACEHOLDER, admission_review, agent_daemonset, make_nodes  # noqa: E402
-from localcluster.abusive_clients import Kind, Latencies, abusing, good_client  # noqa: E402
+from localcluster.abusive_clients import AbuserProcess, Kind, Latencies, good_client  # noqa: E402
 from localcluster.static_webhook import StaticWebhook  # noqa: E402
 
 TARGET_RATIO = 2.0
@@ -83,13 +85,16 @@ async def run(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             baseline = await phase(server, args)
             t1 = time.monotonic()
-            async with abusing(server.port, server.client_context(), counts) as abusers:
-                await asyncio.sleep(1.0)  # let the abusers connect
+            # One loopback address per kind: each a client of its own to the server's caps; in a
+            # process of their own, out of the good clients' event loop.
+            sources: dict[Kind, str] = {kind: f"127.0.0.{2 + i}" for i, kind in enumerate(counts)}
+            with AbuserProcess(server.port, server.ca_pem, counts, source=sources) as abusers:
+                await asyncio.sleep(2.0)  # let the abusers connect
                 t2 = time.monotonic()
                 abused = await phase(server, args)
                 t3 = time.monotonic()
                 rss_abuse = server.rss_bytes()
-                held = {a.kind: (a.opened, a.closed) for a in abusers}
+                held = {kind: (abusers.opened(kind), abusers.closed(kind)) for kind in counts}
             await asyncio.sleep(1.0)
             t4 = time.monotonic()
             after = await phase(server, args)
@@ -128,9 +133,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
-    parser.add_argument("--slowloris", type=int, default=200)
-    parser.add_argument("--idle", type=int, default=200)
-    parser.add_argument("--handshakes", type=int, default=200)
+    parser.add_argument("--slowloris", type=int, default=100)
+    parser.add_argument("--idle", type=int, default=100)
+    parser.add_argument("--handshakes", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--abuse-timeout", type=int, default=3)

@@ -101,10 +101,15 @@ class Abuse:
 
 @contextlib.asynccontextmanager
 async def abusing(
-    port: int, context: ssl.SSLContext, counts: Mapping[Kind, int], source: str = "127.0.0.2"
+    port: int,
+    context: ssl.SSLContext,
+    counts: Mapping[Kind, int],
+    source: str | Mapping[Kind, str] = "127.0.0.2",
 ) -> AsyncIterator[list[Abuse]]:
-    """The abusers in this event loop (AbuserProcess runs them in a process of their own)."""
-    abusers = [Abuse(port, context, kind, n, source) for kind, n in counts.items() if n]
+    """The abusers in this event loop (AbuserProcess runs them in a process of their own); source:
+    the local address they connect from, one for all or one per kind."""
+    sources = source if isinstance(source, Mapping) else dict.fromkeys(counts, source)
+    abusers = [Abuse(port, context, kind, n, sources[kind]) for kind, n in counts.items() if n]
     for a in abusers:
         a.start()
     try:
@@ -115,7 +120,13 @@ async def abusing(
 
 
 def _abuse_main(
-    port: int, ca_pem: bytes, counts: dict[Kind, int], source: str, stop: Event, opened: Any, closed: Any
+    port: int,
+    ca_pem: bytes,
+    counts: dict[Kind, int],
+    source: str | Mapping[Kind, str],
+    stop: Event,
+    opened: Any,
+    closed: Any,
 ) -> None:
     async def run() -> None:
         context = ssl.create_default_context(cadata=ca_pem.decode())
@@ -133,7 +144,12 @@ class AbuserProcess:
     """The abusers in a child process; `opened(kind)` / `closed(kind)` as it runs (every 0.1 s)."""
 
     def __init__(
-        self, port: int, ca_pem: bytes, counts: Mapping[Kind, int], *, source: str = "127.0.0.2"
+        self,
+        port: int,
+        ca_pem: bytes,
+        counts: Mapping[Kind, int],
+        *,
+        source: str | Mapping[Kind, str] = "127.0.0.2",
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
@@ -142,7 +158,15 @@ class AbuserProcess:
         self.counts = dict(counts)
         self._process = ctx.Process(
             target=_abuse_main,
-            args=(port, ca_pem, self.counts, source, self._stop, self._opened, self._closed),
+            args=(
+                port,
+                ca_pem,
+                self.counts,
+                source if isinstance(source, str) else dict(source),
+                self._stop,
+                self._opened,
+                self._closed,
+            ),
             daemon=True,
         )
 
