@@ -73,7 +73,7 @@ class Abuse:
             try:
                 reader, writer = await self._open()
             except (OSError, ssl.SSLError, TimeoutError):
-                await asyncio.sleep(0.1)  # refused, or the cap's 503 during the handshake: try again
+                await asyncio.sleep(0.1)  # refused at accept (over a cap): try again
                 continue
             self.opened += 1
             started = time.monotonic()

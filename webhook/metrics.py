@@ -39,7 +39,7 @@ class Metrics:
         )
         self.connections_refused = Counter(
             "dsguard_webhook_connections_refused_total",
-            "Connections answered 503 and closed: over --max-connections.",
+            "Connections closed at accept: over --max-connections or --max-connections-per-client.",
             registry=self.registry,
         )
         self.read_timeouts = Counter(

@@ -68,7 +68,7 @@ async def _good(server: StaticWebhook, seconds: float) -> tuple[int, list[str]]:
 
 
 async def _status_of_a_new_connection(server: StaticWebhook) -> int:
-    """One review on a fresh connection: its HTTP status (503 over the cap; 0: no answer)."""
+    """One review on a fresh connection: its HTTP status (0: closed without an answer, as over the cap)."""
     try:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", server.port, ssl=server.client_context(), server_hostname="127.0.0.1"
