@@ -41,7 +41,7 @@ class Abuse:
     kind: Kind
     count: int
     source: str = "127.0.0.2"
-    trickle_interval: float = 0.5
+    trickle_interval: float = 1.0
     opened: int = 0
     closed: int = 0  # by the server (EOF, reset, or a failed read)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
