@@ -5,13 +5,16 @@
 #
 #   docker build -t dsguard:0.1.0 .
 #
-# Not built by the project's tests (no container engine there): docs/install.md.
+# `make image` builds this same file here with buildah, on a Debian bookworm base made with
+# mmdebstrap (python3 + python3-venv) given as PYTHON_IMAGE; tests/image runs the result as the
+# manifests do (docs/install.md). So the steps use only what both bases have: `python3`, not
+# `python` (Debian's python3 has no `python`), and groupadd/useradd.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/dsguard
+RUN python3 -m venv /opt/dsguard
 COPY pyproject.toml README.md ./
 COPY dsguard ./dsguard
 COPY webhook ./webhook

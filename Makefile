@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv binaries lint unit cluster-test test demo cluster-up cluster-down bench clean
+.PHONY: venv binaries image-deps image lint unit cluster-test test demo cluster-up cluster-down bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -29,6 +29,18 @@ helm:
 prometheus:
 	bash localcluster/gobuild/build_prometheus.sh
 
+# The Debian packages the image build and its tests need (the list: localcluster/apt/image.txt),
+# installed with apt when missing (root or passwordless sudo).
+IMAGE_APT := localcluster/apt/image.txt
+image-deps:
+	bash localcluster/apt/install.sh $(IMAGE_APT)
+
+# dsguard's image from the Dockerfile (buildah on a local Debian base; cached by content key in
+# ~/.cache/dsguard/images), imported into the local cluster's real node when one runs.
+# The last line is the image reference, e.g. dsguard:0.1.0.
+image: venv image-deps
+	@$(PY) -m localcluster image
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -41,7 +53,7 @@ unit: venv
 cluster-test: venv binaries
 	$(PY) -m pytest tests/cluster
 
-test: lint binaries
+test: lint binaries image-deps
 	$(PY) -m pytest
 
 demo: venv binaries

@@ -28,6 +28,7 @@ cost at p50, the snapshot build, the violations found, and the process's peak RS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import gc
 import json
@@ -47,8 +48,9 @@ if str(REPO) not in sys.path:
 from dsguard.facts import ClusterFacts  # noqa: E402
 from dsguard.policy import Policy, parse_policy  # noqa: E402
 from dsguard.rules import engine  # noqa: E402
-from dsguard.scheduling import NodeInfo  # noqa: E402
-from guard.policy_audit import audit  # noqa: E402
+from dsguard.rules.context import PLACEMENTS, placement_key  # noqa: E402
+from dsguard.scheduling import NodeInfo, Taint  # noqa: E402
+from guard.policy_audit import IncrementalAudit, audit  # noqa: E402
 
 SERVER_VERSION = "v1.33.4"
 KUBELETS = ("v1.33.4", "v1.33.4", "v1.32.8", "v1.31.12")  # mid-upgrade: half the nodes still behind
@@ -133,12 +135,17 @@ KINDS: list[tuple[str, str, list[dict[str, Any]], dict[str, str], int | str]] = 
 ]
 
 
-def make_daemonsets(count: int, *, unique_placements: bool = False) -> list[dict[str, Any]]:
+def make_daemonsets(
+    count: int, *, unique_placements: bool = False, placements: int = 0
+) -> list[dict[str, Any]]:
     """unique_placements: each DaemonSet also tolerates a taint of its own, which no node has, so
-    placements are alike but no two DaemonSets share a placement memo entry (the worst case)."""
+    placements are alike but no two DaemonSets share a placement memo entry (the worst case).
+    placements > 0: the same, with `placements` distinct placements shared round-robin."""
     out = []
     for i in range(count):
-        namespace, image, tolerations, selector, max_unavailable = KINDS[i % len(KINDS)]
+        # With `placements`, DaemonSets i and i + placements are of one kind and share a placement.
+        kind = (i % placements if placements else i) % len(KINDS)
+        namespace, image, tolerations, selector, max_unavailable = KINDS[kind]
         name = f"{image.rsplit('/', 1)[-1].split(':')[0]}-{i:04d}"
         pod_spec: dict[str, Any] = {
             "containers": [
@@ -146,7 +153,8 @@ def make_daemonsets(count: int, *, unique_placements: bool = False) -> list[dict
                 {"name": "reloader", "image": "registry.example.com/tools/config-reloader:0.14.0"},
             ],
             "tolerations": [dict(t) for t in tolerations]
-            + ([{"key": f"dsguard.bench/{name}", "operator": "Exists"}] if unique_placements else []),
+            + ([{"key": f"dsguard.bench/{name}", "operator": "Exists"}] if unique_placements else [])
+            + ([{"key": f"dsguard.bench/p{i % placements}", "operator": "Exists"}] if placements else []),
             "serviceAccountName": name,
         }
         if selector:
@@ -295,10 +303,16 @@ class SizeReport:
 
 
 def bench_size(
-    nodes: int, daemonsets: int, policies: int, runs: int, *, unique_placements: bool = False
+    nodes: int,
+    daemonsets: int,
+    policies: int,
+    runs: int,
+    *,
+    unique_placements: bool = False,
+    placements: int = 0,
 ) -> SizeReport:
     node_infos = [NodeInfo.from_node(n) for n in make_nodes(nodes)]
-    objs = make_daemonsets(daemonsets, unique_placements=unique_placements)
+    objs = make_daemonsets(daemonsets, unique_placements=unique_placements, placements=placements)
     pols = make_policies(policies)
     snapshot_ms = min(timed(lambda: snapshot(node_infos)) for _ in range(3)) * 1000
 
@@ -336,6 +350,107 @@ def bench_size(
     )
 
 
+# --- --incremental: one change at a time, re-judged by guard.policy_audit.IncrementalAudit ------------
+
+
+def _relabel(node: NodeInfo, **labels: str) -> NodeInfo:
+    return dataclasses.replace(node, labels={**node.labels, **labels})
+
+
+def node_changes(nodes: list[NodeInfo]) -> dict[str, Callable[[list[NodeInfo]], list[NodeInfo]]]:
+    """One node change each, on a worker in the middle of the list (and back, alternately)."""
+    w = len(nodes) // 2
+    worker = nodes[w]
+    upgraded = "v1.33.4" if worker.kubelet_version != "v1.33.4" else "v1.32.8"
+    joined = dataclasses.replace(_relabel(worker, **{"kubernetes.io/hostname": "joined"}), name="zz-joined")
+    taint = Taint("example.com/maintenance", "", "NoSchedule")
+
+    def swap(node: NodeInfo) -> Callable[[list[NodeInfo]], list[NodeInfo]]:
+        def apply(current: list[NodeInfo]) -> list[NodeInfo]:
+            out = list(current)
+            out[w] = node if current[w] is not node else worker
+            return out
+
+        return apply
+
+    def join(current: list[NodeInfo]) -> list[NodeInfo]:
+        return current[:-1] if current[-1] is joined else [*current, joined]
+
+    def leave(current: list[NodeInfo]) -> list[NodeInfo]:
+        return (
+            [*current[:w], *current[w + 1 :]]
+            if current[w] is worker
+            else [*current[:w], worker, *current[w:]]
+        )
+
+    return {
+        "a label no rule reads": swap(_relabel(worker, **{"example.com/rack": "r7"})),
+        "kubelet upgrade": swap(dataclasses.replace(worker, kubelet_version=upgraded)),
+        "NoSchedule taint added": swap(dataclasses.replace(worker, taints=(*worker.taints, taint))),
+        "node joins": join,
+        "node leaves": leave,
+    }
+
+
+@dataclass
+class IncrementalReport:
+    nodes: int
+    daemonsets: int
+    policies: int
+    placements: int  # distinct placements among the DaemonSets
+    runs: int
+    full_cold_ms: float
+    changes: dict[str, dict[str, float]]  # what changed -> p50_ms, max_ms, rejudged
+    peak_rss_mib: float
+
+
+def bench_incremental(
+    nodes: int, daemonsets: int, policies: int, placements: int, runs: int
+) -> IncrementalReport:
+    node_infos = sorted((NodeInfo.from_node(n) for n in make_nodes(nodes)), key=lambda n: n.name)
+    objs = make_daemonsets(daemonsets, placements=placements)
+    by_key = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs}
+    pols = make_policies(policies)
+    distinct = len({placement_key(o["spec"]["template"]["spec"]) for o in objs})
+    PLACEMENTS.clear()
+    gc.collect()
+    incremental = IncrementalAudit()
+    current = node_infos
+    full_cold = timed(lambda: incremental.run(pols, by_key, snapshot(current))) * 1000
+    changes: dict[str, dict[str, float]] = {}
+    for what, change in node_changes(node_infos).items():
+        samples: list[float] = []
+        rejudged: list[int] = []
+        for _ in range(runs):
+            current = change(current)
+            facts = snapshot(current)
+            samples.append(timed(lambda facts=facts: incremental.run(pols, by_key, facts)) * 1000)  # type: ignore[misc]
+            rejudged.append(incremental.rejudged)
+        facts = snapshot(current)
+        if incremental.run(pols, by_key, facts) != audit(pols, objs, facts):
+            raise AssertionError(f"{what}: the incremental audit differs from the full audit")
+        changes[what] = {"p50_ms": pct(samples, 50), "max_ms": max(samples), "rejudged": max(rejudged)}
+    return IncrementalReport(
+        nodes=nodes, daemonsets=daemonsets, policies=policies, placements=distinct, runs=runs,
+        full_cold_ms=full_cold, changes=changes, peak_rss_mib=peak_rss_bytes() / MIB,
+    )  # fmt: skip
+
+
+def print_incremental(r: IncrementalReport) -> None:
+    print(
+        f"incremental audit: {r.nodes} nodes, {r.daemonsets} DaemonSets "
+        f"({r.placements} distinct placements), "
+        f"{r.policies} policies; first (full) audit {r.full_cold_ms:.0f} ms; {r.runs} changes of each kind "
+        "(applied and reverted in turn), each re-judged and checked equal to a full audit"
+    )
+    for what, c in r.changes.items():
+        print(
+            f"  {what:<24} p50 {c['p50_ms']:7.1f} ms  max {c['max_ms']:7.1f} ms  "
+            f"DaemonSets re-judged {c['rejudged']:.0f}"
+        )
+    print(f"  peak RSS {r.peak_rss_mib:.0f} MiB")
+
+
 def print_report(s: Mapping[str, Any]) -> None:
     print(
         f"{s['nodes']} nodes, {s['daemonsets']} DaemonSets, {s['policies']} policies, {s['runs']} runs "
@@ -364,14 +479,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--unique-placements", action="store_true", help="no two DaemonSets share a placement (worst case)"
     )
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="one node change at a time through IncrementalAudit (defaults: --nodes 5000 --daemonsets 200 "
+        "--placements 150)",
+    )
+    p.add_argument("--placements", type=int, default=0, help="distinct placements among the DaemonSets")
+    p.add_argument("--quick", action="store_true", help="fewer runs and nodes")
     args = p.parse_args(argv)
     if args.runs < 1 or args.daemonsets < 1 or args.policies < 1:
         p.error("--runs, --daemonsets and --policies must be at least 1")
+    if args.incremental:
+        given = set(argv if argv is not None else sys.argv[1:])
+        nodes = args.nodes if "--nodes" in given else [5000]
+        count = args.daemonsets if "--daemonsets" in given else 200
+        placements = args.placements or 150
+        runs = 3 if args.quick else args.runs
+        if args.quick and "--nodes" not in given:
+            nodes = [2000]
+        inc_reports = [bench_incremental(n, count, args.policies, placements, runs) for n in sorted(nodes)]
+        for r in inc_reports:
+            print_incremental(r)
+        if args.json:
+            print(json.dumps([asdict(r) for r in inc_reports]))
+        return 0
+    if args.quick:
+        args.runs, args.nodes = 2, [1000]
     reports = []
     for n in sorted(args.nodes):
         report = bench_size(
-            n, args.daemonsets, args.policies, args.runs, unique_placements=args.unique_placements
-        )
+            n, args.daemonsets, args.policies, args.runs, unique_placements=args.unique_placements,
+            placements=args.placements,
+        )  # fmt: skip
         reports.append(report)
         print_report(report.summary())
     if args.json:

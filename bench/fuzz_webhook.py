@@ -504,10 +504,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="2,000 cases")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--replay", type=int, default=None, metavar="INDEX", help="send case INDEX alone")
     args = parser.parse_args()
+    if args.quick:
+        args.count = 2000
     sys.exit(asyncio.run(replay(args) if args.replay is not None else fuzz(args)))
 
 

@@ -139,7 +139,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--abuse-timeout", type=int, default=3)
-    sys.exit(asyncio.run(run(parser.parse_args())))
+    parser.add_argument("--quick", action="store_true", help="3 s phases")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration = 3.0
+    sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from kubernetes_asyncio import client
 from dsguard import policy as policy_model
 from dsguard.facts import ClusterFacts
 from dsguard.fielderrors import InvalidSpec
-from dsguard.kube import Obj, Reflector, name_of
+from dsguard.kube import Obj, Reflector, name_of, readyz_probe
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
 
@@ -180,6 +180,7 @@ class ClusterCache:
             raise ValueError("nodes=True is a node watch of its own: not shared_nodes as well")
         self._await_nodes = shared_nodes
         core = client.CoreV1Api(api)
+        probe = readyz_probe(api)
         self.reflectors = []
         if nodes:
             self.reflectors.append(
@@ -189,6 +190,7 @@ class ClusterCache:
                     on_replace=self.replace_nodes,
                     on_event=self.node_event,
                     on_restart=lambda r: self.on_restart("nodes", r),
+                    probe=probe,
                 )
             )
         self.reflectors += [
@@ -198,6 +200,7 @@ class ClusterCache:
                 on_replace=self.replace_namespaces,
                 on_event=self.namespace_event,
                 on_restart=lambda r: self.on_restart("namespaces", r),
+                probe=probe,
             ),
         ]
         if self._static is None:
@@ -215,6 +218,7 @@ class ClusterCache:
                     on_replace=self.replace_policies,
                     on_event=self.policy_event,
                     on_restart=lambda r: self.on_restart("daemonsetpolicies", r),
+                    probe=probe,
                 )
             )
         return self.reflectors

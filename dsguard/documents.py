@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 
 from dsguard.daemonset_shape import MAX_DEPTH, daemonset_shape_errors, too_deep
 from dsguard.fielderrors import InvalidSpec
+from dsguard.policy import KIND as POLICY_KIND
 from dsguard.policy import Policy, parse_policy
 from dsguard.scheduling import NodeInfo
 
@@ -26,6 +28,40 @@ class InputError(Exception):
 class Document:
     source: str  # "file.yaml#2" (1-based document index)
     body: dict[str, Any]
+    path: str = ""  # the file as given ("<stdin>" for -)
+    # The parser's node of the document: line numbers for CI reports (None when built in code).
+    node: yaml.Node | None = field(default=None, compare=False, repr=False)
+
+    def line_of(self, field_path: str) -> int:
+        """The 1-based line of `field_path` ("spec.template.spec.containers[0].image") in the
+        file: of the deepest part of it the manifest has (a field a mutation would add is
+        reported at its parent); 0 when unknown."""
+        node = self.node
+        if node is None:
+            return 0
+        line = node.start_mark.line + 1
+        for token in _FIELD_TOKENS.findall(field_path):
+            if token.startswith("["):
+                index = int(token[1:-1])
+                if not isinstance(node, yaml.SequenceNode) or index >= len(node.value):
+                    break
+                node = node.value[index]
+                line = node.start_mark.line + 1
+                continue
+            if not isinstance(node, yaml.MappingNode):
+                break
+            hit = next(
+                ((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == token), None
+            )
+            if hit is None:
+                break
+            line = hit[0].start_mark.line + 1
+            node = hit[1]
+        return line
+
+
+# "spec", "containers", "[0]": field names never hold dots or brackets here (label keys would).
+_FIELD_TOKENS = re.compile(r"\[\d+\]|[^.\[\]]+")
 
 
 def _files(target: str) -> Iterator[tuple[str, str]]:
@@ -45,16 +81,36 @@ def _files(target: str) -> Iterator[tuple[str, str]]:
         raise InputError(f"{target}: no such file or directory")
 
 
+def _parse_all(name: str, text: str) -> list[tuple[Any, yaml.Node]]:
+    """safe_load_all, keeping each document's node (its line numbers) beside its data."""
+    loader = yaml.SafeLoader(text)
+    try:
+        out: list[tuple[Any, yaml.Node]] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:  # check_node() said there is one
+                out.append((loader.construct_document(node), node))
+        return out
+    except yaml.YAMLError as e:
+        raise InputError(f"{name}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
+    finally:
+        loader.dispose()
+
+
+def _item_nodes(node: yaml.Node) -> list[yaml.Node | None]:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == "items" and isinstance(v, yaml.SequenceNode):
+                return list(v.value)
+    return []
+
+
 def load_documents(targets: list[str]) -> Iterator[Document]:
     """Every YAML document; `kind: List` and `*List` kinds are unpacked into their items."""
     for name, text in _files_all(targets):
-        try:
-            docs = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as e:
-            raise InputError(f"{name}: not valid YAML: {e}") from None
-        except RecursionError:  # PyYAML composes nested nodes recursively
-            raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
-        for i, doc in enumerate(docs, start=1):
+        for i, (doc, node) in enumerate(_parse_all(name, text), start=1):
             if doc is None:
                 continue
             if not isinstance(doc, dict):
@@ -63,11 +119,13 @@ def load_documents(targets: list[str]) -> Iterator[Document]:
                 )
             kind = str(doc.get("kind", ""))
             if kind.endswith("List") and isinstance(doc.get("items"), list):
+                nodes = _item_nodes(node)
                 for j, item in enumerate(doc["items"]):
                     if isinstance(item, dict):
-                        yield Document(f"{name}#{i}.items[{j}]", item)
+                        item_node = nodes[j] if j < len(nodes) else None
+                        yield Document(f"{name}#{i}.items[{j}]", item, name, item_node)
             else:
-                yield Document(f"{name}#{i}", doc)
+                yield Document(f"{name}#{i}", doc, name, node)
 
 
 def _files_all(targets: list[str]) -> Iterator[tuple[str, str]]:
@@ -102,21 +160,52 @@ def check_daemonsets(docs: Iterable[Document]) -> None:
         raise InputError("\n".join(problems))
 
 
-def load_policies(targets: list[str]) -> list[Policy]:
+@dataclass(frozen=True)
+class PolicySet:
+    """The DaemonSetPolicies of --policy files and folders, and what else those held."""
+
+    policies: list[Policy]
+    # "file#n (Kind)" of every document that is not a DaemonSetPolicy: a folder as teams keep it
+    # (kustomization.yaml, a Namespace, the CRD) is read as it is.
+    skipped: tuple[str, ...] = ()
+
+    def skipped_note(self) -> str:
+        """ "; 1 other document skipped (manifests/kustomization.yaml#1 Kustomization)" or ""."""
+        if not self.skipped:
+            return ""
+        shown = ", ".join(self.skipped[:3]) + (
+            f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+        )
+        return f"{len(self.skipped)} other document(s) skipped ({shown})"
+
+
+def load_policies(targets: list[str]) -> PolicySet:
+    """Every DaemonSetPolicy in targets (files, folders, -); documents of other kinds are skipped
+    and counted, a document without a kind is read as a policy (and fails if it is not one)."""
     policies: list[Policy] = []
+    skipped: list[str] = []
     errors: list[str] = []
     for doc in load_documents(targets):
+        kind = doc.body.get("kind")
+        if kind is not None and kind != POLICY_KIND:
+            skipped.append(f"{doc.source} {kind}")
+            continue
         try:
             policies.append(parse_policy(doc.body, source=doc.source))
         except InvalidSpec as e:
             errors.append(str(e))
     if errors:
         raise InputError("invalid DaemonSetPolicy:\n" + "\n".join(errors))
+    if not policies and skipped:
+        raise InputError(
+            f"{', '.join(targets)}: no {POLICY_KIND} found; {len(skipped)} other document(s) skipped "
+            f"({', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''})"
+        )
     names = [p.name for p in policies]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"DaemonSetPolicy names must be unique; repeated: {', '.join(dupes)}")
-    return policies
+    return PolicySet(policies, tuple(skipped))
 
 
 def load_nodes(targets: list[str]) -> list[NodeInfo]:

@@ -7,10 +7,10 @@ _preload_content=False and parsed with orjson into plain dicts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from dsguard import reconnect
 
 log = logging.getLogger("dsguard.kube")
 
@@ -142,6 +144,7 @@ def _raise_for_status(resp: Any, body: bytes) -> None:
     if not 200 <= resp.status <= 299:
         error = ApiException(status=resp.status, reason=resp.reason)
         error.body = body
+        error.headers = getattr(resp, "headers", None)  # Retry-After (dsguard.reconnect)
         raise error
 
 
@@ -158,12 +161,46 @@ class Subscriber:
     on_event: Callable[[str, Obj], None]
 
 
+Probe = Callable[[], Awaitable[bool]]
+"""Asks an apiserver that stopped answering whether it is back: True to list again, False when it
+answers but is not ready yet; raises what a request raises when there is no answer."""
+
+
+def readyz_probe(api: client.ApiClient) -> Probe:
+    """The apiserver's /readyz: green once it serves every resource (CRDs included). Probing the
+    resource itself would meet a 503 with Retry-After: 5 from a restarted apiserver that has not
+    installed its CRD handlers yet, and back off for seconds after it is ready. /readyz is open to
+    every user by default (system:public-info-viewer); where it is not (401, 403, 404) the list
+    itself is tried."""
+
+    async def probe() -> bool:
+        try:
+            await raw_body(
+                api.call_api(
+                    "/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                    _request_timeout=aiohttp.ClientTimeout(total=reconnect.PROBE_TIMEOUT),
+                )
+            )  # fmt: skip
+        except ApiException as e:
+            return e.status in (401, 403, 404)
+        return True
+
+    return probe
+
+
 class Reflector:
     """Keeps one resource's objects in step with the apiserver and calls back on every change.
 
     on_replace(items) after each (re)list, on_event(type, obj) for ADDED/MODIFIED/DELETED; or,
     for a watch several readers share, `subscribers`, each called in turn (on_replace/on_event,
     when given, first). `synced` is set after the first complete list.
+
+    After a failure it lists again (never resumes a watch: an apiserver that restarted has a new
+    watch cache, which would answer an old resourceVersion with 410 anyway), waiting as `retry`
+    says (dsguard.reconnect): backing off from errors, probing an apiserver that does not answer
+    with `probe` (readyz_probe; by default a limit=1 list of the resource) until it is back.
+    `staleness()` says how far behind the view may be; a recovery is logged with how long it was
+    down. An expected outage logs warnings, never a traceback.
     """
 
     def __init__(
@@ -177,6 +214,9 @@ class Reflector:
         page_size: int = 500,
         watch_timeout: int = 300,
         on_restart: Callable[[str], None] | None = None,
+        retry: reconnect.Retry = reconnect.DEFAULT,
+        probe: Probe | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if (on_replace is None) != (on_event is None):
             raise TypeError("give on_replace and on_event together (or subscribers)")
@@ -195,11 +235,20 @@ class Reflector:
         self._page_size = page_size
         self._watch_timeout = watch_timeout
         self._on_restart = on_restart or (lambda reason: None)
+        self.retry = retry
+        self._probe = probe or self._probe_list
+        self._monotonic = monotonic
         self.synced = asyncio.Event()
         self.resource_version = ""
-        # When list/watch began failing (time.monotonic()); None while it works. Cleared by the
-        # next complete list, so a reader can tell a view that is falling behind.
+        # When list/watch began failing (monotonic); None while it works. Cleared by the next
+        # complete list, so a reader can tell a view that is falling behind.
         self.failing_since: float | None = None
+        # Current: listed, and the watch since then open (or being reopened after it ended
+        # normally). `_current_at`: the last moment the view was known to be current.
+        self._current = False
+        self._current_at = monotonic()
+        # Complete lists so far: the first sync and every relist (after a 410 or an error).
+        self.lists = 0
 
     def _replace_all(self, items: list[Obj]) -> None:
         for s in self.subscribers:
@@ -209,38 +258,110 @@ class Reflector:
         for s in self.subscribers:
             s.on_event(kind, obj)
 
+    def staleness(self) -> float:
+        """Seconds the view may be behind the apiserver: 0 while the watch is open after a
+        complete list; otherwise since it was last known current (since start before the first
+        list). The webhook's and the guard's watch staleness metrics."""
+        if self._current:
+            return 0.0
+        return max(0.0, self._monotonic() - self._current_at)
+
     async def run(self) -> None:
-        backoff = 0.5
+        errors = 0  # answered errors in a row: the backoff's exponent
         while True:
             try:
                 await self._list_all()
-                backoff = 0.5
+                errors = 0
                 while True:
                     await self._watch()
             except Gone:
                 # not a failure: the watch is too old, the next list catches up at once
+                self._left_current()
                 self._on_restart("gone")
                 log.info("%s: resourceVersion %s expired, listing again", self.name, self.resource_version)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the API or the network failed: back off and start over
-                if self.failing_since is None:
-                    self.failing_since = time.monotonic()
+            except Exception as e:  # the API or the network failed: wait as `retry` says and start over
+                self._left_current()
+                first = self.failing_since is None
+                if first:
+                    self.failing_since = self._monotonic()
                 self._on_restart("error")
+                failure = reconnect.classify(e)
+                what = f"{type(e).__name__}: {_one_line(e)}"
+                if failure is reconnect.Failure.UNREACHABLE and self.retry.probe_every is not None:
+                    if first:
+                        low, high = self.retry.probe_every
+                        log.warning(
+                            "%s: list/watch lost, the apiserver does not answer (%s); "
+                            "probing it every %g-%gs and listing again once it answers",
+                            self.name, what, low, high,
+                        )  # fmt: skip
+                    else:
+                        log.debug("%s: list/watch failed (%s); probing", self.name, what)
+                    await self._probe_until_answered()
+                    errors = 0  # a server that was gone starts with a fresh backoff
+                    continue
+                after = reconnect.retry_after(e) if self.retry.retry_after else None
+                delay = self.retry.backoff(errors, after=after)
+                errors += 1
                 log.warning(
-                    "%s: list/watch failed (%s: %s); retrying in %.1fs",
-                    self.name,
-                    type(e).__name__,
-                    e,
-                    backoff,
+                    "%s: list/watch failed (%s); retrying in %.1fs%s",
+                    self.name, what, delay, " (Retry-After)" if after is not None else "",
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
+    async def _probe_until_answered(self) -> None:
+        """`probe` on a short jittered interval until the apiserver says it is back (or answers
+        a list probe at all: with an error, the list then meets it and backs off)."""
+        probes = 0
+        while True:
+            await asyncio.sleep(self.retry.probe_interval())
+            probes += 1
+            try:
+                if await self._probe():
+                    log.debug("%s: the apiserver is back (probe %d); listing", self.name, probes)
+                    return
+                log.debug("%s: probe %d: the apiserver answers, not ready yet", self.name, probes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if reconnect.classify(e) is not reconnect.Failure.UNREACHABLE:
+                    return
+                log.debug("%s: probe %d: no answer (%s)", self.name, probes, type(e).__name__)
+
+    async def _probe_list(self) -> bool:
+        """A limit=1 list of the resource: the access the reflector has anyway. Any answer will do:
+        with an error, the list meets it and backs off."""
+        with contextlib.suppress(ApiException):
+            await raw_body(
+                self._list(
+                    limit=1,
+                    _preload_content=False,
+                    _request_timeout=aiohttp.ClientTimeout(total=reconnect.PROBE_TIMEOUT),
                 )
-                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
-                backoff = min(backoff * 2, 30.0)
+            )
+        return True
+
+    def _left_current(self) -> None:
+        if self._current:
+            self._current = False
+            self._current_at = self._monotonic()
 
     async def _list_all(self) -> None:
-        items, self.resource_version = await list_all(self._list, page_size=self._page_size)
+        items, self.resource_version = await list_all(
+            self._list, page_size=self._page_size, _request_timeout=_list_timeout()
+        )
         self._on_replace(items)
+        self.lists += 1
+        now = self._monotonic()
+        if self.failing_since is not None:
+            log.warning(
+                "%s: listed again (%d objects) after %.1fs without a current view",
+                self.name, len(items), now - min(self.failing_since, self._current_at),
+            )  # fmt: skip
         self.failing_since = None
+        self._current, self._current_at = True, now
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -250,7 +371,9 @@ class Reflector:
             allow_watch_bookmarks=True,
             timeout_seconds=self._watch_timeout,
             _preload_content=False,
-            _request_timeout=self._watch_timeout + 30,
+            _request_timeout=aiohttp.ClientTimeout(
+                total=self._watch_timeout + 30, sock_connect=reconnect.CONNECT_TIMEOUT
+            ),
         )
         try:
             if not 200 <= resp.status <= 299:
@@ -272,6 +395,15 @@ class Reflector:
                     self._on_event(str(kind), obj)
         finally:
             resp.release()
+
+
+def _list_timeout() -> aiohttp.ClientTimeout:
+    """Per list page: a blackholed apiserver fails the list instead of hanging it."""
+    return aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, sock_connect=reconnect.CONNECT_TIMEOUT)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or "no answer in time"
 
 
 async def list_all(list_fn: ListFn, *, page_size: int = 500, **kwargs: Any) -> tuple[list[Obj], str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dsguard.fielderrors import ErrorList, FieldError
@@ -464,6 +464,18 @@ class _Term:
 
     labels: tuple[Requirement, ...] | None
     fields: tuple[_FieldRequirement, ...] | None
+    index: int = 0  # in nodeSelectorTerms, for messages
+
+    def misses(self, labels: Mapping[str, str], node_name: str) -> list[str]:
+        """The requirements `matches` finds failing, each with the node's value (explain)."""
+        out = [r.why_not(labels) for r in self.labels or () if not r.matches(labels)]
+        if self.fields is not None and node_name:
+            for f in self.fields:
+                actual = node_name if f.key == OBJECT_NAME_FIELD else ""
+                if (actual == f.value) != f.equal:
+                    op = "in" if f.equal else "notin"
+                    out.append(f"{f.key} {op} ({f.value}) (the node's {f.key} is {actual!r})")
+        return out
 
     def matches(self, labels: Mapping[str, str], node_name: str) -> bool:
         if self.labels is not None:
@@ -644,7 +656,7 @@ class PodPlacement:
                     continue  # an empty term matches nothing
                 term = _compile_term(raw, f"{_AFFINITY_PATH}.nodeSelectorTerms[{i}]", errs)
                 if term is not None:
-                    compiled.append(term)
+                    compiled.append(replace(term, index=i))
             terms = tuple(compiled)
 
         return cls(
@@ -677,6 +689,66 @@ class PodPlacement:
         name = node.name
         return any(t.matches(labels, name) for t in terms)
 
+    def explain(self, node: NodeInfo) -> NodeExplanation:
+        """evaluate(node) with every reason spelled out, for `dsguard explain` and findings' node
+        lists: the same decision (shouldRun), all the reasons rather than the first, and, where
+        the pod runs, how soon the taint manager evicts it (a NoExecute taint tolerated for a
+        while)."""
+        if self.node_name and self.node_name != node.name:
+            msg = f"nodeName is {self.node_name}: the pod is bound to that node only"
+            return NodeExplanation(node.name, False, (NodeReason(REASON_NODE_NAME, "nodeName", msg),))
+        reasons: list[NodeReason] = []
+        labels = node.labels
+        for k, v in self.node_selector:
+            actual = labels.get(k)
+            if actual == v:
+                continue
+            has = f"has {k}={actual}" if actual is not None else f"has no {k} label"
+            reasons.append(
+                NodeReason(REASON_NODE_SELECTOR, "nodeSelector", f"nodeSelector {k}={v} (the node {has})")
+            )
+        terms = self.required_terms
+        if terms is not None and not any(t.matches(labels, node.name) for t in terms):
+            for t in terms:
+                missed = "; ".join(t.misses(labels, node.name))
+                field = f"{_AFFINITY_PATH}.nodeSelectorTerms[{t.index}]"
+                reasons.append(
+                    NodeReason(REASON_NODE_AFFINITY, field, f"nodeSelectorTerms[{t.index}] fails: {missed}")
+                )
+            for e in self.affinity_errors:
+                reasons.append(
+                    NodeReason(REASON_NODE_AFFINITY, e.path, f"never matches, invalid: {e.message}")
+                )
+            if not terms and not self.affinity_errors:
+                reasons.append(
+                    NodeReason(
+                        REASON_NODE_AFFINITY,
+                        _AFFINITY_PATH,
+                        "required node affinity has no term (matches no node)",
+                    )
+                )
+        for taint in node.taints:
+            if taint.effect in (NO_SCHEDULE, NO_EXECUTE) and not self.tolerates(taint):
+                reasons.append(
+                    NodeReason(REASON_TAINT, "tolerations", f"taint {taint} is not tolerated", taint=taint)
+                )
+        if reasons:
+            return NodeExplanation(node.name, False, tuple(reasons))
+        seconds, evicting = eviction_after(node.taints, self.tolerations)
+        if evicting is None:
+            return NodeExplanation(node.name, True)
+        loop = " (the controller creates it again: a loop)" if seconds == 0 else ""
+        msg = (
+            f"runs, but not for long: NoExecute taint {evicting} is tolerated for {seconds}s only, then the "
+            f"taint manager evicts the pod{loop}"
+        )
+        return NodeExplanation(
+            node.name,
+            True,
+            (NodeReason(REASON_EVICTED, "tolerations", msg, taint=evicting),),
+            evicted_after=seconds,
+        )
+
     def evaluate(self, node: NodeInfo) -> Placement:
         """NodeShouldRunDaemonPod(node, ds): shouldRun (and shouldContinueRunning)."""
         if self.node_name and self.node_name != node.name:
@@ -695,6 +767,72 @@ class PodPlacement:
             keeps = not any(t.effect == NO_EXECUTE for t in untolerated)
             return Placement(False, _taint_list(untolerated), untolerated, should_continue_running=keeps)
         return _RUNS
+
+
+def eviction_after(
+    taints: Sequence[Taint], tolerations: Sequence[Toleration]
+) -> tuple[int | None, Taint | None]:
+    """When the taint manager evicts a pod whose tolerations tolerate every NoExecute taint of
+    its node: (seconds, the taint that sets them), or (None, None) for never. As processPodOnNode:
+    GetMatchingTolerations takes the first toleration that tolerates each NoExecute taint, and
+    getMinTolerationTime the least tolerationSeconds among those (<= 0 is at once; none is never)."""
+    least: tuple[int, Taint] | None = None
+    for taint in taints:
+        if taint.effect != NO_EXECUTE:
+            continue
+        used = next((t for t in tolerations if t.tolerates(taint)), None)
+        if used is None or used.toleration_seconds is None:
+            continue  # untolerated is never explained here: the pod doesn't run at all
+        seconds = max(0, used.toleration_seconds)
+        if least is None or seconds < least[0]:
+            least = (seconds, taint)
+    return (None, None) if least is None else least
+
+
+REASON_NODE_NAME = "nodeName"
+REASON_NODE_SELECTOR = "nodeSelector"
+REASON_NODE_AFFINITY = "nodeAffinity"
+REASON_TAINT = "taint"
+REASON_EVICTED = "evicted"  # runs, but the taint manager evicts it after tolerationSeconds
+
+
+@dataclass(frozen=True)
+class NodeReason:
+    """One reason a DaemonSet's pod doesn't run on a node (or doesn't stay): `field` is the pod
+    spec field to change, relative to spec.template.spec."""
+
+    kind: str  # REASON_*
+    field: str
+    message: str
+    taint: Taint | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "field": f"spec.template.spec.{self.field}",
+            "message": self.message,
+        }
+        if self.taint is not None:
+            d["taint"] = self.taint.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class NodeExplanation:
+    """PodPlacement.explain for one node: `runs` is NodeShouldRunDaemonPod's shouldRun."""
+
+    node: str
+    runs: bool
+    reasons: tuple[NodeReason, ...] = ()
+    evicted_after: int | None = None  # seconds: runs, but the taint manager evicts each pod
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "runs": self.runs,
+            "evictedAfterSeconds": self.evicted_after,
+            "reasons": [r.to_dict() for r in self.reasons],
+        }
 
 
 # Placements are frozen, so the common answers are shared rather than built once per node.

@@ -175,6 +175,14 @@ class Requirement:
             return n > self._bound if op == GT else n < self._bound
         return False
 
+    def why_not(self, labels: Mapping[str, str]) -> str:
+        """Why `labels` fail this requirement, with the value they have: for a reader, not Go."""
+        value = labels.get(self.key)
+        has = f"has {self.key}={value}" if value is not None else f"has no {self.key} label"
+        if self.operator in (GT, LT) and value is not None and parse_go_int64(value) is None:
+            has += ", not an integer"
+        return f"{self} ({has})"
+
     def __str__(self) -> str:
         # Requirement.String: values sorted for In/NotIn, "!key" for DoesNotExist.
         op = self.operator

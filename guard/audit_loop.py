@@ -4,7 +4,8 @@ Runs in the guard process, on the leader only (one writer per status). Wakes on 
 spec or label change, a policy change, a new facts snapshot (nodes, namespace labels: the
 ClusterCache builds a new one only when something the rules read changed) and every `resync`
 seconds; bursts are coalesced into one audit per `min_interval`. The judgement is
-guard/policy_audit.py.
+guard/policy_audit.py: incremental (only the DaemonSets a change can affect are judged again),
+and every DaemonSet at a resync.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from dsguard.kube import Obj, raw_body
 from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import SinkError
-from guard.policy_audit import audit, known_violations, plan_events, policy_status, status_changed
+from guard.policy_audit import (
+    IncrementalAudit,
+    known_violations,
+    plan_events,
+    policy_status,
+    status_changed,
+)
+from guard.policy_reports import PolicyReportWriter
 
 log = logging.getLogger("dsguard.audit")
 
@@ -83,8 +91,10 @@ class Auditor:
         min_interval: float = 1.0,
         tick: float = 1.0,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        reports: PolicyReportWriter | None = None,
     ) -> None:
         self.cache = cache
+        self.reports = reports
         self.writer = writer
         self.recorder = recorder
         self.metrics = metrics
@@ -104,6 +114,8 @@ class Auditor:
         self._backoff = 1.0
         self._last_facts: ClusterFacts | None = None
         self._last_audit = -float("inf")
+        self._last_full = -float("inf")
+        self.incremental = IncrementalAudit()
         self._was_leader = False
         self._gauged: set[str] = set()
         # (policy, namespace, name, rule) reported so far; None until loaded from the stored statuses
@@ -161,8 +173,13 @@ class Auditor:
                 self._wake.clear()
                 self._pending = True
             leading = self.is_leader()
+            if self._was_leader and not leading:
+                self._forget_gauges()  # a follower's stale counts would read as a second leader's
             if leading and not self._was_leader:
                 self._reported = None  # re-read what the previous leader reported
+                if self.reports is not None:
+                    self.reports.relist()
+                self._last_full = -float("inf")  # a new term starts from a full audit
                 self._pending = True
             self._was_leader = leading
             if not leading or not self.daemonsets_synced or not self.cache.synced or not self._due():
@@ -183,8 +200,13 @@ class Auditor:
         facts = self.cache.facts
         policies = self.cache.policies
         started = time.perf_counter()
-        results = audit(policies, self.daemonsets.values(), facts)
+        on_judged = self.reports.judged if self.reports is not None else None
+        full = time.monotonic() - self._last_full >= self.resync
+        results = self.incremental.run(policies, self.daemonsets, facts, full=full, on_judged=on_judged)
+        if full:
+            self._last_full = time.monotonic()
         self.metrics.audit_seconds.observe(time.perf_counter() - started)
+        self.metrics.audit_rejudged.set(self.incremental.rejudged)
         self.metrics.audits.inc()
         self._last_facts = facts
         self._last_audit = time.monotonic()
@@ -217,6 +239,13 @@ class Auditor:
         present = set(self.daemonsets)
         plan, self._reported = plan_events(results, self._reported, present)
         await self._record(plan.new, plan.resolved)
+        if self.reports is not None and not await self.reports.sync(present):
+            self._retry_later("policy reports are not up to date")
+
+    def _forget_gauges(self) -> None:
+        for name in self._gauged:
+            self.metrics.violating.remove(name)
+        self._gauged.clear()
 
     async def _write(self, name: str, status: Mapping[str, Any]) -> None:
         try:

@@ -36,6 +36,7 @@ from dsguard.annotations import (
     waves_in_progress,
 )
 from dsguard.daemonset import ON_DELETE, as_mapping
+from dsguard.log_context import ObjectRef, about
 from dsguard.policy import GuardAction, GuardPolicy, Policy, guard_policy_for
 from dsguard.revisions import previous_revision, update_revision
 from dsguard.waves import Wave, WaveDecision, WaveStep, decide_waves
@@ -103,6 +104,7 @@ class Guard:
         dirty: Dirty,
         is_leader: Callable[[], bool] = _always,
         ready: Callable[[], bool] = _always,
+        current: Callable[[], bool] = _always,
         metrics: GuardMetrics | None = None,
         clock: Callable[[], float] = time.time,
         tick: float = 1.0,
@@ -115,7 +117,11 @@ class Guard:
         """`dirty`: the marks the guard takes its work from (its store marks them too; the outbox,
         a policy change and a new leader may). `ready`: whether the watches `policies_for` reads
         have listed; pending alerts are resent only once they have and the store's own have
-        (before the policies are known, an alert would go to the Events only)."""
+        (before the policies are known, an alert would go to the Events only). `current`: whether
+        every watch is current (none failing since its last list): while one is not, the guard
+        is blind to part of the cluster and acts on nothing; when they all are again, it decides
+        for every DaemonSet at once, so what became due meanwhile is done then (once: the
+        relisted objects show what was already done)."""
         self.policies_for = policies_for
         self.patcher = patcher
         self.outbox = outbox
@@ -123,6 +129,8 @@ class Guard:
         self.dirty = dirty
         self.is_leader = is_leader
         self.ready = ready
+        self.current = current
+        self._was_current = True
         self.metrics = metrics or GuardMetrics()
         self.clock = clock
         self.tick = tick
@@ -203,6 +211,14 @@ class Guard:
             if not self._was_ready and self._listed():
                 self._was_ready = True
                 self.mark_all()  # pending alerts can be resent now
+            current = self.current()
+            if current != self._was_current:
+                self._was_current = current
+                if current:
+                    log.warning("every watch is current again: deciding for every DaemonSet")
+                    self.mark_all()  # what became due while blind, now
+                else:
+                    log.warning("a watch is not current: deciding nothing until it has listed again")
             now = self.monotonic()
             if now >= next_tick:
                 next_tick = now + self.tick
@@ -217,23 +233,32 @@ class Guard:
 
     async def process(self, uids: set[str]) -> None:
         for uid in uids:
-            try:
-                patched = await self._evaluate_and_act(uid)
-                tracked = self.store.daemonsets.get(uid)
-                ds = tracked.state if tracked is not None else None
-                if self.is_leader():
-                    resend = self._resend if self._listed() else None
-                    await self.outbox.sync(uid, ds, patched=patched, resend=resend)
-                else:
-                    self.outbox.count(uid, ds)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # One DaemonSet's odd object (its annotations are anyone's to write) must not stop
-                # the guard for every other one; it is decided again at its next change.
-                tracked = self.store.daemonsets.get(uid)
-                log.exception("%s: evaluation failed", tracked.state.ref if tracked else uid)
-                self.metrics.action_errors.labels("evaluate").inc()
+            known = self.store.daemonsets.get(uid)
+            # Every line logged while deciding for it names it (--log-format json: `object`).
+            with about(ObjectRef.of("DaemonSet", known.state.ref) if known is not None else None):
+                await self._process_one(uid)
+        self._tidy()
+
+    async def _process_one(self, uid: str) -> None:
+        try:
+            patched = await self._evaluate_and_act(uid)
+            tracked = self.store.daemonsets.get(uid)
+            ds = tracked.state if tracked is not None else None
+            if self.is_leader():
+                resend = self._resend if self._listed() else None
+                await self.outbox.sync(uid, ds, patched=patched, resend=resend)
+            else:
+                self.outbox.count(uid, ds)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # One DaemonSet's odd object (its annotations are anyone's to write) must not stop
+            # the guard for every other one; it is decided again at its next change.
+            tracked = self.store.daemonsets.get(uid)
+            log.exception("%s: evaluation failed", tracked.state.ref if tracked else uid)
+            self.metrics.action_errors.labels("evaluate").inc()
+
+    def _tidy(self) -> None:
         live = self.store.daemonsets
         for gone in [uid for uid in self._failing if uid not in live]:
             del self._failing[gone]
@@ -260,8 +285,8 @@ class Guard:
             return False
         decision, ds, governing = result
         self._failing[uid] = len(decision.assessment.failing) if decision.assessment else 0
-        if not self.is_leader():
-            return False
+        if not self.is_leader() or not self.current():
+            return False  # a follower, or blind: the decision may rest on what it no longer sees
         if decision.step is Step.NONE and governing.guard.waves is not None:
             failed = await self._check_gates(decision, ds, governing)
             if failed is None:

@@ -16,10 +16,11 @@ from kubernetes_asyncio import client
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.kube import Reflector, Subscriber, api_client, raw_body, slim_lists
+from dsguard.kube import Reflector, Subscriber, api_client, raw_body, readyz_probe, slim_lists
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
+from dsguard.policy_reports import FORMATS, MAX_RESULTS
 from guard.actions import PatchBody
 from guard.audit_loop import Auditor, KubeStatusWriter
 from guard.controller import Guard, PolicyLookup
@@ -30,6 +31,7 @@ from guard.notify.events import EventRecorder
 from guard.notify.notifier import Notifier
 from guard.notify.sinks import KubeSecretReader
 from guard.outbox import Outbox
+from guard.policy_reports import KubeReportStore, PolicyReportWriter
 from guard.rollout import DaemonSetState
 from guard.store import Dirty, Store
 
@@ -106,6 +108,8 @@ async def run_guard(
     audit: bool = True,
     audit_resync: float = 300.0,
     gate_sample_interval: float = 5.0,
+    policy_reports: str = "openreports",
+    report_max_results: int = MAX_RESULTS,
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
@@ -147,6 +151,9 @@ async def run_guard(
     def policies_known() -> bool:
         return all(r.synced.is_set() for r in cache_reflectors)
 
+    def watches_current() -> bool:  # every watch (`reflectors`, below) listed since its last failure
+        return all(r.failing_since is None for r in reflectors)
+
     outbox = Outbox(patcher=patcher, mark=dirty.mark, metrics=metrics)
     recorder = EventRecorder.for_client(api)
     # Wave rollouts' apiserver gate: sample the request counter while a policy asks for it, so a
@@ -176,15 +183,22 @@ async def run_guard(
         dirty=dirty,
         is_leader=is_leader,
         ready=policies_known,
+        current=watches_current,
         metrics=metrics,
         tick=tick,
         pods=KubePodDeleter(api),
         gates=Probes(sampler, prober),
         record_event=record_event,
     )
+    fmt = FORMATS.get(policy_reports)  # None: --policy-reports none
+    reports = (
+        PolicyReportWriter(fmt, KubeReportStore(api, fmt), metrics, max_results=report_max_results)
+        if fmt is not None and auditing
+        else None
+    )
     auditor = (
         Auditor(cache, KubeStatusWriter(api), recorder, metrics, is_leader=is_leader, wake=audit_wake,
-                resync=audit_resync)
+                resync=audit_resync, reports=reports)
         if auditing
         else None
     )  # fmt: skip
@@ -193,6 +207,11 @@ async def run_guard(
         *cache_reflectors,
         *guard_watches(api, guard.store, cache=cache, auditor=auditor, restarts=metrics.watch_restarts),
     ]
+    for r in reflectors:
+        metrics.watch_staleness.labels(r.name).set_function(r.staleness)
+    # The cache's watches (namespaces, policies) restart and relist like the guard's own.
+    cache.on_restart = lambda resource, reason: metrics.watch_restarts.labels(resource, reason).inc()
+    metrics.watch_lists.source = lambda: {r.name: r.lists for r in reflectors}
     tasks = [asyncio.create_task(r.run(), name=f"watch-{r.name}") for r in reflectors]
     # Done once it has read the version: not one of the loops /healthz expects to run forever.
     one_shot: list[asyncio.Task[None]] = []
@@ -237,8 +256,10 @@ def guard_watches(
     """The guard's own watches: DaemonSets, ControllerRevisions, pods and nodes, feeding its store
     and, with the audit, the auditor (DaemonSets) and the cache (nodes)."""
 
+    probe = readyz_probe(api)
+
     def reflector(name: str, list_fn: Any, *subscribers: Subscriber) -> Reflector:
-        return Reflector(name, list_fn, subscribers=subscribers,
+        return Reflector(name, list_fn, subscribers=subscribers, probe=probe,
                          on_restart=lambda reason: restarts.labels(name, reason).inc())  # fmt: skip
 
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class GuardMetrics:
@@ -55,6 +59,16 @@ class GuardMetrics:
             ["resource", "reason"],
             registry=self.registry,
         )
+        self.watch_staleness = Gauge(
+            "dsguard_guard_watch_staleness_seconds",
+            "Seconds the guard's view of a resource may be behind the apiserver: 0 while its watch "
+            "is open after a complete list, else since it was last current. While any is above 0 the "
+            "guard decides nothing (it would decide on what it no longer sees).",
+            ["resource"],
+            registry=self.registry,
+        )
+        self.watch_lists = _ListsCollector()
+        self.registry.register(self.watch_lists)
         self.leader = Gauge(
             "dsguard_guard_leader", "1 while this replica holds the lease.", registry=self.registry
         )
@@ -63,8 +77,14 @@ class GuardMetrics:
         )
         self.audit_seconds = Histogram(
             "dsguard_audit_duration_seconds",
-            "Time to judge every governed DaemonSet once (rules only, no API calls).",
+            "Time of one audit's judgement (the DaemonSets a change can affect; all of them at a resync; "
+            "rules only, no API calls).",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
+        self.audit_rejudged = Gauge(
+            "dsguard_audit_rejudged_daemonsets",
+            "DaemonSets judged again by the last audit (the incremental audit's reach).",
             registry=self.registry,
         )
         self.violating = Gauge(
@@ -79,3 +99,28 @@ class GuardMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.report_writes = Counter(
+            "dsguard_audit_report_writes_total",
+            "Policy report (OpenReports Report or PolicyReport) writes, by operation (apply, delete) "
+            "and result (ok, error).",
+            ["operation", "result"],
+            registry=self.registry,
+        )
+
+
+class _ListsCollector(Collector):
+    """dsguard_guard_watch_lists_total: complete lists per watch (the first sync and every relist),
+    read from the reflectors when scraped (`source`, set once they exist)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "dsguard_guard_watch_lists",
+            "Complete lists, by resource: the first sync and every relist (after a 410 Gone or an error).",
+            labels=["resource"],
+        )
+        for resource, count in sorted(self.source().items()):
+            family.add_metric([resource], count)
+        yield family

@@ -3,21 +3,25 @@ and the DaemonSetPolicy `status` and Events that report it.
 
 Admission only judges a DaemonSet when it changes. The cluster changes under DaemonSets that
 don't: a new tainted node pool, a node upgraded to a kubelet an agent doesn't support, a new or
-stricter policy. The audit re-judges every governed DaemonSet as it stands (all rules, whatever
+stricter policy. The audit judges every governed DaemonSet as it stands (all rules, whatever
 the policy's enforcement; see engine.findings_by_policy) whenever policies, nodes, namespaces or
-DaemonSet specs change. No I/O here: guard/audit_loop.py watches, writes and records.
+DaemonSet specs change; `IncrementalAudit` re-judges only the DaemonSets a change can affect and
+gives what `audit` would. No I/O here: guard/audit_loop.py watches, writes and records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
-from dsguard.rules.context import Severity
-from dsguard.rules.engine import findings_by_policy
+from dsguard.rules.context import Finding, Severity
+from dsguard.rules.engine import findings_by_policy, matching_policies
+from dsguard.scheduling import NodeInfo, PodPlacement
+from dsguard.selectors import LabelSelector
 
 # The status stays small whatever the cluster holds (etcd objects are capped at 1.5 MiB, and
 # `kubectl get -o yaml` should stay readable): the count is exact, the list is not.
@@ -57,23 +61,245 @@ def _ref(obj: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
-def audit(
-    policies: Sequence[Policy], daemonsets: Iterable[Mapping[str, Any]], facts: ClusterFacts
-) -> dict[str, PolicyAudit]:
-    """Every policy (governing DaemonSets or not) -> its audit. Warnings (e.g. an untagged image
-    under unknownVersion: Warn) are not violations."""
+# Told every DaemonSet judged and what each matching policy found (policy reports read it).
+OnJudged = Callable[[Mapping[str, Any], Sequence[tuple[Policy, Sequence[Finding]]]], None]
+
+
+@dataclass(frozen=True)
+class DaemonSetFindings:
+    """What the audit found of one DaemonSet: the policies governing it and its violations of
+    them (sorted). The per-DaemonSet output the status, the Events and PolicyReports read."""
+
+    namespace: str
+    name: str
+    matched: tuple[str, ...]  # names of the policies governing it, in policy order
+    violations: tuple[Violation, ...]
+
+
+def judge_daemonset(
+    policies: Sequence[Policy],
+    obj: Mapping[str, Any],
+    facts: ClusterFacts,
+    *,
+    on_judged: OnJudged | None = None,
+) -> DaemonSetFindings:
+    namespace, name = _ref(obj)
+    matched: list[str] = []
+    found: set[Violation] = set()
+    judged = findings_by_policy(policies, obj, facts=facts)
+    if on_judged is not None:
+        on_judged(obj, judged)
+    for policy, findings in judged:
+        matched.append(policy.name)
+        found.update(
+            Violation(namespace, name, policy.name, f.rule, f.message)
+            for f in findings
+            if f.severity is Severity.VIOLATION
+        )
+    return DaemonSetFindings(namespace, name, tuple(matched), tuple(sorted(found)))
+
+
+def collect(policies: Sequence[Policy], findings: Iterable[DaemonSetFindings]) -> dict[str, PolicyAudit]:
+    """Per-DaemonSet findings -> every policy's audit (as `audit` builds it)."""
     matched: dict[str, list[str]] = {p.name: [] for p in policies}
     found: dict[str, list[Violation]] = {p.name: [] for p in policies}
-    for obj in daemonsets:
-        namespace, name = _ref(obj)
-        for policy, findings in findings_by_policy(policies, obj, facts=facts):
-            matched[policy.name].append(f"{namespace}/{name}")
-            found[policy.name] += [
-                Violation(namespace, name, policy.name, f.rule, f.message)
-                for f in findings
-                if f.severity is Severity.VIOLATION
-            ]
+    for f in findings:
+        for policy in f.matched:
+            matched[policy].append(f"{f.namespace}/{f.name}")
+        for v in f.violations:
+            found[v.policy].append(v)
     return {p: PolicyAudit(p, tuple(sorted(matched[p])), tuple(sorted(set(found[p])))) for p in matched}
+
+
+def audit(
+    policies: Sequence[Policy],
+    daemonsets: Iterable[Mapping[str, Any]],
+    facts: ClusterFacts,
+    *,
+    on_judged: OnJudged | None = None,
+) -> dict[str, PolicyAudit]:
+    """Every policy (governing DaemonSets or not) -> its audit, every DaemonSet judged. Warnings
+    (e.g. an untagged image under unknownVersion: Warn) are not violations."""
+    return collect(
+        policies, (judge_daemonset(policies, obj, facts, on_judged=on_judged) for obj in daemonsets)
+    )
+
+
+# More changed nodes than this share of the cluster (a pool joining, a relist): judge everything.
+_FULL_AUDIT_NODE_SHARE = 0.02
+
+
+@dataclass
+class _Judged:
+    obj: Mapping[str, Any]
+    findings: DaemonSetFindings
+    namespace_labels: Mapping[str, str]
+    placement: PodPlacement | None = None  # built on the first node change that asks
+
+
+class IncrementalAudit:
+    """The audit of the same inputs as `audit`, re-judging only the DaemonSets a change can
+    affect since the previous run; its results equal `audit`'s (a property test holds it to that).
+
+    What each rule reads decides what a change can affect (dsguard/rules): a DaemonSet's
+    findings depend on its own object, its namespace's labels, the policies matching it, and of
+    the nodes only on those its pods target (caps count them, versions read their kubelets) and
+    those a matching policy's coverage selector picks (coverage), or on the apiserver version
+    when there are no nodes. So:
+
+    * a DaemonSet added or changed: that DaemonSet; deleted: forgotten;
+    * a policy added, changed or deleted: the DaemonSets it matched or matches now;
+    * a namespace's labels: the DaemonSets in it;
+    * a node added or deleted: the DaemonSets whose pods would run on it (NodeShouldRunDaemonPod)
+      or whose coverage selector picks it; a node changed: those where its targeting changes, its
+      kubelet changes under a versions rule while targeted, or a coverage selector's pick of it
+      or the placement there changes (a label or taint no rule reads changes nothing);
+    * the apiserver version, no nodes <-> some nodes, or more than 2% of the nodes at once:
+      everything.
+
+    Memory: one DaemonSetFindings per DaemonSet and its placement (no per-node state); the node
+    walks are the rules' bounded memo (dsguard.rules.context.PLACEMENTS).
+    """
+
+    def __init__(self) -> None:
+        self._policies: dict[str, Policy] = {}
+        self._facts: ClusterFacts | None = None
+        self._nodes: dict[str, NodeInfo] = {}
+        self._judged: dict[tuple[str, str], _Judged] = {}
+        self.rejudged = 0  # DaemonSets judged by the last run
+
+    @property
+    def findings(self) -> Mapping[tuple[str, str], DaemonSetFindings]:
+        """(namespace, name) -> the last run's findings of every DaemonSet."""
+        return {k: j.findings for k, j in self._judged.items()}
+
+    def run(
+        self,
+        policies: Sequence[Policy],
+        daemonsets: Mapping[tuple[str, str], Mapping[str, Any]],
+        facts: ClusterFacts,
+        *,
+        full: bool = False,
+        on_judged: OnJudged | None = None,
+    ) -> dict[str, PolicyAudit]:
+        """daemonsets: (namespace, name) -> the object (`default` for no namespace, as `_ref`).
+        full: judge every DaemonSet again (a resync's safety net). on_judged: told of every
+        DaemonSet judged again (only those: its readers keep results per DaemonSet)."""
+        by_name = {p.name: p for p in policies}
+        previous = self._facts
+        nodes = self._nodes if previous is not None and previous.nodes is facts.nodes else None
+        if nodes is None:
+            nodes = {n.name: n for n in facts.nodes}
+        full = (
+            full
+            or previous is None
+            or previous.server_version != facts.server_version
+            or bool(previous.nodes) != bool(facts.nodes)
+        )
+        dirty: set[tuple[str, str]] = set()
+        for key in list(self._judged):
+            if key not in daemonsets:
+                del self._judged[key]
+        if full:
+            dirty.update(daemonsets)
+        else:
+            changed_policies = {
+                name for name in by_name.keys() | self._policies.keys()
+                if by_name.get(name) != self._policies.get(name)
+            }  # fmt: skip
+            changed_nodes = self._changed_nodes(nodes, facts)
+            if len(changed_nodes) > max(1, _FULL_AUDIT_NODE_SHARE * len(facts.nodes)):
+                dirty.update(daemonsets)
+            for key, obj in daemonsets.items():
+                if key in dirty:
+                    continue
+                judged = self._judged.get(key)
+                if (
+                    judged is None
+                    or judged.obj != obj
+                    or judged.namespace_labels != facts.namespace_labels(key[0])
+                    or self._policy_affects(changed_policies, by_name, judged, obj, facts)
+                    or self._nodes_affect(changed_nodes, judged, by_name)
+                ):
+                    dirty.add(key)
+        for key in dirty:
+            obj = daemonsets[key]
+            findings = judge_daemonset(policies, obj, facts, on_judged=on_judged)
+            self._judged[key] = _Judged(obj, findings, facts.namespace_labels(key[0]))
+        self.rejudged = len(dirty)
+        self._policies = by_name
+        self._facts = facts
+        self._nodes = nodes
+        return collect(policies, (j.findings for j in self._judged.values()))
+
+    def _changed_nodes(
+        self, nodes: Mapping[str, NodeInfo], facts: ClusterFacts
+    ) -> list[tuple[NodeInfo | None, NodeInfo | None]]:
+        """(old, new) of every node added, changed or deleted since the previous run."""
+        assert self._facts is not None
+        if self._facts.nodes is facts.nodes:
+            return []
+        old = self._nodes
+        out: list[tuple[NodeInfo | None, NodeInfo | None]] = []
+        for name, node in nodes.items():
+            before = old.get(name)
+            if before is not node and before != node:
+                out.append((before, node))
+        out.extend((node, None) for name, node in old.items() if name not in nodes)
+        return out
+
+    @staticmethod
+    def _policy_affects(
+        changed: set[str],
+        by_name: Mapping[str, Policy],
+        judged: _Judged,
+        obj: Mapping[str, Any],
+        facts: ClusterFacts,
+    ) -> bool:
+        if not changed:
+            return False
+        if any(name in changed for name in judged.findings.matched):
+            return True
+        candidates = [by_name[name] for name in changed if name in by_name]
+        return bool(candidates) and bool(matching_policies(candidates, DaemonSetView.from_object(obj), facts))
+
+    @staticmethod
+    def _nodes_affect(
+        changed: Sequence[tuple[NodeInfo | None, NodeInfo | None]],
+        judged: _Judged,
+        by_name: Mapping[str, Policy],
+    ) -> bool:
+        if not changed or not judged.findings.matched:
+            return False
+        if judged.placement is None:
+            judged.placement = PodPlacement.from_pod_spec(DaemonSetView.from_object(judged.obj).pod_spec)
+        selectors: list[LabelSelector] = []
+        reads_kubelets = False
+        for name in judged.findings.matched:
+            policy = by_name.get(name)
+            if policy is None:
+                return True
+            if policy.tolerations is not None and policy.tolerations.coverage is not None:
+                selectors.append(policy.tolerations.coverage.node_selector)
+            reads_kubelets = reads_kubelets or policy.versions is not None
+        evaluate = judged.placement.evaluate
+        for old, new in changed:
+            if old is None or new is None:  # joined or left: counted if targeted or in scope
+                node = old or new
+                assert node is not None
+                if evaluate(node).should_run or any(s.matches(node.labels) for s in selectors):
+                    return True
+                continue
+            before, after = evaluate(old), evaluate(new)
+            if before.should_run != after.should_run:  # caps count targeted nodes
+                return True
+            if before.should_run and reads_kubelets and old.kubelet_version != new.kubelet_version:
+                return True  # versions read the targeted nodes' kubelets
+            for s in selectors:  # coverage: the nodes in scope, and why a pod wouldn't run there
+                in_before, in_after = s.matches(old.labels), s.matches(new.labels)
+                if in_before != in_after or (in_before and before != after):
+                    return True
+        return False
 
 
 def _clip(text: str, limit: int = MAX_MESSAGE) -> str:

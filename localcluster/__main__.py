@@ -3,6 +3,7 @@
     python -m localcluster up [--nodes N (default 3)] [--workdir DIR]  # last line: kubeconfig
     python -m localcluster status [--workdir DIR]
     python -m localcluster down [--workdir DIR]
+    python -m localcluster image [--rebuild] [--no-import]  # dsguard's image; last line: its reference
 
 DIR defaults to $DSGUARD_CLUSTER_DIR or <repo>/.cluster. The processes outlive `up`; pids and
 ports are in DIR/state.json, logs in DIR/logs/.
@@ -82,6 +83,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["image"]:  # its own options: localcluster/image.py
+        from localcluster.image import main as image_main
+
+        return image_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m localcluster", description="Run a local Kubernetes control plane with kwok nodes."
     )
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="stop the cluster in the workdir")
     down.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     status = sub.add_parser("status", help="show the cluster's components")
+    sub.add_parser("image", help="build dsguard's image (see python -m localcluster image --help)")
     for p in (up, down, status):
         p.add_argument("--workdir", type=Path, default=default_workdir())
     args = parser.parse_args(argv)

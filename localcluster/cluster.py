@@ -442,6 +442,62 @@ class LocalCluster:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
 
+    # -- faults -------------------------------------------------------------------------
+
+    def _component(self, name: str) -> _Component:
+        comp = next((c for c in self._components if c.name == name), None)
+        if comp is None:
+            known = ", ".join(c.name for c in self._components) or "none (not started?)"
+            raise ClusterError(f"no component {name!r} in this cluster (components: {known})")
+        return comp
+
+    def stop_component(self, name: str, *, grace: float | None = None) -> None:
+        """Stop one component (SIGTERM, SIGKILL after `grace`; 0: SIGKILL at once, as a crash),
+        keeping its data (etcd's data dir), arguments and port for start_component()."""
+        comp = self._component(name)
+        left = comp.stop(self.stop_grace if grace is None else grace)
+        if left:
+            raise ClusterError(f"{name} did not stop: processes {left} still running")
+        self.write_state()
+
+    def start_component(self, name: str, *, timeout: float | None = None) -> None:
+        """Start a stopped component again, with the same arguments, environment and port, and wait
+        until it is healthy (the cluster's startup timeout by default)."""
+        comp = self._component(name)
+        if comp.alive():
+            raise ClusterError(f"{name} is still running (pid {comp.pid}): stop_component() it first")
+        self._launch(comp)
+        self.write_state()
+        self._wait_healthy(comp, time.monotonic() + (self.startup_timeout if timeout is None else timeout))
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (the store's, as the apiserver's resourceVersions count)."""
+        return int(
+            self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"\0").decode()})["header"]["revision"]
+        )
+
+    def compact_etcd(self, revision: int | None = None) -> int:
+        """Compact etcd's history up to `revision` (default: the current one), as the apiserver's own
+        compactor does every 5 minutes: a watch from an older resourceVersion then gets 410 Gone.
+        Returns the revision compacted at. Uses etcd's gRPC gateway (JSON over HTTP): no etcdctl."""
+        rev = self.etcd_revision() if revision is None else revision
+        self._etcd_post("/v3/kv/compaction", {"revision": str(rev), "physical": True})
+        return rev
+
+    def _etcd_post(self, path: str, body: Mapping[str, Any]) -> Any:
+        if self.external or not self.ports.etcd_client:
+            raise ClusterError("etcd is not ours to reach (an external cluster?)")
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports.etcd_client, timeout=30)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise ClusterError(f"etcd {path}: HTTP {resp.status}: {data.decode(errors='replace')[:300]}")
+        return json.loads(data)
+
     # -- startup ------------------------------------------------------------------------
 
     def _check_not_running(self) -> None:
@@ -680,17 +736,24 @@ class LocalCluster:
         env: dict[str, str] | None = None,
     ) -> _Component:
         comp = _Component(
-            name=name, args=[str(bin_dir / name), *args], log=self.logs_dir / f"{name}.log", port=port
+            name=name,
+            args=[str(bin_dir / name), *args],
+            log=self.logs_dir / f"{name}.log",
+            port=port,
+            env=env,
         )
+        self._launch(comp)
+        self._components.append(comp)
+        return comp
+
+    def _launch(self, comp: _Component) -> None:
         child = launch(  # its own session and process group
-            comp.args, log=comp.log, cwd=self.workdir, env=env, die_with_parent=self.die_with_parent,
+            comp.args, log=comp.log, cwd=self.workdir, env=comp.env, die_with_parent=self.die_with_parent,
             header=f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(comp.args)}",
         )  # fmt: skip
         comp.popen = child.popen
         comp.pid = comp.pgid = child.pid
         comp.start_time = child.start_time
-        self._components.append(comp)
-        return comp
 
     # -- health -------------------------------------------------------------------------
 

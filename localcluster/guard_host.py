@@ -60,8 +60,11 @@ class HostGuard:
         python_args: Sequence[str] = (),
         startup_timeout: float = 60.0,
         die_with_parent: bool = True,
+        kubeconfig: Path | None = None,
     ) -> None:
         self.cluster = cluster
+        # the cluster's admin kubeconfig, or another way to it (e.g. through a test's TCP proxy)
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.policy_files = tuple(policy_files)
         self.extra_args = tuple(extra_args)
         self.env = dict(env or {})
@@ -98,7 +101,7 @@ class HostGuard:
     def command(self) -> list[str]:
         cmd = [
             sys.executable, *self.python_args, "-m", "dsguard.cli", "guard",
-            "--kubeconfig", str(self.cluster.kubeconfig),
+            "--kubeconfig", str(self.kubeconfig),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--identity", self.identity,
             "--lease-namespace", self.lease_namespace, "--lease-name", self.lease_name,

@@ -33,8 +33,11 @@ def webhook_configurations(
     namespace_selector: Mapping[str, Any] | None = None,
     failure_policy: str = "Fail",
     timeout_seconds: int = 5,
+    name: str = "dsguard",
 ) -> list[dict[str, Any]]:
-    """The Mutating and Validating configurations for DaemonSet CREATE/UPDATE, by URL."""
+    """The Mutating and Validating configurations for DaemonSet CREATE/UPDATE, by URL.
+    name: configurations {name}-mutate and {name}-validate, webhooks mutate.{name}.io and
+    validate.{name}.io (several webhooks registered side by side, e.g. by a benchmark)."""
     bundle = base64.b64encode(ca_pem).decode()
     rules = [
         {
@@ -61,21 +64,21 @@ def webhook_configurations(
             h["namespaceSelector"] = dict(namespace_selector)
         return h
 
-    mutate = hook("mutate.dsguard.io", "mutate")
+    mutate = hook(f"mutate.{name}.io", "mutate")
     # Another mutating webhook may change the template after ours; have ours run again then.
     mutate["reinvocationPolicy"] = "IfNeeded"
     return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": MUTATING_NAME},
+            "metadata": {"name": f"{name}-mutate"},
             "webhooks": [mutate],
         },
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": VALIDATING_NAME},
-            "webhooks": [hook("validate.dsguard.io", "validate")],
+            "metadata": {"name": f"{name}-validate"},
+            "webhooks": [hook(f"validate.{name}.io", "validate")],
         },
     ]
 
@@ -107,15 +110,17 @@ class HostWebhook:
         policy_files: Sequence[Path] = (),
         extra_args: Sequence[str] = (),
         startup_timeout: float = 60.0,
+        name: str = "dsguard",
     ) -> None:
         self.cluster = cluster
-        self.workdir = (workdir or cluster.workdir / "dsguard-webhook").resolve()
+        self.workdir = (workdir or cluster.workdir / f"{name}-webhook").resolve()
         self.namespace_selector = namespace_selector
         self.policy_files = tuple(policy_files)
         self.extra_args = tuple(extra_args)
         self.startup_timeout = startup_timeout
+        self.name = name  # of the webhook configurations (webhook_configurations)
         self.port = 0
-        self.log_path = cluster.logs_dir / "dsguard-webhook.log"
+        self.log_path = cluster.logs_dir / f"{name}-webhook.log"
         self.child: Child | None = None
         self.ca_pem = b""
 
@@ -138,7 +143,9 @@ class HostWebhook:
         ]  # fmt: skip
         self.child = launch(cmd, log=self.log_path, cwd=REPO)
         self._wait_ready()
-        docs = webhook_configurations(self.base_url, self.ca_pem, namespace_selector=self.namespace_selector)
+        docs = webhook_configurations(
+            self.base_url, self.ca_pem, namespace_selector=self.namespace_selector, name=self.name
+        )
         self.cluster.kubectl(
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
         )
@@ -165,8 +172,8 @@ class HostWebhook:
 
     def unregister(self) -> None:
         self.cluster.kubectl(
-            "delete", "--ignore-not-found", f"mutatingwebhookconfiguration/{MUTATING_NAME}",
-            f"validatingwebhookconfiguration/{VALIDATING_NAME}", check=False,
+            "delete", "--ignore-not-found", f"mutatingwebhookconfiguration/{self.name}-mutate",
+            f"validatingwebhookconfiguration/{self.name}-validate", check=False,
         )  # fmt: skip
 
     def stop(self) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+ENDPOINTS = ("mutate", "validate")
+VERDICTS = ("allowed", "denied", "patched", "warned", "exempt", "bad_request", "error")
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._memo_counted = False
         self.reviews = Counter(
             "dsguard_webhook_reviews_total",
             "AdmissionReviews answered, by endpoint and verdict "
@@ -32,6 +40,9 @@ class Metrics:
         self.policy_errors = Gauge(
             "dsguard_policy_errors", "DaemonSetPolicies rejected as invalid.", registry=self.registry
         )
+        # Children bound once: labels() costs a lock and a dict lookup on every review.
+        self.review_counters = {(e, v): self.reviews.labels(e, v) for e in ENDPOINTS for v in VERDICTS}
+        self.latencies = {e: self.latency.labels(e) for e in ENDPOINTS}
         self.connections = Gauge(
             "dsguard_webhook_connections",
             "Connections open on the webhook port, TLS handshakes in progress included.",
@@ -49,9 +60,47 @@ class Metrics:
             registry=self.registry,
         )
         self.nodes = Gauge("dsguard_nodes", "Nodes in the webhook's cache.", registry=self.registry)
+        # The alert rules need it: with failurePolicy Ignore, no ready replica means DaemonSets
+        # go through unchecked (manifests/helm/dsguard/files/prometheus-rules.yaml).
+        self.ready = Gauge(
+            "dsguard_webhook_ready",
+            "1 when this replica is ready (/readyz: nodes, namespaces, policies and the server "
+            "version synced), else 0.",
+            registry=self.registry,
+        )
         self.watch_restarts = Counter(
             "dsguard_watch_restarts_total",
             "List/watch restarts, by resource and reason (gone, error).",
             ["resource", "reason"],
             registry=self.registry,
         )
+        self.watch_staleness = Gauge(
+            "dsguard_watch_staleness_seconds",
+            "Seconds the cache of a resource may be behind the apiserver: 0 while its watch is open "
+            "after a complete list, else since it was last current (an outage, a failing list).",
+            ["resource"],
+            registry=self.registry,
+        )
+
+    def count_memo(self, stats: Callable[[], tuple[int, int]]) -> None:
+        """Export the verdict memo's (hits, misses), read at each scrape; once per registry."""
+        if not self._memo_counted:
+            self.registry.register(_MemoCollector(stats))
+            self._memo_counted = True
+
+
+class _MemoCollector(Collector):
+    def __init__(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "dsguard_webhook_verdict_memo",
+            "Reviews answered from the verdict memo (hit) or judged (miss; reviews the memo can't key "
+            "are not counted).",
+            labels=["result"],
+        )
+        hits, misses = self.stats()
+        family.add_metric(["hit"], hits)
+        family.add_metric(["miss"], misses)
+        yield family

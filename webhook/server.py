@@ -10,9 +10,10 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -21,12 +22,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
+from dsguard.log_context import ObjectRef, about
 from dsguard.rules import engine
 from webhook import review
 from webhook.connections import ConnectionGate, ConnectionLimits, GuardedConnection
 from webhook.metrics import Metrics
 from webhook.mutation import hold_then_mutate
 from webhook.tls import CertReloader
+from webhook.verdict_memo import VerdictMemo
 
 log = logging.getLogger("dsguard.webhook")
 
@@ -63,6 +66,8 @@ class WebhookState:
     exempt_users: frozenset[str] = frozenset()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     gate: ConnectionGate | None = None  # set by run(): the listening socket's connection counter
+    # Repeated reviews (GitOps re-applies) answered without running the rules again.
+    memo: VerdictMemo = field(default_factory=VerdictMemo)
 
 
 STATE = web.AppKey("state", WebhookState)
@@ -88,23 +93,39 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
     # Only DaemonSet CREATE/UPDATE are judged; the webhook configuration should send nothing else.
     if not req.is_daemonset or req.operation not in ("CREATE", "UPDATE") or req.object is None:
         return 200, review.encode(req.uid, allowed=True), "allowed"
+    # Every line logged while judging it names it (--log-format json: `object`).
+    with about(ObjectRef.of("DaemonSet", req.ref)):
+        return _judge(state, endpoint, req, req.object, body)
+
+
+def _judge(
+    state: WebhookState,
+    endpoint: Endpoint,
+    req: review.AdmissionRequest,
+    obj: Mapping[str, Any],
+    body: bytes,
+) -> tuple[int, bytes, str]:
     if req.username in state.exempt_users:
         log.info("exempt: %s %s DaemonSet %s unjudged", req.username, req.operation, req.ref)
         return 200, review.encode(req.uid, allowed=True), "exempt"
 
     cache = state.cache
+    policies, facts = cache.policies, cache.facts
     previous = req.old_object if req.operation == "UPDATE" else None
+    memo = partial(state.memo.evaluate, endpoint, body, req.uid, policies=policies, facts=facts)
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
         # Fields it can't read are left untouched; the apiserver's validation names them.
-        mutated = hold_then_mutate(
-            cache.policies,
-            req.object,
-            facts=cache.facts,
-            namespace=req.namespace,
-            old=previous,
-            errors=req.object_errors,
-            old_errors=req.old_object_errors,
+        mutated = memo(
+            compute=lambda: hold_then_mutate(
+                policies,
+                obj,
+                facts=facts,
+                namespace=req.namespace,
+                old=previous,
+                errors=req.object_errors,
+                old_errors=req.old_object_errors,
+            )
         )
         verdict = "patched" if mutated.patch else "warned" if mutated.unreadable else "allowed"
         notices = [*mutated.notices, *(f"dsguard left it unchanged: {e}" for e in mutated.unreadable)]
@@ -113,13 +134,10 @@ def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tup
             review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=notices),
             verdict,
         )
-    result = engine.judge(
-        cache.policies,
-        req.object,
-        facts=cache.facts,
-        namespace=req.namespace,
-        old=previous,
-        shape_errors=req.object_errors,
+    result = memo(
+        compute=lambda: engine.judge(
+            policies, obj, facts=facts, namespace=req.namespace, old=previous, shape_errors=req.object_errors
+        )
     )
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:
@@ -194,8 +212,10 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
                         orjson.dumps({"error": "internal error; see the webhook log"}),
                         "error",
                     )
-        state.metrics.reviews.labels(endpoint, verdict).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        metrics = state.metrics
+        bound = metrics.review_counters.get((endpoint, verdict))
+        (bound or metrics.reviews.labels(endpoint, verdict)).inc()
+        metrics.latencies[endpoint].observe(time.perf_counter() - start)
         response = web.Response(status=status, body=out, content_type="application/json")
         if close:
             response.force_close()
@@ -211,7 +231,11 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     cache = request.app[STATE].cache
     if cache.synced:
-        return web.Response(text="ok")
+        # Ready on a stale cache too (docs/install.md, "When the apiserver is away"): every
+        # replica watches the same apiserver, so not-ready would take all of them out at once
+        # and hand every DaemonSet write to failurePolicy instead of to the last known policies.
+        stale = [f"{r.name} {r.staleness():.0f}s" for r in cache.reflectors if r.failing_since is not None]
+        return web.Response(text="ok" + (f" (cache not current: {', '.join(stale)})" if stale else ""))
     pending = [r.name for r in cache.reflectors if not r.synced.is_set()]
     return web.Response(
         status=503, text=f"waiting for the first sync of: {', '.join(pending) or 'server version'}"
@@ -224,6 +248,7 @@ async def _metrics(request: web.Request) -> web.Response:
     state.metrics.policies.set(len(cache.policies))
     state.metrics.policy_errors.set(len(cache.policy_errors))
     state.metrics.nodes.set(len(cache.facts.nodes))
+    state.metrics.ready.set(1 if cache.synced else 0)
     if state.gate is not None:
         state.metrics.connections.set(state.gate.connections)
     body = generate_latest(state.metrics.registry)
@@ -256,6 +281,9 @@ def make_app(state: WebhookState) -> web.Application:
     state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
         resource, reason
     ).inc()
+    state.metrics.count_memo(lambda: (state.memo.hits, state.memo.misses))
+    for reflector in state.cache.reflectors:
+        state.metrics.watch_staleness.labels(reflector.name).set_function(reflector.staleness)
     app.router.add_post("/mutate", _review_handler("mutate"))
     app.router.add_post("/validate", _review_handler("validate"))
     app.router.add_get("/healthz", _healthz)

@@ -7,6 +7,7 @@ import click
 
 from dsguard.cli.certs import certs
 from dsguard.cli.check import check
+from dsguard.cli.explain import explain
 from dsguard.cli.manual import pause, promote, resume, rollback
 from dsguard.cli.plan import plan
 from dsguard.cli.run import guard, webhook
@@ -20,5 +21,18 @@ def main() -> None:
     """Guardrails for Kubernetes DaemonSets."""
 
 
-for _command in (webhook, guard, check, status, upgrade_check, plan, resume, rollback, pause, promote, certs):
+for _command in (
+    webhook,
+    guard,
+    check,
+    explain,
+    status,
+    upgrade_check,
+    plan,
+    resume,
+    rollback,
+    pause,
+    promote,
+    certs,
+):
     main.add_command(_command)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from dsguard.cli import exits
-from dsguard.cli.options import DURATION, kubeconfig_opt, log_level_opt, setup_logging
+from dsguard.cli.options import DURATION, kubeconfig_opt, log_format_opt, log_level_opt, setup_logging
 
 
 def _san_options(f: Any) -> Any:
@@ -173,6 +173,7 @@ def _certs_settings(
 @click.option("--dry-run", is_flag=True, help="Print what one round would write, write nothing.")
 @kubeconfig_opt
 @log_level_opt
+@log_format_opt
 def certs_run(
     service: str,
     namespace: str,
@@ -190,6 +191,7 @@ def certs_run(
     dry_run: bool,
     kubeconfig: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Keep the webhook's CA, serving Secret and caBundles current, in the cluster.
 
@@ -205,7 +207,7 @@ def certs_run(
     from certs.main import preview, run_certs
     from dsguard.kube import ClientConfigError
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     try:
         if not dry_run:
             sys.exit(asyncio.run(run_certs(settings, kubeconfig=kubeconfig, interval=interval, once=once)))

@@ -8,7 +8,9 @@ from typing import Any
 import click
 import orjson
 
-from dsguard.cli import exits
+from dsguard.cli import ci_reports, exits
+from dsguard.cli.ci_reports import Checked
+from dsguard.cli.options import note_skipped
 from dsguard.documents import (
     InputError,
     check_daemonsets,
@@ -18,6 +20,7 @@ from dsguard.documents import (
     load_policies,
 )
 from dsguard.facts import ClusterFacts
+from dsguard.rules.engine import PolicyFinding
 
 
 @click.command()
@@ -27,7 +30,8 @@ from dsguard.facts import ClusterFacts
     multiple=True,
     required=True,
     type=str,
-    help="DaemonSetPolicy file or directory (repeatable).",
+    envvar="DSGUARD_POLICY",
+    help="DaemonSetPolicy file or directory (repeatable; or $DSGUARD_POLICY, space-separated).",
 )
 @click.option(
     "--nodes",
@@ -41,7 +45,14 @@ from dsguard.facts import ClusterFacts
     default=None,
     help="The apiserver version, used by version rules when no nodes are given.",
 )
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json", "sarif", "junit"]),
+    default="text",
+    show_default=True,
+    help="sarif: SARIF 2.1.0 for code scanning (each finding at its manifest line); junit: JUnit XML.",
+)
 @click.argument("manifests", nargs=-1, required=True)
 def check(
     policy_files: tuple[str, ...],
@@ -57,9 +68,11 @@ def check(
     from dsguard.rules.engine import evaluate
 
     try:
-        policies = load_policies(list(policy_files))
+        policy_set = load_policies(list(policy_files))
     except InputError as e:
         raise exits.bad_file("--policy", e, fix=exits.FIX_POLICY_FILE) from None
+    policies = policy_set.policies
+    note_skipped("--policy", policy_set)
     try:
         nodes = load_nodes(list(node_files)) if node_files else []
     except InputError as e:
@@ -73,35 +86,54 @@ def check(
     except InputError as e:
         raise exits.BadInput(str(e)) from None
     facts = ClusterFacts(nodes=tuple(nodes), server_version=kubernetes_version)
-    results: list[dict[str, Any]] = []
+    checked: list[Checked] = []
     skipped = 0
     for doc in docs:
         body = doc.body
         if not is_daemonset(body):
             skipped += 1
             continue
-        ev = evaluate(policies, body, facts=facts)
-        results.append(
-            {
-                "kind": "DaemonSet",
-                "namespace": ev.ds.namespace,
-                "name": ev.ds.name,
-                "source": doc.source,
-                "allowed": ev.allowed,
-                "policies": list(ev.policies),
-                "violations": [
-                    {"policy": d.policy, "rule": d.rule, "message": d.message} for d in ev.denials
-                ],
-                "warnings": [*ev.notices, *ev.warnings],
-                "audit": [{"policy": a.policy, "rule": a.rule, "message": a.message} for a in ev.audits],
-                "patch": ev.patch,
-            }
-        )
-    if output == "json":
-        click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        checked.append(Checked(doc, evaluate(policies, body, facts=facts)))
+    if output == "sarif":
+        click.echo(orjson.dumps(ci_reports.sarif(checked), option=orjson.OPT_INDENT_2).decode())
+    elif output == "junit":
+        click.echo(ci_reports.junit(checked))
     else:
-        _print_text(results, skipped)
-    sys.exit(exits.PROBLEM if any(not r["allowed"] for r in results) else exits.OK)
+        results = [_result(c) for c in checked]
+        if output == "json":
+            click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        else:
+            _print_text(results, skipped)
+    sys.exit(exits.PROBLEM if any(not c.ev.allowed for c in checked) else exits.OK)
+
+
+def _finding(c: Checked, f: PolicyFinding) -> dict[str, Any]:
+    d = {
+        "policy": f.policy,
+        "rule": f.rule,
+        "message": f.message,
+        "field": f.field,
+        "line": c.doc.line_of(f.field),
+    }
+    if f.nodes is not None:  # every node, where the message names the first 10
+        d["nodes"] = f.nodes.to_dicts()
+    return d
+
+
+def _result(c: Checked) -> dict[str, Any]:
+    ev = c.ev
+    return {
+        "kind": "DaemonSet",
+        "namespace": ev.ds.namespace,
+        "name": ev.ds.name,
+        "source": c.doc.source,
+        "allowed": ev.allowed,
+        "policies": list(ev.policies),
+        "violations": [_finding(c, d) for d in ev.denials],
+        "warnings": [*ev.notices, *ev.warnings],
+        "audit": [_finding(c, a) for a in ev.audits],
+        "patch": ev.patch,
+    }
 
 
 def _print_text(results: list[dict[str, Any]], skipped: int) -> None:

@@ -9,10 +9,15 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
+from pythonjsonlogger.orjson import OrjsonFormatter
+
+from dsguard.documents import PolicySet
+from dsguard.log_context import ObjectFilter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +44,15 @@ policy_files_opt = click.option(
 log_level_opt = click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
+log_format_opt = click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    envvar="DSGUARD_LOG_FORMAT",
+    help="json: one JSON object per line (time, level, logger, message, object: the Kubernetes "
+    "object the line is about, exception); also $DSGUARD_LOG_FORMAT.",
+)
 
 
 def output_opt(*choices: str, default: str) -> Callable[[F], F]:
@@ -47,12 +61,59 @@ def output_opt(*choices: str, default: str) -> Callable[[F], F]:
     )
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def note_skipped(flag: str, policy_set: PolicySet) -> None:
+    """One line on stderr when --policy files held other kinds (stdout stays the report)."""
+    if policy_set.skipped:
+        click.echo(
+            f"{flag}: {len(policy_set.policies)} DaemonSetPolicy(ies); {policy_set.skipped_note()}", err=True
+        )
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The LogRecord attributes a JSON line carries, renamed to what log pipelines expect.
+JSON_FIELDS = {"asctime": "time", "levelname": "level", "name": "logger", "message": "message"}
+
+
+class _UTCJsonFormatter(OrjsonFormatter):
+    """RFC 3339 UTC times with milliseconds, as Kubernetes' own JSON logs (klog) have them."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        t = datetime.fromtimestamp(record.created, tz=UTC)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours: setup_logging replaces it, and leaves alone a root another program configured."""
+
+
+def log_handler(log_format: str, stream: IO[str]) -> logging.Handler:
+    """The one handler of a long-running command: text (the default) or one JSON object a line."""
+    handler = _Handler(stream)
+    if log_format == "json":
+        handler.setFormatter(
+            _UTCJsonFormatter(
+                [*JSON_FIELDS, "object"],
+                rename_fields={**JSON_FIELDS, "exc_info": "exception"},
+                exc_info_as_array=False,
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(ObjectFilter())
+    return handler
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """As logging.basicConfig: a no-op when the root logger already has another's handlers (a
+    program embedding the command, pytest); ours from an earlier call are replaced."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _Handler)]
+    if root.handlers and not ours:
+        return
+    for h in ours:
+        root.removeHandler(h)
+    root.addHandler(log_handler(log_format, sys.stderr))
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def resolve_namespace(

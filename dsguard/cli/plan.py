@@ -137,7 +137,7 @@ def _offline(
 ) -> list[dict[str, Any]]:
     if not policy_files:
         raise exits.BadInput("-f needs --policy-file FILE: the DaemonSetPolicies whose guard.waves to plan")
-    policies = load_policies(list(policy_files))
+    policies = load_policies(list(policy_files)).policies
     facts = ClusterFacts(nodes=tuple(load_nodes(list(node_files)))) if node_files else ClusterFacts()
     out = []
     docs = list(load_documents(list(filenames)))
@@ -158,7 +158,7 @@ def _cluster(
     namespace, sep, name = ref.partition("/")
     if not sep or not namespace or not name:
         raise click.BadParameter(f"{ref!r}: expected NAMESPACE/NAME", param_hint="DAEMONSET")
-    static = load_policies(list(policy_files)) if policy_files else None
+    static = load_policies(list(policy_files)).policies if policy_files else None
     return asyncio.run(_read_and_plan(namespace, name, static, kubeconfig, context))
 
 

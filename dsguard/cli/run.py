@@ -4,6 +4,7 @@ webhook.main and guard.main."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import click
 
@@ -11,14 +12,17 @@ from dsguard.cli import exits
 from dsguard.cli.options import (
     DURATION,
     kubeconfig_opt,
+    log_format_opt,
     log_level_opt,
     policy_files_opt,
     setup_logging,
 )
-from dsguard.documents import InputError, load_nodes, load_policies
+from dsguard.documents import InputError, PolicySet, load_nodes, load_policies
 from dsguard.policy import Policy
 
 MIN_AUDIT_RESYNC = 10.0
+
+log = logging.getLogger("dsguard.cli")
 
 
 @click.command()
@@ -84,6 +88,7 @@ MIN_AUDIT_RESYNC = 10.0
     help="A keep-alive connection idle this long is closed (keep it above the apiserver's 90s).",
 )  # fmt: skip
 @log_level_opt
+@log_format_opt
 def webhook(
     tls_cert_file: str,
     tls_private_key_file: str,
@@ -101,6 +106,7 @@ def webhook(
     read_timeout: float,
     idle_timeout: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
     from dsguard.kube import ClientConfigError
@@ -108,16 +114,17 @@ def webhook(
     from webhook.main import run_webhook
     from webhook.tls import ServingFileError
 
-    policies = _policies(policy_files)
+    policy_set = _policies(policy_files)
     try:
         nodes = load_nodes(list(node_files)) if node_files else None
     except InputError as e:
         raise exits.bad_file("--nodes", e, fix=exits.FIX_NODES_FILE) from None
-    if nodes is not None and policies is None:
+    if nodes is not None and policy_set is None:
         raise click.UsageError(
             "--nodes needs --policy-file: without a cluster there are no policies to watch"
         )
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
+    policies = _log_policies(policy_set)
     try:
         asyncio.run(
             run_webhook(
@@ -139,12 +146,24 @@ def webhook(
         raise exits.bad_kubeconfig(e, context_flag=False) from None
 
 
-def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
+def _policies(policy_files: tuple[str, ...]) -> PolicySet | None:
     """--policy-file's policies (None: watch the cluster's); a bad file is exit 2, one line."""
     try:
         return load_policies(list(policy_files)) if policy_files else None
     except InputError as e:
         raise exits.bad_file("--policy-file", e, fix=exits.FIX_POLICY_FILE) from None
+
+
+def _log_policies(policy_set: PolicySet | None) -> list[Policy] | None:
+    """Said once logging is set up (a JSON log stays one object per line)."""
+    if policy_set is None:
+        return None
+    log.info(
+        "%d DaemonSetPolicy(ies) from --policy-file%s",
+        len(policy_set.policies),
+        f"; {policy_set.skipped_note()}" if policy_set.skipped else "",
+    )
+    return policy_set.policies
 
 
 @click.command()
@@ -187,6 +206,23 @@ def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
     help="Audit at least this often even when nothing changed.",
 )
 @click.option(
+    "--policy-reports",
+    type=click.Choice(["openreports", "wgpolicy", "none"]),
+    default="openreports",
+    show_default=True,
+    help="The audit's results also as policy reports, one per namespace with governed DaemonSets: "
+    "openreports (openreports.io/v1alpha1 Report), wgpolicy (wgpolicyk8s.io/v1alpha2 PolicyReport) "
+    "or none. Needs the report CRD in the cluster (docs/audit.md).",
+)
+@click.option(
+    "--policy-report-max-results",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Results listed per report (fail first, then warn, pass; at most 1 MiB of them); the summary "
+    "counts them all.",
+)
+@click.option(
     "--gate-sample-interval",
     default="5s",
     show_default=True,
@@ -195,6 +231,7 @@ def _policies(policy_files: tuple[str, ...]) -> list[Policy] | None:
     "baseline is the rate over 12 samples before a rollout, the current rate over the last 6.",
 )
 @log_level_opt
+@log_format_opt
 def guard(
     kubeconfig: str | None,
     policy_files: tuple[str, ...],
@@ -208,8 +245,11 @@ def guard(
     tick: float,
     audit: bool,
     audit_resync: float,
+    policy_reports: str,
+    policy_report_max_results: int,
     gate_sample_interval: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the rollout guard: pause or roll back DaemonSet rollouts whose updated pods fail."""
     if not 0.1 <= gate_sample_interval <= 300:
@@ -225,8 +265,9 @@ def guard(
     from dsguard.kube import ClientConfigError
     from guard.main import default_identity, run_guard
 
-    policies = _policies(policy_files)
-    setup_logging(log_level)
+    policy_set = _policies(policy_files)
+    setup_logging(log_level, log_format)
+    policies = _log_policies(policy_set)
     try:
         asyncio.run(
             run_guard(
@@ -234,6 +275,7 @@ def guard(
                 lease_name=lease_name, identity=identity or default_identity(), host=host, port=port,
                 tick=tick, leader_election=not no_leader_election, lease_duration=lease_duration,
                 audit=audit, audit_resync=audit_resync, gate_sample_interval=gate_sample_interval,
+                policy_reports=policy_reports, report_max_results=policy_report_max_results,
             )
         )  # fmt: skip
     except ClientConfigError as e:  # raised before anything runs: the client is built first

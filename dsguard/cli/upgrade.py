@@ -15,7 +15,14 @@ import orjson
 import yaml
 
 from dsguard.cli import exits
-from dsguard.cli.options import all_namespaces_opt, context_opt, kubeconfig_opt, output_opt, policy_files_opt
+from dsguard.cli.options import (
+    all_namespaces_opt,
+    context_opt,
+    kubeconfig_opt,
+    note_skipped,
+    output_opt,
+    policy_files_opt,
+)
 from dsguard.documents import InputError, check_daemonsets, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
@@ -184,7 +191,10 @@ def _load(
     namespace: str | None,
 ) -> _Inputs:
     """Raises InputError for bad files, exits.BadInput for a cluster that can't be read."""
-    policies = load_policies(list(policy_files)) if policy_files else None
+    policy_set = load_policies(list(policy_files)) if policy_files else None
+    policies = policy_set.policies if policy_set else None
+    if policy_set:
+        note_skipped("--policy-file", policy_set)
     nodes = load_nodes(list(node_files)) if node_files else None
     manifests: list[Manifest] = []
     skipped = 0

@@ -8,9 +8,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import field as dataclass_field  # `field` is also a Finding field's name
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -35,11 +36,24 @@ TEMPLATE = SpecPart.TEMPLATE
 ROLLOUT = SpecPart.ROLLOUT
 
 
+class NodeList(Protocol):
+    """Every node a finding is about, as data (`dsguard check -o json`), built only when asked:
+    a review on a 5,000-node cluster must not pay for a list nobody reads."""
+
+    def to_dicts(self) -> list[dict[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class Finding:
     rule: str
     message: str
     severity: Severity = Severity.VIOLATION
+    # The DaemonSet field at fault, e.g. "spec.template.spec.containers[0].image": where CI
+    # reports (SARIF) point, on the line the manifest has it.
+    field: str = ""
+    # Every node the finding is about (the message names the first 10): coverage's nodes without
+    # a pod and why, versions' nodes and kubelets. Not part of its identity.
+    nodes: NodeList | None = dataclass_field(default=None, compare=False)
 
 
 # -- placements: one walk over the nodes per pod spec and facts snapshot ------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import field as dataclass_field
 from typing import Any, Protocol
 
 from dsguard import daemonset_shape as shape
@@ -35,7 +36,7 @@ from dsguard.daemonset_shape import ShapeError, blocks, daemonset_shape_errors
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
-from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext, Severity, SpecPart
+from dsguard.rules.context import TEMPLATE, Finding, NodeList, ObjectEdit, RuleContext, Severity, SpecPart
 
 
 class Rule(Protocol):
@@ -63,6 +64,8 @@ class PolicyFinding:
     enforcement: Enforcement
     rule: str
     message: str
+    field: str = ""  # the DaemonSet field at fault (Finding.field)
+    nodes: NodeList | None = dataclass_field(default=None, compare=False)  # Finding.nodes
 
     def __str__(self) -> str:
         return f'DaemonSetPolicy "{self.policy}" ({self.rule}): {self.message}'
@@ -78,6 +81,7 @@ class Evaluation:
     warnings: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()  # what the mutations did
     audits: tuple[PolicyFinding, ...] = ()
+    warned: tuple[PolicyFinding, ...] = ()  # the findings among `warnings`, as data (CI reports)
     unreadable: tuple[ShapeError, ...] = ()  # fields that kept a matching policy's rule from running
 
     @property
@@ -216,7 +220,9 @@ def judge(
     ds = DaemonSetView.from_object(obj, namespace=namespace)
     if errors and (unmatchable := blocks(errors, MATCH_READS)) and policies:
         # Which policies govern it is unknown: fail closed ("*": any of them), naming the field.
-        denial = PolicyFinding("*", Enforcement.ENFORCE, "match", unjudged(unmatchable[0]))
+        denial = PolicyFinding(
+            "*", Enforcement.ENFORCE, "match", unjudged(unmatchable[0]), field=unmatchable[0].path
+        )
         return Evaluation(ds=ds, obj=obj, denials=(denial,), unreadable=tuple(unmatchable))
     matched = matching_policies(policies, ds, facts)
     if not matched:
@@ -225,6 +231,7 @@ def judge(
     ctx = RuleContext(ds, facts)
     denials: list[PolicyFinding] = []
     warnings: list[str] = []
+    warned: list[PolicyFinding] = []
     audits: list[PolicyFinding] = []
     unreadable: dict[ShapeError, None] = {}
     for p in matched:
@@ -234,19 +241,22 @@ def judge(
             found = _check_readable(rule, p, ctx, errors, unreadable)
             (enforced if changed.covers(rule.JUDGES) else unenforced).extend(found)
         for f in enforced:
-            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message)
+            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
                 audits.append(pf)
             elif f.severity is Severity.WARNING or p.enforcement is Enforcement.WARN:
                 warnings.append(str(pf))
+                warned.append(pf)
             elif pf not in denials:
                 denials.append(pf)
         for f in unenforced:
-            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message)
+            pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
                 audits.append(pf)
             else:
-                warnings.append(f"{pf} (not enforced: unchanged by this update)")
+                pf = replace(pf, message=f"{pf.message} (not enforced: unchanged by this update)")
+                warnings.append(str(pf))
+                warned.append(pf)
     for e in errors:
         if e not in unreadable:  # no matching policy reads it: apps/v1 validation is the authority
             warnings.append(f"{e} (apps/v1 validation rejects it; dsguard's policies don't read it)")
@@ -257,6 +267,7 @@ def judge(
         denials=tuple(denials),
         warnings=tuple(dict.fromkeys(warnings)),
         audits=tuple(audits),
+        warned=tuple(dict.fromkeys(warned)),
         unreadable=tuple(unreadable),
     )
 
@@ -276,7 +287,7 @@ def _check_readable(
     if not rule.governs(policy):
         return []
     unreadable.update(dict.fromkeys(blocked))
-    return [Finding(rule.RULE, unjudged(e)) for e in blocked]
+    return [Finding(rule.RULE, unjudged(e), field=e.path) for e in blocked]
 
 
 def evaluate(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 from dsguard import daemonset_shape as shape
 from dsguard.daemonset import ContainerImage
@@ -46,6 +47,22 @@ class FindingKind(StrEnum):
     INVALID_IMAGE = "invalid-image"  # not an image reference at all
 
 
+class KubeletNodes:
+    """A version finding's nodes with their kubelet versions, listed when a report asks (NodeList)."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, groups: tuple[tuple[str, Sequence[str]], ...]) -> None:
+        self.groups = groups  # (kubelet version, node names): the memoised groups, not copies
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        seen: dict[str, str] = {}
+        for kubelet, names in self.groups:
+            for n in names:
+                seen.setdefault(n, kubelet)
+        return [{"node": n, "kubeletVersion": k} for n, k in seen.items()]
+
+
 @dataclass(frozen=True)
 class VersionVerdict:
     """One thing the rule has to say about one image, with the nodes it concerns as data (the
@@ -61,6 +78,7 @@ class VersionVerdict:
     compatibility: Compatibility | None = None  # the entry violated (INCOMPATIBLE)
     pattern: str = ""  # the first rule's image pattern matching the image
     error: str = ""  # why the reference doesn't parse (INVALID_IMAGE)
+    kubelet_groups: tuple[tuple[str, Sequence[str]], ...] = ()  # (kubelet version, its nodes) of `nodes`
 
     @property
     def message(self) -> str:
@@ -84,7 +102,13 @@ class VersionVerdict:
         )
 
     def finding(self) -> Finding:
-        return Finding(RULE, self.message, self.severity)
+        return Finding(
+            RULE,
+            self.message,
+            self.severity,
+            field=self.image.path,
+            nodes=KubeletNodes(self.kubelet_groups) if self.kubelet_groups else None,
+        )
 
 
 def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
@@ -139,6 +163,7 @@ def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
                     FindingKind.INCOMPATIBLE,
                     # dict.fromkeys: a node met under two equal entries is one node
                     nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
+                    kubelet_groups=tuple(where),
                     kubelets=tuple(sorted({k for k, _ in where})),
                     compatibility=compat,
                     pattern=rules[0].image,

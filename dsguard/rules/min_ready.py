@@ -40,7 +40,7 @@ def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
     )
     if policy.rollout is not None and policy.rollout.on_exceed is OnExceed.CLAMP:
         msg += " (the mutating webhook should have raised it: check that it is installed)"
-    return [Finding(RULE, msg)]
+    return [Finding(RULE, msg, field=PATH)]
 
 
 def mutate(policy: Policy, edit: ObjectEdit, ctx: RuleContext) -> list[str]:

@@ -105,7 +105,7 @@ def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
                 )
             else:
                 msg += " (the mutating webhook should have clamped it: check that it is installed)"
-        findings.append(Finding(RULE, msg))
+        findings.append(Finding(RULE, msg, field=f"{ROLLING_UPDATE_PATH}.{e.field}"))
     return findings
 
 

@@ -46,7 +46,13 @@ def check(policy: Policy, ctx: RuleContext) -> list[Finding]:
         )
     else:
         fix = f"add them to {TOLERATIONS_PATH}, or set the policy's tolerations.onMissing: Add"
-    return [Finding(RULE, f"{TOLERATIONS_PATH}: missing required toleration(s) {listed}; {fix}")]
+    return [
+        Finding(
+            RULE,
+            f"{TOLERATIONS_PATH}: missing required toleration(s) {listed}; {fix}",
+            field=TOLERATIONS_PATH,
+        )
+    ]
 
 
 def mutate(policy: Policy, edit: ObjectEdit, ctx: RuleContext) -> list[str]:

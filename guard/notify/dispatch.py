@@ -26,6 +26,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from dsguard.log_context import ObjectRef, about, object_extra
 from guard.notify.alert import Alert, AlertKind
 from guard.notify.sinks import Sink, SinkError
 
@@ -191,14 +192,28 @@ class AlertDispatcher:
 
     # -- workers ---------------------------------------------------------------------------------
     async def _work(self, lane: _Lane) -> None:
+        # The task was started while the guard decided for some DaemonSet, and copied that log
+        # context: each alert's lines are about its own DaemonSet instead.
+        with about(None):
+            await self._work_lane(lane)
+
+    async def _work_lane(self, lane: _Lane) -> None:
         while True:
             alert = await lane.queue.get()
             lane.current, lane.last_error = alert, ""
             try:
-                await self._deliver(lane, alert)  # on cancellation `current` stays set: close() reports it
+                with about(ObjectRef("DaemonSet", alert.daemonset, alert.namespace)):
+                    await self._deliver(
+                        lane, alert
+                    )  # on cancellation `current` stays set: close() reports it
             except Exception:
                 # A bug of ours (say a mislabelled metrics Counter) must not stop this sink's queue.
-                log.exception("alert %s to %s: delivery aborted", alert.key, lane.sink.name)
+                log.exception(
+                    "alert %s to %s: delivery aborted",
+                    alert.key,
+                    lane.sink.name,
+                    extra=object_extra(ObjectRef("DaemonSet", alert.daemonset, alert.namespace)),
+                )
             lane.current = None
             lane.keys.discard(alert.key)
             self._remember_done(lane, alert.key)

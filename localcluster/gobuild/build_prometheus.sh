@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the pinned Prometheus server from Go modules (the wrapper module in gobuild/prometheus,
-# whose go.mod pins github.com/prometheus/prometheus) into a cache outside the repo. Used by the
-# wave rollouts' Prometheus-gate tests: a real Prometheus scraping an exporter the test controls.
+# Build the pinned Prometheus server and promtool from Go modules (the wrapper module in
+# gobuild/prometheus, whose go.mod pins github.com/prometheus/prometheus) into a cache outside the
+# repo. Used by the wave rollouts' Prometheus-gate tests (a real Prometheus scraping an exporter
+# the test controls) and by the alert-rule tests (`promtool check rules`, `promtool test rules`).
 # Built with `remove_all_sd` (Prometheus >= 3.10): no bundled service discovery, which the tests
 # don't use (static targets), and a build several times smaller.
 # Prints the bin directory on its last line; `--print-dir` prints it without building. A
@@ -25,7 +26,7 @@ key=$(cat "$mod/go.mod" "$mod/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-
 cache=${DSGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dsguard}
 final="$cache/prometheus-${version}-${key}"
 if [[ "${1:-}" == "--print-dir" ]]; then echo "$final/bin"; exit 0; fi
-if [[ -x "$final/bin/prometheus" ]]; then echo "$final/bin"; exit 0; fi
+if [[ -x "$final/bin/prometheus" && -x "$final/bin/promtool" ]]; then echo "$final/bin"; exit 0; fi
 
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/.build-prometheus-XXXXXX")
@@ -38,11 +39,14 @@ start=$(date +%s)
   echo "build_prometheus.sh: building prometheus ${version} (cold build takes a few minutes on 2 cores)" >&2
   go build -tags remove_all_sd -ldflags "-s -w" -o "$work/bin/prometheus" \
     github.com/prometheus/prometheus/cmd/prometheus
+  go build -tags remove_all_sd -ldflags "-s -w" -o "$work/bin/promtool" \
+    github.com/prometheus/prometheus/cmd/promtool
 )
 "$work/bin/prometheus" --version >/dev/null
-echo "prometheus ${version} built in $(( $(date +%s) - start ))s" > "$work/BUILD_INFO"
+"$work/bin/promtool" --version >/dev/null
+echo "prometheus and promtool ${version} built in $(( $(date +%s) - start ))s" > "$work/BUILD_INFO"
 rm -rf "$final"
 mv "$work" "$final"
 trap - EXIT
-echo "build_prometheus.sh: built prometheus ${version} in $(( $(date +%s) - start ))s" >&2
+echo "build_prometheus.sh: built prometheus and promtool ${version} in $(( $(date +%s) - start ))s" >&2
 echo "$final/bin"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.cluster import LocalCluster
+from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.nodes import (
     NODE_BEHAVIOR_ANNOTATION,
     POD_BEHAVIOR_ANNOTATION,
@@ -555,3 +555,32 @@ def test_cli_up_leaves_a_running_cluster_and_down_stops_every_process_and_port(t
     for port in ports:
         assert not listening_pids(port) & set(pids), f"port {port} still held by a cluster process"
     assert not (workdir / "state.json").exists()
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def test_stop_and_start_component_restarts_the_apiserver_on_the_same_port_and_state(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "faults") as c:
+        c.kubectl("create", "namespace", "before-outage")
+        port, old_pid = c.ports.apiserver, c.component_pids()["kube-apiserver"]
+        started = time.monotonic()
+        c.stop_component("kube-apiserver", grace=2.0)
+        assert time.monotonic() - started < 10, "SIGKILL after the grace, not the apiserver's own 60 s"
+        assert c.health()["kube-apiserver"] == "not running"
+        assert not listening_pids(port)
+        assert c.kubectl("get", "--raw", "/readyz", check=False, timeout=20).returncode != 0
+        c.start_component("kube-apiserver")
+        assert c.component_pids()["kube-apiserver"] != old_pid
+        assert c.ports.apiserver == port
+        assert c.health()["kube-apiserver"] == "ok"
+        # etcd kept the data; the same PKI and flags serve it
+        assert c.kubectl_json("get", "namespace", "before-outage")["metadata"]["name"] == "before-outage"
+        state = json.loads(c.state_file.read_text())
+        assert {s["name"]: s["pid"] for s in state["components"]}["kube-apiserver"] == c.component_pids()[
+            "kube-apiserver"
+        ]
+        with pytest.raises(ClusterError, match="still running"):
+            c.start_component("kube-apiserver")
+        with pytest.raises(ClusterError, match="no component 'kube-apiservr'"):
+            c.stop_component("kube-apiservr")

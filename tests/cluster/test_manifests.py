@@ -153,6 +153,16 @@ HELM_VALUE_SETS: dict[str, list[str]] = {
     "namespace": ["--set", "namespace.create=true"],
     "fail-closed": ["--set", "webhook.failurePolicy=Fail"],
     "cert-manager": ["--set", "certs.mode=cert-manager"],
+    "reports-wgpolicy": ["--set", "guard.policyReports=wgpolicy"],
+    "reports-none": ["--set", "guard.policyReports=none"],
+    "monitoring": [
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
+    ],
+    "monitoring-tuned": [
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.labels.release=kps",
+        "--set", "metrics.dashboard.enabled=true", "--set", "metrics.dashboard.namespace=default",
+        "--set", "metrics.dashboard.annotations.grafana_folder=Kubernetes",
+    ],
     "cert-manager-own-issuer": [
         "--set", "certs.mode=cert-manager",
         "--set", "certs.certManager.issuerRef.kind=ClusterIssuer",
@@ -206,13 +216,13 @@ def describe_difference(a: Mapping[Key, Obj], b: Mapping[Key, Obj], a_name: str,
 # --- cert-manager stand-in CRDs ---------------------------------------------------------------------
 
 
-def _crd(plural: str, kind: str, spec_schema: Obj) -> Obj:
+def _crd(plural: str, kind: str, spec_schema: Obj, group: str = "cert-manager.io") -> Obj:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.cert-manager.io", "labels": {"dsguard.test/stand-in": "true"}},
+        "metadata": {"name": f"{plural}.{group}", "labels": {"dsguard.test/stand-in": "true"}},
         "spec": {
-            "group": "cert-manager.io",
+            "group": group,
             "scope": "Namespaced",
             "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
             "versions": [
@@ -312,6 +322,67 @@ def installed(cluster: LocalCluster, base_docs: list[Obj]) -> Iterator[list[Obj]
     delete(cluster, real)
 
 
+#: A stand-in for the Prometheus operator's PrometheusRule (monitoring.coreos.com/v1), with the
+#: fields of its API reference that the chart and the kustomize component write (groups of alerting
+#: and recording rules); strict field validation rejects any other.
+MONITORING_CRDS = [
+    _crd(
+        "prometheusrules",
+        "PrometheusRule",
+        {
+            "type": "object",
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": _STR,
+                            "interval": _STR,
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "properties": {
+                                        "alert": _STR,
+                                        "record": _STR,
+                                        "expr": {"x-kubernetes-int-or-string": True},
+                                        "for": _STR,
+                                        "keep_firing_for": _STR,
+                                        "labels": {"type": "object", "additionalProperties": _STR},
+                                        "annotations": {"type": "object", "additionalProperties": _STR},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        group="monitoring.coreos.com",
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(cluster: LocalCluster) -> Iterator[None]:
+    """The Prometheus operator's PrometheusRule, for the monitoring values' dry runs."""
+    existing = (
+        cluster.kubectl("get", "crd", "prometheusrules.monitoring.coreos.com", check=False).returncode == 0
+    )
+    if not existing:
+        apply(cluster, MONITORING_CRDS, dry_run=False)
+        for crd in MONITORING_CRDS:
+            cluster.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
+            )
+    yield
+    if not existing:
+        delete(cluster, MONITORING_CRDS)
+
+
 @pytest.fixture(scope="module")
 def cert_manager_crds(cluster: LocalCluster) -> Iterator[None]:
     existing = cluster.kubectl("get", "crd", "certificates.cert-manager.io", check=False).returncode == 0
@@ -370,6 +441,35 @@ def test_fail_closed_overlay(cluster: LocalCluster, installed: list[Obj]) -> Non
     # Everything else is the base.
     rest = {key(d): d for d in docs if d["kind"] not in WEBHOOK_KINDS}
     assert rest == {key(d): d for d in installed if d["kind"] not in WEBHOOK_KINDS}
+
+
+def test_monitoring_overlay(cluster: LocalCluster, installed: list[Obj], monitoring_crds: None) -> None:
+    """The base plus the monitoring component: the alert rules and the dashboard of the chart's
+    files/, as the apiserver takes them."""
+    docs = kustomize(cluster, OVERLAYS / "monitoring")
+    served = apply(cluster, docs, dry_run=True)
+    rule = pick(served, "PrometheusRule", "dsguard")
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    dashboard = pick(served, "ConfigMap", "dsguard-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["dsguard.json"]) == json.loads(
+        (CHART / "files" / "grafana-dashboard.json").read_text()
+    )
+    rest = {key(d): d for d in docs if d["kind"] not in ("PrometheusRule", "ConfigMap")}
+    assert rest == {key(d): d for d in installed}
+
+
+def test_helm_monitoring_values(helm: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    docs = helm_template(helm, *HELM_VALUE_SETS["monitoring-tuned"])
+    rule = pick(docs, "PrometheusRule", "dsguard")
+    assert rule["metadata"]["labels"]["release"] == "kps" and rule["metadata"]["namespace"] == NS
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    dashboard = pick(docs, "ConfigMap", "dsguard-dashboard")
+    assert dashboard["metadata"]["namespace"] == "default"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Kubernetes"}
+    assert not [d for d in helm_template(helm) if d["kind"] in ("PrometheusRule", "ConfigMap")], (
+        "off by default"
+    )
 
 
 def test_cert_manager_overlay(cluster: LocalCluster, installed: list[Obj], cert_manager_crds: None) -> None:
@@ -433,7 +533,12 @@ def test_helm_lint(helm: Callable[..., subprocess.CompletedProcess[str]], values
 
 
 def test_helm_rejects_bad_values(helm: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    for bad in ("webhook.failurePolicy=Sometimes", "certs.mode=vault", "webhook.timeoutSeconds=60"):
+    for bad in (
+        "webhook.failurePolicy=Sometimes",
+        "certs.mode=vault",
+        "webhook.timeoutSeconds=60",
+        "guard.policyReports=kyverno",
+    ):
         p = helm("template", "dsguard", str(CHART), "--namespace", NS, "--set", bad, check=False)
         assert p.returncode != 0 and "values don't meet the specifications" in p.stderr, (bad, p.stderr)
 
@@ -456,6 +561,11 @@ def test_helm_renders_the_kustomize_base(
             helm_template(helm, *HELM_VALUE_SETS["cert-manager"]),
             [d for d in kustomize(cluster, OVERLAYS / "cert-manager") if d["kind"] != "Namespace"],
         ),
+        (
+            "monitoring",
+            helm_template(helm, *HELM_VALUE_SETS["monitoring"]),
+            [d for d in kustomize(cluster, OVERLAYS / "monitoring") if d["kind"] != "Namespace"],
+        ),
     ]  # fmt: skip
     problems = []
     for name, rendered, expected in pairs:
@@ -471,6 +581,7 @@ def test_helm_dry_run(
     helm: Callable[..., subprocess.CompletedProcess[str]],
     installed: list[Obj],
     cert_manager_crds: None,
+    monitoring_crds: None,
     values: str,
 ) -> None:
     docs = helm_template(helm, *HELM_VALUE_SETS[values])
@@ -512,6 +623,9 @@ USED: list[Check] = [
     # guard, wave rollouts (docs/waves.md): old pods deleted by uid, the apiserver gate's counter
     *[("guard", "delete", "pods", ns) for ns in ("kube-system", "default")],
     ("guard", "get", "/metrics", None),
+    # guard, policy reports (docs/audit.md): its Report per namespace
+    *[("guard", v, "reports.openreports.io", ns) for v in ("list", "create", "patch", "delete")
+      for ns in ("kube-system", "default")],
     # certs: certs/bootstrap.py KubeStore (get, create, replace)
     *[("certs", v, f"secrets/{s}", NS) for v in ("get", "update") for s in (TLS_SECRET, CA_SECRET)],
     ("certs", "create", "secrets", NS),
@@ -534,6 +648,9 @@ FORBIDDEN: list[Check] = [
     *[("guard", v, "pods", "default") for v in ("deletecollection", "get")],
     *[(c, "get", "/metrics", None) for c in ("webhook", "certs")],
     ("guard", "get", "/debug/pprof/", None),
+    # policy reports: only the chosen format's, and nobody else's
+    *[("guard", v, "policyreports.wgpolicyk8s.io", "default") for v in ("list", "create", "delete")],
+    *[(c, v, "reports.openreports.io", "default") for c in ("webhook", "certs") for v in ("list", "create")],
     *[(c, "create", f"pods#{sub}", "default") for c in _ALL for sub in ("exec", "eviction")],
     # DaemonSets: only the guard patches; nobody creates, replaces or deletes them
     *[(c, v, "daemonsets.apps", "default") for c in _ALL for v in ("create", "update", "delete")],
@@ -597,12 +714,37 @@ def rbac_mismatches(cluster: LocalCluster, checks: Sequence[Check], expect: bool
     ]
 
 
-def test_rbac_allows_every_verb_the_components_use(cluster: LocalCluster, installed: list[Obj]) -> None:
+REPORT_CRDS = REPO / "tests" / "cluster" / "report_crds"
+
+
+@pytest.fixture(scope="module")
+def report_crds(cluster: LocalCluster) -> Iterator[None]:
+    """The policy report CRDs: `kubectl auth can-i` resolves reports.openreports.io only when the
+    apiserver serves it."""
+    files = sorted(REPORT_CRDS.glob("*.yaml"))
+    names = [yaml.safe_load_all(f.read_text()).__next__()["metadata"]["name"] for f in files]
+    missing = [
+        (f, n) for f, n in zip(files, names, strict=True)
+        if cluster.kubectl("get", "crd", n, check=False).returncode != 0
+    ]  # fmt: skip
+    for f, n in missing:
+        cluster.kubectl("apply", "-f", str(f))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{n}")
+    yield
+    for f, _ in missing:
+        cluster.kubectl("delete", "-f", str(f), "--ignore-not-found", check=False)
+
+
+def test_rbac_allows_every_verb_the_components_use(
+    cluster: LocalCluster, installed: list[Obj], report_crds: None
+) -> None:
     wrong = rbac_mismatches(cluster, USED, expect=True)
     assert not wrong, "denied, but the component needs it:\n" + "\n".join(wrong)
 
 
-def test_rbac_denies_what_the_components_must_not_do(cluster: LocalCluster, installed: list[Obj]) -> None:
+def test_rbac_denies_what_the_components_must_not_do(
+    cluster: LocalCluster, installed: list[Obj], report_crds: None
+) -> None:
     wrong = rbac_mismatches(cluster, FORBIDDEN, expect=False)
     assert not wrong, "allowed, but must not be:\n" + "\n".join(wrong)
 

@@ -312,3 +312,71 @@ def test_a_node_affinity_bound_out_of_int64_is_no_webhook_error(env: Env, digits
     stored = env.get_ds()
     assert stored is not None
     assert INFRA in stored["spec"]["template"]["spec"]["tolerations"]
+
+
+def _memo_hits(webhook: HostWebhook) -> float:
+    for line in webhook.metrics().splitlines():
+        if line.startswith('dsguard_webhook_verdict_memo_total{result="hit"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_reapplied_daemonset_is_judged_again_after_its_namespace_changes(env: Env) -> None:
+    """A controller writes the same DaemonSet again and again (the same object, an UPDATE each
+    time): the verdict memo answers the repeats; the namespace then gains the label a policy
+    selects, which the review itself doesn't carry, and the next answer has that policy's finding
+    (a warning: the template didn't change). That the memo is emptied by the change is proven by
+    tests/unit/test_verdict_memo.py: here the apiserver's object may differ anyway."""
+    env.add_nodes([{"name": "plain"}])
+    platform = {"matchLabels": {"dsguard.test/tier": "platform"}}
+    env.add_policy(
+        {
+            "match": {"namespaces": [env.ns], "namespaceSelector": platform},
+            "tolerations": {"required": [INFRA]},
+        }
+    )
+    created = env.apply(env.daemonset())
+    assert created.returncode == 0 and "Warning" not in created.stderr, created.stderr
+
+    def settled() -> dict[str, Any] | None:
+        ds = env.get_ds()
+        if ds is None:
+            return None
+        status = ds.get("status") or {}
+        ready = (
+            status.get("observedGeneration") == ds["metadata"]["generation"]
+            and status.get("numberReady") == 1
+        )
+        return ds if ready else None
+
+    stored: dict[str, Any] = poll(
+        settled, what="the DaemonSet's pod to be ready (its status settled)", timeout=60
+    )
+    del stored["metadata"]["resourceVersion"]  # an unconditional update, as a controller's re-apply
+    # The manager that created it: its managed fields don't change, so neither does the object.
+    replace = ("replace", "--dry-run=server", "--field-manager=kubectl-client-side-apply", "-f", "-")
+    hits = _memo_hits(env.webhook)
+
+    def answered_from_the_memo() -> bool:
+        proc = env.kubectl(*replace, input=json.dumps(stored), check=False)
+        assert proc.returncode == 0 and "Warning" not in proc.stderr, proc.stderr
+        return _memo_hits(env.webhook) > hits
+
+    # The first repeats may differ in what the apiserver adds (managedFields times): poll.
+    poll(
+        answered_from_the_memo,
+        what="a repeated review answered from the verdict memo",
+        timeout=20,
+        interval=0.1,
+    )
+    env.kubectl("label", "namespace", env.ns, "dsguard.test/tier=platform")
+    warned = poll(
+        lambda: (
+            "missing required toleration"
+            in env.kubectl(*replace, input=json.dumps(stored), check=False).stderr
+        ),
+        what="the re-applied DaemonSet to be judged by the policy its namespace now matches",
+        timeout=20,
+        interval=0.3,
+    )
+    assert warned

@@ -187,6 +187,7 @@ class Harness:
         self.mono: float | None = None  # a fake monotonic clock once set; the real one before
         self.leading = True  # is_leader()
         self.listed = True  # ready(): the policies (and the namespaces they match on) are known
+        self.current = True  # current(): every watch listed since its last failure
 
         def monotonic() -> float:
             return time.monotonic() if self.mono is None else self.mono
@@ -209,6 +210,7 @@ class Harness:
             dirty=self.dirty,
             is_leader=lambda: self.leading,
             ready=lambda: self.listed,
+            current=lambda: self.current,
             metrics=self.metrics,
             clock=lambda: self.now,
             monotonic=monotonic,

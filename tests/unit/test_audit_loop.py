@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import generate_latest
 
 from dsguard.cluster_cache import ClusterCache
 from dsguard.policy import parse_policy
@@ -175,6 +176,9 @@ class Rig:
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
 
+    def exposition(self) -> str:
+        return generate_latest(self.metrics.registry).decode()
+
 
 def make_cache(
     *,
@@ -318,6 +322,21 @@ async def test_second_audit_with_nothing_changed_writes_nothing() -> None:
     await rig.auditor.audit_once()
     assert len(rig.writer.writes) == first
     assert rig.sample("dsguard_audit_runs_total") == 2
+
+
+async def test_an_audit_judges_again_only_what_changed() -> None:
+    rig = make_rig()
+    await rig.auditor.audit_once()
+    assert rig.sample("dsguard_audit_rejudged_daemonsets") == 4  # the first: every DaemonSet
+    rig.clock.now += timedelta(seconds=10)
+    await rig.auditor.audit_once()
+    assert rig.sample("dsguard_audit_rejudged_daemonsets") == 0
+    rig.auditor.daemonset_event(
+        "MODIFIED", ds_obj("node-exporter", namespace="monitoring", max_unavailable=1)
+    )
+    await rig.auditor.audit_once()
+    assert rig.sample("dsguard_audit_rejudged_daemonsets") == 1
+    assert "monitoring/node-exporter" not in listed(rig.writer.last("exporters"))  # and it shows
 
 
 async def test_watch_echo_of_the_audits_own_write_changes_nothing() -> None:
@@ -646,6 +665,20 @@ async def test_not_leader_writes_nothing_until_it_leads() -> None:
         assert rig.sample("dsguard_audit_runs_total") == 0
         leader.leading = True
         await poll_async(lambda: len(rig.writer.writes) == 4, what="the new leader's writes")
+
+
+async def test_a_replica_that_stops_leading_drops_its_violation_gauges() -> None:
+    """Only the leader exports dsguard_audit_violating_daemonsets, so dashboards and alerts that
+    take the max over replicas see the current counts, not a former leader's last ones."""
+    leader = LeaderFlag(True)
+    rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)
+    async with running(rig.auditor):
+        await poll_async(lambda: (rig.sample("dsguard_audit_runs_total") or 0) >= 1, what="the first audit")
+        assert "dsguard_audit_violating_daemonsets{" in rig.exposition()
+        leader.leading = False
+        await poll_async(
+            lambda: "dsguard_audit_violating_daemonsets{" not in rig.exposition(), what="the gauges dropped"
+        )
 
 
 async def test_forbidden_write_is_retried_by_the_loop() -> None:

@@ -146,3 +146,109 @@ def test_nodes_file_must_hold_nodes(files: Path) -> None:
         "check", "--policy", str(files / "policy.yaml"), "--nodes", str(files / "policy.yaml"), "-", input=""
     )
     assert code == 2 and "expected kind Node, got 'DaemonSetPolicy'" in err
+
+
+# --- --policy folders as teams keep them (a kustomization.yaml, other kinds) -------------------
+
+KUSTOMIZATION = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [policy.yaml]\n"
+NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata: {name: logging}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "skipped"),
+    [
+        ({}, ""),
+        ({"kustomization.yaml": KUSTOMIZATION}, "1 other document(s) skipped"),
+        (
+            {"kustomization.yaml": KUSTOMIZATION, "ns.yaml": NAMESPACE + "---\n" + NAMESPACE},
+            "3 other document(s) skipped",
+        ),
+    ],
+)
+def test_policy_folder_skips_other_kinds_and_says_how_many(
+    tmp_path: Path, extra: dict[str, str], skipped: str
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.yaml").write_text(POLICY)
+    for name, text in extra.items():
+        (policies / name).write_text(text)
+    ds = yaml.safe_dump(daemonset("x", "fluent/fluent-bit:3.1.4"))
+    code, out, err = run("check", "--policy", str(policies), "-o", "json", "-", input=ds)
+    assert code == 0, err
+    assert json.loads(out)[0]["policies"] == ["node-agents"]
+    if skipped:
+        assert err.startswith(f"--policy: 1 DaemonSetPolicy(ies); {skipped} (")
+        assert "Kustomization" in err
+    else:
+        assert err == ""
+
+
+def test_the_shipped_examples_folder_is_a_policy_folder() -> None:
+    examples = Path(__file__).parents[2] / "manifests" / "examples"
+    ds = yaml.safe_dump(daemonset("x", "fluent/fluent-bit:3.1.4"))
+    code, _, err = run("check", "--policy", str(examples), "-", input=ds)
+    assert code in (0, 1), err
+    assert "kustomization.yaml#1 Kustomization" in err
+
+
+def test_a_folder_without_any_policy_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(KUSTOMIZATION)
+    code, out, err = run("check", "--policy", str(tmp_path), "-", input="")
+    assert code == 2 and out == ""
+    assert "no DaemonSetPolicy found; 1 other document(s) skipped" in err
+
+
+def test_json_lists_every_node_of_coverage_and_version_findings(tmp_path: Path) -> None:
+    """The message names the first 10 nodes; -o json has all of them, with why (coverage) or
+    their kubelet (versions)."""
+    policy = yaml.safe_load(POLICY)
+    policy["spec"]["tolerations"] = {"required": [], "coverage": {"nodeSelector": {}}}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    gpu = {"key": "gpu", "value": "true", "effect": "NoSchedule"}
+    nodes = [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"gpu-{i:02}"}, "spec": {"taints": [gpu]}}
+        for i in range(12)
+    ] + [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": f"new-{i:02}"},
+            "status": {"nodeInfo": {"kubeletVersion": "v1.33.1"}},
+        }
+        for i in range(11)
+    ]
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    ds = yaml.safe_dump(daemonset("x", "fluent/fluent-bit:2.2.0"))
+    code, out, err = run(
+        "check",
+        "--policy",
+        str(tmp_path / "policy.yaml"),
+        "--nodes",
+        str(tmp_path / "nodes.yaml"),
+        "-o",
+        "json",
+        "-",
+        input=ds,
+    )
+    assert code == 1, err
+    violations = {v["rule"]: v for v in json.loads(out)[0]["violations"]}
+    cov = violations["coverage"]
+    assert "and 2 more" in cov["message"]
+    assert [n["node"] for n in cov["nodes"]] == [f"gpu-{i:02}" for i in range(12)]
+    assert cov["nodes"][11] == {
+        "node": "gpu-11",
+        "runs": False,
+        "evictedAfterSeconds": None,
+        "reasons": [
+            {
+                "kind": "taint",
+                "field": "spec.template.spec.tolerations",
+                "message": "taint gpu=true:NoSchedule is not tolerated",
+                "taint": gpu,
+            }
+        ],
+    }
+    versions = violations["versions"]
+    assert "and 1 more" in versions["message"]
+    assert versions["nodes"] == [{"node": f"new-{i:02}", "kubeletVersion": "v1.33.1"} for i in range(11)]

@@ -158,10 +158,11 @@ def test_check_bad_input_names_the_flag(tmp_path: Path) -> None:
     assert_bad_input(
         invoke("check", "--policy", str(policy), str(ds)), "check", f"--policy: {policy}: not valid YAML"
     )
+    # A manifest given as the policy: nothing in it is a DaemonSetPolicy.
     assert_bad_input(
         invoke("check", "--policy", str(ds), str(tmp_path / "missing.yaml")),
         "check",
-        "--policy: invalid DaemonSetPolicy",
+        f"--policy: {ds}: no DaemonSetPolicy found; 1 other document(s) skipped ({ds}#1 DaemonSet)",
     )
 
 

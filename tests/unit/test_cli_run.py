@@ -255,3 +255,21 @@ def test_the_certificate_is_checked_before_the_kubeconfig(tls: TLSFiles, tmp_pat
         "webhook",
         "--tls-private-key-file",
     )
+
+
+@pytest.mark.parametrize("command", ["webhook", "guard"])
+def test_policy_folder_with_other_kinds_is_read_and_the_skipped_are_counted(
+    tls: TLSFiles, tmp_path: Path, command: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "policy.yaml").write_text(GOOD_POLICY)
+    (folder / "kustomization.yaml").write_text("kind: Kustomization\nresources: [policy.yaml]\n")
+    bad = tmp_path / "kubeconfig"
+    bad.write_text(BROKEN_KUBECONFIG)
+    args = ["--policy-file", str(folder), "--kubeconfig", str(bad)]
+    caplog.set_level("INFO", logger="dsguard.cli")
+    result = webhook(tls, *args) if command == "webhook" else CliRunner().invoke(main, ["guard", *args])
+    # The folder is accepted: the command gets as far as the kubeconfig.
+    assert result.exit_code == 2 and "cannot load the Kubernetes client config" in result.stderr
+    assert "1 DaemonSetPolicy(ies) from --policy-file; 1 other document(s) skipped" in caplog.text

@@ -370,3 +370,27 @@ def test_unreachable_cluster_exits_2(files: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["upgrade-check", "--to", "1.35", "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == 2, result.output
     assert "cannot reach the apiserver" in result.stderr
+
+
+def test_policy_folder_with_a_kustomization(files: Path) -> None:
+    """--policy-file DIR as teams keep it: other kinds are skipped and counted on stderr."""
+    folder = files / "policies"
+    folder.mkdir()
+    (folder / "policy.yaml").write_text(POLICY)
+    (folder / "kustomization.yaml").write_text("kind: Kustomization\nresources: [policy.yaml]\n")
+    ds = write(files / "ds.yaml", daemonset("fluent-bit", "fluent/fluent-bit:3.1.4"))
+    argv = [
+        "upgrade-check",
+        "--policy-file",
+        str(folder),
+        "--nodes",
+        str(files / "nodes.yaml"),
+        "--to",
+        "1.35",
+        "-f",
+        ds,
+    ]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("--policy-file: 1 DaemonSetPolicy(ies); 1 other document(s) skipped (")
+    assert "kustomization.yaml#1 Kustomization" in result.stderr

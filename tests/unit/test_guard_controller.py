@@ -16,6 +16,7 @@ import pytest
 from dsguard.annotations import ORIGINAL_STRATEGY, PAUSED, PAUSED_REVISION
 from guard.notify.alert import AlertKind
 from tests.support.guard_fakes import STRATEGY, FakePatcher, Harness, ds_obj, pod_obj, revision_obj
+from tests.support.polling import poll_async
 
 
 async def test_pause_is_patched_once_and_alerted_once() -> None:
@@ -193,3 +194,38 @@ async def test_events_for_a_daemonset_are_taken_together_not_evaluated_one_by_on
     gaps = [b - a for a, b in itertools.pairwise(evaluated)]
     assert min(gaps) >= 0.04
     assert evaluated[-1] >= last_event - 0.05  # the last events were not dropped, only deferred
+
+
+async def test_a_blind_guard_acts_on_nothing_and_does_what_became_due_once_its_watches_are_back() -> None:
+    h = Harness()
+    h.guard.tick = 0.01
+    h.current = False  # the pod watch lost: what the store holds may be long gone
+    h.rollout(failing=2)
+    evaluations = 0
+    real = h.guard.evaluate
+
+    def counting(uid: str) -> Any:
+        nonlocal evaluations
+        evaluations += 1
+        return real(uid)
+
+    h.guard.evaluate = counting  # type: ignore[method-assign]
+
+    async def evaluated(times: int) -> None:
+        target = evaluations + times
+        await poll_async(lambda: evaluations >= target, what=f"{times} more evaluations", timeout=5)
+
+    task = asyncio.create_task(h.guard.run())
+    try:
+        await evaluated(5)  # several ticks with a pause due: nothing done
+        assert h.gauge("dsguard_guard_failing_pods") == 2
+        assert h.api.patches == [] and h.alerts == []
+        h.current = True  # relisted: the failing pods are real
+        await poll_async(lambda: len(h.api.patches) == 1, what="the pause", timeout=5)
+        h.watch()  # the paused version arrives
+        await evaluated(5)
+        assert len(h.api.patches) == 1 and [a.kind for a in h.alerts] == [AlertKind.PAUSED]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

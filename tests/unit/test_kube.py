@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from kubernetes_asyncio import client
 
-from dsguard.kube import ListError, Reflector, Subscriber, list_explained, list_scoped
+from dsguard.kube import ListError, Reflector, Subscriber, list_explained, list_scoped, readyz_probe
+from dsguard.reconnect import Retry
 from tests.support.polling import poll_async
 
 
@@ -270,3 +273,258 @@ def test_a_reflector_needs_something_to_feed() -> None:
     first = Reflector("nodes", list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
                       subscribers=[Subscriber(lambda items: None, lambda k, o: None)])  # fmt: skip
     assert len(first.subscribers) == 2
+
+
+# --- after an outage (dsguard.reconnect) -------------------------------------------------------
+
+
+class Apiserver:
+    """A fake apiserver for one resource that can be down (connections refused) or answer an
+    error; it records what was asked of it: lists, probes (limit=1) and watches."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.error: tuple[int, dict[str, str]] | None = None
+        self.calls: list[tuple[float, str]] = []
+        self.watch_open = asyncio.Event()
+        self.cut = asyncio.Event()  # set: the open watch's connection dies
+
+    async def list_fn(self, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        kind = "watch" if kwargs.get("watch") else "probe" if kwargs.get("limit") == 1 else "list"
+        self.calls.append((asyncio.get_running_loop().time(), kind))
+        if self.down:
+            raise ConnectionRefusedError(111, "Connection refused")
+        if self.error is not None:
+            status, headers = self.error
+            resp = FakeResponse(status, b"{}")
+            resp.headers = headers  # type: ignore[attr-defined]
+            return resp
+        if kind != "watch":
+            return FakeResponse(200, orjson.dumps({"items": [], "metadata": {"resourceVersion": "5"}}))
+        self.cut.clear()
+        self.watch_open.set()
+        return CutWatch(self.cut)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for _, k in self.calls if k == kind)
+
+
+class CutWatch(FakeResponse):
+    """A watch that stays open until its connection is cut (the apiserver killed)."""
+
+    def __init__(self, cut: asyncio.Event) -> None:
+        super().__init__(200, b"", [])
+        self._cut = cut
+
+    async def iter_any(self) -> Any:
+        await self._cut.wait()
+        raise aiohttp.ClientPayloadError("Response payload is not completed")
+        yield b""  # an async generator
+
+
+async def outage(api: Apiserver, r: Reflector, *, probes: int) -> None:
+    """List and watch, then cut the watch with the apiserver down until `probes` probes failed."""
+    await poll_async(lambda: api.watch_open.is_set(), what="the first watch", timeout=5)
+    api.watch_open.clear()
+    api.down = True
+    api.cut.set()
+    await poll_async(lambda: api.count("probe") >= probes, what=f"{probes} probes", timeout=10)
+
+
+async def test_an_apiserver_that_does_not_answer_is_probed_and_listed_as_soon_as_it_answers() -> None:
+    # the backoff (5 s) would keep it down long after the apiserver is back; probes don't
+    retry, recovers_within = Retry(first=5.0, cap=5.0, probe_every=(0.01, 0.02)), 1.0
+    api = Apiserver()
+    r = Reflector(
+        "nodes", api.list_fn, on_replace=lambda items: None, on_event=lambda k, o: None, retry=retry
+    )
+    task = asyncio.create_task(r.run())
+    try:
+        await outage(api, r, probes=5)
+        assert r.failing_since is not None and r.synced.is_set()
+        assert api.count("list") == 1  # no full list while it doesn't answer: probes only
+        api.down = False
+        back = asyncio.get_running_loop().time()
+        await poll_async(lambda: r.failing_since is None, what="the relist", timeout=recovers_within)
+        relisted = next(t for t, k in reversed(api.calls) if k == "list")
+        assert relisted - back < recovers_within
+        assert r.lists == 2 and api.count("list") == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_backoff_only_waits_its_backoff_and_never_probes() -> None:
+    api = Apiserver()
+    r = Reflector("nodes", api.list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                  retry=Retry(first=0.05, cap=0.05, probe_every=None))  # fmt: skip
+    task = asyncio.create_task(r.run())
+    try:
+        await poll_async(lambda: api.watch_open.is_set(), what="the first watch", timeout=5)
+        api.down = True
+        api.cut.set()
+        await poll_async(lambda: api.count("list") >= 4, what="lists retried", timeout=5)
+        assert api.count("probe") == 0
+        api.down = False
+        await poll_async(lambda: r.failing_since is None, what="the relist", timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "min_gap", "max_gap"),
+    [
+        (503, {}, 0.5 * 0.2, 1.5 * 0.8),  # backoff 0.2 -> 0.4 -> 0.8 (jittered): answered errors back off
+        (429, {"Retry-After": "0.3"}, 0.3, 0.3 * 1.2 + 0.2),  # the apiserver's word, not the ladder
+    ],
+)
+async def test_an_apiserver_that_answers_errors_is_backed_off_not_probed(
+    status: int, headers: dict[str, str], min_gap: float, max_gap: float
+) -> None:
+    api = Apiserver()
+    api.error = (status, headers)
+    r = Reflector("nodes", api.list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                  retry=Retry(first=0.2, cap=0.8, probe_every=(0.01, 0.02)))  # fmt: skip
+    task = asyncio.create_task(r.run())
+    try:
+        await poll_async(lambda: api.count("list") >= 4, what="four lists", timeout=10)
+        times = [t for t, k in api.calls if k == "list"]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert api.count("probe") == 0
+        assert all(min_gap <= g <= max_gap for g in gaps), gaps
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_staleness_is_zero_while_watching_rises_in_an_outage_and_falls_on_relist(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    api = Apiserver()
+    r = Reflector("pods", api.list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                  retry=Retry(probe_every=(0.01, 0.02)), monotonic=lambda: now[0])  # fmt: skip
+    assert r.staleness() == 0.0  # since start, before the first list
+    now[0] = 103.0
+    assert r.staleness() == 3.0
+    task = asyncio.create_task(r.run())
+    try:
+        await poll_async(lambda: api.watch_open.is_set(), what="the first watch", timeout=5)
+        assert r.staleness() == 0.0
+        now[0] = 200.0
+        assert r.staleness() == 0.0  # a quiet watch is not a stale one
+        await outage(api, r, probes=2)
+        now[0] = 212.5
+        assert r.staleness() == 12.5
+        api.down = False
+        await poll_async(lambda: r.failing_since is None, what="the relist", timeout=5)
+        assert r.staleness() == 0.0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # one warning when it was lost, one when it was back (with how long), no traceback
+    logged = [(rec.levelname, rec.getMessage()) for rec in caplog.records if rec.name == "dsguard.kube"]
+    warnings = [m for lvl, m in logged if lvl == "WARNING"]
+    assert len(warnings) == 2, logged
+    assert "does not answer (ClientPayloadError" in warnings[0]  # the watch cut
+    assert "listed again (0 objects) after 12.5s" in warnings[1]
+    assert not any(rec.exc_info for rec in caplog.records)
+    assert all(lvl in ("DEBUG", "INFO", "WARNING") for lvl, _ in logged)
+
+
+async def test_a_probe_that_answers_not_ready_keeps_the_reflector_from_listing_until_ready() -> None:
+    """readyz_probe: a restarted apiserver answers before it serves every resource; listing then
+    would meet a 503 and back off (Retry-After: 5) for seconds after it is ready."""
+    api = Apiserver()
+    answers: list[str] = []
+    refused = 0
+
+    async def probe() -> bool:
+        nonlocal refused
+        if api.down:
+            refused += 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        answers.append("not ready" if len(answers) < 3 else "ready")
+        return answers[-1] == "ready"
+
+    r = Reflector("daemonsetpolicies", api.list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                  retry=Retry(first=5.0, probe_every=(0.01, 0.02)), probe=probe)  # fmt: skip
+    task = asyncio.create_task(r.run())
+    try:
+        await poll_async(lambda: api.watch_open.is_set(), what="the first watch", timeout=5)
+        api.down = True
+        api.cut.set()
+        await poll_async(lambda: refused >= 3, what="probes refused", timeout=5)
+        api.down = False
+        await poll_async(lambda: r.failing_since is None, what="the relist", timeout=5)
+        assert answers == ["not ready"] * 3 + ["ready"]
+        assert api.count("list") == 2 and api.count("probe") == 0  # no list before it was ready
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_410_gone_relists_at_once_and_counts_the_list() -> None:
+    restarts: list[str] = []
+    replaced: list[list[Any]] = []
+    relisted = asyncio.Event()
+    calls = {"list": 0}
+    gone = orjson.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}})
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        if kwargs.get("watch"):
+            if calls["list"] == 1:
+                return FakeResponse(200, b"", lines=[gone + b"\n"])  # the watch carries the 410, then ends
+            return FakeResponse(200, b"", lines=[])  # stays open
+        calls["list"] += 1
+        return FakeResponse(
+            200, orjson.dumps({"items": [], "metadata": {"resourceVersion": str(calls["list"])}})
+        )
+
+    def on_replace(items: list[Any]) -> None:
+        replaced.append(items)
+        if len(replaced) == 2:
+            relisted.set()
+
+    r = Reflector("pods", list_fn, on_replace=on_replace, on_event=lambda k, o: None,
+                  on_restart=restarts.append)  # fmt: skip
+    await run_briefly(r, relisted)
+    assert r.lists == 2
+    assert restarts == ["gone"]
+    assert r.failing_since is None
+
+
+class FakeReadyzClient:
+    """What readyz_probe uses of an ApiClient: call_api answering /readyz with `status`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.paths: list[str] = []
+
+    async def call_api(self, path: str, method: str, **kwargs: Any) -> FakeResponse:
+        self.paths.append(f"{method} {path}")
+        return FakeResponse(self.status, b"[-]etcd failed" if self.status != 200 else b"ok")
+
+
+@pytest.mark.parametrize(
+    ("status", "back"),
+    [
+        (200, True),  # ready: list again
+        (500, False),  # answers, not ready yet (a post-start hook, etcd): probe on
+        (503, False),
+        (401, True),  # /readyz not ours to read: the list itself tells
+        (403, True),
+        (404, True),
+    ],
+)
+async def test_readyz_probe(status: int, back: bool) -> None:
+    api = FakeReadyzClient(status)
+    assert await readyz_probe(api)() is back  # type: ignore[arg-type]
+    assert api.paths == ["GET /readyz"]

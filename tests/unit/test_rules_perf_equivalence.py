@@ -290,7 +290,14 @@ def _check_context(facts: ClusterFacts, spec: dict[str, Any]) -> None:
     assert ctx.targeted == tuple(n for n, p in expected if p.should_run)
     for selector in (LabelSelector(), LabelSelector(match_labels=(("pool", "a"),))):
         policy = Policy(name="p", tolerations=TolerationPolicy(coverage=Coverage(node_selector=selector)))
-        assert coverage.check(policy, ctx) == reference_coverage(selector, facts, spec)
+        found = coverage.check(policy, ctx)
+        # The message and verdict as before; the field and the node list are new, checked beside.
+        assert [(f.rule, f.message) for f in found] == [
+            (f.rule, f.message) for f in reference_coverage(selector, facts, spec)
+        ]
+        for f in found:
+            missed = [n.name for n, p in expected if selector.matches(n.labels) and not p.should_run]
+            assert f.nodes is not None and [n["node"] for n in f.nodes.to_dicts()] == missed
     if facts.nodes:
         assert dict(_nodes_by_kubelet(ctx)) == reference_kubelets(facts, spec)
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import ssl
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -492,6 +493,7 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
         tasks = [asyncio.create_task(r.run()) for r in cache.reflectors]
         try:
             assert (await w.get("/readyz"))[0] == 503
+            assert metric(await w.metrics(), "dsguard_webhook_ready") == 0
 
             async def only_nodes_pending() -> bool:
                 return await w.get("/readyz") == (503, "waiting for the first sync of: nodes")
@@ -504,6 +506,13 @@ async def test_readyz_is_503_until_every_reflector_has_synced(tls: TLSFiles) -> 
 
             await poll_async(ready, what="/readyz to turn 200")
             assert metric(await w.metrics(), "dsguard_nodes") == len(NODES)
+            assert metric(await w.metrics(), "dsguard_webhook_ready") == 1
+            assert metric(await w.metrics(), "dsguard_watch_staleness_seconds", resource="nodes") == 0
+            # a watch lost later: still ready (docs/install.md), and it says which is not current
+            cache.reflectors[0].failing_since = time.monotonic()
+            status, body = await w.get("/readyz")
+            assert status == 200 and body.startswith("ok (cache not current: nodes "), body
+            assert metric(await w.metrics(), "dsguard_webhook_ready") == 1
         finally:
             for t in tasks:
                 t.cancel()

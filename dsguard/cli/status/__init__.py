@@ -90,7 +90,7 @@ def status(
     static: tuple[Policy, ...] | None = None
     if policy_files:
         try:
-            static = tuple(load_policies(list(policy_files)))
+            static = tuple(load_policies(list(policy_files)).policies)
         except InputError as e:
             raise exits.bad_file("--policy-file", e, fix=exits.FIX_POLICY_FILE) from None
     target = Target(

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from kubernetes_asyncio import client
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.kube import Obj, Reflector, list_scoped, slim_lists
+from dsguard.kube import Obj, Reflector, list_scoped, readyz_probe, slim_lists
 from dsguard.pod_health import REVISION_LABEL, slim_node_with_placement, slim_pod
 from dsguard.policy import Policy
 from dsguard.status_report import StatusReport, build_report
@@ -64,6 +64,7 @@ class LiveStatus:
         )
         ns = namespace
         pods = list_scoped(api, "pods", ns, label_selector=REVISION_LABEL)
+        probe = readyz_probe(api)
         self.reflectors = [
             *self.cache.reflectors_for(api, nodes=False),
             Reflector(
@@ -71,13 +72,14 @@ class LiveStatus:
                 slim_lists(list_scoped(api, "nodes", None), slim_node_with_placement),
                 on_replace=self._replace_nodes,
                 on_event=self._node_event,
+                probe=probe,
             ),
             Reflector("daemonsets", list_scoped(api, "daemonsets", ns), on_replace=self.daemonsets.replace,
-                      on_event=self.daemonsets.event),
+                      on_event=self.daemonsets.event, probe=probe),
             Reflector("pods", slim_lists(pods, slim_pod), on_replace=self.pods.replace,
-                      on_event=self._pod_event),
+                      on_event=self._pod_event, probe=probe),
             Reflector("controllerrevisions", list_scoped(api, "controllerrevisions", ns),
-                      on_replace=self.revisions.replace, on_event=self.revisions.event),
+                      on_replace=self.revisions.replace, on_event=self.revisions.event, probe=probe),
         ]  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
 
