@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from dsguard.daemonset import is_mapping
 from dsguard.intstr import percent_value
 
 # orjson.dumps refuses documents nested more than 254 levels deep (a Rust-side check, ~10x faster
@@ -144,7 +145,7 @@ class _Checker:
         v = parent.get(key)
         if v is None:
             return None
-        if not isinstance(v, Mapping):
+        if not is_mapping(v):
             self.wrong_type(path, v, "an object", f"write {key} as a mapping of its fields, or remove it")
             return None
         return v
@@ -154,14 +155,14 @@ class _Checker:
         v = parent.get(key)
         if v is None:
             return []
-        if not isinstance(v, list | tuple):
+        if type(v) is not list and not isinstance(v, tuple):
             self.wrong_type(path, v, "a list", f"write {key} as a YAML list (- item per entry), or remove it")
             return []
         out = []
         for i, item in enumerate(v):
             if item is None:
                 continue
-            if not isinstance(item, Mapping):
+            if not is_mapping(item):
                 fix = "write each entry as a mapping of its fields"
                 self.wrong_type(f"{path}[{i}]", item, "an object", fix)
                 continue
@@ -177,7 +178,7 @@ class _Checker:
         v = parent.get(key)
         if v is None:
             return
-        if not isinstance(v, list | tuple):
+        if type(v) is not list and not isinstance(v, tuple):
             self.wrong_type(path, v, "a list of strings", f'write {key} as a list, e.g. {key}: ["a"]')
             return
         for i, s in enumerate(v):
@@ -188,7 +189,7 @@ class _Checker:
         v = parent.get(key)
         if v is None:
             return
-        if not isinstance(v, Mapping):
+        if not is_mapping(v):
             self.wrong_type(path, v, "a map of strings", f"write {key} as key: value pairs")
             return
         for k, s in v.items():
