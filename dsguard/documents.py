@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dsguard.daemonset_shape import MAX_DEPTH, daemonset_shape_errors, too_deep
 from dsguard.fielderrors import InvalidSpec
 from dsguard.policy import KIND as POLICY_KIND
 from dsguard.policy import Policy, parse_policy
@@ -92,6 +93,8 @@ def _parse_all(name: str, text: str) -> list[tuple[Any, yaml.Node]]:
         return out
     except yaml.YAMLError as e:
         raise InputError(f"{name}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
     finally:
         loader.dispose()
 
@@ -131,6 +134,30 @@ def _files_all(targets: list[str]) -> Iterator[tuple[str, str]]:
             yield from _files(t)
         except OSError as e:
             raise InputError(f"{t}: {e.strerror or e}") from None
+
+
+def is_daemonset(body: dict[str, Any]) -> bool:
+    return body.get("kind") == "DaemonSet" and str(body.get("apiVersion", "")).startswith("apps/")
+
+
+def check_daemonsets(docs: Iterable[Document]) -> None:
+    """InputError naming the file, the DaemonSet, the field and the fix for every field the rules
+    can't read (dsguard.daemonset_shape, the webhook's boundary): the apiserver refuses them too."""
+    problems: list[str] = []
+    for doc in docs:
+        body = doc.body
+        if not is_daemonset(body):
+            continue
+        if too_deep(body):
+            problems.append(f"{doc.source}: nests more than {MAX_DEPTH} levels deep; fix: give a DaemonSet")
+            continue
+        meta = body.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
+        names = meta.get("namespace"), meta.get("name")
+        ref = "/".join(n if isinstance(n, str) else "?" for n in names) if names[1] else "(no name)"
+        problems += [f"{doc.source}: DaemonSet {ref}: {e}" for e in daemonset_shape_errors(body)]
+    if problems:
+        raise InputError("\n".join(problems))
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,20 @@ from dsguard.fielderrors import FieldError
 
 IntOrPercent = int | str
 
-# apimachinery validation.IsValidPercent: digits then '%', nothing else.
-_PERCENT = re.compile(r"^[0-9]+%$")
+# apimachinery validation.IsValidPercent: `^[0-9]+%$`, digits then '%', nothing else. Go's `$` is
+# the end of the text; Python's also matches before a final newline, hence fullmatch.
+_PERCENT = re.compile(r"[0-9]+%")
+_OVER_100 = 10_000
+
+
+def percent_value(text: str) -> int | None:
+    """apps validation's getPercentValue: N of a valid "N%" (leading zeros allowed, as strconv.Atoi
+    takes them), None when not a valid percentage. A value of more than 4 digits is only ever
+    compared with 100, so it is not converted (Python refuses int() of 4,300+ digits)."""
+    if not _PERCENT.fullmatch(text):
+        return None
+    digits = text[:-1].lstrip("0")
+    return int(digits or "0") if len(digits) <= 4 else _OVER_100
 
 
 def parse_int_or_percent(raw: object, path: str) -> tuple[IntOrPercent | None, list[FieldError]]:
@@ -21,20 +33,32 @@ def parse_int_or_percent(raw: object, path: str) -> tuple[IntOrPercent | None, l
         if raw < 0:
             return None, [FieldError(path, f"{raw} must be greater than or equal to 0")]
         return raw, []
-    if not _PERCENT.match(raw):
+    n = percent_value(raw)
+    if n is None:
         return None, [FieldError(path, f'{raw!r} must be an integer or a percentage like "10%"')]
-    if int(raw[:-1]) > 100:
+    if n > 100:
         return None, [FieldError(path, f"{raw!r} is over 100%")]
     return raw, []
+
+
+def _percent(value: str) -> int:
+    n = percent_value(value)
+    if n is None:  # callers validate first (dsguard.daemonset_shape); say which value if not
+        raise ValueError(f"{value!r} is not a percentage")
+    return n
 
 
 def scaled_value(value: IntOrPercent, total: int, *, round_up: bool) -> int:
     """GetScaledValueFromIntOrPercent: percentages scale against total; the DaemonSet controller rounds up."""
     if isinstance(value, int):
         return value
-    percent = int(value[:-1])
-    scaled = percent * total / 100
+    scaled = _percent(value) * total / 100
     return math.ceil(scaled) if round_up else math.floor(scaled)
+
+
+def number_as_written(value: IntOrPercent) -> int:
+    """3 for 3, 10 for "10%": for comparing two values of the same kind without a scale."""
+    return value if isinstance(value, int) else _percent(value)
 
 
 def is_zero(value: IntOrPercent | None) -> bool:
@@ -43,4 +67,4 @@ def is_zero(value: IntOrPercent | None) -> bool:
         return True
     if isinstance(value, int):
         return value == 0
-    return int(value[:-1]) == 0
+    return _percent(value) == 0

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from dsguard.fielderrors import ErrorList
-from dsguard.intstr import IntOrPercent, parse_int_or_percent
+from dsguard.intstr import IntOrPercent, number_as_written, parse_int_or_percent
 from dsguard.scheduling import Toleration
 from dsguard.selectors import LabelSelector, qualified_name_errors
 from dsguard.versions import VersionRange, validate_image_pattern
@@ -463,7 +463,7 @@ def _guard(r: _Reader, raw: object, path: str) -> GuardPolicy | None:
         value, errs = parse_int_or_percent(m["failureThreshold"], f"{path}.failureThreshold")
         r.errors.extend(errs)
         if value is not None and not errs:
-            if (value if isinstance(value, int) else int(value[:-1])) < 1:
+            if number_as_written(value) < 1:
                 r.errors.add(
                     f"{path}.failureThreshold", f"{value!r} must be at least 1 (or 1%): 0 would act at once"
                 )
@@ -506,7 +506,7 @@ def _positive_count(r: _Reader, raw: object, path: str) -> IntOrPercent | None:
     r.errors.extend(errs)
     if value is None or errs:
         return None
-    if (value if isinstance(value, int) else int(value[:-1])) < 1:
+    if number_as_written(value) < 1:
         r.errors.add(path, f'{value!r} must be at least 1 (or "1%")')
         return None
     return value

@@ -67,6 +67,10 @@ def _str(v: object) -> str:
     return "" if v is None else v if isinstance(v, str) else str(v)
 
 
+def _mapping(v: object) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
 _DECIMAL = re.compile(r"-?[1-9][0-9]*|0")
 
 
@@ -379,16 +383,18 @@ class NodeInfo:
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeInfo:
-        meta = node.get("metadata") or {}
-        spec = node.get("spec") or {}
-        status = node.get("status") or {}
-        node_info = status.get("nodeInfo") or {}
-        labels = meta.get("labels") or {}
+        """Lenient, and total: a Node from a hand-written file may have any shape (the apiserver's
+        are validated); what isn't a mapping or a list reads as absent."""
+        meta, spec, status = (_mapping(node.get(k)) for k in ("metadata", "spec", "status"))
+        labels = _mapping(meta.get("labels"))
+        taints = spec.get("taints")
         return cls(
             name=_str(meta.get("name")),
-            labels={_str(k): _str(v) for k, v in labels.items()},
-            taints=tuple(Taint.from_dict(t) for t in (spec.get("taints") or ()) if isinstance(t, Mapping)),
-            kubelet_version=_str(node_info.get("kubeletVersion")),
+            labels={_str(k): _str(v) for k, v in labels.items() if isinstance(v, str | int | float | bool)},
+            taints=tuple(Taint.from_dict(t) for t in taints if isinstance(t, Mapping))
+            if isinstance(taints, list)
+            else (),
+            kubelet_version=_str(_mapping(status.get("nodeInfo")).get("kubeletVersion")),
         )
 
 

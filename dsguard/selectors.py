@@ -124,7 +124,11 @@ def parse_go_int64(text: str) -> int | None:
     """strconv.ParseInt(text, 10, 64): optional sign, ASCII digits (leading zeros fine), int64 range."""
     if not _GO_INT.fullmatch(text):
         return None
-    n = int(text)
+    # Out of range past 19 significant digits: decided before int(), which refuses 4,300+ digits.
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    n = -int(digits) if text.startswith("-") else int(digits)
     return n if INT64_MIN <= n <= INT64_MAX else None
 
 

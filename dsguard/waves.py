@@ -26,7 +26,7 @@ from enum import StrEnum
 from dsguard.annotations import WaveInfo, wave_info
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
-from dsguard.intstr import IntOrPercent
+from dsguard.intstr import IntOrPercent, percent_value
 from dsguard.pod_health import PodView, parse_time
 from dsguard.policy import Approval, WavesPolicy
 from dsguard.rules.context import RuleContext
@@ -199,9 +199,10 @@ def max_unavailable(policy: WavesPolicy, user_strategy: Mapping[str, object] | N
     if isinstance(value, bool) or not isinstance(value, int | str):
         return 1
     if isinstance(value, str):
-        if not value.endswith("%") or not value[:-1].isdigit():
+        percent = percent_value(value)  # not str.isdigit: it takes "²", which int() refuses
+        if percent is None or percent > 100:
             return 1
-        return max(1, math.ceil(int(value[:-1]) * total / 100))
+        return max(1, math.ceil(percent * total / 100))
     return max(1, value)
 
 

@@ -14,6 +14,7 @@ from dsguard.cluster_cache import ClusterCache
 from dsguard.kube import api_client
 from dsguard.policy import Policy
 from dsguard.scheduling import NodeInfo
+from webhook.connections import ConnectionLimits, raise_open_files_limit
 from webhook.server import WebhookState, run
 from webhook.tls import CertReloader, checked_server_context
 
@@ -29,10 +30,13 @@ async def run_webhook(
     nodes: Sequence[NodeInfo] | None = None,
     kubernetes_version: str | None = None,
     exempt_users: frozenset[str] = frozenset(),
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT. policies=None watches the cluster's DaemonSetPolicies; nodes
     (with policies) serves fixed facts and contacts no cluster."""
     ctx = checked_server_context(tls_cert_file, tls_private_key_file)
+    limits = limits or ConnectionLimits()
+    raise_open_files_limit(limits)
     cache = ClusterCache(static_policies=policies)
     tasks: list[asyncio.Task[None]] = []
     api = None
@@ -45,7 +49,7 @@ async def run_webhook(
         tasks.append(asyncio.create_task(cache.fetch_server_version(api), name="server-version"))
     try:
         await run(
-            WebhookState(cache=cache, exempt_users=exempt_users),
+            WebhookState(cache=cache, exempt_users=exempt_users, limits=limits),
             ssl_context=ctx,
             reloader=CertReloader(ctx, tls_cert_file, tls_private_key_file),
             host=host,

@@ -43,6 +43,22 @@ class Metrics:
         # Children bound once: labels() costs a lock and a dict lookup on every review.
         self.review_counters = {(e, v): self.reviews.labels(e, v) for e in ENDPOINTS for v in VERDICTS}
         self.latencies = {e: self.latency.labels(e) for e in ENDPOINTS}
+        self.connections = Gauge(
+            "dsguard_webhook_connections",
+            "Connections open on the webhook port, TLS handshakes in progress included.",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "dsguard_webhook_connections_refused_total",
+            "Connections closed at accept: over --max-connections or --max-connections-per-client.",
+            registry=self.registry,
+        )
+        self.read_timeouts = Counter(
+            "dsguard_webhook_read_timeouts_total",
+            "Connections closed for a request head (header) or body (body) not received in time.",
+            ["part"],
+            registry=self.registry,
+        )
         self.nodes = Gauge("dsguard_nodes", "Nodes in the webhook's cache.", registry=self.registry)
         # The alert rules need it: with failurePolicy Ignore, no ready replica means DaemonSets
         # go through unchecked (manifests/helm/dsguard/files/prometheus-rules.yaml).

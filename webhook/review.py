@@ -3,16 +3,22 @@
 Wire format only (staging/src/k8s.io/api/admission/v1/types.go). A review that can't be read
 raises BadReview, which the server answers with HTTP 400; a policy rejection is a normal
 response with allowed: false.
+
+The boundary: a body nested deeper than daemonset_shape.MAX_DEPTH is refused before anything
+recursive touches it, and a DaemonSet's object and oldObject are shape-checked here once
+(`object_errors`), so the rules never read a field of the wrong type or an unparseable value.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
+
+from dsguard.daemonset_shape import MAX_DEPTH, ShapeError, daemonset_shape_errors, describe, too_deep
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -65,6 +71,9 @@ class AdmissionRequest:
     old_object: Mapping[str, Any] | None
     dry_run: bool
     username: str
+    # daemonset_shape_errors of object and oldObject (DaemonSet CREATE/UPDATE only).
+    object_errors: tuple[ShapeError, ...] = ()
+    old_object_errors: tuple[ShapeError, ...] = ()
 
     @property
     def is_daemonset(self) -> bool:
@@ -78,9 +87,19 @@ class AdmissionRequest:
 def _field(obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
     value = obj.get(key)
     if not isinstance(value, Mapping):
-        what = "missing" if value is None else f"a {type(value).__name__}, not an object"
+        what = "missing" if value is None else f"{describe(value)}, not an object"
         raise BadReview(f"{path}{key} is {what}")
     return value
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: a short string quoted, anything else described (bounded)."""
+    return repr(value) if isinstance(value, str) and len(value) <= 80 else describe(value)
+
+
+def _text(value: object) -> str:
+    """A string field; anything else (the apiserver always sends strings here) reads as ""."""
+    return value if isinstance(value, str) else ""
 
 
 def decode(body: bytes) -> AdmissionRequest:
@@ -90,10 +109,17 @@ def decode(body: bytes) -> AdmissionRequest:
         raise BadReview(f"body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise BadReview(f"body must be a JSON object ({KIND}), got {type(doc).__name__}")
-    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+    # Nesting needs brackets: a body with fewer than the limit can't exceed it (memchr-fast).
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and too_deep(doc):
         raise BadReview(
-            f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {doc.get('apiVersion')!r} "
-            f"kind {doc.get('kind')!r}; set admissionReviewVersions: [v1] in the webhook configuration"
+            f"objects and arrays nest more than {MAX_DEPTH} levels deep; an AdmissionReview of a "
+            "DaemonSet has a few dozen at most"
+        )
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+        got = f"apiVersion {_shown(doc.get('apiVersion'))} kind {_shown(doc.get('kind'))}"
+        raise BadReview(
+            f"expected apiVersion {API_VERSION} kind {KIND}, got {got}; "
+            "set admissionReviewVersions: [v1] in the webhook configuration"
         )
     req = _field(doc, "request", "")
     uid = req.get("uid")
@@ -101,11 +127,9 @@ def decode(body: bytes) -> AdmissionRequest:
         raise BadReview("request.uid is missing; the response must echo it")
     op = req.get("operation")
     if op not in _OPERATIONS:
-        raise BadReview(f"request.operation {op!r} is not one of {', '.join(_OPERATIONS)}")
+        raise BadReview(f"request.operation {_shown(op)} is not one of {', '.join(_OPERATIONS)}")
     kind = _field(req, "kind", "request.")
-    gvk = GroupVersionKind(
-        str(kind.get("group", "")), str(kind.get("version", "")), str(kind.get("kind", ""))
-    )
+    gvk = GroupVersionKind(_text(kind.get("group")), _text(kind.get("version")), _text(kind.get("kind")))
     obj = req.get("object")
     old = req.get("oldObject")
     for key, value in (("object", obj), ("oldObject", old)):
@@ -116,19 +140,26 @@ def decode(body: bytes) -> AdmissionRequest:
     if op == "UPDATE" and old is None:
         raise BadReview("request.oldObject is missing for an UPDATE")
     user = req.get("userInfo")
-    return AdmissionRequest(
+    request = AdmissionRequest(
         uid=uid,
         kind=gvk,
-        resource=str(_field(req, "resource", "request.").get("resource", "")) if req.get("resource") else "",
-        sub_resource=str(req.get("subResource") or ""),
+        resource=_text(_field(req, "resource", "request.").get("resource")) if req.get("resource") else "",
+        sub_resource=_text(req.get("subResource")),
         operation=op,
-        namespace=str(req.get("namespace") or ""),
-        name=str(req.get("name") or ""),
+        namespace=_text(req.get("namespace")),
+        name=_text(req.get("name")),
         object=obj,
         old_object=old,
-        dry_run=bool(req.get("dryRun")),
-        username=str(user.get("username", "")) if isinstance(user, Mapping) else "",
+        dry_run=req.get("dryRun") is True,
+        username=_text(user.get("username")) if isinstance(user, Mapping) else "",
     )
+    if request.is_daemonset and op in ("CREATE", "UPDATE"):
+        return replace(
+            request,
+            object_errors=daemonset_shape_errors(obj) if obj is not None else (),
+            old_object_errors=daemonset_shape_errors(old) if old is not None else (),
+        )
+    return request
 
 
 def encode(

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dsguard.cluster_cache import ClusterCache
@@ -24,12 +25,29 @@ from dsguard.lifecycle import cancel_and_wait, wait_for_shutdown_signal
 from dsguard.log_context import ObjectRef, about
 from dsguard.rules import engine
 from webhook import review
+from webhook.connections import ConnectionGate, ConnectionLimits, GuardedConnection
 from webhook.metrics import Metrics
 from webhook.mutation import hold_then_mutate
 from webhook.tls import CertReloader
 from webhook.verdict_memo import VerdictMemo
 
 log = logging.getLogger("dsguard.webhook")
+
+
+class _ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a request it can't parse (a malformed head, a bad chunk) as an ERROR with a
+    traceback, though it answers 400: the client's mistake, not ours. One INFO line instead, so
+    a hostile client can't flood the log with tracebacks; real errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+            log.info("bad request from a client, answered 400: %s", _one_line(exc))
+            return False
+        return True
+
+
+_CLIENT_ERRORS = _ClientErrorsInOneLine()
 
 Endpoint = Literal["mutate", "validate"]
 
@@ -46,6 +64,8 @@ class WebhookState:
     # rollback restores an older template and whose resume restores the old strategy, which a
     # policy added since might deny, and which must not be blocked mid-incident.
     exempt_users: frozenset[str] = frozenset()
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    gate: ConnectionGate | None = None  # set by run(): the listening socket's connection counter
     # Repeated reviews (GitOps re-applies) answered without running the rules again.
     memo: VerdictMemo = field(default_factory=VerdictMemo)
 
@@ -53,8 +73,14 @@ class WebhookState:
 STATE = web.AppKey("state", WebhookState)
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _bad_request(message: str) -> tuple[int, bytes]:
-    return 400, orjson.dumps({"error": message})
+    # A metav1.Status, as the apiserver answers its own bad requests; "error" for older clients.
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400}
+    return 400, orjson.dumps({**status, "message": message, "error": message})
 
 
 def serve_admission(state: WebhookState, endpoint: Endpoint, body: bytes) -> tuple[int, bytes, str]:
@@ -89,19 +115,29 @@ def _judge(
     memo = partial(state.memo.evaluate, endpoint, body, req.uid, policies=policies, facts=facts)
     if endpoint == "mutate":
         # The mutating side never denies: /validate judges the final object, after every mutation.
+        # Fields it can't read are left untouched; the apiserver's validation names them.
         mutated = memo(
             compute=lambda: hold_then_mutate(
-                policies, obj, facts=facts, namespace=req.namespace, old=previous
+                policies,
+                obj,
+                facts=facts,
+                namespace=req.namespace,
+                old=previous,
+                errors=req.object_errors,
+                old_errors=req.old_object_errors,
             )
         )
-        verdict = "patched" if mutated.patch else "allowed"
+        verdict = "patched" if mutated.patch else "warned" if mutated.unreadable else "allowed"
+        notices = [*mutated.notices, *(f"dsguard left it unchanged: {e}" for e in mutated.unreadable)]
         return (
             200,
-            review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=mutated.notices),
+            review.encode(req.uid, allowed=True, patch=mutated.patch, warnings=notices),
             verdict,
         )
     result = memo(
-        compute=lambda: engine.judge(policies, obj, facts=facts, namespace=req.namespace, old=previous)
+        compute=lambda: engine.judge(
+            policies, obj, facts=facts, namespace=req.namespace, old=previous, shape_errors=req.object_errors
+        )
     )
     # Audits are recorded by /validate only: it sees the final object, and each review once.
     for a in result.audits:
@@ -130,6 +166,7 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         start = time.perf_counter()
+        close = False
         if request.content_type != "application/json":
             status, out = _bad_request(f"Content-Type must be application/json, got {request.content_type!r}")
             verdict = "bad_request"
@@ -139,12 +176,31 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
             )
             verdict = "bad_request"
         else:
+            body: bytes | None = None
             try:
-                body = await request.read()
+                async with asyncio.timeout(state.limits.read_timeout):
+                    body = await request.read()
+            except TimeoutError:  # a client trickling its body: it gets its connection closed
+                close = True
+                state.metrics.read_timeouts.labels("body").inc()
+                status, out = (
+                    408,
+                    orjson.dumps({"error": f"body not received within {state.limits.read_timeout:g}s"}),
+                )
             except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check first
-                body = None
-            if body is None:
                 status, out = _bad_request(f"body is over the {MAX_BODY_BYTES}-byte limit")
+            except (web.RequestPayloadError, HttpProcessingError) as e:
+                # The body can't be read as declared (Content-Encoding gzip/deflate that isn't,
+                # a chunked or length error): aiohttp drops the connection after such an error
+                # without saying so, so say it (Connection: close), and answer why. The body is
+                # done with: aiohttp would otherwise try to drain it and hit the error again.
+                close = True
+                request.content.feed_eof()
+                status, out = _bad_request(
+                    f"body can't be read as sent ({_one_line(e)}); send the JSON "
+                    "AdmissionReview uncompressed, or compressed as its Content-Encoding says"
+                )
+            if body is None:
                 verdict = "bad_request"
             else:
                 try:
@@ -160,7 +216,10 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
         bound = metrics.review_counters.get((endpoint, verdict))
         (bound or metrics.reviews.labels(endpoint, verdict)).inc()
         metrics.latencies[endpoint].observe(time.perf_counter() - start)
-        return web.Response(status=status, body=out, content_type="application/json")
+        response = web.Response(status=status, body=out, content_type="application/json")
+        if close:
+            response.force_close()
+        return response
 
     return handle
 
@@ -190,12 +249,34 @@ async def _metrics(request: web.Request) -> web.Response:
     state.metrics.policy_errors.set(len(cache.policy_errors))
     state.metrics.nodes.set(len(cache.facts.nodes))
     state.metrics.ready.set(1 if cache.synced else 0)
+    if state.gate is not None:
+        state.metrics.connections.set(state.gate.connections)
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@web.middleware
+async def _request_cycle(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the connection's guard that a request head arrived (its header timer stops) and when
+    the request is done (the next head is timed from its first byte)."""
+    transport = request.transport
+    conn = transport.get_protocol() if transport is not None else None
+    if not isinstance(conn, GuardedConnection):
+        return await handler(request)
+    conn.request_started()
+    try:
+        return await handler(request)
+    finally:
+        conn.request_finished()
+
+
 def make_app(state: WebhookState) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_request_cycle])
+    aiohttp_server_log = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERRORS not in aiohttp_server_log.filters:
+        aiohttp_server_log.addFilter(_CLIENT_ERRORS)
     app[STATE] = state
     state.cache.on_restart = lambda resource, reason: state.metrics.watch_restarts.labels(
         resource, reason
@@ -223,11 +304,21 @@ async def run(
 ) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, let reviews in flight finish, stop watches."""
     app = make_app(state)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    limits = state.limits
+    runner = web.AppRunner(
+        app, shutdown_timeout=shutdown_timeout, access_log=None, keepalive_timeout=limits.idle_timeout
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-    await site.start()
-    log.info("serving on https://%s:%d", host, port)
+    assert runner.server is not None
+    # Plain TCP at the socket: the gate admits by the caps, then upgrades to TLS (connections.py).
+    state.gate = ConnectionGate(limits, runner.server, ssl_context, state.metrics)
+    listener = await asyncio.get_running_loop().create_server(state.gate, host, port, backlog=1024)
+    log.info(
+        "serving on https://%s:%d (at most %d connections, %d per client; TLS handshake %gs, "
+        "request head %gs, body %gs, idle %gs)",
+        host, port, limits.max_connections, limits.max_connections_per_client, limits.tls_handshake_timeout,
+        limits.read_header_timeout, limits.read_timeout, limits.idle_timeout,
+    )  # fmt: skip
     background_tasks = list(tasks or [])
     if reloader is not None:
         background_tasks.append(asyncio.create_task(reloader.run()))
@@ -235,5 +326,6 @@ async def run(
         await wait_for_shutdown_signal()
     finally:
         log.info("shutting down")
+        listener.close()  # stop accepting; runner.cleanup lets the reviews in flight finish
         await runner.cleanup()
         await cancel_and_wait(background_tasks)

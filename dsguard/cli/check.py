@@ -11,7 +11,14 @@ import orjson
 from dsguard.cli import ci_reports, exits
 from dsguard.cli.ci_reports import Checked
 from dsguard.cli.options import note_skipped
-from dsguard.documents import InputError, load_documents, load_nodes, load_policies
+from dsguard.documents import (
+    InputError,
+    check_daemonsets,
+    is_daemonset,
+    load_documents,
+    load_nodes,
+    load_policies,
+)
 from dsguard.facts import ClusterFacts
 from dsguard.rules.engine import PolicyFinding
 
@@ -74,12 +81,16 @@ def check(
         docs = list(load_documents(list(manifests)))
     except InputError as e:
         raise exits.BadInput(str(e)) from None
+    try:
+        check_daemonsets(docs)
+    except InputError as e:
+        raise exits.BadInput(str(e)) from None
     facts = ClusterFacts(nodes=tuple(nodes), server_version=kubernetes_version)
     checked: list[Checked] = []
     skipped = 0
     for doc in docs:
         body = doc.body
-        if body.get("kind") != "DaemonSet" or not str(body.get("apiVersion", "")).startswith("apps/"):
+        if not is_daemonset(body):
             skipped += 1
             continue
         checked.append(Checked(doc, evaluate(policies, body, facts=facts)))

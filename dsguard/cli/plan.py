@@ -17,7 +17,7 @@ from dsguard.annotations import WaveInfo, wave_info, waves_in_progress
 from dsguard.cli import exits
 from dsguard.cli.options import context_opt, kubeconfig_opt, policy_files_opt
 from dsguard.daemonset import DaemonSetView, as_mapping
-from dsguard.documents import InputError, load_documents, load_nodes, load_policies
+from dsguard.documents import InputError, check_daemonsets, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy, WavesPolicy, guard_policy_for
 from dsguard.rules.engine import matching_policies
@@ -140,7 +140,9 @@ def _offline(
     policies = load_policies(list(policy_files)).policies
     facts = ClusterFacts(nodes=tuple(load_nodes(list(node_files)))) if node_files else ClusterFacts()
     out = []
-    for doc in load_documents(list(filenames)):
+    docs = list(load_documents(list(filenames)))
+    check_daemonsets(docs)
+    for doc in docs:
         if not isinstance(doc.body, Mapping) or doc.body.get("kind") != "DaemonSet":
             continue
         meta = as_mapping(doc.body.get("metadata"))

@@ -57,6 +57,36 @@ log = logging.getLogger("dsguard.cli")
     help="A user whose DaemonSet changes pass unjudged: the guard's service account, e.g. "
     "system:serviceaccount:dsguard:dsguard-guard (repeatable).",
 )
+@click.option(
+    "--max-connections",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections at once, TLS handshakes in progress included; more are closed at once.",
+)
+@click.option(
+    "--max-connections-per-client",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections at once from one IP address (an apiserver needs a few dozen at most).",
+)
+@click.option(
+    "--tls-handshake-timeout", default="10s", show_default=True, type=DURATION,
+    help="A TLS handshake not finished in this time is dropped.",
+)  # fmt: skip
+@click.option(
+    "--read-header-timeout", default="10s", show_default=True, type=DURATION,
+    help="A request head must arrive within this time of its first byte (slowloris).",
+)  # fmt: skip
+@click.option(
+    "--read-timeout", default="10s", show_default=True, type=DURATION,
+    help="A request body must arrive within this time of its head.",
+)  # fmt: skip
+@click.option(
+    "--idle-timeout", default="120s", show_default=True, type=DURATION,
+    help="A keep-alive connection idle this long is closed (keep it above the apiserver's 90s).",
+)  # fmt: skip
 @log_level_opt
 @log_format_opt
 def webhook(
@@ -69,11 +99,18 @@ def webhook(
     node_files: tuple[str, ...],
     kubernetes_version: str | None,
     exempt_users: tuple[str, ...],
+    max_connections: int,
+    max_connections_per_client: int,
+    tls_handshake_timeout: float,
+    read_header_timeout: float,
+    read_timeout: float,
+    idle_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the admission webhook (HTTPS: /mutate, /validate, /healthz, /readyz, /metrics)."""
     from dsguard.kube import ClientConfigError
+    from webhook.connections import ConnectionLimits
     from webhook.main import run_webhook
     from webhook.tls import ServingFileError
 
@@ -94,6 +131,12 @@ def webhook(
                 tls_cert_file=tls_cert_file, tls_private_key_file=tls_private_key_file, host=host, port=port,
                 kubeconfig=kubeconfig, policies=policies, nodes=nodes, kubernetes_version=kubernetes_version,
                 exempt_users=frozenset(exempt_users),
+                limits=ConnectionLimits(
+                    max_connections=max_connections, max_connections_per_client=max_connections_per_client,
+                    tls_handshake_timeout=tls_handshake_timeout,
+                    read_header_timeout=read_header_timeout, read_timeout=read_timeout,
+                    idle_timeout=idle_timeout,
+                ),
             )
         )  # fmt: skip
     except ServingFileError as e:

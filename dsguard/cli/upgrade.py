@@ -23,7 +23,7 @@ from dsguard.cli.options import (
     output_opt,
     policy_files_opt,
 )
-from dsguard.documents import InputError, load_documents, load_nodes, load_policies
+from dsguard.documents import InputError, check_daemonsets, load_documents, load_nodes, load_policies
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
 from dsguard.rules.context import Severity
@@ -199,7 +199,9 @@ def _load(
     manifests: list[Manifest] = []
     skipped = 0
     if filenames:
-        for doc in load_documents(list(filenames)):
+        docs = list(load_documents(list(filenames)))
+        check_daemonsets(docs)
+        for doc in docs:
             body = doc.body
             if body.get("kind") != "DaemonSet" or not str(body.get("apiVersion", "")).startswith("apps/"):
                 skipped += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsguard import daemonset_shape as shape
 from dsguard.daemonset import TOLERATIONS_PATH
 from dsguard.policy import Policy
 from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, name_nodes
@@ -13,6 +14,11 @@ from dsguard.selectors import LabelSelector
 RULE = "coverage"
 POD_SPEC_PATH = "spec.template.spec"
 JUDGES = TEMPLATE
+READS: tuple[str, ...] = shape.PLACEMENT
+
+
+def governs(policy: Policy) -> bool:
+    return policy.tolerations is not None and policy.tolerations.coverage is not None
 
 
 def check(policy: Policy, ctx: RuleContext) -> list[Finding]:

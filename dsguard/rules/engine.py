@@ -14,6 +14,13 @@ guard's pause (updateStrategy -> OnDelete). Template rules (tolerations, coverag
 spec.template to change; rollout caps and the minReadySeconds floor need spec.template,
 spec.updateStrategy or spec.minReadySeconds to change (a template change is what starts a
 rollout). Unenforced violations come back as warnings.
+
+Fields the rules can't read (dsguard.daemonset_shape: a wrong type, an unparseable percentage)
+keep only the rules that read them from running: mutate leaves those parts untouched and lists
+the fields in `unreadable`; judge reports a policy's rule that can't run as a finding naming the
+field and the fix (denied under Enforce), and a bad field no matching policy reads as a warning
+(apps/v1 validation is the authority there). With metadata.labels unreadable no policy can be
+matched, so nothing runs.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from dataclasses import dataclass, field, replace
 from dataclasses import field as dataclass_field
 from typing import Any, Protocol
 
+from dsguard import daemonset_shape as shape
 from dsguard.daemonset import DaemonSetView
+from dsguard.daemonset_shape import ShapeError, blocks, daemonset_shape_errors
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
@@ -33,6 +42,9 @@ from dsguard.rules.context import TEMPLATE, Finding, NodeList, ObjectEdit, RuleC
 class Rule(Protocol):
     RULE: str
     JUDGES: SpecPart
+    READS: tuple[str, ...]  # the DaemonSet fields it reads (dsguard.daemonset_shape paths)
+
+    def governs(self, policy: Policy) -> bool: ...
 
     def check(self, policy: Policy, ctx: RuleContext) -> list[Finding]: ...
 
@@ -70,6 +82,7 @@ class Evaluation:
     notices: tuple[str, ...] = ()  # what the mutations did
     audits: tuple[PolicyFinding, ...] = ()
     warned: tuple[PolicyFinding, ...] = ()  # the findings among `warnings`, as data (CI reports)
+    unreadable: tuple[ShapeError, ...] = ()  # fields that kept a matching policy's rule from running
 
     @property
     def allowed(self) -> bool:
@@ -78,6 +91,22 @@ class Evaluation:
     def denial_message(self) -> str:
         head = f"dsguard: DaemonSet {self.ds.ref} violates {len(self.denials)} policy rule(s):"
         return "\n".join([head, *(f"- {d}" for d in self.denials)])
+
+
+# What matching_policies reads of the DaemonSet (the namespace comes from the request).
+MATCH_READS = (shape.LABELS,)
+
+
+def _shape(obj: Mapping[str, Any], errors: Sequence[ShapeError] | None) -> tuple[ShapeError, ...]:
+    return daemonset_shape_errors(obj) if errors is None else tuple(errors)
+
+
+def _blocked(rule: Rule, errors: Sequence[ShapeError]) -> list[ShapeError]:
+    return blocks(errors, rule.READS) if errors else []
+
+
+def unjudged(error: ShapeError) -> str:
+    return f"cannot be judged: {error}"
 
 
 def matching_policies(policies: Iterable[Policy], ds: DaemonSetView, facts: ClusterFacts) -> list[Policy]:
@@ -132,15 +161,21 @@ def mutate(
     facts: ClusterFacts,
     namespace: str = "",
     old: Mapping[str, Any] | None = None,
+    shape_errors: Sequence[ShapeError] | None = None,
 ) -> Evaluation:
     """What the matching policies change in `obj` (tolerations added, caps clamped), as a patch;
-    never denies. Only `ds`, `obj`, `patch`, `policies` and `notices` are set."""
+    never denies. Only `ds`, `obj`, `patch`, `policies`, `notices` and `unreadable` are set.
+    shape_errors: daemonset_shape_errors(obj) when the caller has them already."""
+    errors = _shape(obj, shape_errors)
     ds = DaemonSetView.from_object(obj, namespace=namespace)
+    if errors and (unmatchable := blocks(errors, MATCH_READS)):
+        return Evaluation(ds=ds, obj=obj, unreadable=tuple(unmatchable))
     matched = matching_policies(policies, ds, facts)
     names = tuple(p.name for p in matched)
     mutators = [p for p in matched if _may_mutate(p)]
     if not mutators:
         return Evaluation(ds=ds, obj=obj, policies=names)
+    unreadable: dict[ShapeError, None] = {}
     changed = _Changed.between(old, obj)
     # Copies only the containers it changes, and records the patch as it goes.
     edit = ObjectEdit(obj)
@@ -149,14 +184,25 @@ def mutate(
     for rule in MUTATING_RULES:
         if not changed.covers(rule.JUDGES):
             continue
+        if blocked := _blocked(rule, errors):
+            if any(rule.governs(p) for p in mutators):
+                unreadable.update(dict.fromkeys(blocked))
+            continue  # left untouched: the apiserver's validation names the problem
         for p in mutators:
             done = rule.mutate(p, edit, ctx)
             if done:
                 notices += done
                 ctx = RuleContext(DaemonSetView.from_object(edit.obj, namespace=ds.namespace), facts)
     if not notices:
-        return Evaluation(ds=ds, obj=obj, policies=names)
-    return Evaluation(ds=ctx.ds, obj=edit.obj, patch=edit.ops, policies=names, notices=tuple(notices))
+        return Evaluation(ds=ds, obj=obj, policies=names, unreadable=tuple(unreadable))
+    return Evaluation(
+        ds=ctx.ds,
+        obj=edit.obj,
+        patch=edit.ops,
+        policies=names,
+        notices=tuple(notices),
+        unreadable=tuple(unreadable),
+    )
 
 
 def judge(
@@ -166,10 +212,18 @@ def judge(
     facts: ClusterFacts,
     namespace: str = "",
     old: Mapping[str, Any] | None = None,
+    shape_errors: Sequence[ShapeError] | None = None,
 ) -> Evaluation:
     """The verdict on `obj` as it will be stored: denials, warnings and audit findings by each
     matching policy's enforcement. Never changes the object."""
+    errors = _shape(obj, shape_errors)
     ds = DaemonSetView.from_object(obj, namespace=namespace)
+    if errors and (unmatchable := blocks(errors, MATCH_READS)) and policies:
+        # Which policies govern it is unknown: fail closed ("*": any of them), naming the field.
+        denial = PolicyFinding(
+            "*", Enforcement.ENFORCE, "match", unjudged(unmatchable[0]), field=unmatchable[0].path
+        )
+        return Evaluation(ds=ds, obj=obj, denials=(denial,), unreadable=tuple(unmatchable))
     matched = matching_policies(policies, ds, facts)
     if not matched:
         return Evaluation(ds=ds, obj=obj)
@@ -179,11 +233,13 @@ def judge(
     warnings: list[str] = []
     warned: list[PolicyFinding] = []
     audits: list[PolicyFinding] = []
+    unreadable: dict[ShapeError, None] = {}
     for p in matched:
         enforced: list[Finding] = []
         unenforced: list[Finding] = []
         for rule in RULES:
-            (enforced if changed.covers(rule.JUDGES) else unenforced).extend(rule.check(p, ctx))
+            found = _check_readable(rule, p, ctx, errors, unreadable)
+            (enforced if changed.covers(rule.JUDGES) else unenforced).extend(found)
         for f in enforced:
             pf = PolicyFinding(p.name, p.enforcement, f.rule, f.message, f.field, f.nodes)
             if p.enforcement is Enforcement.AUDIT:
@@ -201,6 +257,9 @@ def judge(
                 pf = replace(pf, message=f"{pf.message} (not enforced: unchanged by this update)")
                 warnings.append(str(pf))
                 warned.append(pf)
+    for e in errors:
+        if e not in unreadable:  # no matching policy reads it: apps/v1 validation is the authority
+            warnings.append(f"{e} (apps/v1 validation rejects it; dsguard's policies don't read it)")
     return Evaluation(
         ds=ds,
         obj=obj,
@@ -209,7 +268,26 @@ def judge(
         warnings=tuple(dict.fromkeys(warnings)),
         audits=tuple(audits),
         warned=tuple(dict.fromkeys(warned)),
+        unreadable=tuple(unreadable),
     )
+
+
+def _check_readable(
+    rule: Rule,
+    policy: Policy,
+    ctx: RuleContext,
+    errors: Sequence[ShapeError],
+    unreadable: dict[ShapeError, None],
+) -> list[Finding]:
+    """rule.check, or, when a field it reads is unreadable and the policy has that rule, one
+    finding per such field (rules not reading it still run)."""
+    blocked = _blocked(rule, errors)
+    if not blocked:
+        return rule.check(policy, ctx)
+    if not rule.governs(policy):
+        return []
+    unreadable.update(dict.fromkeys(blocked))
+    return [Finding(rule.RULE, unjudged(e), field=e.path) for e in blocked]
 
 
 def evaluate(
@@ -219,9 +297,10 @@ def evaluate(
     facts: ClusterFacts,
     namespace: str = "",
     old: Mapping[str, Any] | None = None,
+    shape_errors: Sequence[ShapeError] | None = None,
 ) -> Evaluation:
     """mutate, then judge the result: what the two webhooks together decide (`dsguard check`)."""
-    mutated = mutate(policies, obj, facts=facts, namespace=namespace, old=old)
+    mutated = mutate(policies, obj, facts=facts, namespace=namespace, old=old, shape_errors=shape_errors)
     verdict = judge(policies, mutated.obj, facts=facts, namespace=namespace, old=old)
     return replace(verdict, patch=mutated.patch, notices=mutated.notices)
 
@@ -234,13 +313,17 @@ def findings_by_policy(
 
     No mutations are applied: a toleration an Add policy would insert on the next apply is still
     missing from the running pods, so it is reported."""
+    errors = daemonset_shape_errors(obj)
     ds = DaemonSetView.from_object(obj)
+    if errors and blocks(errors, MATCH_READS):
+        return []  # stored objects passed apps/v1 validation: not reached from the apiserver
     matched = matching_policies(policies, ds, facts)
     if not matched:
         return []
     ctx = RuleContext(ds, facts)
     out: list[tuple[Policy, list[Finding]]] = []
+    unreadable: dict[ShapeError, None] = {}
     for p in matched:
-        found = [f for rule in RULES for f in rule.check(p, ctx)]
+        found = [f for rule in RULES for f in _check_readable(rule, p, ctx, errors, unreadable)]
         out.append((p, list(dict.fromkeys(found))))
     return out

@@ -9,6 +9,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from dsguard import daemonset_shape as shape
 from dsguard.daemonset import ContainerImage
 from dsguard.policy import Compatibility, Policy, UnknownVersion, VersionPolicy
 from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, Severity, name_nodes
@@ -17,6 +18,11 @@ from dsguard.versions import ImageRef, Version, image_pattern_matches
 RULE = "versions"
 JUDGES = TEMPLATE
 NO_NODES = "(no nodes known: the apiserver version)"
+READS: tuple[str, ...] = (*shape.IMAGES, *shape.PLACEMENT)
+
+
+def governs(policy: Policy) -> bool:
+    return policy.versions is not None
 
 
 def _nodes_by_kubelet(ctx: RuleContext) -> Mapping[str, Sequence[str]]:

@@ -9,12 +9,18 @@ floor; Deny denies it.
 
 from __future__ import annotations
 
+from dsguard import daemonset_shape as shape
 from dsguard.policy import OnExceed, Policy
 from dsguard.rules.context import ROLLOUT, Finding, ObjectEdit, RuleContext
 
 RULE = "rollout"
 JUDGES = ROLLOUT
-PATH = "spec.minReadySeconds"
+PATH = shape.MIN_READY_SECONDS
+READS: tuple[str, ...] = (PATH,)
+
+
+def governs(policy: Policy) -> bool:
+    return policy.rollout is not None and policy.rollout.min_ready_seconds is not None
 
 
 def _floor(policy: Policy, ctx: RuleContext) -> int | None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dsguard import daemonset_shape as shape
 from dsguard.daemonset import ROLLING_UPDATE, ROLLING_UPDATE_PATH
-from dsguard.intstr import IntOrPercent, is_zero, scaled_value
+from dsguard.intstr import IntOrPercent, is_zero, number_as_written, scaled_value
 from dsguard.policy import OnExceed, Policy, RolloutPolicy
 from dsguard.rules.context import ROLLOUT, Finding, ObjectEdit, RuleContext
 
 RULE = "rollout"
 JUDGES = ROLLOUT
+READS: tuple[str, ...] = (shape.UPDATE_STRATEGY, *shape.PLACEMENT)  # the caps scale with the targeted nodes
 _ROLLING_UPDATE = ("spec", "updateStrategy", "rollingUpdate")
 _MEANING = {"maxUnavailable": "unavailable", "maxSurge": "surged"}
 
@@ -27,6 +29,11 @@ class _Excess:
     cap: IntOrPercent
     resolved_value: int
     resolved_cap: int
+
+
+def governs(policy: Policy) -> bool:
+    r = policy.rollout
+    return r is not None and (r.max_unavailable is not None or r.max_surge is not None)
 
 
 def show(value: IntOrPercent) -> str:
@@ -59,12 +66,8 @@ def _resolve(value: IntOrPercent, cap: IntOrPercent, total: int) -> tuple[int, i
     if total > 0:
         return scaled_value(value, total, round_up=True), scaled_value(cap, total, round_up=True)
     if isinstance(value, str) == isinstance(cap, str):
-        return _number(value), _number(cap)
+        return number_as_written(value), number_as_written(cap)
     return scaled_value(value, 1, round_up=True), scaled_value(cap, 1, round_up=True)
-
-
-def _number(v: IntOrPercent) -> int:
-    return v if isinstance(v, int) else int(v[:-1])
 
 
 def _clamped(ctx: RuleContext, excesses: list[_Excess]) -> tuple[IntOrPercent, IntOrPercent]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dsguard import daemonset_shape as shape
 from dsguard.daemonset import TOLERATIONS_PATH, DaemonSetView
 from dsguard.policy import OnMissing, Policy
 from dsguard.rules.context import TEMPLATE, Finding, ObjectEdit, RuleContext
@@ -11,7 +12,12 @@ from dsguard.scheduling import Toleration
 
 RULE = "tolerations"
 JUDGES = TEMPLATE
+READS: tuple[str, ...] = (shape.TOLERATIONS,)
 _POD_SPEC = ("spec", "template", "spec")
+
+
+def governs(policy: Policy) -> bool:
+    return policy.tolerations is not None and bool(policy.tolerations.required)
 
 
 def present_tolerations(ds: DaemonSetView) -> list[Toleration]:

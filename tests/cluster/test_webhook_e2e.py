@@ -259,6 +259,61 @@ def test_existing_daemonset_is_not_locked_by_a_later_policy(env: Env) -> None:
     assert bump.returncode != 0 and "missing required toleration" in bump.stderr
 
 
+@pytest.mark.parametrize("value", ["5% ", "10.5%", "%%"])
+def test_a_bad_percentage_gets_the_apiservers_own_message_not_a_webhook_error(env: Env, value: str) -> None:
+    """The mutating webhook runs before apps/v1 validation: it leaves what it can't read untouched
+    (with a warning) and the apiserver names the problem; the toleration is still added."""
+    env.add_nodes([{"name": "plain"}, {"name": "infra-1", "taints": [INFRA]}])
+    env.add_policy(
+        {
+            "tolerations": {"required": [INFRA], "onMissing": "Add"},
+            "rollout": {"maxUnavailable": "20%", "onExceed": "Clamp"},
+        }
+    )
+    bad = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": value}}
+    proc = env.apply(env.daemonset(update_strategy=bad))
+    assert proc.returncode != 0
+    assert "failed calling webhook" not in proc.stderr, proc.stderr
+    assert 'The DaemonSet "agent" is invalid' in proc.stderr, proc.stderr  # the apiserver's validation
+    assert "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value" in proc.stderr, proc.stderr
+    # and our warning, naming the field the mutating webhook left alone
+    assert "dsguard left it unchanged: spec.updateStrategy.rollingUpdate.maxUnavailable" in proc.stderr
+    assert env.get_ds() is None
+    # Fixed, the same policy adds the toleration and clamps the cap.
+    good = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}  # 2 of 2 nodes: over 20%
+    proc = env.apply(env.daemonset(update_strategy=good))
+    assert proc.returncode == 0, proc.stderr
+    stored = env.get_ds()
+    assert stored is not None
+    assert INFRA in stored["spec"]["template"]["spec"]["tolerations"]
+    assert stored["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+
+
+@pytest.mark.parametrize("digits", [40, 5000])
+def test_a_node_affinity_bound_out_of_int64_is_no_webhook_error(env: Env, digits: int) -> None:
+    """The mutating webhook sees a Gt value of 5,000 digits before apps/v1 validation, which
+    refuses it (a label value: 63 bytes at most); one of 40 digits is a valid label value,
+    stored, and its term matches no node, as in the scheduler. Neither is a webhook error."""
+    env.add_nodes([{"name": "plain", "labels": {"generation": "7"}}])
+    env.add_policy({"tolerations": {"required": [INFRA], "onMissing": "Add"}})
+    ds = env.daemonset()
+    term = {"matchExpressions": [{"key": "generation", "operator": "Gt", "values": ["9" * digits]}]}
+    ds["spec"]["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+    }
+    proc = env.apply(ds)
+    assert "failed calling webhook" not in proc.stderr, proc.stderr
+    if digits > 63:
+        assert proc.returncode != 0
+        assert "must be no more than 63 bytes" in proc.stderr, proc.stderr  # v1.37 wording
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert "dsguard added toleration" in proc.stderr
+    stored = env.get_ds()
+    assert stored is not None
+    assert INFRA in stored["spec"]["template"]["spec"]["tolerations"]
+
+
 def _memo_hits(webhook: HostWebhook) -> float:
     for line in webhook.metrics().splitlines():
         if line.startswith('dsguard_webhook_verdict_memo_total{result="hit"}'):

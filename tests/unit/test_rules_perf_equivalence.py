@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsguard.daemonset import DaemonSetView
+from dsguard.daemonset_shape import daemonset_shape_errors
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Coverage, Enforcement, OnMissing, Policy, TolerationPolicy, parse_policy
 from dsguard.rules import coverage, rollout_caps, tolerations
@@ -242,6 +243,11 @@ def reference_mutation(
     policies: list[Policy], obj: Mapping[str, Any], facts: ClusterFacts
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """The engine's mutation step as it was: deep copy, edit in place, diff the whole object."""
+    if daemonset_shape_errors(obj):
+        # A rule whose fields can't be read doesn't run (dsguard.daemonset_shape). The only bad
+        # field generated is junk tolerations, which both rules read (the caps scale with the
+        # nodes the tolerations reach): the object is left untouched.
+        return dict(obj), [], []
     ds = DaemonSetView.from_object(obj)
     matched = [
         p

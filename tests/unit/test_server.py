@@ -646,3 +646,22 @@ def test_exempt_users_pass_unjudged_and_others_do_not() -> None:
     response = orjson.loads(body)["response"]
     assert (status, verdict, response["allowed"]) == (200, "exempt", True)
     assert "patch" not in response
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_not_compressed_as_its_content_encoding_says_is_a_400_closing_the_connection(
+    webhook: Webhook, encoding: str
+) -> None:
+    body = orjson.dumps(admission_review(obj=node_agent(DENY_NS)))
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    async with webhook.session.post(webhook.url("/validate"), data=body, headers=headers) as r:
+        status, connection, doc = r.status, r.headers.get("Connection"), orjson.loads(await r.read())
+    assert status == 400, doc
+    assert connection == "close"  # aiohttp drops the connection after a payload error: say so
+    assert doc["kind"] == "Status" and doc["reason"] == "BadRequest", doc
+    assert "Content-Encoding" in doc["message"], doc
+    # Still serving, and still judging.
+    payload = admission_review(obj=node_agent(DENY_NS), uid="uid-after-bad-encoding")
+    assert (await webhook.review("validate", payload))["allowed"] is False
+    samples = await webhook.metrics()
+    assert metric(samples, "dsguard_webhook_reviews_total", endpoint="validate", verdict="bad_request") == 1

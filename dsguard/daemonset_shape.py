@@ -1,0 +1,305 @@
+"""The shape of the DaemonSet fields the rules read, checked once at the boundary.
+
+The rules (dsguard/rules/, scheduling, selectors, intstr) and the webhook's holds read a DaemonSet
+as plain JSON dicts. Objects the apiserver stored are well-typed, but the mutating webhook runs
+before apps/v1 validation, `dsguard check` reads hand-written YAML, and anyone can POST a review:
+so every field they read is checked here first, with its path and the fix, the way the apiserver
+would decode and validate it (types as Go's JSON decoder takes them; values where the rules parse
+them: intstr percentages as apps validation's IsValidPercent / IsNotMoreThan100Percent, int32 and
+int64 ranges). A rule whose fields are wrong does not run (`blocks`); the others still do.
+
+`too_deep` bounds the nesting of a whole document before anything recursive (comparisons, repr,
+copies) touches it: a typed DaemonSet review is a few dozen levels deep at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from dsguard.daemonset import is_mapping
+from dsguard.intstr import percent_value
+
+# orjson.dumps refuses documents nested more than 254 levels deep (a Rust-side check, ~10x faster
+# than a Python walk), so a successful dumps proves a document within this limit.
+MAX_DEPTH = 254
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+METADATA = "metadata"
+LABELS = "metadata.labels"
+ANNOTATIONS = "metadata.annotations"
+UPDATE_STRATEGY = "spec.updateStrategy"
+MIN_READY_SECONDS = "spec.minReadySeconds"
+POD_SPEC = "spec.template.spec"
+TOLERATIONS = f"{POD_SPEC}.tolerations"
+# Everything PodPlacement.from_pod_spec reads: which nodes the DaemonSet targets.
+PLACEMENT = (
+    TOLERATIONS,
+    f"{POD_SPEC}.nodeSelector",
+    f"{POD_SPEC}.nodeName",
+    f"{POD_SPEC}.hostNetwork",
+    f"{POD_SPEC}.affinity",
+)
+IMAGES = (f"{POD_SPEC}.containers", f"{POD_SPEC}.initContainers")
+
+
+@dataclass(frozen=True)
+class ShapeError:
+    """A field the rules can't read: where, what is wrong, and the fix."""
+
+    path: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}; fix: {self.fix}"
+
+
+def _related(a: str, b: str) -> bool:
+    """One path is the other or lies inside it (`spec` holds `spec.template.spec.tolerations`)."""
+    if len(a) > len(b):
+        a, b = b, a
+    return b == a or (b.startswith(a) and b[len(a)] in ".[")
+
+
+def blocks(errors: Iterable[ShapeError], reads: Sequence[str]) -> list[ShapeError]:
+    """The errors in the fields `reads` names (or in a field holding one of them)."""
+    return [e for e in errors if any(_related(e.path, r) for r in reads)]
+
+
+# --- depth -----------------------------------------------------------------------------------------
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, Mapping) else v
+        if depth > limit:
+            return True
+        for c in children:
+            if isinstance(c, Mapping | list | tuple):
+                stack.append((c, depth + 1))
+    return False
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when objects/arrays nest more than `limit` levels; never recurses in Python."""
+    if not isinstance(value, Mapping | list | tuple):
+        return False
+    if limit >= MAX_DEPTH:
+        try:
+            orjson.dumps(value, default=lambda _: None, option=orjson.OPT_NON_STR_KEYS)
+            return False
+        except TypeError:  # orjson.JSONEncodeError: too deep, or a >64-bit int; the walk decides
+            pass
+    return _depth_exceeds(value, limit)
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+
+def describe(value: object) -> str:
+    """A short, bounded description of a JSON value for messages (never the whole of a big one)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        if value.bit_length() > 64:
+            return f"a {len(format(value, 'x')) * 4}-bit integer"
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        if len(value) <= 40:
+            return f"string {orjson.dumps(value).decode()}"
+        return f"string {orjson.dumps(value[:40]).decode()}... ({len(value)} characters)"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} field(s)"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.errors: list[ShapeError] = []
+
+    def add(self, path: str, problem: str, fix: str) -> None:
+        self.errors.append(ShapeError(path, problem, fix))
+
+    def wrong_type(self, path: str, value: object, want: str, fix: str) -> None:
+        self.add(path, f"must be {want}, got {describe(value)}", fix)
+
+    def obj(self, parent: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any] | None:
+        v = parent.get(key)
+        if v is None:
+            return None
+        if not is_mapping(v):
+            self.wrong_type(path, v, "an object", f"write {key} as a mapping of its fields, or remove it")
+            return None
+        return v
+
+    def items(self, parent: Mapping[str, Any], key: str, path: str) -> list[tuple[str, Mapping[str, Any]]]:
+        """A list of objects: (item path, item) for the items that are objects."""
+        v = parent.get(key)
+        if v is None:
+            return []
+        if type(v) is not list and not isinstance(v, tuple):
+            self.wrong_type(path, v, "a list", f"write {key} as a YAML list (- item per entry), or remove it")
+            return []
+        out = []
+        for i, item in enumerate(v):
+            if item is None:
+                continue
+            if not is_mapping(item):
+                fix = "write each entry as a mapping of its fields"
+                self.wrong_type(f"{path}[{i}]", item, "an object", fix)
+                continue
+            out.append((f"{path}[{i}]", item))
+        return out
+
+    def string(self, parent: Mapping[str, Any], key: str, path: str) -> None:
+        v = parent.get(key)
+        if v is not None and not isinstance(v, str):
+            self.wrong_type(path, v, "a string", f'quote it: {key}: "{_plain(v)}"')
+
+    def strings(self, parent: Mapping[str, Any], key: str, path: str) -> None:
+        v = parent.get(key)
+        if v is None:
+            return
+        if type(v) is not list and not isinstance(v, tuple):
+            self.wrong_type(path, v, "a list of strings", f'write {key} as a list, e.g. {key}: ["a"]')
+            return
+        for i, s in enumerate(v):
+            if not isinstance(s, str):
+                self.wrong_type(f"{path}[{i}]", s, "a string", f'quote it: "{_plain(s)}"')
+
+    def string_map(self, parent: Mapping[str, Any], key: str, path: str) -> None:
+        v = parent.get(key)
+        if v is None:
+            return
+        if not is_mapping(v):
+            self.wrong_type(path, v, "a map of strings", f"write {key} as key: value pairs")
+            return
+        for k, s in v.items():
+            if not isinstance(k, str):
+                self.wrong_type(path, k, "a map with string keys", f'quote the key: "{_plain(k)}"')
+            elif not isinstance(s, str):
+                self.wrong_type(f"{path}.{k}", s, "a string", f'quote it: {k}: "{_plain(s)}"')
+
+    def integer(self, parent: Mapping[str, Any], key: str, path: str, lo: int, hi: int) -> None:
+        v = parent.get(key)
+        if v is None:
+            return
+        if not _is_int(v):
+            self.wrong_type(path, v, "an integer", f"write {key} as a whole number, unquoted")
+        elif not lo <= v <= hi:
+            self.add(path, f"{describe(v)} is outside {lo}..{hi}", f"set {key} between {lo} and {hi}")
+
+    def int_or_percent(self, parent: Mapping[str, Any], key: str, path: str) -> None:
+        """ValidatePositiveIntOrPercent and IsNotMoreThan100Percent, after intstr's JSON decoding
+        (a quoted value is a string, anything else must decode as an int32)."""
+        v = parent.get(key)
+        if v is None:
+            return
+        fix = f'write {key} as a whole number of pods (e.g. 1) or a percentage (e.g. "10%")'
+        if isinstance(v, str):
+            n = percent_value(v)
+            if n is None:
+                self.add(path, f'{describe(v)} must be an integer or percentage (e.g. "5%")', fix)
+            elif n > 100:
+                self.add(path, f"{describe(v)} must not be greater than 100%", fix)
+        elif not _is_int(v):
+            self.wrong_type(path, v, "an integer or a percentage string", fix)
+        elif not 0 <= v <= INT32_MAX:
+            self.add(path, f"{describe(v)} must be between 0 and {INT32_MAX}", fix)
+
+
+def _plain(v: object) -> str:
+    """A scalar as it would be written inside quotes in the fix; "..." for anything long or nested."""
+    if isinstance(v, bool):
+        text = "true" if v else "false"
+    elif isinstance(v, int):
+        text = str(v) if v.bit_length() <= 64 else "..."
+    elif isinstance(v, float | str):
+        text = str(v)
+    else:
+        return "..."
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _pod_spec(c: _Checker, pod: Mapping[str, Any]) -> None:
+    for path, tol in c.items(pod, "tolerations", TOLERATIONS):
+        for key in ("key", "operator", "value", "effect"):
+            c.string(tol, key, f"{path}.{key}")
+        c.integer(tol, "tolerationSeconds", f"{path}.tolerationSeconds", INT64_MIN, INT64_MAX)
+    c.string_map(pod, "nodeSelector", f"{POD_SPEC}.nodeSelector")
+    c.string(pod, "nodeName", f"{POD_SPEC}.nodeName")
+    host_network = pod.get("hostNetwork")
+    if host_network is not None and not isinstance(host_network, bool):
+        c.wrong_type(f"{POD_SPEC}.hostNetwork", host_network, "a boolean", "write hostNetwork: true or false")
+    affinity = c.obj(pod, "affinity", f"{POD_SPEC}.affinity")
+    node_affinity = c.obj(affinity, "nodeAffinity", f"{POD_SPEC}.affinity.nodeAffinity") if affinity else None
+    required_path = f"{POD_SPEC}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+    required = (
+        c.obj(node_affinity, "requiredDuringSchedulingIgnoredDuringExecution", required_path)
+        if node_affinity
+        else None
+    )
+    if required:
+        for term_path, term in c.items(required, "nodeSelectorTerms", f"{required_path}.nodeSelectorTerms"):
+            for part in ("matchExpressions", "matchFields"):
+                for req_path, req in c.items(term, part, f"{term_path}.{part}"):
+                    c.string(req, "key", f"{req_path}.key")
+                    c.string(req, "operator", f"{req_path}.operator")
+                    c.strings(req, "values", f"{req_path}.values")
+    for field, path in zip(("containers", "initContainers"), IMAGES, strict=True):
+        for item_path, container in c.items(pod, field, path):
+            c.string(container, "name", f"{item_path}.name")
+            c.string(container, "image", f"{item_path}.image")
+
+
+def daemonset_shape_errors(obj: Mapping[str, Any]) -> tuple[ShapeError, ...]:
+    """Every field of an apps/v1 DaemonSet the rules and the webhook's holds read, checked as
+    the apiserver would decode and validate it; empty when they can all be read."""
+    c = _Checker()
+    meta = c.obj(obj, "metadata", METADATA)
+    if meta is not None:
+        for key in ("name", "generateName", "namespace"):
+            c.string(meta, key, f"{METADATA}.{key}")
+        c.string_map(meta, "labels", LABELS)
+        c.string_map(meta, "annotations", ANNOTATIONS)
+    spec = c.obj(obj, "spec", "spec")
+    if spec is None:
+        return tuple(c.errors)
+    c.integer(spec, "minReadySeconds", MIN_READY_SECONDS, 0, INT32_MAX)
+    strategy = c.obj(spec, "updateStrategy", UPDATE_STRATEGY)
+    if strategy is not None:
+        kind = strategy.get("type")
+        if kind is not None and kind not in ("", "RollingUpdate", "OnDelete"):
+            c.add(
+                f"{UPDATE_STRATEGY}.type",
+                f'{describe(kind)} is not one of "RollingUpdate", "OnDelete"',
+                "set type: RollingUpdate or type: OnDelete",
+            )
+        rolling = c.obj(strategy, "rollingUpdate", f"{UPDATE_STRATEGY}.rollingUpdate")
+        if rolling is not None:
+            for key in ("maxUnavailable", "maxSurge"):
+                c.int_or_percent(rolling, key, f"{UPDATE_STRATEGY}.rollingUpdate.{key}")
+    template = c.obj(spec, "template", "spec.template")
+    if template is not None:
+        pod = c.obj(template, "spec", POD_SPEC)
+        if pod is not None:
+            _pod_spec(c, pod)
+    return tuple(c.errors)
