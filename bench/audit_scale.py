@@ -379,7 +379,7 @@ def node_changes(nodes: list[NodeInfo]) -> dict[str, Callable[[list[NodeInfo]], 
     def leave(current: list[NodeInfo]) -> list[NodeInfo]:
         return (
             [*current[:w], *current[w + 1 :]]
-            if current[w] is worker
+            if current[w].name == worker.name  # whatever an odd number of swaps left there
             else [*current[:w], worker, *current[w:]]
         )
 
