@@ -394,10 +394,11 @@ class RuleContext:
         return self.walk.targeted
 
 
-def name_nodes(names: list[str], limit: int = 10) -> str:
-    """First `limit` names and a count of the rest, so a 5,000-node message stays readable."""
+def name_nodes(names: Sequence[str], limit: int = 10, *, total: int | None = None) -> str:
+    """First `limit` names and a count of the rest, so a 5,000-node message stays readable.
+    total: how many there are, when `names` holds only the first ones."""
     shown = ", ".join(names[:limit])
-    rest = len(names) - limit
+    rest = (len(names) if total is None else total) - limit
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 

@@ -98,17 +98,12 @@ def _pair_name(pair: Pair) -> str:
 
 
 def _findings(selector: LabelSelector, walk: NodeWalk, picked: _Scope) -> tuple[Finding, ...]:
-    in_scope = picked.in_scope
-    missed: list[str] = []
-    missed_nodes: list[NodeInfo] = []
-    taints: dict[str, None] = {}  # ordered set of the untolerated taints, for the fix
-    for node, placement in picked.missed:
-        missed.append(f"{node.name} ({placement.reason})")
-        missed_nodes.append(node)
-        for taint in placement.untolerated:
-            taints[str(taint)] = None
+    missed = picked.missed
     if not missed:
         return ()
+    # The message names the first 10 (name_nodes): only those are formatted.
+    shown = [f"{node.name} ({placement.reason})" for node, placement in missed[:_NAMED]]
+    taints = _untolerated(selector, walk, picked)
     scope = f"nodes selected by {selector}" if str(selector) else "nodes"
     fix = "adjust spec.template.spec nodeSelector/affinity"
     if taints:
@@ -116,11 +111,31 @@ def _findings(selector: LabelSelector, walk: NodeWalk, picked: _Scope) -> tuple[
     return (
         Finding(
             RULE,
-            f"the DaemonSet would run no pod on {len(missed)} of {in_scope} {scope}: "
-            f"{name_nodes(missed)}; {fix}",
-            field=_field_at_fault(walk.placement, missed_nodes[0], bool(taints)),
-            nodes=ExplainedNodes(walk.placement, tuple(missed_nodes)),
+            f"the DaemonSet would run no pod on {len(missed)} of {picked.in_scope} {scope}: "
+            f"{name_nodes(shown, _NAMED, total=len(missed))}; {fix}",
+            field=_field_at_fault(walk.placement, missed[0][0], bool(taints)),
+            nodes=ExplainedNodes(walk.placement, tuple(n for n, _ in missed)),
         ),
+    )
+
+
+_NAMED = 10
+
+
+def _untolerated(selector: LabelSelector, walk: NodeWalk, picked: _Scope) -> tuple[str, ...]:
+    """The taints keeping pods off the missed nodes, in order of first appearance: kept across a
+    node step that leaves the missed nodes as they are."""
+    return walk.derive(
+        (RULE, "taints", selector),
+        lambda w: tuple(dict.fromkeys(str(t) for _, p in picked.missed for t in p.untolerated)),
+        lambda kept, step: RECOMPUTE if _touches_missed(selector, step) else kept,
+    )
+
+
+def _touches_missed(selector: LabelSelector, step: NodeStep) -> bool:
+    return any(
+        pair is not None and not pair[1].should_run and selector.matches(pair[0].labels)
+        for pair in (step.old, step.new)
     )
 
 
