@@ -157,7 +157,7 @@ class NodeWalk:
         placements, targeted = self.placements, self.targeted
         i = bisect_left(placements, name, key=_pair_name)
         before = placements[i] if old is not None and i < len(placements) else None
-        if old is not None and (before is None or before[0] is not old):
+        if old is not None and (before is None or before[0] != old):
             raise KeyError(name)
         after = (new, self.placement.evaluate(new)) if new is not None else None
         _put(placements, i, before is not None, after)
@@ -165,7 +165,7 @@ class NodeWalk:
         now = after is not None and after[1].should_run
         if was or now:
             j = bisect_left(targeted, name, key=_node_name)
-            if was and (j >= len(targeted) or targeted[j] is not old):
+            if was and (j >= len(targeted) or targeted[j] != old):
                 raise KeyError(name)
             _put(targeted, j, was, new if now else None)
         step = NodeStep(before, after)
@@ -333,9 +333,9 @@ class PlacementCache:
                 if node is None:
                     return False
                 name = node.name
-                if old is not None:  # `splice` checks the name; the node must be this one
+                if old is not None:  # `splice` checks the name; the node there must equal old
                     i = bisect_left(nodes, name, key=_node_name)
-                    if nodes[i] is not old:
+                    if nodes[i] != old:
                         return False
                 nodes = splice(nodes, name, _node_name, old is not None, (new,) if new is not None else ())
             # Equal, not only alike: the result is new_nodes (so new_nodes is sorted too).
