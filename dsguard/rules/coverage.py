@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from dsguard.daemonset import TOLERATIONS_PATH
@@ -114,7 +115,7 @@ def _findings(selector: LabelSelector, walk: NodeWalk, picked: _Scope) -> tuple[
             f"the DaemonSet would run no pod on {len(missed)} of {picked.in_scope} {scope}: "
             f"{name_nodes(shown, _NAMED, total=len(missed))}; {fix}",
             field=_field_at_fault(walk.placement, missed[0][0], bool(taints)),
-            nodes=ExplainedNodes(walk.placement, tuple(n for n, _ in missed)),
+            nodes=ExplainedNodes(walk.placement, tuple(map(itemgetter(0), missed))),
         ),
     )
 
