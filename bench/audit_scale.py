@@ -23,6 +23,15 @@ cost at p50, the snapshot build, the violations found, and the process's peak RS
 
     .venv/bin/python bench/audit_scale.py [--nodes 1000 5000] [--daemonsets 50] [--policies 3]
         [--runs 5] [--unique-placements] [--json]
+
+--incremental: one node change at a time (a label no rule reads, a kubelet upgrade, a NoSchedule
+taint, a join, a leave; each applied and reverted in turn) through guard.policy_audit.
+IncrementalAudit, which patches its node walks for the changed node; --baseline also runs, first
+and in the same process, IncrementalAudit(patch_walks=False), which walks every node again for
+each DaemonSet judged again (the path before), over at most 4 changes of each kind, and prints
+the ratio of the p50s.
+
+    .venv/bin/python bench/audit_scale.py --incremental [--baseline] [--runs 20] [--quick]
 """
 
 from __future__ import annotations
@@ -379,7 +388,7 @@ def node_changes(nodes: list[NodeInfo]) -> dict[str, Callable[[list[NodeInfo]], 
     def leave(current: list[NodeInfo]) -> list[NodeInfo]:
         return (
             [*current[:w], *current[w + 1 :]]
-            if current[w] is worker
+            if current[w].name == worker.name  # whatever an odd number of swaps left there
             else [*current[:w], worker, *current[w:]]
         )
 
@@ -399,13 +408,14 @@ class IncrementalReport:
     policies: int
     placements: int  # distinct placements among the DaemonSets
     runs: int
+    patch_walks: bool  # False: the baseline, every judged DaemonSet's nodes walked again
     full_cold_ms: float
     changes: dict[str, dict[str, float]]  # what changed -> p50_ms, max_ms, rejudged
     peak_rss_mib: float
 
 
 def bench_incremental(
-    nodes: int, daemonsets: int, policies: int, placements: int, runs: int
+    nodes: int, daemonsets: int, policies: int, placements: int, runs: int, *, patch_walks: bool = True
 ) -> IncrementalReport:
     node_infos = sorted((NodeInfo.from_node(n) for n in make_nodes(nodes)), key=lambda n: n.name)
     objs = make_daemonsets(daemonsets, placements=placements)
@@ -414,7 +424,7 @@ def bench_incremental(
     distinct = len({placement_key(o["spec"]["template"]["spec"]) for o in objs})
     PLACEMENTS.clear()
     gc.collect()
-    incremental = IncrementalAudit()
+    incremental = IncrementalAudit(patch_walks=patch_walks)
     current = node_infos
     full_cold = timed(lambda: incremental.run(pols, by_key, snapshot(current))) * 1000
     changes: dict[str, dict[str, float]] = {}
@@ -432,13 +442,14 @@ def bench_incremental(
         changes[what] = {"p50_ms": pct(samples, 50), "max_ms": max(samples), "rejudged": max(rejudged)}
     return IncrementalReport(
         nodes=nodes, daemonsets=daemonsets, policies=policies, placements=distinct, runs=runs,
-        full_cold_ms=full_cold, changes=changes, peak_rss_mib=peak_rss_bytes() / MIB,
+        patch_walks=patch_walks, full_cold_ms=full_cold, changes=changes, peak_rss_mib=peak_rss_bytes() / MIB,
     )  # fmt: skip
 
 
-def print_incremental(r: IncrementalReport) -> None:
+def print_incremental(r: IncrementalReport, baseline: IncrementalReport | None = None) -> None:
+    how = "walks patched per changed node" if r.patch_walks else "baseline: nodes walked again"
     print(
-        f"incremental audit: {r.nodes} nodes, {r.daemonsets} DaemonSets "
+        f"incremental audit ({how}): {r.nodes} nodes, {r.daemonsets} DaemonSets "
         f"({r.placements} distinct placements), "
         f"{r.policies} policies; first (full) audit {r.full_cold_ms:.0f} ms; {r.runs} changes of each kind "
         "(applied and reverted in turn), each re-judged and checked equal to a full audit"
@@ -447,6 +458,12 @@ def print_incremental(r: IncrementalReport) -> None:
         print(
             f"  {what:<24} p50 {c['p50_ms']:7.1f} ms  max {c['max_ms']:7.1f} ms  "
             f"DaemonSets re-judged {c['rejudged']:.0f}"
+            + (
+                f"  baseline p50 {baseline.changes[what]['p50_ms']:7.1f} ms "
+                f"({baseline.changes[what]['p50_ms'] / max(c['p50_ms'], 1e-9):.1f}x)"
+                if baseline is not None
+                else ""
+            )
         )
     print(f"  peak RSS {r.peak_rss_mib:.0f} MiB")
 
@@ -485,6 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one node change at a time through IncrementalAudit (defaults: --nodes 5000 --daemonsets 200 "
         "--placements 150)",
     )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="with --incremental: also the path that walks every node again, in the same run",
+    )
     p.add_argument("--placements", type=int, default=0, help="distinct placements among the DaemonSets")
     p.add_argument("--quick", action="store_true", help="fewer runs and nodes")
     args = p.parse_args(argv)
@@ -498,9 +520,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = 3 if args.quick else args.runs
         if args.quick and "--nodes" not in given:
             nodes = [2000]
-        inc_reports = [bench_incremental(n, count, args.policies, placements, runs) for n in sorted(nodes)]
-        for r in inc_reports:
-            print_incremental(r)
+        inc_reports = []
+        for n in sorted(nodes):
+            base = None
+            if args.baseline:
+                base = bench_incremental(n, count, args.policies, placements, min(runs, 4), patch_walks=False)
+                print_incremental(base)
+                inc_reports.append(base)
+            patched = bench_incremental(n, count, args.policies, placements, runs)
+            print_incremental(patched, base)
+            inc_reports.append(patched)
         if args.json:
             print(json.dumps([asdict(r) for r in inc_reports]))
         return 0

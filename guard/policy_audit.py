@@ -18,7 +18,7 @@ from typing import Any
 from dsguard.daemonset import DaemonSetView
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Policy
-from dsguard.rules.context import Finding, Severity
+from dsguard.rules.context import Finding, PlacementCache, Severity
 from dsguard.rules.engine import findings_by_policy, matching_policies
 from dsguard.scheduling import NodeInfo, PodPlacement
 from dsguard.selectors import LabelSelector
@@ -82,11 +82,12 @@ def judge_daemonset(
     facts: ClusterFacts,
     *,
     on_judged: OnJudged | None = None,
+    placements: PlacementCache | None = None,
 ) -> DaemonSetFindings:
     namespace, name = _ref(obj)
     matched: list[str] = []
     found: set[Violation] = set()
-    judged = findings_by_policy(policies, obj, facts=facts)
+    judged = findings_by_policy(policies, obj, facts=facts, placements=placements)
     if on_judged is not None:
         on_judged(obj, judged)
     for policy, findings in judged:
@@ -127,6 +128,10 @@ def audit(
 
 # More changed nodes than this share of the cluster (a pool joining, a relist): judge everything.
 _FULL_AUDIT_NODE_SHARE = 0.02
+# The audit's own node walks (one per distinct placement, a (node, placement) pair per node, ~70
+# bytes): up to 1,024 walks and 1.5 million pairs, ~100 MiB (300 placements at 5,000 nodes).
+_WALKS = 1024
+_WALKED_PAIRS = 1_500_000
 
 
 @dataclass
@@ -157,11 +162,19 @@ class IncrementalAudit:
     * the apiserver version, no nodes <-> some nodes, or more than 2% of the nodes at once:
       everything.
 
-    Memory: one DaemonSetFindings per DaemonSet and its placement (no per-node state); the node
-    walks are the rules' bounded memo (dsguard.rules.context.PLACEMENTS).
+    A DaemonSet judged again reads its node walk (where its pods go on every node) and what the
+    rules derive from it (coverage's picks, versions' kubelet groups) from the audit's own memo,
+    which a node change patches for that node (PlacementCache.advance: a bisect and slices per
+    distinct placement) instead of walking every node again; patch_walks=False walks again (the
+    benchmark's baseline).
+
+    Memory: one DaemonSetFindings per DaemonSet and its placement, and the walks, bounded
+    (_WALKS, _WALKED_PAIRS: ~100 MiB; past that, the least recently used are walked again).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, patch_walks: bool = True) -> None:
+        self.placements = PlacementCache(maxsize=_WALKS, max_placements=_WALKED_PAIRS)
+        self.patch_walks = patch_walks
         self._policies: dict[str, Policy] = {}
         self._facts: ClusterFacts | None = None
         self._nodes: dict[str, NodeInfo] = {}
@@ -210,6 +223,9 @@ class IncrementalAudit:
             changed_nodes = self._changed_nodes(nodes, facts)
             if len(changed_nodes) > max(1, _FULL_AUDIT_NODE_SHARE * len(facts.nodes)):
                 dirty.update(daemonsets)
+            elif self.patch_walks and previous is not None and previous.nodes is not facts.nodes:
+                # Also with no change: an equal new node list must not drop the walks.
+                self.placements.advance(previous.nodes, facts.nodes, changed_nodes)
             for key, obj in daemonsets.items():
                 if key in dirty:
                     continue
@@ -224,8 +240,10 @@ class IncrementalAudit:
                     dirty.add(key)
         for key in dirty:
             obj = daemonsets[key]
-            findings = judge_daemonset(policies, obj, facts, on_judged=on_judged)
-            self._judged[key] = _Judged(obj, findings, facts.namespace_labels(key[0]))
+            findings = judge_daemonset(policies, obj, facts, on_judged=on_judged, placements=self.placements)
+            before = self._judged.get(key)
+            placement = before.placement if before is not None and before.obj is obj else None
+            self._judged[key] = _Judged(obj, findings, facts.namespace_labels(key[0]), placement)
         self.rejudged = len(dirty)
         self._policies = by_name
         self._facts = facts

@@ -4,7 +4,9 @@ copy-on-write edits the mutating rules make to it."""
 from __future__ import annotations
 
 import math
+import operator
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,34 +65,129 @@ T = TypeVar("T")
 _DERIVED_LIMIT = 64
 
 
+Pair = tuple[NodeInfo, Placement]
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    """One node changed (old and new), joined (no old) or left (no new), with where one walk's
+    pod spec places it: what a derived result's patch reads (NodeWalk.derive)."""
+
+    old: Pair | None
+    new: Pair | None
+
+
+def _pair_name(pair: Pair) -> str:
+    return pair[0].name
+
+
+def _node_name(node: NodeInfo) -> str:
+    return node.name
+
+
+S = TypeVar("S")
+
+
+def splice(
+    items: tuple[S, ...], name: str, key: Callable[[S], str], old: bool, new: tuple[S, ...]
+) -> tuple[S, ...]:
+    """items (sorted by key, names unique) with the item named `name` (if old) replaced by new
+    (none or one item): a bisect and two slices, not a pass."""
+    i = bisect_left(items, name, key=key)
+    end = i + 1 if old else i
+    if old and (i >= len(items) or key(items[i]) != name):
+        raise KeyError(name)
+    return items[:i] + new + items[end:]
+
+
+# What a patch returns when the derived result must be computed again on its next use.
+RECOMPUTE: Any = object()
+
+
 @dataclass(frozen=True)
 class NodeWalk:
-    """Where one pod spec's pods go on every node of one facts snapshot."""
+    """Where one pod spec's pods go on every node of one facts snapshot. The lists are never
+    changed but by PlacementCache.advance, which moves a walk to the next node list in place."""
 
     placement: PodPlacement
-    placements: tuple[tuple[NodeInfo, Placement], ...]  # in facts.nodes order
-    targeted: tuple[NodeInfo, ...]  # the nodes that should run a pod
+    placements: list[Pair]  # in facts.nodes order
+    targeted: list[NodeInfo]  # the nodes that should run a pod
     _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # key -> how to patch the derived result for one node step (derive's `patch`)
+    _patches: dict[Hashable, Callable[[Any, NodeStep], Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, facts: ClusterFacts, pod_spec: Mapping[str, Any]) -> NodeWalk:
         placement = PodPlacement.from_pod_spec(pod_spec)
         evaluate = placement.evaluate
-        pairs = tuple((n, evaluate(n)) for n in facts.nodes)
-        return cls(placement, pairs, tuple(n for n, p in pairs if p.should_run))
+        pairs = [(n, evaluate(n)) for n in facts.nodes]
+        return cls(placement, pairs, [n for n, p in pairs if p.should_run])
 
-    def derive(self, key: Hashable, compute: Callable[[NodeWalk], T]) -> T:
+    def derive(
+        self,
+        key: Hashable,
+        compute: Callable[[NodeWalk], T],
+        patch: Callable[[T, NodeStep], T] | None = None,
+    ) -> T:
         """compute(self), memoised with the walk: a per-node pass a rule needs on every review
         (e.g. which nodes a coverage selector picks) is then paid once per snapshot and spec.
         key must name everything compute reads besides the walk, and the result must not be
-        mutated."""
+        mutated. patch(result, step): the result after one node step (`advance`), equal to what
+        compute would give then, or RECOMPUTE; without it the result is computed again."""
         if key in self._derived:
             result: T = self._derived[key]
             return result
         result = compute(self)
         if len(self._derived) < _DERIVED_LIMIT:  # keys come from policies: a handful in practice
             self._derived[key] = result
+            if patch is not None:
+                self._patches[key] = patch
         return result
+
+    def advance(self, old: NodeInfo | None, new: NodeInfo | None) -> None:
+        """Move this walk, in place, to the node list with one node changed (old and new, the same
+        name), joined (no old) or left (no new), for node lists sorted by name: bisects, a slot
+        set or a list insert/delete (a memmove), one evaluation, the derived results patched.
+        KeyError if old is not where it should be (the walk is then unusable)."""
+        node = new if new is not None else old
+        assert node is not None, "a step changes a node"
+        name = node.name
+        placements, targeted = self.placements, self.targeted
+        i = bisect_left(placements, name, key=_pair_name)
+        before = placements[i] if old is not None and i < len(placements) else None
+        if old is not None and (before is None or before[0] != old):
+            raise KeyError(name)
+        after = (new, self.placement.evaluate(new)) if new is not None else None
+        _put(placements, i, before is not None, after)
+        was = before is not None and before[1].should_run
+        now = after is not None and after[1].should_run
+        if was or now:
+            j = bisect_left(targeted, name, key=_node_name)
+            if was and (j >= len(targeted) or targeted[j] != old):
+                raise KeyError(name)
+            _put(targeted, j, was, new if now else None)
+        step = NodeStep(before, after)
+        for key, patch in list(self._patches.items()):
+            result = patch(self._derived[key], step)
+            if result is RECOMPUTE:
+                del self._derived[key], self._patches[key]
+            else:
+                self._derived[key] = result
+        for key in [k for k in self._derived if k not in self._patches]:
+            del self._derived[key]
+
+
+def _put(items: list[Any], i: int, replace: bool, item: Any) -> None:
+    """items[i] replaced by item (replace), or item inserted at i; None: deleted (or nothing)."""
+    if replace:
+        if item is None:
+            del items[i]
+        else:
+            items[i] = item
+    elif item is not None:
+        items.insert(i, item)
 
 
 _PLACEMENT_FIELDS = ("tolerations", "nodeSelector", "nodeName", "hostNetwork")
@@ -164,6 +261,7 @@ class PlacementCache:
         self.max_placements = max_placements
         self._nodes: tuple[NodeInfo, ...] | None = None
         self._walks: OrderedDict[bytes, NodeWalk] = OrderedDict()
+        self._sorted: tuple[NodeInfo, ...] | None = None  # a node list known sorted by name
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -176,6 +274,7 @@ class PlacementCache:
             if self._nodes is not facts.nodes:
                 self._walks.clear()
                 self._nodes = facts.nodes
+                self._sorted = None
             found = self._walks.get(key)
             if found is not None:
                 self._walks.move_to_end(key)
@@ -192,49 +291,114 @@ class PlacementCache:
                     self._walks.popitem(last=False)
         return walk
 
+    def advance(
+        self,
+        old_nodes: tuple[NodeInfo, ...],
+        new_nodes: tuple[NodeInfo, ...],
+        changes: Sequence[tuple[NodeInfo | None, NodeInfo | None]],
+    ) -> bool:
+        """Carry the walks of old_nodes over to new_nodes, patched for the (old, new) node
+        changes that make one the other (NodeWalk.advance) rather than walked again: a node
+        change then costs each kept walk bisects and a list edit, not a pass over every node.
+        Only for node lists sorted by name (as the watched cache keeps them), and only if the
+        changes give exactly new_nodes; otherwise the walks are dropped. Returns whether they
+        were kept. The walks move in place: one handed out before describes new_nodes after, so
+        only a cache whose walks are read between advances (the audit's own) may use this."""
+        with self._lock:
+            kept = self._advance(old_nodes, new_nodes, changes)
+            if not kept:
+                self._walks.clear()
+                self._nodes = new_nodes
+                self._sorted = None
+            return kept
+
+    def _advance(
+        self,
+        old_nodes: tuple[NodeInfo, ...],
+        new_nodes: tuple[NodeInfo, ...],
+        changes: Sequence[tuple[NodeInfo | None, NodeInfo | None]],
+    ) -> bool:
+        if self._nodes is not old_nodes or len(changes) > _MAX_STEPS:
+            return False
+        if self._sorted is not old_nodes:
+            names = [n.name for n in old_nodes]
+            if not all(map(operator.lt, names, names[1:])):
+                return False
+        nodes = old_nodes
+        try:
+            for old, new in changes:
+                if old is not None and new is not None and old.name != new.name:
+                    return False
+                node = new if new is not None else old
+                if node is None:
+                    return False
+                name = node.name
+                if old is not None:  # `splice` checks the name; the node there must equal old
+                    i = bisect_left(nodes, name, key=_node_name)
+                    if nodes[i] != old:
+                        return False
+                nodes = splice(nodes, name, _node_name, old is not None, (new,) if new is not None else ())
+            # Equal, not only alike: the result is new_nodes (so new_nodes is sorted too).
+            if nodes != new_nodes:
+                return False
+            for walk in self._walks.values():
+                for old, new in changes:
+                    walk.advance(old, new)
+        except (KeyError, IndexError):
+            return False
+        self._nodes = new_nodes
+        self._sorted = new_nodes
+        return True
+
     def clear(self) -> None:
         with self._lock:
             self._walks.clear()
             self._nodes = None
+            self._sorted = None
 
     def __len__(self) -> int:
         return len(self._walks)
 
 
 PLACEMENTS = PlacementCache()
+_MAX_STEPS = 64  # node changes patched in one advance; past that, walking again is as cheap
 
 
 class RuleContext:
     """Placement is computed once per pod spec and facts snapshot, and reused by coverage, caps
     and versions within a review and across reviews."""
 
-    def __init__(self, ds: DaemonSetView, facts: ClusterFacts) -> None:
+    def __init__(
+        self, ds: DaemonSetView, facts: ClusterFacts, placements: PlacementCache | None = None
+    ) -> None:
         self.ds = ds
         self.facts = facts
+        self._placements = PLACEMENTS if placements is None else placements
 
     @cached_property
     def walk(self) -> NodeWalk:
-        return PLACEMENTS.walk(self.facts, self.ds.pod_spec)
+        return self._placements.walk(self.facts, self.ds.pod_spec)
 
     @property
     def placement(self) -> PodPlacement:
         return self.walk.placement
 
     @property
-    def placements(self) -> tuple[tuple[NodeInfo, Placement], ...]:
+    def placements(self) -> Sequence[tuple[NodeInfo, Placement]]:
         """(node, NodeShouldRunDaemonPod) for every node, in facts order."""
         return self.walk.placements
 
     @property
-    def targeted(self) -> tuple[NodeInfo, ...]:
+    def targeted(self) -> Sequence[NodeInfo]:
         """Nodes where the DaemonSet controller would run a pod (NodeShouldRunDaemonPod)."""
         return self.walk.targeted
 
 
-def name_nodes(names: list[str], limit: int = 10) -> str:
-    """First `limit` names and a count of the rest, so a 5,000-node message stays readable."""
+def name_nodes(names: Sequence[str], limit: int = 10, *, total: int | None = None) -> str:
+    """First `limit` names and a count of the rest, so a 5,000-node message stays readable.
+    total: how many there are, when `names` holds only the first ones."""
     shown = ", ".join(names[:limit])
-    rest = len(names) - limit
+    rest = (len(names) if total is None else total) - limit
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 

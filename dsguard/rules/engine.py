@@ -36,7 +36,16 @@ from dsguard.daemonset_shape import ShapeError, blocks, daemonset_shape_errors
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Enforcement, OnExceed, OnMissing, Policy
 from dsguard.rules import coverage, image_versions, min_ready, rollout_caps, tolerations
-from dsguard.rules.context import TEMPLATE, Finding, NodeList, ObjectEdit, RuleContext, Severity, SpecPart
+from dsguard.rules.context import (
+    TEMPLATE,
+    Finding,
+    NodeList,
+    ObjectEdit,
+    PlacementCache,
+    RuleContext,
+    Severity,
+    SpecPart,
+)
 
 
 class Rule(Protocol):
@@ -306,10 +315,15 @@ def evaluate(
 
 
 def findings_by_policy(
-    policies: Sequence[Policy], obj: Mapping[str, Any], *, facts: ClusterFacts
+    policies: Sequence[Policy],
+    obj: Mapping[str, Any],
+    *,
+    facts: ClusterFacts,
+    placements: PlacementCache | None = None,
 ) -> list[tuple[Policy, list[Finding]]]:
     """What every matching policy finds wrong with a DaemonSet as it stands, whatever the policy's
     enforcement and whatever changed: the background audit's and `dsguard status`'s view.
+    placements: the node walks' memo (default: the process-wide one).
 
     No mutations are applied: a toleration an Add policy would insert on the next apply is still
     missing from the running pods, so it is reported."""
@@ -320,7 +334,7 @@ def findings_by_policy(
     matched = matching_policies(policies, ds, facts)
     if not matched:
         return []
-    ctx = RuleContext(ds, facts)
+    ctx = RuleContext(ds, facts, placements)
     out: list[tuple[Policy, list[Finding]]] = []
     unreadable: dict[ShapeError, None] = {}
     for p in matched:

@@ -6,13 +6,23 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import chain
 from types import MappingProxyType
 from typing import Any
 
 from dsguard import daemonset_shape as shape
 from dsguard.daemonset import ContainerImage
 from dsguard.policy import Compatibility, Policy, UnknownVersion, VersionPolicy
-from dsguard.rules.context import TEMPLATE, Finding, NodeWalk, RuleContext, Severity, name_nodes
+from dsguard.rules.context import (
+    TEMPLATE,
+    Finding,
+    NodeStep,
+    NodeWalk,
+    RuleContext,
+    Severity,
+    name_nodes,
+    splice,
+)
 from dsguard.versions import ImageRef, Version, image_pattern_matches
 
 RULE = "versions"
@@ -29,8 +39,9 @@ def _nodes_by_kubelet(ctx: RuleContext) -> Mapping[str, Sequence[str]]:
     """Kubelet version -> node names; with no nodes known, the apiserver's version stands in."""
     if not ctx.facts.nodes:
         return {ctx.facts.server_version: ()} if ctx.facts.server_version else {}
-    # A pass over every targeted node, on every review: memoised with the walk.
-    return ctx.walk.derive(RULE, _targeted_by_kubelet)
+    # A pass over every targeted node, on every review: memoised with the walk, and patched
+    # rather than passed again when a node changes (PlacementCache.advance).
+    return ctx.walk.derive(RULE, _targeted_by_kubelet, _patch_groups)
 
 
 def _targeted_by_kubelet(walk: NodeWalk) -> Mapping[str, tuple[str, ...]]:
@@ -39,6 +50,31 @@ def _targeted_by_kubelet(walk: NodeWalk) -> Mapping[str, tuple[str, ...]]:
         if node.kubelet_version:
             groups[node.kubelet_version].append(node.name)
     return MappingProxyType({k: tuple(v) for k, v in groups.items()})
+
+
+def _patch_groups(groups: Mapping[str, tuple[str, ...]], step: NodeStep) -> Mapping[str, tuple[str, ...]]:
+    """The groups after one node step: its name out of its old group, into its new one (node
+    order is name order). Groups stay in the order of their first node, as the pass makes them."""
+    old = step.old[0] if step.old is not None and step.old[1].should_run else None
+    new = step.new[0] if step.new is not None and step.new[1].should_run else None
+    if (old.kubelet_version if old else "") == (new.kubelet_version if new else ""):
+        return groups  # names in a group, not nodes: nothing to patch (or not targeted)
+    out = dict(groups)
+    if old is not None and old.kubelet_version:
+        names = splice(out[old.kubelet_version], old.name, _same, True, ())
+        if names:
+            out[old.kubelet_version] = names
+        else:
+            del out[old.kubelet_version]
+    if new is not None and new.kubelet_version:
+        out[new.kubelet_version] = splice(
+            out.get(new.kubelet_version, ()), new.name, _same, False, (new.name,)
+        )
+    return MappingProxyType(dict(sorted(out.items(), key=lambda kv: kv[1][0])))
+
+
+def _same(name: str) -> str:
+    return name
 
 
 class FindingKind(StrEnum):
@@ -161,8 +197,9 @@ def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
                 VersionVerdict(
                     img,
                     FindingKind.INCOMPATIBLE,
-                    # dict.fromkeys: a node met under two equal entries is one node
-                    nodes=tuple(dict.fromkeys(n for _, ns in where for n in ns)),
+                    # Groups are disjoint (a node has one kubelet): a kubelet met under two equal
+                    # entries is one group, and the nodes the groups' names joined.
+                    nodes=tuple(chain.from_iterable(dict(where).values())),
                     kubelet_groups=tuple(where),
                     kubelets=tuple(sorted({k for k, _ in where})),
                     compatibility=compat,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dsguard.facts import ClusterFacts
@@ -108,7 +108,7 @@ class World:
 node_names = st.sampled_from([f"n{i}" for i in range(6)])
 node_change = st.tuples(
     st.just("node"), node_names, st.sampled_from(["a", "b"]), st.sampled_from(list(TAINTS)),
-    st.sampled_from(["v1.31.4", "v1.33.2"]), st.sampled_from(["z1", "z2"]),
+    st.sampled_from(["v1.31.4", "v1.33.2", "v1.34.0"]), st.sampled_from(["z1", "z2"]),
 )  # fmt: skip
 ds_names = st.sampled_from(["d0", "d1", "d2", "d3"])
 ds_change = st.tuples(
@@ -135,8 +135,35 @@ def _world(initial: list[tuple[Any, ...]]) -> World:
     return world
 
 
+# Node changes the patched walks must follow (PlacementCache.advance), always tried: a node
+# stops being targeted (caps count one fewer), and a kubelet change that reorders the groups
+# versions names the nodes by.
+_UNTARGETED: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] = (
+    [
+        ("node", "n0", "a", "none", "v1.33.2", "z1"),
+        ("node", "n1", "a", "none", "v1.33.2", "z1"),
+        ("node", "n2", "a", "none", "v1.33.2", "z1"),
+        ("policy", "caps", 0),
+        ("ds", "d0", "monitoring", "1.0.0", [], None, "50%", "obs"),
+    ],
+    [("node", "n1", "a", "infra", "v1.33.2", "z1")],  # 2 of 3 over 20% (1), then 1 of 2: none
+)
+_REGROUPED: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] = (
+    [
+        ("node", "n0", "a", "none", "v1.34.0", "z1"),
+        ("node", "n1", "a", "none", "v1.33.2", "z1"),
+        ("node", "n2", "a", "none", "v1.34.0", "z1"),
+        ("policy", "versions", 0),
+        ("ds", "d0", "logging", "1.0.0", [], None, 1, "net"),
+    ],
+    [("node", "n0", "a", "none", "v1.33.2", "z1")],
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(change, min_size=3, max_size=12), st.lists(change, min_size=1, max_size=15))
+@example(*_UNTARGETED)
+@example(*_REGROUPED)
 def test_incremental_results_equal_a_full_audit_after_every_change(
     initial: list[tuple[Any, ...]], changes: list[tuple[Any, ...]]
 ) -> None:

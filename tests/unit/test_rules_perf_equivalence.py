@@ -287,7 +287,7 @@ def _check_context(facts: ClusterFacts, spec: dict[str, Any]) -> None:
     ctx = RuleContext(view(spec), facts)
     expected = reference_placements(facts, spec)
     assert list(ctx.placements) == expected
-    assert ctx.targeted == tuple(n for n, p in expected if p.should_run)
+    assert list(ctx.targeted) == [n for n, p in expected if p.should_run]
     for selector in (LabelSelector(), LabelSelector(match_labels=(("pool", "a"),))):
         policy = Policy(name="p", tolerations=TolerationPolicy(coverage=Coverage(node_selector=selector)))
         found = coverage.check(policy, ctx)
