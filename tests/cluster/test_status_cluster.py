@@ -419,10 +419,12 @@ def test_watch_follows_the_cluster_without_listing_it_again(world: World) -> Non
             "the new revision rolled out on all 3 nodes",
         )
         elapsed, lists = time.monotonic() - started, _pod_lists(w) - lists_before
-        # Reading the cluster every 100 ms would have listed pods elapsed/0.1 times; the watch
-        # lists once when it starts (possibly inside this window).
-        assert elapsed >= 0.5, f"the window ({elapsed:.1f}s) is too short to tell watching from polling"
-        assert lists <= 2, f"{lists:g} pod LISTs in {elapsed:.1f}s"
+        # Reading the cluster every 100 ms would have listed pods elapsed/0.1 times (>= 10); the
+        # watch lists once when it starts (possibly inside this window). The count is the whole
+        # apiserver's: one more LIST may come from another client (the controller-manager's
+        # informers restart when other tests add or remove CRDs), so allow one.
+        assert elapsed >= 1.0, f"the window ({elapsed:.1f}s) is too short to tell watching from polling"
+        assert lists <= 3, f"{lists:g} pod LISTs in {elapsed:.1f}s"
     finally:
         proc.terminate()
         proc.wait(timeout=15)
