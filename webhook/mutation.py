@@ -66,7 +66,8 @@ def hold_then_mutate(
     if takeover_blocked:
         unreadable.update(dict.fromkeys(takeover_blocked))
     else:
-        notices += take_over(policies, taken, old, facts=facts, namespace=namespace)
+        # result.ds is the view of result.obj (the policies' edits never touch the labels).
+        notices += take_over(policies, taken, old, facts=facts, namespace=namespace, ds=result.ds)
     patch = held.ops + result.patch + taken.ops
     if not patch:
         return replace(result, unreadable=tuple(unreadable))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
@@ -140,11 +140,17 @@ def decode(body: bytes) -> AdmissionRequest:
     if op == "UPDATE" and old is None:
         raise BadReview("request.oldObject is missing for an UPDATE")
     user = req.get("userInfo")
-    request = AdmissionRequest(
+    # Only DaemonSet CREATE/UPDATE are judged (AdmissionRequest.is_daemonset), so only their objects
+    # are shape-checked.
+    sub_resource = _text(req.get("subResource"))
+    judged = (
+        gvk.group == "apps" and gvk.kind == "DaemonSet" and not sub_resource and op in ("CREATE", "UPDATE")
+    )
+    return AdmissionRequest(
         uid=uid,
         kind=gvk,
         resource=_text(_field(req, "resource", "request.").get("resource")) if req.get("resource") else "",
-        sub_resource=_text(req.get("subResource")),
+        sub_resource=sub_resource,
         operation=op,
         namespace=_text(req.get("namespace")),
         name=_text(req.get("name")),
@@ -152,14 +158,9 @@ def decode(body: bytes) -> AdmissionRequest:
         old_object=old,
         dry_run=req.get("dryRun") is True,
         username=_text(user.get("username")) if isinstance(user, Mapping) else "",
+        object_errors=daemonset_shape_errors(obj) if judged and obj is not None else (),
+        old_object_errors=daemonset_shape_errors(old) if judged and old is not None else (),
     )
-    if request.is_daemonset and op in ("CREATE", "UPDATE"):
-        return replace(
-            request,
-            object_errors=daemonset_shape_errors(obj) if obj is not None else (),
-            old_object_errors=daemonset_shape_errors(old) if old is not None else (),
-        )
-    return request
 
 
 def encode(

@@ -178,8 +178,11 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
         else:
             body: bytes | None = None
             try:
-                async with asyncio.timeout(state.limits.read_timeout):
+                if request.content.is_eof():  # all of it came with the head: nothing to wait for
                     body = await request.read()
+                else:
+                    async with asyncio.timeout(state.limits.read_timeout):
+                        body = await request.read()
             except TimeoutError:  # a client trickling its body: it gets its connection closed
                 close = True
                 state.metrics.read_timeouts.labels("body").inc()

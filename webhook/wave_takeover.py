@@ -38,9 +38,11 @@ def take_over(
     *,
     facts: ClusterFacts,
     namespace: str = "",
+    ds: DaemonSetView | None = None,
 ) -> list[str]:
     """Set OnDelete on `edit` when the guard is to drive this update in waves; returns the
-    notice for the user (empty when nothing was done)."""
+    notice for the user (empty when nothing was done). ds: the view of edit.obj when the caller
+    has it (only its namespace and labels are read: which policies match)."""
     new = edit.obj
     strategy = spec_of(new).get("updateStrategy")
     if _strategy_type(strategy) == ON_DELETE:
@@ -57,7 +59,7 @@ def take_over(
     )
     if not template_changed and not in_progress:
         return []
-    ds = DaemonSetView.from_object(new, namespace=namespace)
+    ds = ds or DaemonSetView.from_object(new, namespace=namespace)
     _, guard = guard_policy_for(matching_policies(policies, ds, facts))
     if guard.waves is None:
         return []

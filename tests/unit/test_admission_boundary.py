@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsguard.cluster_cache import ClusterCache
-from dsguard.daemonset_shape import MAX_DEPTH, daemonset_shape_errors, too_deep
+from dsguard.daemonset_shape import MAX_DEPTH, daemonset_shape_errors, full_shape_errors, too_deep
 from dsguard.scheduling import NodeInfo
 from tests.support.builders import daemonset, node, parsed_policy
 from webhook.server import WebhookState, serve_admission
@@ -412,3 +412,38 @@ def test_any_value_at_any_path_of_a_valid_review_gets_200_or_400(
     if compress:  # bytes that aren't JSON at all
         body = zlib.compress(body)
     _answers(endpoint, body)
+
+
+def _with(where: tuple[int, tuple[Any, ...]], value: Any) -> dict[str, Any]:
+    """The object (or oldObject) of a valid review with `value` put at the path."""
+    index, path = where
+    doc = copy.deepcopy(VALID[index])
+    parent: Any = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    obj: dict[str, Any] = doc["request"][path[1]]
+    return obj
+
+
+# Values at the edge of what each read field takes: the fast path's checks must draw the same lines.
+_EDGES = ["10%", "100%", "101%", "5% ", "", "x", 0, -1, 2**31 - 1, 2**31, 2**63, -(2**63) - 1, 1.5, True,
+          None, {}, [], [None], [1], {"a": 1}, {1: "a"}, ("a",)]  # fmt: skip
+
+
+def test_the_shape_checks_fast_path_agrees_with_the_full_check_at_every_read_field() -> None:
+    """daemonset_shape_errors skips the full check for plainly readable objects: it must never
+    skip one the full check finds an error in (nor find different ones)."""
+    for where in READ_PATHS:
+        for value in _EDGES:
+            obj = _with(where, value)
+            assert daemonset_shape_errors(obj) == full_shape_errors(obj), (where, value)
+
+
+@_PROPERTY
+@given(where=st.sampled_from(READ_PATHS), value=_hostile)
+def test_the_shape_checks_fast_path_agrees_with_the_full_check(
+    where: tuple[int, tuple[Any, ...]], value: Any
+) -> None:
+    obj = _with(where, value)
+    assert daemonset_shape_errors(obj) == full_shape_errors(obj)

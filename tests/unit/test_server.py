@@ -32,6 +32,7 @@ from dsguard.scheduling import NodeInfo
 from tests.support.builders import daemonset, node, parsed_policy
 from tests.support.polling import poll_async
 from tests.support.tls import TLSFiles, write_private, write_serving, write_tls_files
+from webhook.connections import ConnectionLimits
 from webhook.server import MAX_BODY_BYTES, WebhookState, make_app, serve_admission
 from webhook.tls import CertReloader, server_context
 
@@ -665,3 +666,30 @@ async def test_a_body_not_compressed_as_its_content_encoding_says_is_a_400_closi
     assert (await webhook.review("validate", payload))["allowed"] is False
     samples = await webhook.metrics()
     assert metric(samples, "dsguard_webhook_reviews_total", endpoint="validate", verdict="bad_request") == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        ("whole", 200),  # all of it with the head: read without arming the timer
+        ("half", 408),  # the rest never comes: the read timeout still holds
+    ],
+)
+async def test_the_body_read_timeout_applies_to_a_body_still_arriving(
+    webhook: Webhook, tls: TLSFiles, sent: str, status: int
+) -> None:
+    webhook.state.limits = ConnectionLimits(read_timeout=0.5)
+    body = orjson.dumps(admission_review(obj=node_agent(DENY_NS)))
+    head = (
+        f"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", webhook.port, ssl=client_context(tls))
+    try:
+        writer.write(head + (body if sent == "whole" else body[: len(body) // 2]))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            line = await reader.readline()
+        assert line.split()[1] == str(status).encode(), line
+    finally:
+        writer.close()
