@@ -367,7 +367,7 @@ def test_apiserver_gate_pauses_a_chatty_agent_not_steady_traffic(
 
 def baseline_rate(g: HostGuard) -> float | None:
     """The guard's dsguard_guard_apiserver_request_rate{window="baseline"}."""
-    _, body = http_get(f"{g.base_url}/metrics")
+    _, body = http_get(f"{g.base_url}/metrics", timeout=10)
     for line in body.decode().splitlines():
         if line.startswith('dsguard_guard_apiserver_request_rate{window="baseline"}'):
             return float(line.rsplit(" ", 1)[1])

@@ -23,6 +23,18 @@ def test_total_requests_sums_every_series() -> None:
     assert total_requests(METRICS) == 1234.0
 
 
+def test_total_requests_reads_only_the_counter_itself() -> None:
+    # Only the counter's own sample lines are parsed (the exposition is megabytes); names that
+    # merely start the same way, and comments naming it, are not its samples.
+    text = METRICS + (
+        "# HELP apiserver_request_total_extra y\n# TYPE apiserver_request_total_extra gauge\n"
+        'apiserver_request_total_extra{verb="GET"} 1000\n'
+        "apiserver_request_totals 7\n"
+        'apiserver_request_total{code="500",verb="LIST"} 1e3\n'
+    )
+    assert total_requests(text) == 2234.0
+
+
 @pytest.mark.parametrize("text", ["", "# TYPE x counter\nx 1\n"])
 def test_total_requests_without_the_counter(text: str) -> None:
     with pytest.raises(ValueError, match="no apiserver_request_total"):
