@@ -10,6 +10,7 @@ The tests run in file order and each leaves the cluster without dsguard (but the
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,9 +19,22 @@ from typing import Any
 
 import pytest
 
+from guard.notify.sinks import SIGNATURE_HEADER, verify_signature
 from localcluster.cluster import LocalCluster
 from localcluster.image import BuiltImage
+from localcluster.nodes import create_nodes, node_manifest
 from localcluster.realnode import NODE_NAME
+from tests.support import builders
+from tests.support.guard_scenario import (
+    BAD_IMAGE,
+    CRASHLOOP,
+    GOOD_IMAGE,
+    MAX_UNAVAILABLE,
+    NODES,
+    THRESHOLD,
+    AlertReceiver,
+    Delivery,
+)
 from tests.support.helm import CHART, Helm, helm_for
 from tests.support.in_cluster import (
     NS,
@@ -33,6 +47,7 @@ from tests.support.in_cluster import (
     start_real_node_cluster,
 )
 from tests.support.kubectl import apply
+from tests.support.kwok import in_group
 from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,4 +220,110 @@ def test_drained_webhook_follows_failure_policy_and_never_blocks_its_namespace(w
     stored = c.kubectl_json("get", "daemonset", "other", "-n", env.ns)
     assert "tolerations" not in stored["spec"]["template"]["spec"]  # unjudged: the policy bypass
     env.remove()
+    helm("uninstall", "dsguard", "-n", NS, "--wait", "--timeout", "5m", timeout=330)
+
+
+def _rolled_out(c: LocalCluster, ns: str, name: str, nodes: int) -> bool:
+    st = c.kubectl_json("get", "daemonset", name, "-n", ns).get("status", {})
+    want = (nodes, nodes, nodes)
+    return (st.get("desiredNumberScheduled"), st.get("updatedNumberScheduled"), st.get("numberReady")) == want
+
+
+def _pause_events(c: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = c.kubectl_json("get", "events", "-n", ns)["items"]
+    return [
+        e for e in items if e.get("reason") == "RolloutPaused" and e["involvedObject"].get("name") == name
+    ]
+
+
+def _lease_holder(c: LocalCluster) -> str:
+    lease = c.kubectl_json("get", "lease", "dsguard-guard", "-n", NS)
+    return str(lease["spec"].get("holderIdentity") or "")
+
+
+def test_guard_pods_pause_alert_and_fail_over_acting_once(world: World) -> None:
+    """Two guard replicas in pods, one leading: a crash-looping rollout on kwok nodes is paused and
+    its signed alert reaches a receiver on the host; the leader pod deleted, the other replica
+    takes the Lease within its duration (15s) and acts exactly once on a second bad rollout."""
+    c, helm = world.c, world.helm
+    assert c.host_ip
+    ns = "e2e-guard-pods"
+    helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
+         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+    key = secrets.token_hex(32).encode()  # the Secret's value is the HMAC key, as its bytes
+    c.kubectl(
+        "create", "secret", "generic", "dsguard-alerts", "-n", NS, f"--from-literal=hmac={key.decode()}"
+    )
+    receiver = AlertReceiver(None, host=c.host_ip).start()  # pods reach the host at its address
+    try:
+        ref = {"namespace": NS, "name": "dsguard-alerts", "key": "hmac"}
+        guard = {"failureThreshold": THRESHOLD, "action": "Pause",
+                 "alerts": [{"type": "Webhook", "url": receiver.url, "hmacSecretRef": ref}]}  # fmt: skip
+        c.kubectl("create", "namespace", ns)
+        apply(c, builders.policy("guard-pods", {"guard": guard}, namespaces=[ns]))
+        nodes = [f"{ns}-n{i}" for i in range(NODES)]
+        create_nodes(c.kubectl, [node_manifest(n, labels=in_group(ns)) for n in nodes])
+
+        def ds(name: str, image: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+            return builders.daemonset(
+                name, ns, image=image, node_selector=in_group(ns), max_unavailable=MAX_UNAVAILABLE,
+                template_annotations=annotations or {},
+            )  # fmt: skip
+
+        for name in ("a1", "a2"):
+            apply(c, ds(name, GOOD_IMAGE))
+        for name in ("a1", "a2"):
+            poll(lambda n=name: _rolled_out(c, ns, n, NODES), what=f"{name} rolled out", timeout=120)  # type: ignore[misc]
+        ready_pods = poll(lambda: _all_ready(c, 5), what="5 Ready pods in dsguard", timeout=120)
+        guards = [
+            p["metadata"]["name"] for p in ready_pods if p["metadata"]["name"].startswith("dsguard-guard-")
+        ]
+        assert len(guards) == 2, guards
+
+        def held() -> str | None:  # a Lease from an earlier release names a gone pod until it expires
+            holder = _lease_holder(c)
+            return holder if holder in guards else None
+
+        leader = poll(held, what="one of the two guard pods to hold the Lease", timeout=60)
+
+        def signed(d: Delivery, name: str) -> bool:
+            assert verify_signature(d.body, d.header(SIGNATURE_HEADER), key), "bad X-Dsguard-Signature"
+            return bool(json.loads(d.body)["daemonset"]["name"] == name)
+
+        def alerts(name: str) -> list[Delivery]:
+            return [d for d in receiver.accepted if signed(d, name)]
+
+        apply(c, ds("a1", BAD_IMAGE, CRASHLOOP))
+        poll(lambda: _pause_events(c, ns, "a1"), what="a1's RolloutPaused Event", timeout=90)
+        poll(lambda: alerts("a1"), what="a1's alert at the receiver on the host", timeout=60)
+        ann = c.kubectl_json("get", "daemonset", "a1", "-n", ns)["metadata"]["annotations"]
+        assert ann.get("dsguard.io/paused") == "true", ann
+
+        t0 = time.monotonic()
+        c.kubectl("delete", "pod", leader, "-n", NS, "--wait=false")
+
+        def taken() -> str | None:
+            holder = _lease_holder(c)
+            return holder if holder and holder != leader else None
+
+        new = poll(taken, what="another guard to take the Lease", timeout=60, interval=0.1)
+        failover = time.monotonic() - t0
+        print(f"guard leader failover (pod deleted -> Lease held by {new}): {failover:.1f}s")
+        assert failover < 15 + 5, failover  # the lease duration, and a poll's slack
+
+        apply(c, ds("a2", BAD_IMAGE, CRASHLOOP))
+        poll(lambda: _pause_events(c, ns, "a2"), what="a2's RolloutPaused Event (the new leader)", timeout=90)
+        poll(lambda: alerts("a2"), what="a2's alert from the new leader", timeout=60)
+        # Exactly once, for both DaemonSets, while the leader runs on (10s: 50 of its ticks).
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            counts = [len(_pause_events(c, ns, n)) for n in ("a1", "a2")] + [
+                len(alerts(n)) for n in ("a1", "a2")
+            ]
+            assert counts == [1, 1, 1, 1], f"pause Events a1, a2; alerts a1, a2: {counts}"
+        assert _lease_holder(c) == new
+    finally:
+        receiver.stop()
+    c.kubectl("delete", "namespace", ns, "--wait=false")
+    c.kubectl("delete", "node", *nodes)
     helm("uninstall", "dsguard", "-n", NS, "--wait", "--timeout", "5m", timeout=330)
