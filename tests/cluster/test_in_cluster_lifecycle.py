@@ -9,9 +9,12 @@ The tests run in file order and each leaves the cluster without dsguard (but the
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +40,12 @@ from tests.support.guard_scenario import (
 )
 from tests.support.helm import CHART, Helm, helm_for
 from tests.support.in_cluster import (
+    INFRA,
     NS,
     KwokEnv,
+    admin_context,
     check_denied_then_mutated,
+    dry_run_create,
     helm_pin_args,
     image_or_fail,
     pods,
@@ -326,4 +332,200 @@ def test_guard_pods_pause_alert_and_fail_over_acting_once(world: World) -> None:
         receiver.stop()
     c.kubectl("delete", "namespace", ns, "--wait=false")
     c.kubectl("delete", "node", *nodes)
+    helm("uninstall", "dsguard", "-n", NS, "--wait", "--timeout", "5m", timeout=330)
+
+
+class _Admissions:
+    """Server-side dry-run creates of a DaemonSet in a loop (a thread), each through both webhooks
+    with failurePolicy Fail: every one must come back 201 and mutated (judged by the webhook)."""
+
+    def __init__(self, c: LocalCluster, ns: str) -> None:
+        self.c = c
+        self.ctx = admin_context(c)
+        self.path = f"/apis/apps/v1/namespaces/{ns}/daemonsets?dryRun=All"
+        self.body = json.dumps(
+            builders.daemonset("rot", ns, image="registry.example.com/agent:2.1.0")
+        ).encode()
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="admissions", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _, mutated = dry_run_create(self.c, self.ctx, self.path, self.body)
+            except OSError as exc:
+                self.failed.append(f"{time.strftime('%X')} {exc}")
+                continue
+            if status == 201 and mutated:
+                self.ok += 1
+            else:
+                self.failed.append(f"{time.strftime('%X')} status {status}, mutated {mutated}")
+
+    def __enter__(self) -> _Admissions:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def _served(ip: str) -> str:
+    """The certificate a webhook pod serves on :8443 (the host reaches pod IPs through cni0)."""
+    return ssl.DER_cert_to_PEM_cert(
+        ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((ip, 8443), timeout=10))
+    )
+
+
+def _secret_pem(c: LocalCluster, name: str, key: str) -> str:
+    data = c.kubectl_json("get", "secret", name, "-n", NS)["data"]
+    return base64.b64decode(data[key]).decode() if key in data else ""
+
+
+def _bundle(c: LocalCluster) -> str:
+    conf = c.kubectl_json("get", "validatingwebhookconfiguration", "dsguard-validate")
+    return base64.b64decode(conf["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+
+
+def _pem_certs(text: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    return [
+        ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(f"{p.strip()}\n{end}"))
+        for p in text.split(end)
+        if p.strip()
+    ]
+
+
+def test_certificate_renewal_and_ca_rotation_fail_no_admission(world: World) -> None:
+    """failurePolicy Fail, DaemonSets judged in a loop meanwhile: the serving certificate renewed
+    (its Secret deleted: the certs loop issues a new one from the same CA) and the CA rotated (its
+    Secret deleted: the loop adopts the served CA as the previous one, bundles both, switches the
+    pods, then drops the old CA after --grace); every webhook pod serves the new certificate,
+    and not one admission fails. Short propagation delay, grace and interval (Helm values)."""
+    c, helm = world.c, world.helm
+    helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
+         "--set", "webhook.failurePolicy=Fail", "--set", "certs.interval=3s",
+         "--set-json", 'certs.extraArgs=["--propagation-delay=5s","--grace=100s"]',
+         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+    ns = "e2e-rotation"
+    c.kubectl("create", "namespace", ns)
+    apply(
+        c, builders.policy("rot", {"tolerations": {"required": [INFRA], "onMissing": "Add"}}, namespaces=[ns])
+    )
+    ctx = admin_context(c)
+    probe = _Admissions(c, ns)
+    poll(lambda: dry_run_create(c, ctx, probe.path, probe.body)[2], what="the webhook to apply policy rot")
+
+    def webhook_ips() -> list[str]:
+        return [p["status"]["podIP"] for p in pods(c) if p["metadata"]["name"].startswith("dsguard-webhook-")]
+
+    def new_leaf(old: str) -> str | None:
+        p = c.kubectl("get", "secret", "dsguard-webhook-tls", "-n", NS, "-o", "json", check=False)
+        if p.returncode != 0:
+            return None
+        leaf = _pem_certs(base64.b64decode(json.loads(p.stdout)["data"]["tls.crt"]).decode())[0]
+        return leaf if leaf != old else None
+
+    def all_serve(pem: str) -> bool:
+        return all(_served(ip) == pem for ip in webhook_ips())
+
+    ca_a = _pem_certs(_secret_pem(c, "dsguard-webhook-ca", "ca.crt"))
+    leaf1 = _pem_certs(_secret_pem(c, "dsguard-webhook-tls", "tls.crt"))[0]
+    assert all_serve(leaf1)
+    with probe:
+        t0 = time.monotonic()
+        c.kubectl("delete", "secret", "dsguard-webhook-tls", "-n", NS)
+        leaf2 = poll(lambda: new_leaf(leaf1), what="a new serving certificate", timeout=60)
+        assert leaf2 != leaf1
+        poll(lambda: all_serve(leaf2), what="both webhook pods to serve the renewed certificate", timeout=180)
+        print(f"renewal: both pods serve the new certificate {time.monotonic() - t0:.0f}s after the delete")
+        assert _pem_certs(_bundle(c)) == ca_a  # the same CA: no bundle change
+
+        t0 = time.monotonic()
+        c.kubectl("delete", "secret", "dsguard-webhook-ca", "-n", NS)
+
+        def rotating() -> list[str] | None:
+            bundle = _pem_certs(_bundle(c))
+            return bundle if len(bundle) == 2 and ca_a[0] in bundle else None
+
+        ca_b = [p for p in poll(rotating, what="the bundle to hold the new and the old CA", timeout=60)
+                if p not in ca_a]  # fmt: skip
+        leaf3 = poll(lambda: new_leaf(leaf2), what="a serving certificate from the new CA", timeout=60)
+        poll(
+            lambda: all_serve(leaf3), what="both webhook pods to serve the new CA's certificate", timeout=180
+        )
+        poll(lambda: _pem_certs(_bundle(c)) == ca_b, what="the old CA dropped after --grace", timeout=240)
+        print(f"CA rotation: the old CA dropped {time.monotonic() - t0:.0f}s after the delete")
+        # a few more admissions on the new bundle alone
+        more = probe.ok + 20
+        poll(lambda: probe.ok >= more or probe.failed, what="20 more admissions", timeout=60)
+    print(f"admissions during renewal and rotation: {probe.ok} ok, {len(probe.failed)} failed")
+    assert probe.failed == [], probe.failed[:10]
+    assert probe.ok > 100
+    c.kubectl("delete", "namespace", ns, "--wait=false")
+    for kind in (
+        "mutatingwebhookconfiguration/dsguard-mutate",
+        "validatingwebhookconfiguration/dsguard-validate",
+    ):
+        c.kubectl("delete", kind)  # Fail: first, as docs/install.md's Uninstall says
+    helm("uninstall", "dsguard", "-n", NS, "--wait", "--timeout", "5m", timeout=330)
+
+
+def _usage(c: LocalCluster) -> dict[str, tuple[float, float]]:
+    """Per dsguard pod: (CPU in millicores, memory working set in MiB), from the kubelet's
+    summary API (what `kubectl top` and metrics-server read)."""
+    summary = json.loads(c.kubectl("get", "--raw", f"/api/v1/nodes/{NODE_NAME}/proxy/stats/summary").stdout)
+    out: dict[str, tuple[float, float]] = {}
+    for pod in summary.get("pods", []):
+        if pod["podRef"]["namespace"] != NS:
+            continue
+        for cont in pod.get("containers", []):
+            cpu = cont.get("cpu", {}).get("usageNanoCores")
+            mem = cont.get("memory", {}).get("workingSetBytes")
+            if cpu is not None and mem is not None:
+                out[pod["podRef"]["name"]] = (cpu / 1e6, mem / 2**20)
+    return out
+
+
+def _quantity_mi(q: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(q[:-2]) * units[q[-2:]] if q[-2:] in units else float(q) / 2**20
+
+
+def test_resource_use_against_requests_and_limits(world: World) -> None:
+    """Installed with the chart's defaults, after 200 judged admissions and a guard with a
+    governed DaemonSet: each pod's CPU and memory from the kubelet, beside its requests/limits.
+    Every pod's memory is under its limit with room (less than half) and near its request."""
+    c, helm = world.c, world.helm
+    helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
+         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+    env = KwokEnv(c, "e2e-resources")
+    check_denied_then_mutated(c, env, "res")
+    ctx = admin_context(c)
+    body = json.dumps(env.daemonset("load")).encode()
+    path = f"/apis/apps/v1/namespaces/{env.ns}/daemonsets?dryRun=All"
+    for _ in range(200):
+        assert dry_run_create(c, ctx, path, body)[0] == 201
+    names = {
+        p["metadata"]["name"]: p for p in poll(lambda: _all_ready(c, 5), what="5 Ready pods", timeout=120)
+    }
+
+    def every_pod() -> dict[str, tuple[float, float]] | None:
+        u = _usage(c)  # without the pods of an earlier release still terminating
+        return {n: u[n] for n in names} if set(names) <= set(u) else None
+
+    usage = poll(every_pod, what="the kubelet's stats of every pod", timeout=120)
+    rows = []
+    for name, (cpu, mem) in sorted(usage.items()):
+        res = names[name]["spec"]["containers"][0]["resources"]
+        req_mem, lim_mem = _quantity_mi(res["requests"]["memory"]), _quantity_mi(res["limits"]["memory"])
+        req, lim = res["requests"], res["limits"]
+        rows.append(f"{name}: cpu {cpu:.0f}m (request {req['cpu']}, limit {lim['cpu']}), "
+                    f"memory {mem:.0f}Mi (request {req['memory']}, limit {lim['memory']})")  # fmt: skip
+        assert mem < lim_mem / 2, rows[-1]
+        assert mem < req_mem * 1.5, rows[-1]
+    print("\n".join(rows))
+    env.remove()
     helm("uninstall", "dsguard", "-n", NS, "--wait", "--timeout", "5m", timeout=330)
