@@ -87,11 +87,16 @@ class Delivery:
 class AlertReceiver:
     """An HTTPS endpoint (aiohttp, in a thread with its own loop) recording every POST /alerts.
 
-    It answers 503 to the first `fail_first` requests and 200 after that.
+    It answers 503 to the first `fail_first` requests and 200 after that. Without `tls` it serves
+    plain HTTP (for guards in pods, which trust only the image's CA bundle); `host` is the
+    address it listens on and names in its URL (the host's address for pods on the real node).
     """
 
-    def __init__(self, tls: TLSFiles, port: int | None = None, *, fail_first: int = 0) -> None:
+    def __init__(
+        self, tls: TLSFiles | None, port: int | None = None, *, fail_first: int = 0, host: str = "127.0.0.1"
+    ) -> None:
         self.tls = tls
+        self.host = host
         self.port = port or free_port()
         self.fail_first = fail_first
         self._lock = threading.Lock()
@@ -102,7 +107,7 @@ class AlertReceiver:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/alerts"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/alerts"
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -133,10 +138,12 @@ class AlertReceiver:
         app.router.add_post("/alerts", self._handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        ctx = None
+        if self.tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.tls.cert_file, self.tls.key_file)
         try:
-            await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=ctx).start()
+            await web.TCPSite(runner, self.host, self.port, ssl_context=ctx).start()
         except OSError as e:
             failure.append(e)
             started.set()
