@@ -76,10 +76,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     image = image_or_fail()
-    c = start_real_node_cluster(tmp_path_factory.mktemp("in-cluster-life"))
+    c = start_real_node_cluster(tmp_path_factory.mktemp("in-cluster-life"), image=image)
     try:
-        assert c.real_node is not None
-        assert image.cri_ref in c.real_node.image_refs(), "the real node did not import the built image"
         yield World(c, image, helm_for(tmp_path_factory.mktemp("helm-home"), c.kubeconfig))
     finally:
         c.stop()

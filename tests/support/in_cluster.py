@@ -52,9 +52,12 @@ def image_or_fail() -> BuiltImage:
         pytest.fail(f"dsguard's image could not be built: {exc}", pytrace=False)
 
 
-def start_real_node_cluster(workdir: Path, *, wait_turn: float = 900) -> LocalCluster:
+def start_real_node_cluster(
+    workdir: Path, *, image: BuiltImage | None = None, wait_turn: float = 900
+) -> LocalCluster:
     """A started LocalCluster with a real node. Only one real node runs per machine: while
-    another one (e.g. a CI run's) holds it, retry until it is gone, up to wait_turn seconds."""
+    another one (e.g. a CI run's) holds it, retry until it is gone, up to wait_turn seconds.
+    With `image`: the starting node must have imported it itself (issue 12, item 2)."""
     attempts: list[int] = []
 
     def try_start() -> LocalCluster | None:
@@ -69,7 +72,11 @@ def start_real_node_cluster(workdir: Path, *, wait_turn: float = 900) -> LocalCl
             return None  # another process's real node holds the machine: try again
         return c
 
-    return poll(try_start, timeout=wait_turn, interval=15, what="the machine's real node to be free")
+    c = poll(try_start, timeout=wait_turn, interval=15, what="the machine's real node to be free")
+    if image is not None and (c.real_node is None or image.cri_ref not in c.real_node.image_refs()):
+        c.stop()
+        pytest.fail("the real node did not import the built image", pytrace=False)
+    return c
 
 
 def helm_pin_args(image: BuiltImage) -> list[str]:
