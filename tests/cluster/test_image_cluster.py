@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from localcluster.cluster import LocalCluster
 from localcluster.image import BuiltImage, build_image
@@ -30,6 +29,7 @@ from tests.support.runc import (
     Mount,
     RunningContainer,
     UnpackedImage,
+    base_deployment,
     pod_container_spec,
     started,
     unpacked_image,
@@ -37,13 +37,6 @@ from tests.support.runc import (
 
 REPO = Path(__file__).resolve().parents[2]
 Obj = dict[str, Any]
-
-
-def deployment(file: str) -> Obj:
-    docs = yaml.safe_load_all((REPO / "manifests/base" / file).read_text())
-    (dep,) = [d for d in docs if d and d["kind"] == "Deployment"]
-    assert isinstance(dep, dict)
-    return dep
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +90,7 @@ def running(container: RunningContainer) -> bool:
 def test_guard_image_takes_its_lease_and_serves_its_probes(
     cluster: LocalCluster, namespace: str, crd: str, unpacked: UnpackedImage, tmp_path: Path
 ) -> None:
-    dep = deployment("guard.yaml")
+    dep = base_deployment("guard.yaml")
     pod_name = f"dsguard-guard-{uuid.uuid4().hex[:5]}"
     spec = pod_container_spec(dep, "guard", volumes={}, image=unpacked, fields={"metadata.name": pod_name})
     spec = with_kubeconfig(spec, cluster, tmp_path)
@@ -151,7 +144,7 @@ def test_certs_image_writes_the_secrets_and_injects_the_ca(
     webhook_configs: tuple[str, str],
     tmp_path: Path,
 ) -> None:
-    dep = deployment("certs.yaml")
+    dep = base_deployment("certs.yaml")
     spec = with_kubeconfig(pod_container_spec(dep, "certs", volumes={}, image=unpacked), cluster, tmp_path)
     mutate, validate = webhook_configs
     args = [

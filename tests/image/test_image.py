@@ -40,6 +40,7 @@ from tests.support.runc import (
     Mount,
     RunningContainer,
     UnpackedImage,
+    base_deployment,
     pod_container_spec,
     run_once,
     secret_permissions,
@@ -55,10 +56,7 @@ Obj = dict[str, Any]
 
 
 def deployment(component: str) -> Obj:
-    docs = [d for d in yaml.safe_load_all((BASE / DEPLOYMENTS[component]).read_text()) if d]
-    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
-    assert isinstance(dep, dict)
-    return dep
+    return base_deployment(DEPLOYMENTS[component])
 
 
 def container_of(dep: Obj) -> Obj:

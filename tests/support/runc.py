@@ -30,9 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from localcluster.image import buildah
 
 Obj = dict[str, Any]
+
+BASE_MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
+
+
+def base_deployment(file: str) -> Obj:
+    """The one Deployment in manifests/base/<file>: what a pod run as the manifests say reads."""
+    docs = [d for d in yaml.safe_load_all((BASE_MANIFESTS / file).read_text()) if d]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert isinstance(dep, dict)
+    return dep
+
 
 # runc spec's defaults: what a container runtime hides from /proc and /sys.
 MASKED_PATHS = (
