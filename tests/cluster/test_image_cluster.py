@@ -35,7 +35,6 @@ from tests.support.runc import (
     unpacked_image,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 Obj = dict[str, Any]
 
 
