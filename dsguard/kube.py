@@ -57,6 +57,12 @@ ListFn = Callable[..., Awaitable[Any]]  # a kubernetes-asyncio list_* method
 # Per list request: a blackholed apiserver fails a command instead of hanging it.
 REQUEST_TIMEOUT = 60.0
 
+# A watch that has carried nothing, not even a bookmark, for this long is taken as dead (a peer
+# gone without a FIN or RST, a dropped NAT entry, a hung apiserver) and opened again from its
+# resourceVersion. The apiserver's watch cache sends a bookmark every minute, the first one
+# about two minutes into a watch (measured on 1.37: 120 s, then every 60 s).
+WATCH_IDLE_TIMEOUT = 150.0
+
 # resource -> (API group class, the list in every namespace (or cluster-scoped), the list in one)
 _LISTS: dict[str, tuple[Callable[[client.ApiClient], Any], str, str | None]] = {
     "nodes": (client.CoreV1Api, "list_node", None),
@@ -195,6 +201,8 @@ class Reflector:
     for a watch several readers share, `subscribers`, each called in turn (on_replace/on_event,
     when given, first). `synced` is set after the first complete list.
 
+    A watch silent for `idle_timeout` (no event, no bookmark) is opened again from its
+    resourceVersion: a dead connection is found in bounded time, not at the watch's end.
     After a failure it lists again (never resumes a watch: an apiserver that restarted has a new
     watch cache, which would answer an old resourceVersion with 410 anyway), waiting as `retry`
     says (dsguard.reconnect): backing off from errors, probing an apiserver that does not answer
@@ -213,6 +221,7 @@ class Reflector:
         subscribers: Sequence[Subscriber] = (),
         page_size: int = 500,
         watch_timeout: int = 300,
+        idle_timeout: float = WATCH_IDLE_TIMEOUT,
         on_restart: Callable[[str], None] | None = None,
         retry: reconnect.Retry = reconnect.DEFAULT,
         probe: Probe | None = None,
@@ -234,6 +243,7 @@ class Reflector:
             self._on_replace, self._on_event = self._replace_all, self._event_all
         self._page_size = page_size
         self._watch_timeout = watch_timeout
+        self._idle_timeout = idle_timeout
         self._on_restart = on_restart or (lambda reason: None)
         self.retry = retry
         self._probe = probe or self._probe_list
@@ -372,29 +382,45 @@ class Reflector:
             timeout_seconds=self._watch_timeout,
             _preload_content=False,
             _request_timeout=aiohttp.ClientTimeout(
-                total=self._watch_timeout + 30, sock_connect=reconnect.CONNECT_TIMEOUT
+                total=self._watch_timeout + 30,
+                sock_connect=reconnect.CONNECT_TIMEOUT,
+                sock_read=self._idle_timeout,
             ),
         )
         try:
             if not 200 <= resp.status <= 299:
                 _raise_for_status(resp, await resp.read())
-            async for line in _lines(resp.content):
-                event = orjson.loads(line)
-                kind = event.get("type")
-                obj = event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone()
-                    raise RuntimeError(f"watch error: {obj.get('message', obj)}")
-                if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
-                    raise RuntimeError(f"unexpected watch event {kind!r}: {str(event)[:200]}")
-                rv = (obj.get("metadata") or {}).get("resourceVersion")
-                if rv:
-                    self.resource_version = str(rv)
-                if kind != "BOOKMARK":
-                    self._on_event(str(kind), obj)
+            if not self._current:  # reopened after going silent: the watch resumes where it was
+                self._current, self._current_at = True, self._monotonic()
+            try:
+                await self._read_events(resp)
+            except aiohttp.SocketTimeoutError:
+                self._left_current()
+                self._on_restart("idle")
+                log.info(
+                    "%s: the watch carried nothing for %gs (not even a bookmark); opening it again "
+                    "from resourceVersion %s",
+                    self.name, self._idle_timeout, self.resource_version,
+                )  # fmt: skip
         finally:
             resp.release()
+
+    async def _read_events(self, resp: Any) -> None:
+        async for line in _lines(resp.content):
+            event = orjson.loads(line)
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise Gone()
+                raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+            if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                raise RuntimeError(f"unexpected watch event {kind!r}: {str(event)[:200]}")
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if rv:
+                self.resource_version = str(rv)
+            if kind != "BOOKMARK":
+                self._on_event(str(kind), obj)
 
 
 def _list_timeout() -> aiohttp.ClientTimeout:

@@ -7,6 +7,7 @@ partition on demand.
         proxy.blackhole()   # packets dropped: open connections go silent, new ones hang
         proxy.reset()       # connections reset, new ones reset at once
         proxy.restore()     # the cut connections are closed; new ones go through again
+        proxy.silence_open()  # open connections go silent for good; new ones go through
 
 TLS passes through untouched (the apiserver's certificate names 127.0.0.1), so the client's
 kubeconfig only needs the proxy's port. asyncio in a thread of its own, so the tests stay
@@ -41,6 +42,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing: asyncio.Event | None = None
+        self._silenced: set[asyncio.StreamWriter] = set()  # client sides whose bytes go nowhere
 
     # -- control (from the test's thread) ------------------------------------------------------
     def start(self) -> Self:
@@ -72,6 +74,11 @@ class TcpProxy:
     def restore(self) -> None:
         """Forward again. Connections cut meanwhile are closed: the client must reconnect."""
         self._call(self._set("open"))
+
+    def silence_open(self) -> None:
+        """The connections open now go silent for good, both ways, never closed (a peer gone
+        without a FIN or RST, a dropped NAT entry); new connections go through."""
+        self._call(self._silence_open())
 
     def stop(self) -> None:
         if self._loop is None:
@@ -114,6 +121,9 @@ class TcpProxy:
             for w in list(self._writers):
                 _abort(w)
 
+    async def _silence_open(self) -> None:
+        self._silenced.update(self._writers)
+
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -136,19 +146,26 @@ class TcpProxy:
                 return
             self._writers.add(up_writer)
             try:
-                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, writer), self._pipe(up_reader, writer, writer)
+                )
             finally:
                 self._writers.discard(up_writer)
                 _abort(up_writer)
         finally:
             self._writers.discard(writer)
+            self._silenced.discard(writer)
             _abort(writer)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: asyncio.StreamWriter
+    ) -> None:
         assert self._flowing is not None
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
                 await self._flowing.wait()  # blackholed: the bytes go nowhere
+                if client in self._silenced:
+                    continue  # silenced: read and dropped, the connection held open
                 if writer.is_closing():
                     return
                 writer.write(data)

@@ -101,6 +101,20 @@ def test_reset_cuts_open_and_new_connections(proxy: TcpProxy) -> None:
         assert echoes(after)
 
 
+def test_silence_open_holds_open_connections_silent_and_lets_new_ones_through(proxy: TcpProxy) -> None:
+    with connect(proxy) as before:
+        assert echoes(before)
+        proxy.silence_open()
+        before.settimeout(0.3)
+        before.sendall(b"lost")
+        with pytest.raises(TimeoutError):  # neither answered nor closed
+            before.recv(4096)
+        with connect(proxy) as after:
+            assert echoes(after)
+        with pytest.raises(TimeoutError):
+            before.recv(4096)
+
+
 def test_kubeconfig_through_points_every_cluster_at_the_proxy(proxy: TcpProxy, tmp_path: Path) -> None:
     original = tmp_path / "kubeconfig"
     original.write_text(
