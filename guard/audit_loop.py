@@ -175,6 +175,9 @@ class Auditor:
             leading = self.is_leader()
             if self._was_leader and not leading:
                 self._forget_gauges()  # a follower's stale counts would read as a second leader's
+                # Its walks and findings (~100 MiB at 5,000 nodes) serve only a leader; a new
+                # term starts from a full audit anyway.
+                self.incremental = IncrementalAudit(patch_walks=self.incremental.patch_walks)
             if leading and not self._was_leader:
                 self._reported = None  # re-read what the previous leader reported
                 if self.reports is not None:

@@ -681,6 +681,23 @@ async def test_a_replica_that_stops_leading_drops_its_violation_gauges() -> None
         )
 
 
+async def test_a_replica_that_stops_leading_frees_the_incremental_audit_and_audits_in_full_when_back() -> (
+    None
+):
+    leader = LeaderFlag(True)
+    rig = make_rig(tick=0.02, min_interval=0.01, is_leader=leader)
+    async with running(rig.auditor):
+        await poll_async(lambda: (rig.sample("dsguard_audit_runs_total") or 0) >= 1, what="the first audit")
+        assert rig.auditor.incremental.findings
+        leader.leading = False
+        await poll_async(lambda: not rig.auditor.incremental.findings, what="the walks and findings freed")
+        leader.leading = True
+        await poll_async(
+            lambda: (rig.sample("dsguard_audit_runs_total") or 0) >= 2, what="the next term's audit"
+        )
+        assert len(rig.auditor.incremental.findings) == len(rig.auditor.daemonsets)
+
+
 async def test_forbidden_write_is_retried_by_the_loop() -> None:
     writer = RecordingWriter(fail=[403])
     rig = make_rig(writer=writer, tick=0.02, min_interval=0.01)
