@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +100,11 @@ class _Answer:
 class PrometheusProber:
     """Instant queries against a Prometheus HTTP API, each answered at most every QUERY_INTERVAL."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.clock = clock
+        self.ssl_context = ssl_context  # None: aiohttp's default (the system's CAs)
         self._answers: dict[tuple[str, str], _Answer] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -120,7 +124,10 @@ class PrometheusProber:
 
     async def _query(self, gate: PrometheusGate) -> tuple[float | None, str]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT))
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context is not None else True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT)
+            )
         url = gate.url.rstrip("/") + "/api/v1/query"
         try:
             async with self._session.get(url, params={"query": gate.query}) as resp:

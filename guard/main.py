@@ -30,6 +30,7 @@ from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.notify.notifier import Notifier
 from guard.notify.sinks import KubeSecretReader
+from guard.outbound_tls import outbound_ssl_context
 from guard.outbox import Outbox
 from guard.policy_reports import KubeReportStore, PolicyReportWriter
 from guard.rollout import DaemonSetState
@@ -110,10 +111,12 @@ async def run_guard(
     gate_sample_interval: float = 5.0,
     policy_reports: str = "openreports",
     report_max_results: int = MAX_RESULTS,
+    extra_ca_file: str | None = None,
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
-    session = aiohttp.ClientSession()
+    outbound_tls = outbound_ssl_context(extra_ca_file)  # alert sinks and Prometheus gates
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=outbound_tls))
     patcher = KubePatcher(api)
     # The audit writes DaemonSetPolicy status, so it needs the policies to come from the cluster.
     auditing = audit and policies is None
@@ -164,7 +167,7 @@ async def run_guard(
         interval=gate_sample_interval,
         rates=metrics.apiserver_rate,
     )
-    prober = PrometheusProber()
+    prober = PrometheusProber(ssl_context=outbound_tls)
 
     async def record_event(ds: DaemonSetState, reason: str, message: str, warning: bool) -> None:
         await recorder.record(

@@ -230,6 +230,13 @@ def _log_policies(policy_set: PolicySet | None) -> list[Policy] | None:
     help="Wave rollouts' apiserver gate: how often the apiserver's request counter is read. The "
     "baseline is the rate over 12 samples before a rollout, the current rate over the last 6.",
 )
+@click.option(
+    "--extra-ca-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="PEM CA certificates trusted beside the system's for the guard's outbound HTTPS (alert "
+    "sinks, Prometheus gates): for sinks behind a private CA.",
+)
 @log_level_opt
 @log_format_opt
 def guard(
@@ -248,6 +255,7 @@ def guard(
     policy_reports: str,
     policy_report_max_results: int,
     gate_sample_interval: float,
+    extra_ca_file: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -264,6 +272,12 @@ def guard(
         )
     from dsguard.kube import ClientConfigError
     from guard.main import default_identity, run_guard
+    from guard.outbound_tls import FIX, ExtraCAError, outbound_ssl_context
+
+    try:  # checked before anything starts: a sink's alerts would fail only when one is due
+        outbound_ssl_context(extra_ca_file)
+    except ExtraCAError as e:
+        raise exits.BadInput(f"--extra-ca-file: {e}", fix=FIX) from None
 
     policy_set = _policies(policy_files)
     setup_logging(log_level, log_format)
@@ -276,6 +290,7 @@ def guard(
                 tick=tick, leader_election=not no_leader_election, lease_duration=lease_duration,
                 audit=audit, audit_resync=audit_resync, gate_sample_interval=gate_sample_interval,
                 policy_reports=policy_reports, report_max_results=policy_report_max_results,
+                extra_ca_file=extra_ca_file,
             )
         )  # fmt: skip
     except ClientConfigError as e:  # raised before anything runs: the client is built first

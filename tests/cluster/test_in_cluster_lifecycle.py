@@ -55,6 +55,7 @@ from tests.support.in_cluster import (
 from tests.support.kubectl import apply
 from tests.support.kwok import in_group
 from tests.support.polling import poll
+from tests.support.tls import write_tls_files
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "manifests" / "base"
@@ -245,20 +246,23 @@ def _lease_holder(c: LocalCluster) -> str:
     return str(lease["spec"].get("holderIdentity") or "")
 
 
-def test_guard_pods_pause_alert_and_fail_over_acting_once(world: World) -> None:
+def test_guard_pods_pause_alert_and_fail_over_acting_once(world: World, tmp_path: Path) -> None:
     """Two guard replicas in pods, one leading: a crash-looping rollout on kwok nodes is paused and
-    its signed alert reaches a receiver on the host; the leader pod deleted, the other replica
-    takes the Lease within its duration (15s) and acts exactly once on a second bad rollout."""
+    its signed alert reaches an HTTPS receiver on the host, whose private CA the pods trust by the
+    chart's guard.extraCACertificates; the leader pod deleted, the other replica takes the Lease
+    within its duration (15s) and acts exactly once on a second bad rollout."""
     c, helm = world.c, world.helm
     assert c.host_ip
     ns = "e2e-guard-pods"
+    tls = write_tls_files(tmp_path / "receiver-tls", hosts=(c.host_ip,))
     helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
-         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+         *helm_pin_args(world.image), "--set-file", f"guard.extraCACertificates={tls.ca_file}",
+         timeout=330)  # fmt: skip
     key = secrets.token_hex(32).encode()  # the Secret's value is the HMAC key, as its bytes
     c.kubectl(
         "create", "secret", "generic", "dsguard-alerts", "-n", NS, f"--from-literal=hmac={key.decode()}"
     )
-    receiver = AlertReceiver(None, host=c.host_ip).start()  # pods reach the host at its address
+    receiver = AlertReceiver(tls, host=c.host_ip).start()  # pods reach the host at its address
     try:
         ref = {"namespace": NS, "name": "dsguard-alerts", "key": "hmac"}
         guard = {"failureThreshold": THRESHOLD, "action": "Pause",

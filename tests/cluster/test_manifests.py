@@ -41,6 +41,7 @@ from localcluster.procs import Child, NotReady, ProcessExited, free_port, launch
 from tests.support import builders
 from tests.support.kubectl import as_list
 from tests.support.polling import poll
+from tests.support.tls import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -470,6 +471,34 @@ def test_helm_monitoring_values(helm: Callable[..., subprocess.CompletedProcess[
     assert not [d for d in helm_template(helm) if d["kind"] in ("PrometheusRule", "ConfigMap")], (
         "off by default"
     )
+
+
+def test_helm_extra_ca_certificates(
+    cluster: LocalCluster,
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+    installed: list[Obj],
+    tmp_path: Path,
+) -> None:
+    """guard.extraCACertificates: a ConfigMap of the PEM, mounted read-only into the guard, named
+    by --extra-ca-file, and a checksum that rolls the pods when it changes; nothing without it."""
+    pem = CertificateAuthority.create("corp CA").pem.decode()
+    (tmp_path / "corp-ca.pem").write_text(pem)
+    docs = helm_template(helm, "--set-file", f"guard.extraCACertificates={tmp_path / 'corp-ca.pem'}")
+    assert pick(docs, "ConfigMap", "dsguard-guard-extra-ca")["data"] == {"ca.crt": pem}
+    template = pick(docs, "Deployment", "dsguard-guard")["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert "--extra-ca-file=/etc/dsguard/extra-ca/ca.crt" in container["args"]
+    assert {"name": "extra-ca", "mountPath": "/etc/dsguard/extra-ca", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "extra-ca", "configMap": {"name": "dsguard-guard-extra-ca"}} in template["spec"][
+        "volumes"
+    ]
+    assert re.fullmatch(r"[0-9a-f]{64}", template["metadata"]["annotations"]["checksum/extra-ca"])
+    apply(cluster, docs, dry_run=True)
+
+    plain = pick(helm_template(helm), "Deployment", "dsguard-guard")["spec"]["template"]
+    assert "extra-ca" not in json.dumps(plain)
 
 
 def test_cert_manager_overlay(cluster: LocalCluster, installed: list[Obj], cert_manager_crds: None) -> None:

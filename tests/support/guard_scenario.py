@@ -19,7 +19,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -88,8 +88,8 @@ class AlertReceiver:
     """An HTTPS endpoint (aiohttp, in a thread with its own loop) recording every POST /alerts.
 
     It answers 503 to the first `fail_first` requests and 200 after that. Without `tls` it serves
-    plain HTTP (for guards in pods, which trust only the image's CA bundle); `host` is the
-    address it listens on and names in its URL (the host's address for pods on the real node).
+    plain HTTP; `host` is the address it listens on and names in its URL (the host's address for
+    pods on the real node, whose serving certificate must then name it).
     """
 
     def __init__(
@@ -261,12 +261,15 @@ class Scenario:
         self.receivers.append(r)
         return r.start() if start else r
 
-    def guard(self, policy: Path, *, start: bool = True, **kwargs: Any) -> HostGuard:
-        """A guard process (not waited for: call wait_ready()); it trusts the receiver's CA."""
+    def guard(
+        self, policy: Path, *, start: bool = True, extra_args: Sequence[str] = (), **kwargs: Any
+    ) -> HostGuard:
+        """A guard process (not waited for: call wait_ready()); it trusts the receiver's private
+        CA beside the system's (--extra-ca-file), as the chart's guard.extraCACertificates does."""
         g = HostGuard(
             self.cluster,
             policy_files=[policy],
-            env={"SSL_CERT_FILE": str(self.tls.ca_file)},
+            extra_args=["--extra-ca-file", str(self.tls.ca_file), *extra_args],
             lease_name=self.lease,
             **{**GUARD_FLAGS, **kwargs},
         )

@@ -4,6 +4,7 @@ is served or connected to, with one line naming the flag, the file and the fix; 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,3 +274,39 @@ def test_policy_folder_with_other_kinds_is_read_and_the_skipped_are_counted(
     # The folder is accepted: the command gets as far as the kubeconfig.
     assert result.exit_code == 2 and "cannot load the Kubernetes client config" in result.stderr
     assert "1 DaemonSetPolicy(ies) from --policy-file; 1 other document(s) skipped" in caplog.text
+
+
+# --- the guard's --extra-ca-file -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read it (No such file or directory)"),
+        (b"", "no PEM certificate in it"),
+        (b"not a certificate\n", "no PEM certificate in it"),
+        (
+            b"-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+            "not a readable PEM CA certificate",
+        ),
+        (b"-----BEGIN CERTIFICATE-----\n" + b"A" * (1 << 20), "over 1024 KiB, not a CA bundle"),
+    ],
+)
+def test_guard_extra_ca_file_that_cannot_be_used(tmp_path: Path, content: bytes | None, problem: str) -> None:
+    ca = tmp_path / "corp-ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    result = CliRunner().invoke(main, ["guard", "--extra-ca-file", str(ca)])
+    assert_bad_input(
+        result, "guard", f"--extra-ca-file: {ca}: {problem}", "fix: give the private CA's certificates"
+    )
+
+
+def test_extra_ca_file_is_trusted_beside_the_system_cas(tls: TLSFiles) -> None:
+    from guard.outbound_tls import outbound_ssl_context
+
+    system = outbound_ssl_context()
+    extra = outbound_ssl_context(str(tls.ca_file))
+    assert "commonName', 'dsguard test CA'" in str([c["subject"] for c in extra.get_ca_certs()])
+    assert len(extra.get_ca_certs()) == len(system.get_ca_certs()) + 1
+    assert extra.minimum_version is ssl.TLSVersion.TLSv1_2 and extra.verify_mode is ssl.CERT_REQUIRED
