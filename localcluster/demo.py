@@ -33,9 +33,10 @@ import yaml
 
 from localcluster import host_state
 from localcluster.binaries import BinariesError
+from localcluster.chart import CHART, NAMESPACE, pin_values, pod_ready, webhook_pod_metrics
 from localcluster.cluster import ClusterError, LocalCluster, default_workdir
 from localcluster.guard_host import HostGuard
-from localcluster.helm import CHART, HelmError, HelmRunner, helm_bin_dir, pin_values
+from localcluster.helm import HelmError, HelmRunner, helm_bin_dir
 from localcluster.image import BuiltImage, ImageError, build_image
 from localcluster.nodes import (
     POD_BEHAVIOR_ANNOTATION,
@@ -62,8 +63,6 @@ CRASHING = {POD_BEHAVIOR_ANNOTATION: PodBehavior.CRASHLOOP.value, POD_TIMING_ANN
 SLOW_START = {POD_TIMING_ANNOTATIONS["start_delay"]: "2s"}
 #: With a real node: the kwok fleet, i.e. every node but the real one dsguard runs on.
 FLEET = {"matchExpressions": [{"key": NODE_LABEL, "operator": "DoesNotExist"}]}
-NAMESPACE = "dsguard"  # where the chart is installed
-WEBHOOK_PORT = 8443  # the chart's webhook container port: HTTPS, /metrics beside /mutate and /validate
 GUARD_TICK = "0.2"  # seconds between the guard's re-checks of rollouts: brisk, for a demo
 #: A real node from another run holds the machine (realnode.RealNode.start's message).
 NODE_BUSY = "another real node"
@@ -644,7 +643,7 @@ def install_chapter(s: Story, image: BuiltImage, helm: HelmRunner) -> None:
     pods = [p for p in s.get("pods", "-n", NAMESPACE)["items"] if not p["metadata"].get("deletionTimestamp")]
     s.check(
         len(pods) == 5
-        and all(_ready(p) and p["spec"].get("nodeName") == NODE_NAME for p in pods)
+        and all(pod_ready(p) and p["spec"].get("nodeName") == NODE_NAME for p in pods)
         and all(p["spec"]["containers"][0]["image"] == image.ref for p in pods),
         f"5 pods Ready on {NODE_NAME}, from {image.ref}: 2 webhooks, 2 guards (one leads), the certificates",
     )
@@ -656,26 +655,6 @@ def install_chapter(s: Story, image: BuiltImage, helm: HelmRunner) -> None:
         "the apiserver calls the webhooks through the Service dsguard-webhook.dsguard.svc, trusting the "
         "CA the certs pod wrote",
     )
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    conds = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-
-
-def pod_webhook_metrics(cluster: LocalCluster) -> dict[str, str]:
-    """Each Ready webhook pod's /metrics, through the apiserver's pod proxy (HTTPS to the pod)."""
-    selector = "app.kubernetes.io/name=dsguard,app.kubernetes.io/component=webhook"
-    pods = cluster.kubectl_json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
-    out: dict[str, str] = {}
-    for pod in pods:
-        if not _ready(pod) or pod["metadata"].get("deletionTimestamp"):
-            continue
-        name = pod["metadata"]["name"]
-        path = f"/api/v1/namespaces/{NAMESPACE}/pods/https:{name}:{WEBHOOK_PORT}/proxy/metrics"
-        proc = cluster.kubectl("get", "--raw", path, check=False)
-        out[name] = proc.stdout if proc.returncode == 0 else ""
-    return out
 
 
 @contextmanager
@@ -691,7 +670,7 @@ def demo_environment(
         # The guard pods reach the inbox on the host's address (pods can't reach its loopback).
         with AlertInbox(cluster.host_ip) as inbox:
             install_chapter(s, image, helm)
-            yield DemoEnv(inbox, lambda: pod_webhook_metrics(cluster), in_cluster=True)
+            yield DemoEnv(inbox, lambda: webhook_pod_metrics(cluster), in_cluster=True)
         return
     # Only the demo's namespace: the webhook never judges the cluster's own system namespaces.
     # The guard watches the cluster's DaemonSetPolicies (so it audits them too); --tick for a

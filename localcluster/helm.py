@@ -1,25 +1,16 @@
 """Helm against a LocalCluster: the binary built from Go modules (gobuild/build_helm.sh, cached in
-~/.cache/dsguard), run with HELM_*_HOME dirs of its own, and the values that install dsguard's
-chart on the real node (the demo and the in-cluster tests).
-"""
+~/.cache/dsguard), run with HELM_*_HOME dirs of its own (the demo, the in-cluster tests and the
+admission bench; localcluster/chart.py has what they install)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
-from localcluster.image import BuiltImage
-from localcluster.realnode import NODE_NAME
+__all__ = ["HelmError", "HelmRunner", "helm_bin_dir"]
 
-__all__ = ["CHART", "COMPONENTS", "HelmError", "HelmRunner", "helm_bin_dir", "pin_values"]
-
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "manifests" / "helm" / "dsguard"
-BUILD_HELM = REPO / "localcluster" / "gobuild" / "build_helm.sh"
-#: The chart's Deployments, each with its own nodeSelector value.
-COMPONENTS = ("webhook", "guard", "certs")
+BUILD_HELM = Path(__file__).resolve().parent / "gobuild" / "build_helm.sh"
 
 
 class HelmError(RuntimeError):
@@ -34,15 +25,6 @@ def helm_bin_dir() -> Path:
     if proc.returncode != 0:
         raise HelmError(f"{BUILD_HELM} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
-
-
-def pin_values(image: BuiltImage) -> list[str]:
-    """The only values a user sets here: the image, and every Deployment pinned to the real node
-    (kwok's fake pod IPs would land in the Service's endpoints otherwise)."""
-    repo, tag = image.ref.rsplit(":", 1)
-    pin = json.dumps({"kubernetes.io/hostname": NODE_NAME})
-    args = ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}"]
-    return args + [a for comp in COMPONENTS for a in ("--set-json", f"{comp}.nodeSelector={pin}")]
 
 
 class HelmRunner:

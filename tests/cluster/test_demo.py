@@ -16,9 +16,9 @@ import pytest
 
 from localcluster import host_state
 from localcluster.__main__ import main as localcluster_main
+from localcluster.chart import webhook_pod_metrics
 from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.demo import main as demo_main
-from localcluster.demo import pod_webhook_metrics
 from localcluster.realnode import NODE_NAME
 from tests.support.real_node import require_real_node
 
@@ -89,7 +89,7 @@ def test_make_demo_installs_dsguard_with_helm_on_the_real_node(
         ):
             config = cluster.kubectl_json("get", kind)["webhooks"][0]["clientConfig"]
             assert config["service"]["name"] == "dsguard-webhook" and "url" not in config, config
-        metrics = pod_webhook_metrics(cluster)
+        metrics = webhook_pod_metrics(cluster)
         assert len(metrics) == 2
         denied = re.findall(
             r'reviews_total\{endpoint="validate",verdict="denied"\} (\S+)', "".join(metrics.values())

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.helm import CHART, HelmError, HelmRunner, helm_bin_dir
+from localcluster.chart import CHART
+from localcluster.helm import HelmError, HelmRunner, helm_bin_dir
 
 __all__ = ["CHART", "Helm", "helm_for"]
 

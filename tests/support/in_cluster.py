@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from localcluster.chart import pin_values
 from localcluster.cluster import LocalCluster
-from localcluster.helm import pin_values
 from localcluster.image import BuiltImage, ImageError, build_image
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
 from tests.support import builders
