@@ -696,6 +696,7 @@ def start_cluster(workdir: Path, *, real_node: bool, die_with_parent: bool, wait
     """The demo's cluster, started; with a real node, retried for up to wait_node seconds while
     another one (e.g. a test run's) holds the machine: only one runs per machine."""
     deadline = time.monotonic() + wait_node
+    told = False
     while True:
         cluster = LocalCluster(
             workdir,
@@ -709,7 +710,11 @@ def start_cluster(workdir: Path, *, real_node: bool, die_with_parent: bool, wait
             cluster.stop()
             if NODE_BUSY not in str(exc) or time.monotonic() > deadline:
                 raise
-        print(f"  another real node holds this machine; retrying until it is gone (up to {wait_node:.0f}s)")
+        if not told:
+            told = True
+            print(
+                f"  another real node holds this machine; retrying until it is gone (up to {wait_node:.0f}s)"
+            )
         with contextlib.suppress(NotReady):  # the other node's state gone, or 15s: try again
             wait_ready(lambda: not host_state.leftovers(needles=[], mount_prefixes=[]), what="the real node",
                        timeout=15, interval=1)  # fmt: skip
