@@ -30,8 +30,8 @@ node-packages:
 	@if [ "$${DSGUARD_NO_REAL_NODE:-}" = 1 ]; then echo "node-packages: DSGUARD_NO_REAL_NODE=1, skipped"; \
 	else bash localcluster/apt/install.sh $(NODE_APT); fi
 
-# Helm v3, built from Go modules into ~/.cache/dsguard (only to lint and render manifests/helm/dsguard;
-# tests/cluster/test_manifests.py builds it when missing). Prints its bin directory.
+# Helm v3, built from Go modules into ~/.cache/dsguard (to lint and render manifests/helm/dsguard, and
+# to install it in the demo and the in-cluster tests; they build it when missing). Prints its bin directory.
 .PHONY: helm
 helm:
 	bash localcluster/gobuild/build_helm.sh
@@ -72,7 +72,12 @@ cluster-test: venv binaries $(REAL_NODE_DEPS)
 test: lint binaries image-deps $(REAL_NODE_DEPS)
 	$(PY) -m pytest
 
-demo: venv binaries
+# The demo installs dsguard with Helm on the cluster's real node (its image built and cached):
+# everything from scratch on a fresh machine (root). DSGUARD_NO_REAL_NODE=1 runs dsguard on the
+# host instead (python -m localcluster.demo --host-run), needing none of the real-node parts.
+DEMO_DEPS := $(if $(filter 1,$(DSGUARD_NO_REAL_NODE)),,node-packages node-binaries image-deps helm)
+
+demo: venv binaries $(DEMO_DEPS)
 	$(PY) -m localcluster.demo
 
 cluster-up: venv binaries

@@ -16,6 +16,13 @@ round hits all five alike):
   dsguard-20  another `dsguard webhook` with those three and 17 more that all match
   minimal     bench/minimal_webhook.py registered the same way (/mutate and /validate: parse,
               echo the uid, allow): what any aiohttp webhook costs through the apiserver
+  dsguard-svc (--in-cluster) dsguard as users run it: `helm install` of manifests/helm/dsguard
+              on the cluster's real node (its image built from the Dockerfile, cached; 2 webhook
+              pods, 1 guard with --no-audit: no writes of its own), the apiserver calling it through its
+              Service; the same three policies as DaemonSetPolicy objects. The chart's own
+              namespace selector applies: the other set-ups' namespaces carry dsguard.io/exclude.
+              The host-run `dsguard` set-up is registered as dsguardhost then (the chart owns
+              the dsguard-mutate/-validate names). Needs root (a real node, as `make demo`).
 
 Per round, in a rotating order, one client (keep-alive HTTPS, the admin certificate) creates a
 DaemonSet in each set-up's namespace (a realistic node agent missing a required toleration and
@@ -28,7 +35,7 @@ webhook call over the timed requests) and dsguard's `dsguard_webhook_review_dura
 Before timing, every set-up is probed with server-side dry runs until its mutation and its
 denial are seen (registration takes up to ~1.2 s to apply), then warmed up.
 
-    .venv/bin/python bench/admission_latency.py [--n 300] [--warmup 20] [--quick] [--json]
+    .venv/bin/python bench/admission_latency.py [--n 300] [--warmup 20] [--quick] [--json] [--in-cluster]
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +64,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.webhook_load import AGENT_IMAGE, agent_daemonset  # noqa: E402
-from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.binaries import BinariesError  # noqa: E402
+from localcluster.chart import CHART, NAMESPACE, pin_values, webhook_pod_metrics  # noqa: E402
+from localcluster.cluster import ClusterError, LocalCluster  # noqa: E402
+from localcluster.helm import HelmError, HelmRunner, helm_bin_dir  # noqa: E402
+from localcluster.image import ImageError, build_image  # noqa: E402
 from localcluster.nodes import create_nodes, node_manifest  # noqa: E402
 from localcluster.procs import Child, free_port, launch, wait_ready  # noqa: E402
 from localcluster.webhook_host import HostWebhook, loopback_tls_files, webhook_configurations  # noqa: E402
 
 SETUPS = ("floor", "vap", "minimal", "dsguard", "dsguard-20")
+IN_CLUSTER = "dsguard-svc"  # --in-cluster: the chart on the real node, through its Service
 SETUP_LABEL = "bench.dsguard.io/setup"
+EXCLUDE_LABEL = "dsguard.io/exclude"  # the chart's opt-out of its webhooks' namespaceSelector
+FAIL_OPEN_METRIC = "apiserver_admission_webhook_fail_open_count"
 CEL_POLICIES = REPO / "bench" / "cel" / "node-agent-policies.yaml"
 WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds"
 TARGET_ADDED_P50_MS = 2.0
@@ -242,6 +256,28 @@ def webhook_calls(metrics_text: str) -> dict[tuple[str, str], tuple[float, float
     return out
 
 
+def fail_opens(metrics_text: str) -> dict[str, float]:
+    """webhook name -> calls the apiserver let through unjudged (failurePolicy Ignore)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == FAIL_OPEN_METRIC.removesuffix("_count"):
+            for s in family.samples:
+                if s.name == FAIL_OPEN_METRIC:
+                    name = s.labels.get("name", "")
+                    out[name] = out.get(name, 0.0) + s.value
+    return out
+
+
+def review_histograms(texts: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """review_histogram summed over several webhooks (the in-cluster set-up's pods)."""
+    out: dict[str, tuple[float, float]] = {}
+    for text in texts:
+        for endpoint, (count, total) in review_histogram(text).items():
+            c, t = out.get(endpoint, (0.0, 0.0))
+            out[endpoint] = (c + count, t + total)
+    return out
+
+
 def review_histogram(metrics_text: str) -> dict[str, tuple[float, float]]:
     """dsguard's own review latency: endpoint -> (count, sum of seconds)."""
     out: dict[str, tuple[float, float]] = {}
@@ -277,7 +313,27 @@ def register_cel(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
 
 
-def start_webhook(cluster: LocalCluster, workdir: Path, setup: str, policies: int) -> HostWebhook:
+def install_in_cluster(cluster: LocalCluster, workdir: Path) -> None:
+    """`helm install` of dsguard's chart on the real node (pinned there; one guard replica without
+    the audit, so it writes nothing while the writes are timed), then the three policies as
+    DaemonSetPolicy objects, which its webhook reads."""
+    image = build_image()  # a cache hit: run() built it before the real node started
+    helm = HelmRunner(workdir / "helm", cluster.kubeconfig, helm_bin_dir())
+    helm.run(
+        "install", "dsguard", str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m",
+        *pin_values(image), "--set", "guard.replicas=1",
+        "--set-json", 'guard.extraArgs=["--no-audit", "--log-level=warning"]',
+        "--set-json", 'webhook.extraArgs=["--log-level=warning"]', timeout=330,
+    )  # fmt: skip
+    items = dsguard_policies(3)
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    )
+
+
+def start_webhook(
+    cluster: LocalCluster, workdir: Path, setup: str, policies: int, *, name: str = ""
+) -> HostWebhook:
     policy_file = workdir / f"{setup}-policies.yaml"
     policy_file.write_text(yaml.safe_dump_all(dsguard_policies(policies), sort_keys=False))
     return HostWebhook(
@@ -286,7 +342,7 @@ def start_webhook(cluster: LocalCluster, workdir: Path, setup: str, policies: in
         namespace_selector={"matchLabels": {SETUP_LABEL: setup}},
         policy_files=[policy_file],
         extra_args=["--log-level", "warning"],
-        name=setup.replace("-", ""),
+        name=name or setup.replace("-", ""),
     )
 
 
@@ -396,32 +452,68 @@ def rounds(api: Api, namespaces: Mapping[str, str], count: int, prefix: str) -> 
     return out
 
 
+#: What the chart's pods need on the real node besides the bench's minimum (Deployments, their
+#: ReplicaSets, the Service's endpoints, the kube-root-ca.crt ConfigMap their token volume mounts).
+IN_CLUSTER_CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "root-ca-certificate-publisher-controller",
+)
+
+
+def _texts_of(hook: HostWebhook) -> Callable[[], list[str]]:
+    return lambda: [hook.metrics()]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6]
+    in_cluster: bool = args.in_cluster
+    if in_cluster:
+        build_image()  # first: a starting real node imports the latest built image itself
     with tempfile.TemporaryDirectory(prefix="dsguard-admission-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         cluster = LocalCluster(
             workdir / "cluster",
             # No DaemonSet controller: no pods, revisions or status writes beside the timed ones. The
             # node lifecycle controller lifts the not-ready taint the apiserver puts on new nodes.
-            controllers=("namespace-controller", "serviceaccount-controller", "node-lifecycle-controller"),
-        ).start()
+            controllers=("namespace-controller", "serviceaccount-controller", "node-lifecycle-controller")
+            + (IN_CLUSTER_CONTROLLERS if in_cluster else ()),
+            real_node=in_cluster,
+            startup_timeout=240 if in_cluster else 120,
+        )
         stack.callback(cluster.stop)
+        cluster.start()
         create_nodes(cluster.kubectl, nodes())
+        if in_cluster:
+            install_in_cluster(cluster, workdir)
         register_cel(cluster)
         minimal = start_minimal(cluster, workdir)
         stack.callback(minimal.stop, 5)
         hooks = {
-            "dsguard": stack.enter_context(start_webhook(cluster, workdir, "dsguard", 3)),
+            "dsguard": stack.enter_context(
+                start_webhook(cluster, workdir, "dsguard", 3, name="dsguardhost" if in_cluster else "")
+            ),
             "dsguard-20": stack.enter_context(start_webhook(cluster, workdir, "dsguard-20", 20)),
         }
+        metrics: dict[str, Callable[[], list[str]]] = {s: _texts_of(h) for s, h in hooks.items()}
+        setups: tuple[str, ...] = SETUPS
+        if in_cluster:
+            setups += (IN_CLUSTER,)
+            metrics[IN_CLUSTER] = lambda: list(webhook_pod_metrics(cluster).values())
         # Fresh namespaces: one re-created after a delete makes NamespaceLifecycle look it up live.
-        namespaces = {s: f"bench-{s}-{run_id}" for s in SETUPS}
+        namespaces = {s: f"bench-{s}-{run_id}" for s in setups}
+
+        def labels(setup: str) -> dict[str, str]:
+            if in_cluster and setup != IN_CLUSTER:  # the in-cluster webhooks judge no other set-up
+                return {SETUP_LABEL: setup, EXCLUDE_LABEL: "true"}
+            return {SETUP_LABEL: setup}
+
         cluster.kubectl(
             "apply", "-f", "-",
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-                {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": ns, "labels": {SETUP_LABEL: s}}}
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels(s)}}
                 for s, ns in namespaces.items()
             ]}),
         )  # fmt: skip
@@ -434,11 +526,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 probe(api, ns, setup, deadline)
         rounds(api, namespaces, args.warmup, "warm")
-        before = webhook_calls(api.metrics())
-        hooks_before = {s: review_histogram(h.metrics()) for s, h in hooks.items()}
+        text = api.metrics()
+        before, opened_before = webhook_calls(text), fail_opens(text)
+        hooks_before = {s: review_histograms(m()) for s, m in metrics.items()}
         timings = rounds(api, namespaces, args.n, "ds")
-        after = webhook_calls(api.metrics())
-        hooks_after = {s: review_histogram(h.metrics()) for s, h in hooks.items()}
+        text = api.metrics()
+        after, opened = webhook_calls(text), fail_opens(text)
+        hooks_after = {s: review_histograms(m()) for s, m in metrics.items()}
+        let_through = {
+            n: c - opened_before.get(n, 0.0) for n, c in opened.items() if c > opened_before.get(n, 0.0)
+        }
+        if let_through:  # the chart's failurePolicy Ignore: a failed call would pass unjudged, and fast
+            raise RuntimeError(f"webhook calls failed open during the timed rounds: {let_through}")
         if not minimal.alive():
             raise RuntimeError(f"minimal webhook died:\n{minimal.tail(20)}")
         for setup, hook in hooks.items():
@@ -450,7 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if count - c0 > 0:
             apiserver_ms.setdefault(name, {})[kind] = round((total - t0) / (count - c0) * 1000, 3)
     handler_ms: dict[str, dict[str, float]] = {}
-    for setup in hooks:
+    for setup in metrics:
         for endpoint, (count, total) in hooks_after[setup].items():
             c0, t0 = hooks_before[setup].get(endpoint, (0.0, 0.0))
             if count - c0 > 0:
@@ -477,6 +576,9 @@ def summarize(
         }
     vap_added = rows["vap"]["added_p50_ms"]
     ds_added = rows["dsguard"]["added_p50_ms"]
+    extra: dict[str, Any] = {}
+    if IN_CLUSTER in rows:
+        extra["dsguard_svc_added_over_host_p50_ms"] = round(rows[IN_CLUSTER]["added_p50_ms"] - ds_added, 2)
     return {
         "config": {"n": args.n, "warmup": args.warmup, "requests_per_setup": 2 * args.n},
         "setups": rows,
@@ -487,6 +589,7 @@ def summarize(
         "meets_target": ds_added <= TARGET_ADDED_P50_MS
         and ds_added <= vap_added
         and rows["dsguard"]["p99_ms"] <= TARGET_P99_MS,
+        **extra,
     }
 
 
@@ -513,6 +616,11 @@ def print_report(r: Mapping[str, Any]) -> None:
         "dsguard added p50 over the minimal aiohttp webhook's (the rules and dsguard's own HTTP "
         f"handling): {r['dsguard_added_over_minimal_p50_ms']:.2f} ms"
     )
+    if "dsguard_svc_added_over_host_p50_ms" in r:
+        print(
+            "dsguard through its Service on the real node (2 pods), added p50 over the host-run dsguard's: "
+            f"{r['dsguard_svc_added_over_host_p50_ms']:.2f} ms"
+        )
     print("apiserver's webhook call (apiserver_admission_webhook_admission_duration_seconds, mean ms):")
     for name, kinds in sorted(r["apiserver_webhook_mean_ms"].items()):
         print(f"  {name:<22} " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items())))
@@ -532,12 +640,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="unmeasured rounds first (20)")
     p.add_argument("--quick", action="store_true", help="--n 60 --warmup 10")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--in-cluster", action="store_true",
+        help=f"add {IN_CLUSTER}: the chart installed on a real node, called through its Service (root)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.warmup = 60, 10
     if args.n < 1 or args.warmup < 0:
         p.error("--n >= 1, --warmup >= 0")
-    report = run(args)
+    try:
+        report = run(args)
+    except (ClusterError, BinariesError, ImageError, HelmError) as exc:
+        print(f"admission_latency: {exc}", file=sys.stderr)
+        return 1
     print_report(report)
     if args.json:
         print(json.dumps(report, indent=2))

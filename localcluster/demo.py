@@ -1,5 +1,11 @@
 """`make demo`: a local control plane with dsguard in it, telling its story step by step.
 
+By default dsguard runs the way users run it: its image built from the Dockerfile (cached by
+content), installed with `helm install` onto the cluster's real node (a kubelet with containerd,
+beside the kwok fleet), the apiserver calling the webhook through its Service. `--host-run` (or
+DSGUARD_NO_REAL_NODE=1) runs `dsguard webhook` and `dsguard guard` as host processes instead, for
+machines without root.
+
 Every step shows what kubectl printed and then checks the outcome it claims, so the demo fails
 loudly (exit 1) if dsguard stops doing what it says; tests/cluster/test_demo.py runs it too.
 """
@@ -7,6 +13,7 @@ loudly (exit 1) if dsguard stops doing what it says; tests/cluster/test_demo.py 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import json
 import os
@@ -24,8 +31,13 @@ from typing import Any, TextIO
 
 import yaml
 
+from localcluster import host_state
+from localcluster.binaries import BinariesError
+from localcluster.chart import CHART, NAMESPACE, pin_values, pod_ready, webhook_pod_metrics
 from localcluster.cluster import ClusterError, LocalCluster, default_workdir
 from localcluster.guard_host import HostGuard
+from localcluster.helm import HelmError, HelmRunner, helm_bin_dir
+from localcluster.image import BuiltImage, ImageError, build_image
 from localcluster.nodes import (
     POD_BEHAVIOR_ANNOTATION,
     POD_TIMING_ANNOTATIONS,
@@ -37,6 +49,7 @@ from localcluster.nodes import (
     wait_nodes_ready,
 )
 from localcluster.procs import NotReady, wait_ready
+from localcluster.realnode import NODE_LABEL, NODE_NAME
 from localcluster.webhook_host import HostWebhook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,12 +61,18 @@ FLUENT_BIT = "cr.fluentbit.io/fluent/fluent-bit"
 CRASHING = {POD_BEHAVIOR_ANNOTATION: PodBehavior.CRASHLOOP.value, POD_TIMING_ANNOTATIONS["start_delay"]: "1s",
             POD_TIMING_ANNOTATIONS["run_for"]: "500ms", POD_TIMING_ANNOTATIONS["backoff"]: "3s"}  # fmt: skip
 SLOW_START = {POD_TIMING_ANNOTATIONS["start_delay"]: "2s"}
+#: With a real node: the kwok fleet, i.e. every node but the real one dsguard runs on.
+FLEET = {"matchExpressions": [{"key": NODE_LABEL, "operator": "DoesNotExist"}]}
+GUARD_TICK = "0.2"  # seconds between the guard's re-checks of rollouts: brisk, for a demo
+#: A real node from another run holds the machine (realnode.RealNode.start's message).
+NODE_BUSY = "another real node"
 
 
 class AlertInbox:
-    """The on-call team's alert webhook, on loopback: records every JSON body POSTed to it."""
+    """The on-call team's alert webhook: records every JSON body POSTed to it. On loopback for a
+    host-run guard; on the host's address (cluster.host_ip) for guard pods to reach it."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.alerts: list[dict[str, Any]] = []
         inbox = self
 
@@ -67,8 +86,8 @@ class AlertInbox:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/alerts"
         self.thread = threading.Thread(target=self.server.serve_forever, name="alert-inbox", daemon=True)
 
     def __enter__(self) -> AlertInbox:
@@ -85,9 +104,11 @@ class AlertInbox:
 
 @dataclass
 class DemoEnv:
-    webhook: HostWebhook
-    guard: HostGuard
     inbox: AlertInbox
+    #: Each webhook's /metrics text, by where it runs ("host", or a webhook pod's name).
+    webhook_metrics: Callable[[], dict[str, str]]
+    #: dsguard runs in the cluster, on its real node (not on the host).
+    in_cluster: bool = False
 
 
 class DemoFailed(AssertionError):
@@ -99,6 +120,8 @@ class Story:
     cluster: LocalCluster
     out: TextIO
     step: int = 0
+    #: The cluster has a real node (dsguard's): the log collector and its coverage leave it out.
+    fleet_only: bool = False
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -158,7 +181,9 @@ def fluent_bit(
     max_unavailable: str | int = "50%",
     name: str = "fluent-bit",
     tolerations: list[dict[str, Any]] | None = None,
+    fleet_only: bool = False,
 ) -> dict[str, Any]:
+    """fleet_only: a node affinity keeps it off the real node (its image is not on that node)."""
     ds: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -174,7 +199,22 @@ def fluent_bit(
     }
     if tolerations is not None:
         ds["spec"]["template"]["spec"]["tolerations"] = tolerations
+    if fleet_only:
+        terms = [{"matchExpressions": FLEET["matchExpressions"]}]
+        affinity = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+        }
+        ds["spec"]["template"]["spec"]["affinity"] = affinity
     return ds
+
+
+def log_collector_policy(*, fleet_only: bool = False) -> dict[str, Any]:
+    """manifests/examples/log-collector.yaml; fleet_only: its coverage rule spans the kwok fleet
+    (every node but the real one) instead of every node."""
+    policy: dict[str, Any] = yaml.safe_load((EXAMPLES / "log-collector.yaml").read_text())
+    if fleet_only:
+        policy["spec"]["tolerations"]["coverage"]["nodeSelector"] = FLEET
+    return policy
 
 
 def template_patch(image: str, annotations: Mapping[str, str | None]) -> str:
@@ -198,22 +238,37 @@ def nodes_spec() -> list[dict[str, Any]]:
     return nodes
 
 
-def run_story(cluster: LocalCluster, env: DemoEnv, out: TextIO | None = None) -> None:
-    s = Story(cluster, out or sys.stdout)  # looked up now: a test may have replaced it
-    admission_chapters(s, env.webhook)
+def run_story(s: Story, env: DemoEnv) -> None:
+    admission_chapters(s, env)
     upgrade_chapter(s)
     audit_chapter(s)
     guard_chapters(s, env)
     waves_chapter(s, env)
 
 
-def admission_chapters(s: Story, webhook: HostWebhook) -> None:
+def admission_chapters(s: Story, env: DemoEnv) -> None:
     cluster = s.cluster
-    s.title("a cluster with 24 nodes: 16 general, 4 tainted infra, 4 legacy on Kubernetes v1.32")
+    fleet = s.fleet_only
+    if fleet:
+        s.title(
+            "a cluster with 24 kwok nodes: 16 general, 4 tainted infra, 4 legacy on Kubernetes v1.32; "
+            "and the real node"
+        )
+    else:
+        s.title("a cluster with 24 nodes: 16 general, 4 tainted infra, 4 legacy on Kubernetes v1.32")
     s.kubectl("get", "nodes", "-L", "pool", "--sort-by=.metadata.name")
     s.kubectl("create", "namespace", "logging")
-    s.kubectl("apply", "-f", str(EXAMPLES / "log-collector.yaml"))
-    s.poll(lambda: _policies_seen(webhook) >= 1, 20, "the webhook picked up DaemonSetPolicy log-collector")
+    if fleet:
+        s.explain(
+            f"The real node is where dsguard runs, not part of the fleet: the demo's log collector keeps off "
+            f"it with a node affinity (no {NODE_LABEL} label), and the policy's coverage rule spans the same "
+            "24 (later 26) kwok nodes."
+        )
+        shown = f"apply -f log-collector.yaml   # coverage.nodeSelector: without {NODE_LABEL}"
+        s.kubectl("apply", "-f", "-", manifest=log_collector_policy(fleet_only=True), show=shown)
+    else:
+        s.kubectl("apply", "-f", str(EXAMPLES / "log-collector.yaml"))
+    s.poll(lambda: _policies_seen(env) >= 1, 30, "the webhook picked up DaemonSetPolicy log-collector")
 
     s.title("a log collector that forgets the infra taint and rolls out too fast")
     s.explain(
@@ -225,7 +280,7 @@ def admission_chapters(s: Story, webhook: HostWebhook) -> None:
         "apply",
         "-f",
         "-",
-        manifest=fluent_bit("cr.fluentbit.io/fluent/fluent-bit:3.2.1"),
+        manifest=fluent_bit("cr.fluentbit.io/fluent/fluent-bit:3.2.1", fleet_only=fleet),
         show="apply -f fluent-bit.yaml  # 3.2.1, maxUnavailable 50%, no tolerations",
     )
     s.check(
@@ -246,8 +301,8 @@ def admission_chapters(s: Story, webhook: HostWebhook) -> None:
 
     s.title("an upgrade to a version the legacy nodes can't run")
     s.explain("Fluent Bit 4.x needs Kubernetes >= 1.33 under this policy; 4 nodes still run kubelet v1.32.6.")
-    proc = s.kubectl("apply", "-f", "-", manifest=fluent_bit("cr.fluentbit.io/fluent/fluent-bit:4.0.1"),
-                     show="apply -f fluent-bit.yaml   # image 4.0.1")  # fmt: skip
+    upgrade = fluent_bit("cr.fluentbit.io/fluent/fluent-bit:4.0.1", fleet_only=fleet)
+    proc = s.kubectl("apply", "-f", "-", manifest=upgrade, show="apply -f fluent-bit.yaml   # image 4.0.1")
     s.check(proc.returncode != 0 and "legacy-0" in proc.stderr and "v1.32.6" in proc.stderr,
             "denied, naming the legacy nodes and their kubelet version")  # fmt: skip
     image = cluster.kubectl("get", "ds", "fluent-bit", "-n", "logging", "-o",
@@ -260,14 +315,16 @@ def admission_chapters(s: Story, webhook: HostWebhook) -> None:
     workdir.mkdir(exist_ok=True)
     (workdir / "nodes.yaml").write_text(cluster.kubectl("get", "nodes", "-o", "yaml").stdout)
     (workdir / "fluent-bit.yaml").write_text(
-        yaml.safe_dump(fluent_bit("cr.fluentbit.io/fluent/fluent-bit:4.0.1"))
+        yaml.safe_dump(fluent_bit("cr.fluentbit.io/fluent/fluent-bit:4.0.1", fleet_only=fleet))
     )
-    cmd = ["check", "--policy", str(EXAMPLES / "log-collector.yaml"), "--nodes", str(workdir / "nodes.yaml"),
+    policy_file = EXAMPLES / "log-collector.yaml"
+    if fleet:  # the policy as applied above
+        policy_file = workdir / "log-collector.yaml"
+        policy_file.write_text(yaml.safe_dump(log_collector_policy(fleet_only=True)))
+    cmd = ["check", "--policy", str(policy_file), "--nodes", str(workdir / "nodes.yaml"),
            str(workdir / "fluent-bit.yaml")]  # fmt: skip
-    s.say(
-        "\033[36m$ dsguard check --policy manifests/examples/log-collector.yaml"
-        " --nodes nodes.yaml fluent-bit.yaml\033[0m"
-    )
+    shown = "log-collector.yaml" if fleet else "manifests/examples/log-collector.yaml"
+    s.say(f"\033[36m$ dsguard check --policy {shown} --nodes nodes.yaml fluent-bit.yaml\033[0m")
     proc = subprocess.run(
         [sys.executable, "-m", "dsguard.cli", *cmd], capture_output=True, text=True, check=False
     )
@@ -279,13 +336,12 @@ def admission_chapters(s: Story, webhook: HostWebhook) -> None:
     )
 
     s.title("server-side dry run: the same verdict, nothing stored")
-    upgrade = fluent_bit("cr.fluentbit.io/fluent/fluent-bit:4.0.1")
     proc = s.kubectl("apply", "--dry-run=server", "-f", "-", manifest=upgrade,
                      show="apply --dry-run=server -f fluent-bit.yaml   # image 4.0.1")  # fmt: skip
     s.check(proc.returncode != 0 and "denied the request" in proc.stderr, "denied in dry run too")
 
     s.title("an invalid policy never reaches the webhook")
-    bad = yaml.safe_load((EXAMPLES / "log-collector.yaml").read_text())
+    bad = log_collector_policy(fleet_only=fleet)
     bad["metadata"]["name"] = "typo"
     bad["spec"]["rollout"]["maxUnavailable"] = "110%"
     proc = s.kubectl("apply", "-f", "-", manifest=bad, show="apply -f policy.yaml   # maxUnavailable: 110%")
@@ -293,10 +349,20 @@ def admission_chapters(s: Story, webhook: HostWebhook) -> None:
         proc.returncode != 0 and "spec.rollout.maxUnavailable" in proc.stderr,
         "the apiserver rejects it by the CRD schema",
     )
-    s.say("\nThe webhook's metrics:")
-    for line in webhook.metrics().splitlines():
-        if line.startswith("dsguard_webhook_reviews_total{"):
-            s.say(f"  {line}")
+    answered = 0.0
+    if env.in_cluster:
+        s.say("\nThe webhook pods' metrics (their /metrics, through the apiserver's pod proxy):")
+    else:
+        s.say("\nThe webhook's metrics:")
+    for where, text in sorted(env.webhook_metrics().items()):
+        for line in text.splitlines():
+            if line.startswith("dsguard_webhook_reviews_total{"):
+                answered += float(line.split()[-1])
+                s.say(f"  {where}: {line}" if env.in_cluster else f"  {line}")
+    if env.in_cluster:
+        s.check(
+            answered > 0, f"the webhook pods answered {answered:.0f} reviews, called through their Service"
+        )
 
 
 def _policy_status(s: Story) -> dict[str, Any]:
@@ -366,18 +432,30 @@ def audit_chapter(s: Story) -> None:
     create_nodes(s.cluster.kubectl, gpu)
     wait_nodes_ready(s.cluster.kubectl, [n["metadata"]["name"] for n in gpu], timeout=60)
     s.say("\033[36m$ kubectl create -f gpu-nodes.yaml   # gpu-0, gpu-1\033[0m")
-    s.poll(lambda: _policy_status(s).get("violationCount") == 1, 30, "the audit found the gap")
+
+    def gap_found() -> bool:  # in the status, as of the audit after both nodes joined
+        st = _policy_status(s)
+        message = " ".join(str(v.get("message", "")) for v in st.get("violations") or [])
+        return st.get("violationCount") == 1 and "gpu-0" in message and "gpu-1" in message
+
+    s.poll(gap_found, 30, "the audit found the gap: both GPU nodes, in the policy's status")
     s.kubectl("get", "daemonsetpolicy", "log-collector")
     proc = s.kubectl(
         "get", "events", "-n", "logging", "--field-selector", "reason=PolicyViolation",
         "-o", "jsonpath={range .items[*]}{.type} {.reason} {.involvedObject.name}: {.message}{'\\n'}{end}",
         show="get events -n logging --field-selector reason=PolicyViolation",
     )  # fmt: skip
+    # The audit announces a violation once, as it first sees it (gpu-0 alone, if it judged between the two).
     s.check(
-        "gpu-0" in proc.stdout and "gpu-1" in proc.stdout, "an Event on the DaemonSet names both GPU nodes"
+        "(coverage)" in proc.stdout and "gpu-0" in proc.stdout, "an Event on the DaemonSet announced the gap"
     )
     s.explain("The team makes the collector tolerate every taint, as log collectors usually do:")
-    fixed = fluent_bit(f"{FLUENT_BIT}:3.2.1", max_unavailable="10%", tolerations=[{"operator": "Exists"}])
+    fixed = fluent_bit(
+        f"{FLUENT_BIT}:3.2.1",
+        max_unavailable="10%",
+        tolerations=[{"operator": "Exists"}],
+        fleet_only=s.fleet_only,
+    )
     s.kubectl(
         "apply",
         "-f",
@@ -391,7 +469,7 @@ def audit_chapter(s: Story) -> None:
 
 def guard_chapters(s: Story, env: DemoEnv) -> None:
     s.title("a broken build: the guard pauses the rollout and pages on-call")
-    policy = yaml.safe_load((EXAMPLES / "log-collector.yaml").read_text())
+    policy = log_collector_policy(fleet_only=s.fleet_only)
     policy["spec"]["guard"]["alerts"] = [{"type": "Webhook", "url": env.inbox.url}]
     s.kubectl("apply", "-f", "-", manifest=policy,
               show="apply -f log-collector.yaml   # guard.alerts: the on-call webhook")  # fmt: skip
@@ -474,11 +552,13 @@ def guard_chapters(s: Story, env: DemoEnv) -> None:
             "dsguard status: 26 of 26 updated and ready, none failing, nothing paused")  # fmt: skip
 
 
-def _policies_seen(webhook: HostWebhook) -> float:
-    for line in webhook.metrics().splitlines():
-        if line.startswith("dsguard_policies "):
-            return float(line.split()[1])
-    return 0.0
+def _policies_seen(env: DemoEnv) -> float:
+    """The policies every webhook (each pod behind the Service) has loaded: the fewest of them."""
+    counts = []
+    for text in env.webhook_metrics().values():
+        found = [float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("dsguard_policies ")]
+        counts.append(found[0] if found else 0.0)
+    return min(counts, default=0.0)
 
 
 def _pods_on(cluster: LocalCluster, namespace: str, selector: str) -> int:
@@ -495,7 +575,7 @@ def waves_chapter(s: Story, env: DemoEnv) -> None:
         "on before the first crash. With guard.waves the guard rolls it out itself: 2 canary nodes, "
         "then one wave per node pool, each baked 15s under the failure signals."
     )
-    policy = yaml.safe_load((EXAMPLES / "log-collector.yaml").read_text())
+    policy = log_collector_policy(fleet_only=s.fleet_only)
     policy["spec"]["guard"].update(
         failureThreshold=1,
         alerts=[{"type": "Webhook", "url": env.inbox.url}],
@@ -541,22 +621,112 @@ def waves_chapter(s: Story, env: DemoEnv) -> None:
     s.poll(lambda: _rollout_done(s, 26), 120, "every node runs 3.2.3 again")
 
 
+def install_chapter(s: Story, image: BuiltImage, helm: HelmRunner) -> None:
+    """`helm install` of the chart onto the real node, as a user types it; every pod Ready."""
+    s.title("dsguard installed with Helm, on the real node")
+    s.explain(
+        f"Its image {image.ref} is built from the project's Dockerfile (cached by its sources) and "
+        "imported by the real node's containerd. Helm installs the chart with only the image and a "
+        "nodeSelector pinning each Deployment to the real node set, plus the guard's --tick for a brisk "
+        "demo. The webhooks judge DaemonSets in every namespace but dsguard's own (and those labelled "
+        "dsguard.io/exclude=true)."
+    )
+    values = [*pin_values(image), "--set-json", f'guard.extraArgs=["--tick={GUARD_TICK}"]']
+    shown = " \\\n      ".join(
+        ["helm install dsguard manifests/helm/dsguard -n dsguard --create-namespace --wait"]
+        + [f"{values[i]} '{values[i + 1]}'" for i in range(0, len(values), 2)]
+    )
+    s.say(f"\033[36m$ {shown}\033[0m")
+    t = time.monotonic()
+    proc = helm.run("install", "dsguard", str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait",
+                    "--timeout", "5m", *values, timeout=330, check=False)  # fmt: skip
+    seconds = time.monotonic() - t
+    for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+        s.say(f"  {line}")
+    s.check(
+        proc.returncode == 0 and "STATUS: deployed" in proc.stdout, f"installed, all Ready in {seconds:.0f}s"
+    )
+    s.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
+    pods = [p for p in s.get("pods", "-n", NAMESPACE)["items"] if not p["metadata"].get("deletionTimestamp")]
+    s.check(
+        len(pods) == 5
+        and all(pod_ready(p) and p["spec"].get("nodeName") == NODE_NAME for p in pods)
+        and all(p["spec"]["containers"][0]["image"] == image.ref for p in pods),
+        f"5 pods Ready on {NODE_NAME}, from {image.ref}: 2 webhooks, 2 guards (one leads), the certificates",
+    )
+    hooks = [s.get(kind, f"dsguard-{verb}")["webhooks"][0]["clientConfig"]
+             for kind, verb in (("mutatingwebhookconfiguration", "mutate"),
+                                ("validatingwebhookconfiguration", "validate"))]  # fmt: skip
+    s.check(
+        all(h.get("caBundle") and (h.get("service") or {}).get("name") == "dsguard-webhook" for h in hooks),
+        "the apiserver calls the webhooks through the Service dsguard-webhook.dsguard.svc, trusting the "
+        "CA the certs pod wrote",
+    )
+
+
 @contextmanager
-def demo_environment(cluster: LocalCluster) -> Iterator[DemoEnv]:
+def demo_environment(
+    cluster: LocalCluster, s: Story, image: BuiltImage | None = None, helm: HelmRunner | None = None
+) -> Iterator[DemoEnv]:
+    """The kwok fleet, the alert inbox and dsguard: installed with Helm on the real node when
+    image and helm are given, else run on the host."""
     nodes = nodes_spec()
     create_nodes(cluster.kubectl, nodes)
     wait_nodes_ready(cluster.kubectl, [n["metadata"]["name"] for n in nodes], timeout=90)
+    if image is not None and helm is not None:
+        # The guard pods reach the inbox on the host's address (pods can't reach its loopback).
+        with AlertInbox(cluster.host_ip) as inbox:
+            install_chapter(s, image, helm)
+            yield DemoEnv(inbox, lambda: webhook_pod_metrics(cluster), in_cluster=True)
+        return
     # Only the demo's namespace: the webhook never judges the cluster's own system namespaces.
-    # The guard watches the cluster's DaemonSetPolicies (so it audits them too); --tick 0.2 for a
+    # The guard watches the cluster's DaemonSetPolicies (so it audits them too); --tick for a
     # brisk demo. The guard's own changes (pause, resume) pass the webhook as any user's would.
     with (
         AlertInbox() as inbox,
         HostWebhook(
             cluster, namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": "logging"}}
         ) as hook,
-        HostGuard(cluster, tick=0.2) as guard,
+        HostGuard(cluster, tick=float(GUARD_TICK)),
     ):
-        yield DemoEnv(hook, guard, inbox)
+        yield DemoEnv(inbox, lambda: {"host": hook.metrics()})
+
+
+def start_cluster(workdir: Path, *, real_node: bool, die_with_parent: bool, wait_node: float) -> LocalCluster:
+    """The demo's cluster, started; with a real node, retried for up to wait_node seconds while
+    another one (e.g. a test run's) holds the machine: only one runs per machine."""
+    deadline = time.monotonic() + wait_node
+    told = False
+    while True:
+        cluster = LocalCluster(
+            workdir,
+            real_node=real_node,
+            die_with_parent=die_with_parent,
+            startup_timeout=240 if real_node else 120,
+        )
+        try:
+            return cluster.start()
+        except ClusterError as exc:
+            cluster.stop()
+            if NODE_BUSY not in str(exc) or time.monotonic() > deadline:
+                raise
+        if not told:
+            told = True
+            print(
+                f"  another real node holds this machine; retrying until it is gone (up to {wait_node:.0f}s)"
+            )
+        with contextlib.suppress(NotReady):  # the other node's state gone, or 15s: try again
+            wait_ready(lambda: not host_state.leftovers(needles=[], mount_prefixes=[]), what="the real node",
+                       timeout=15, interval=1)  # fmt: skip
+
+
+def _host_run_reason(args: argparse.Namespace) -> str:
+    """Why dsguard runs on the host ("" when it is installed on the real node)."""
+    if args.host_run:
+        return "--host-run"
+    if os.environ.get(host_state.NO_REAL_NODE_ENV) == "1":
+        return f"{host_state.NO_REAL_NODE_ENV}=1 (a machine without a real node)"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -566,22 +736,77 @@ def main(argv: list[str] | None = None) -> int:
         help="cluster work dir (default: $DSGUARD_CLUSTER_DIR or .cluster, where `make cluster-down` looks)",
     )  # fmt: skip
     parser.add_argument("--down", action="store_true", help="stop the cluster at the end")
+    parser.add_argument(
+        "--host-run", action="store_true",
+        help="run `dsguard webhook` and `dsguard guard` as host processes (no root, no real node) instead "
+        "of installing dsguard with Helm on the cluster's real node (also: DSGUARD_NO_REAL_NODE=1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wait-node", type=float, default=0.0, metavar="SECONDS",
+        help="while another real node holds this machine (one per machine), retry for up to SECONDS",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     workdir: Path = args.workdir.resolve()
+    host_run = _host_run_reason(args)
+    if host_run:
+        print(f"{host_run}: dsguard runs on the host, not installed in the cluster on a real node.")
+    else:
+        missing = host_state.missing_requirements()
+        if missing:
+            print(
+                "demo failed: this machine cannot run the real node dsguard is installed on; it lacks: "
+                + "; ".join(missing)
+                + ". Without one, run dsguard on the host instead: python -m localcluster.demo --host-run"
+                f" (make demo: {host_state.NO_REAL_NODE_ENV}=1 make demo).",
+                file=sys.stderr,
+            )
+            return 2
     start = time.monotonic()
+    phases: dict[str, float] = {}
     try:  # a cluster left up by an earlier demo: start afresh
         LocalCluster.from_state(workdir).stop()
         print(f"Stopped the cluster an earlier run left in {workdir}.")
     except ClusterError:
         pass
-    print("Starting a local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok)...")
-    cluster = LocalCluster(workdir, die_with_parent=args.down)
+    image: BuiltImage | None = None
+    helm: HelmRunner | None = None
+    if not host_run:
+        print("Building dsguard's image from the Dockerfile (cached by its sources) and finding Helm...")
+        t = time.monotonic()
+        try:
+            image = build_image(say=lambda m: print(f"  image: {m}", flush=True))
+            helm = HelmRunner(workdir / "helm", workdir / "kubeconfig", helm_bin_dir())
+        except (ImageError, HelmError) as exc:
+            print(f"\n\033[31mdemo failed: {exc}\033[0m", file=sys.stderr)
+            return 1
+        phases["image and helm"] = time.monotonic() - t
+        built = "cached" if image.cached else "built"
+        print(f"  {image.ref} ({built}) and helm in {phases['image and helm']:.1f}s")
+    what = "kube-apiserver, etcd, controller-manager, scheduler, kwok"
+    print(f"Starting a local control plane ({what}{'' if host_run else ', a real node'})...")
+    t = time.monotonic()
+    try:
+        cluster = start_cluster(
+            workdir, real_node=not host_run, die_with_parent=args.down, wait_node=args.wait_node
+        )
+    except (ClusterError, BinariesError) as exc:
+        hint = "" if host_run else " (--host-run runs the demo without a real node)"
+        print(f"\n\033[31mdemo failed: the cluster did not start{hint}: {exc}\033[0m", file=sys.stderr)
+        return 1
+    phases["cluster"] = time.monotonic() - t
+    node = cluster.real_node
+    if node is not None:
+        print(f"  real node {node.name} Ready; images in its containerd: {', '.join(node.image_refs())}")
+    print(f"  up in {phases['cluster']:.1f}s; logs in {cluster.logs_dir}")
     ok = False
     try:
-        cluster.start()
-        print(f"  up in {time.monotonic() - start:.1f}s; logs in {cluster.logs_dir}")
-        with demo_environment(cluster) as env:
-            run_story(cluster, env)
+        s = Story(cluster, sys.stdout, fleet_only=not host_run)  # stdout looked up now: a test may replace it
+        t = time.monotonic()
+        with demo_environment(cluster, s, image, helm) as env:
+            phases["fleet and dsguard"] = time.monotonic() - t
+            t = time.monotonic()
+            run_story(s, env)
+            phases["story"] = time.monotonic() - t
         ok = True
     except DemoFailed as e:
         print(f"\n\033[31mdemo failed: {e}\033[0m\nlogs: {cluster.logs_dir}", file=sys.stderr)
@@ -590,24 +815,37 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
     if not ok:
         return 1
-    print(f"\nDemo finished in {time.monotonic() - start:.0f}s.")
+    took = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in phases.items())
+    print(f"\nDemo finished in {time.monotonic() - start:.0f}s ({took}).")
     if not args.down:
-        venv_bin = Path(sys.executable).parent
-        down = (
-            "make cluster-down"
-            if workdir == default_workdir().resolve()
-            else f"{sys.executable} -m localcluster down --workdir {workdir}"
-        )
-        print(
-            textwrap.dedent(f"""
-            The cluster is still up (dsguard's webhook and guard stopped with the demo). Look around:
-              export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:{venv_bin}:$PATH
+        print(_way_in(cluster, workdir, in_cluster=not host_run, helm=helm))
+    return 0
+
+
+def _way_in(cluster: LocalCluster, workdir: Path, *, in_cluster: bool, helm: HelmRunner | None) -> str:
+    venv_bin = Path(sys.executable).parent
+    down = (
+        "make cluster-down"
+        if workdir == default_workdir().resolve()
+        else f"{sys.executable} -m localcluster down --workdir {workdir}"
+    )
+    path = f"{cluster.bin_dir}:{venv_bin}" + (f":{helm.binary.parent}" if helm is not None else "")
+    if in_cluster:
+        return textwrap.dedent(f"""
+            The cluster is still up, dsguard running in it on the real node. Look around:
+              export KUBECONFIG={cluster.kubeconfig} PATH={path}:$PATH
+              kubectl -n dsguard get pods
               kubectl get daemonsetpolicies
               kubectl dsguard status -A
-              dsguard guard                  # run the guard again (Ctrl-C stops it)
-            Stop it with: {down}""")
-        )
-    return 0
+              helm -n dsguard status dsguard
+            Stop it (the real node too) with: {down}""")
+    return textwrap.dedent(f"""
+        The cluster is still up (dsguard's webhook and guard stopped with the demo). Look around:
+          export KUBECONFIG={cluster.kubeconfig} PATH={path}:$PATH
+          kubectl get daemonsetpolicies
+          kubectl dsguard status -A
+          dsguard guard                  # run the guard again (Ctrl-C stops it)
+        Stop it with: {down}""")
 
 
 if __name__ == "__main__":

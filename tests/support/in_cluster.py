@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from localcluster.chart import pin_values
 from localcluster.cluster import LocalCluster
 from localcluster.image import BuiltImage, ImageError, build_image
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
-from localcluster.realnode import NODE_NAME
 from tests.support import builders
 from tests.support.kubectl import apply
 from tests.support.kwok import in_group
@@ -40,7 +40,6 @@ __all__ = [
 
 NS = "dsguard"
 INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
-COMPONENTS = ("webhook", "guard", "certs")
 BUSY = "another real node"
 
 
@@ -80,12 +79,8 @@ def start_real_node_cluster(
 
 
 def helm_pin_args(image: BuiltImage) -> list[str]:
-    """The only values a user sets here: the image and every Deployment pinned to the real node
-    (kwok's fake pod IPs would land in the Service's endpoints otherwise)."""
-    repo, tag = image.ref.rsplit(":", 1)
-    pin = json.dumps({"kubernetes.io/hostname": NODE_NAME})
-    args = ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}"]
-    return args + [a for comp in COMPONENTS for a in ("--set-json", f"{comp}.nodeSelector={pin}")]
+    """The only values a user sets here: the image and every Deployment pinned to the real node."""
+    return pin_values(image)
 
 
 def pods(c: LocalCluster, ns: str = NS) -> list[dict[str, Any]]:
