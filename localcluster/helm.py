@@ -28,13 +28,15 @@ def helm_bin_dir() -> Path:
 
 
 class HelmRunner:
-    """`helm ARGS...` with its own HELM_{CACHE,CONFIG,DATA}_HOME under `home`, against `kubeconfig`."""
+    """`helm ARGS...` with its own HELM_{CACHE,CONFIG,DATA}_HOME under `home`, against `kubeconfig`
+    (None: no cluster, for `helm template` and `helm lint`; never the machine's KUBECONFIG)."""
 
-    def __init__(self, home: Path, kubeconfig: Path, bin_dir: Path | None = None) -> None:
+    def __init__(self, home: Path, kubeconfig: Path | None, bin_dir: Path | None = None) -> None:
         self.binary = (bin_dir or helm_bin_dir()) / "helm"
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_") and k != "KUBECONFIG"}
         env |= {f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CACHE", "CONFIG", "DATA")}
-        env["KUBECONFIG"] = str(kubeconfig)
+        if kubeconfig is not None:
+            env["KUBECONFIG"] = str(kubeconfig)
         self.env = env
 
     def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:

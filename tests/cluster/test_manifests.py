@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from localcluster.cluster import LocalCluster
+from localcluster.helm import HelmError, HelmRunner
 from localcluster.procs import Child, NotReady, ProcessExited, free_port, launch, wait_ready
 from tests.support import builders
 from tests.support.kubectl import as_list
@@ -49,7 +50,6 @@ BASE = MANIFESTS / "base"
 OVERLAYS = MANIFESTS / "overlays"
 EXAMPLES = MANIFESTS / "examples"
 CHART = MANIFESTS / "helm" / "dsguard"
-BUILD_HELM = REPO / "localcluster" / "gobuild" / "build_helm.sh"
 
 NS = "dsguard"
 FIELD_MANAGER = "dsguard-manifests-test"
@@ -123,27 +123,18 @@ def container_args(docs: Iterable[Obj], deployment: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the built helm (building it first if needed), with its config and cache in a temp dir."""
+    """Run the pinned helm (built first if needed), with its config and cache in a temp dir and no
+    cluster: the chart is rendered here and dry-run applied with kubectl."""
     try:
-        proc = subprocess.run(
-            ["bash", str(BUILD_HELM)], capture_output=True, text=True, timeout=3600, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{BUILD_HELM} took more than an hour")
-    if proc.returncode != 0:
-        pytest.fail(f"{BUILD_HELM} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    binary = Path(proc.stdout.strip().splitlines()[-1]) / "helm"
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_") and k != "KUBECONFIG"}
-    env |= {f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CACHE", "CONFIG", "DATA")}
+        runner = HelmRunner(tmp_path_factory.mktemp("helm-home"), None)
+    except HelmError as exc:
+        pytest.fail(str(exc))
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(
-            [str(binary), *args], capture_output=True, text=True, timeout=120, env=env, check=False
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-        return p
+        try:
+            return runner.run(*args, check=check)
+        except HelmError as exc:
+            raise AssertionError(str(exc)) from None
 
     return run
 
