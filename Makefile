@@ -28,7 +28,8 @@ node-binaries:
 NODE_APT := localcluster/apt/node.txt
 node-packages:
 	@if [ "$${DSGUARD_NO_REAL_NODE:-}" = 1 ]; then echo "node-packages: DSGUARD_NO_REAL_NODE=1, skipped"; \
-	else bash localcluster/apt/install.sh $(NODE_APT); fi
+	else bash localcluster/apt/install.sh $(NODE_APT) || { echo "node-packages: the real node's packages are \
+	missing; without root, DSGUARD_NO_REAL_NODE=1 runs make demo host-run and make test without the real node" >&2; exit 1; }; fi
 
 # Helm v3, built from Go modules into ~/.cache/dsguard (to lint and render manifests/helm/dsguard, and
 # to install it in the demo and the in-cluster tests; they build it when missing). Prints its bin directory.
