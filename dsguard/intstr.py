@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -15,6 +16,9 @@ _PERCENT = re.compile(r"[0-9]+%")
 _OVER_100 = 10_000
 
 
+# Pure, and the same few strings ("10%", "25%") come in review after review: a parse costs a regex
+# match and an int(), a hit a dict lookup.
+@functools.lru_cache(maxsize=256)
 def percent_value(text: str) -> int | None:
     """apps validation's getPercentValue: N of a valid "N%" (leading zeros allowed, as strconv.Atoi
     takes them), None when not a valid percentage. A value of more than 4 digits is only ever
