@@ -193,7 +193,14 @@ class _Accepted(asyncio.Protocol):
                 transport, conn, gate.ssl_context, server_side=True,
                 ssl_handshake_timeout=gate.limits.tls_handshake_timeout,
             )  # fmt: skip
-        except BaseException:  # failed, timed out (start_tls closed it) or shutting down
+        except OSError as e:  # the client's doing: reset, not TLS, too slow (ssl.SSLError, TimeoutError)
+            # Nobody awaits this task: raising would log "Task exception was never retrieved" with a
+            # traceback at ERROR for every client that hangs up mid-handshake (a load tool stopping).
+            slot.release()
+            transport.abort()
+            log.debug("TLS handshake with %s failed: %s", slot.client, e)
+            return
+        except BaseException:  # shutting down (cancelled)
             slot.release()
             transport.abort()
             raise

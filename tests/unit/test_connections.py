@@ -7,7 +7,11 @@ long the connection lives (its one timer fires and is re-armed, never aborting a
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from dsguard.cluster_cache import ClusterCache
+from tests.support.polling import poll_async
 from tests.support.tls import TLSFiles, write_tls_files
 from webhook.connections import ConnectionGate, ConnectionLimits
 from webhook.server import WebhookState, make_app
@@ -107,3 +112,28 @@ async def test_a_request_head_must_arrive_within_the_timeout_of_its_first_byte(
             assert await _answered(reader), "a healthy keep-alive connection was cut off"
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("client", ["reset", "not-tls", "hangs-up"])
+async def test_a_failed_handshake_frees_its_slot_and_logs_no_traceback(
+    gated: Gated, client: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gated.port)
+    if client == "not-tls":
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: dsguard\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # the server closes it
+    elif client == "reset":
+        writer.write(b"\x16\x03\x01")  # a ClientHello begun, then a reset
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+    gate = gated.state.gate
+    assert gate is not None
+    await poll_async(lambda: gate.connections == 0, timeout=10, what="the connection's slot released")
+    gc.collect()  # an unretrieved task exception is reported when the task is collected
+    await asyncio.sleep(0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
