@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any, Literal
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -167,7 +167,12 @@ def _review_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web
         state = request.app[STATE]
         start = time.perf_counter()
         close = False
-        if request.content_type != "application/json":
+        # The raw header first: aiohttp's parsed content_type costs ~3 µs a request; what the
+        # apiserver sends is exactly this, and anything else still gets the full parse.
+        if (
+            request.headers.get(hdrs.CONTENT_TYPE) != "application/json"
+            and request.content_type != "application/json"
+        ):
             status, out = _bad_request(f"Content-Type must be application/json, got {request.content_type!r}")
             verdict = "bad_request"
         elif request.content_length is not None and request.content_length > MAX_BODY_BYTES:
