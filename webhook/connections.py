@@ -93,7 +93,7 @@ class GuardedConnection(asyncio.Protocol):
         self._in_request = False
         self.lost = False
 
-    # -- the request cycle, told by the server's middleware --------------------------------------
+    # -- the request cycle, told by the server (webhook.server.cycle_requests) ----------------------
 
     def request_started(self) -> None:
         self._in_request = True

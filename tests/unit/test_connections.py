@@ -24,7 +24,7 @@ from dsguard.cluster_cache import ClusterCache
 from tests.support.polling import poll_async
 from tests.support.tls import TLSFiles, write_tls_files
 from webhook.connections import ConnectionGate, ConnectionLimits
-from webhook.server import WebhookState, make_app
+from webhook.server import WebhookState, cycle_requests, make_app
 from webhook.tls import server_context
 
 TIMEOUT = 0.4
@@ -45,6 +45,7 @@ async def gated(tmp_path: Path) -> AsyncIterator[Gated]:
     runner = web.AppRunner(make_app(state), access_log=None)
     await runner.setup()
     assert runner.server is not None
+    cycle_requests(runner.server)
     limits = ConnectionLimits(read_header_timeout=TIMEOUT)
     ctx = server_context(tls.cert_file, tls.key_file)
     state.gate = ConnectionGate(limits, runner.server, ctx, state.metrics)
@@ -137,3 +138,26 @@ async def test_a_failed_handshake_frees_its_slot_and_logs_no_traceback(
     await asyncio.sleep(0)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_answers_aiohttp_makes_itself_end_a_request_too(gated: Gated) -> None:
+    """A 404 (no route) and a 405 (wrong method) are requests like any other: the connection stays
+    usable after them, idle past the head timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gated.port, ssl=gated.client)
+    try:
+        for head, status in ((b"PUT /healthz", b"405"), (b"GET /nowhere", b"404")):
+            writer.write(head + b" HTTP/1.1\r\nHost: dsguard\r\nContent-Length: 0\r\n\r\n")
+            line = await reader.readline()
+            assert line.split()[1] == status, line
+            headers = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(h.split(b":")[1])
+                for h in headers.split(b"\r\n")
+                if h.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+        await asyncio.sleep(2 * TIMEOUT)
+        writer.write(HEALTHZ)
+        assert await _answered(reader), "the connection was cut off after aiohttp's own answers"
+    finally:
+        writer.close()
