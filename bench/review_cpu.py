@@ -4,7 +4,8 @@ The reviews: bench/webhook_load.py's node agent (distinct objects, as its --base
 real DaemonSets of the corpus (/work/shared/corpus/daemonsets, or --corpus DIR), each moved into the
 `monitoring` namespace with the node-agent label so all 3 policies of bench/webhook_load.py match,
 as CREATE reviews and as UPDATE reviews (a new image tag). 100 nodes. Every review's object carries
-its own annotation, so the verdict memo never answers: the rules run every time.
+its uid in its images' tags (bench/webhook_load.admission_review), so the verdict memo never answers
+and the image references and versions are parsed anew: the rules run every time.
 
     .venv/bin/python bench/review_cpu.py [--reviews 3000] [--profile] [--corpus DIR]
 

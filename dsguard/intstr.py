@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -15,14 +16,28 @@ _PERCENT = re.compile(r"[0-9]+%")
 _OVER_100 = 10_000
 
 
+# Strings up to this long are remembered (an object's value can be megabytes long: those are
+# parsed every time rather than kept alive by the cache).
+_CACHED_LEN = 16
+
+
 def percent_value(text: str) -> int | None:
     """apps validation's getPercentValue: N of a valid "N%" (leading zeros allowed, as strconv.Atoi
     takes them), None when not a valid percentage. A value of more than 4 digits is only ever
     compared with 100, so it is not converted (Python refuses int() of 4,300+ digits)."""
+    return _cached_percent_value(text) if len(text) <= _CACHED_LEN else _percent_value(text)
+
+
+def _percent_value(text: str) -> int | None:
     if not _PERCENT.fullmatch(text):
         return None
     digits = text[:-1].lstrip("0")
     return int(digits or "0") if len(digits) <= 4 else _OVER_100
+
+
+# Pure, and the same few strings ("10%", "25%") come in review after review: a parse costs a regex
+# match and an int(), a hit a dict lookup.
+_cached_percent_value = functools.lru_cache(maxsize=256)(_percent_value)
 
 
 def parse_int_or_percent(raw: object, path: str) -> tuple[IntOrPercent | None, list[FieldError]]:

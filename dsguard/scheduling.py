@@ -273,12 +273,13 @@ class Toleration:
         req_space = _value_space(required, comparison_operators)
         if req_space is None:
             return True  # required tolerates no taint at all
-        own_space = _value_space(self, comparison_operators)
-        if own_space is None:
-            return False
+        # The key and the effect first: most pairs differ there, and need no value space built.
         if self.key and self.key != required.key:
             return False
         if self.effect and self.effect != required.effect:
+            return False
+        own_space = _value_space(self, comparison_operators)
+        if own_space is None:
             return False
         if not _value_subset(req_space, own_space):
             return False

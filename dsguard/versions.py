@@ -188,6 +188,7 @@ _NAME = rf"(?:{_DOMAIN_AND_PORT}/)?{_REMOTE_NAME}"
 _REFERENCE_RE = re.compile(rf"({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?", re.ASCII)
 _ANCHORED_NAME_RE = re.compile(rf"(?:({_DOMAIN_AND_PORT})/)?({_REMOTE_NAME})", re.ASCII)
 _IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}", re.ASCII)
+_TAG_RE = re.compile(_TAG, re.ASCII)
 
 _DEFAULT_DOMAIN = "docker.io"
 _LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -290,6 +291,26 @@ def _validate_digest(text: str, digest: str) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _parse_image_ref(text: str) -> ImageRef:
+    """_parse_reference, with a short way for a new tag of a repository already parsed: the same
+    agent comes at version after version, and the full parse (the reference grammar's regex, the
+    domain split) costs several µs an image. `name:tag` is valid exactly when `name` is and the
+    tag matches the tag grammar (the name can't take a `:` without a `/` after it, so the split is
+    the grammar's own); its repository is the name's. Anything else, and any error, takes the full
+    parse, so a refusal names the whole reference as before."""
+    colon = text.rfind(":")
+    if colon > text.rfind("/") and "@" not in text and len(text) <= _MAX_REFERENCE_LEN:
+        tag = text[colon + 1 :]
+        if _TAG_RE.fullmatch(tag):
+            try:
+                name = _parse_image_ref(text[:colon])
+            except ValueError:
+                return _parse_reference(text)
+            if name.tag is None and name.digest is None:  # "host:5000:1" is no name plus a tag
+                return ImageRef(raw=text, repository=name.repository, tag=tag, digest=None)
+    return _parse_reference(text)
+
+
+def _parse_reference(text: str) -> ImageRef:
     """normalize.go ParseNormalizedNamed followed by reference.go Parse."""
     if not text:
         raise _InvalidReference(text, "reference is empty")

@@ -180,6 +180,13 @@ def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
                 )
             )
             continue
+        # Whether the image's version is outside an entry's versions doesn't depend on the kubelet:
+        # judged once per entry, not once per entry and kubelet version.
+        outside = [
+            compat for rule in rules for compat in rule.compatibility if not compat.versions.contains(version)
+        ]
+        if not outside:
+            continue
         if groups is None:
             groups = _nodes_by_kubelet(ctx)
         # (compatibility entry) -> [(kubelet version, nodes)] it is violated on
@@ -188,10 +195,9 @@ def verdicts(policy: VersionPolicy, ctx: RuleContext) -> list[VersionVerdict]:
             kv = Version.parse(kubelet)
             if kv is None:
                 continue
-            for rule in rules:
-                for compat in rule.compatibility:
-                    if compat.kubernetes.contains(kv) and not compat.versions.contains(version):
-                        broken[compat].append((kubelet, names))
+            for compat in outside:
+                if compat.kubernetes.contains(kv):
+                    broken[compat].append((kubelet, names))
         for compat, where in broken.items():
             out.append(
                 VersionVerdict(

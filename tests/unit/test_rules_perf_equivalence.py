@@ -23,7 +23,7 @@ from dsguard.daemonset import DaemonSetView
 from dsguard.daemonset_shape import daemonset_shape_errors
 from dsguard.facts import ClusterFacts
 from dsguard.policy import Coverage, Enforcement, OnMissing, Policy, TolerationPolicy, parse_policy
-from dsguard.rules import coverage, rollout_caps, tolerations
+from dsguard.rules import coverage, image_versions, rollout_caps, tolerations
 from dsguard.rules.context import (
     PLACEMENTS,
     Finding,
@@ -44,6 +44,7 @@ from dsguard.scheduling import (
     Taint,
 )
 from dsguard.selectors import LabelSelector
+from dsguard.versions import ImageRef, Version, image_pattern_matches
 
 # -- strategies ------------------------------------------------------------------------------------
 
@@ -644,3 +645,65 @@ def _fresh_memo() -> Iterator[None]:
     PLACEMENTS.clear()
     yield
     PLACEMENTS.clear()
+
+
+# -- image versions: each entry's versions judged once per image, not per kubelet ---------------------
+
+_RANGES = [">=1.31.0", "<1.33.0", ">=1.31.0, <1.33.0", ">=7.50.0", ">=7.44.0, <8.0.0", "<7.0.0", "==7.44.1"]
+_KUBELETS = ["v1.30.2", "v1.31.4", "v1.32.0", "v1.33.1", "v1.34.0", ""]
+_TAGS = ["7.43.0", "7.44.1", "7.50.2", "8.1.0", "latest"]
+
+
+def reference_version_verdicts(policy: Policy, ctx: RuleContext) -> list[Any]:
+    """The version rule's loop as it was: every entry judged for every kubelet version."""
+    assert policy.versions is not None
+    out: list[Any] = []
+    groups = _nodes_by_kubelet(ctx)
+    for img in ctx.ds.images():
+        ref = ImageRef.parse(img.image)
+        rules = [r for r in policy.versions.rules if image_pattern_matches(r.image, ref)]
+        if not rules or ref.version is None:
+            continue
+        broken: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
+        for kubelet, names in groups.items():
+            kv = Version.parse(kubelet)
+            if kv is None:
+                continue
+            for rule in rules:
+                for compat in rule.compatibility:
+                    if compat.kubernetes.contains(kv) and not compat.versions.contains(ref.version):
+                        broken[compat].append((kubelet, names))
+        out += [(img.path, compat, tuple(where)) for compat, where in broken.items()]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(  # (rule index, kubernetes range, versions range); repeats across rules allowed
+        st.tuples(st.integers(0, 1), st.sampled_from(_RANGES[:3]), st.sampled_from(_RANGES[3:])),
+        min_size=1,
+        max_size=5,
+    ),
+    kubelets=st.lists(st.sampled_from(_KUBELETS), min_size=1, max_size=6),
+    tags=st.lists(st.sampled_from(_TAGS), min_size=1, max_size=3),
+)
+def test_version_verdicts_match_the_per_kubelet_reference(
+    entries: list[tuple[int, str, str]], kubelets: list[str], tags: list[str]
+) -> None:
+    rules = [
+        {"image": "registry.example.com/agent", "compatibility": [{"kubernetes": k, "versions": v}]}
+        for i in (0, 1)
+        for (r, k, v) in entries
+        if r == i
+    ]
+    policy = parse_policy({"metadata": {"name": "p"}, "spec": {"versions": {"rules": rules}}})
+    facts = ClusterFacts(nodes=tuple(NodeInfo(f"n{i}", {}, (), k) for i, k in enumerate(kubelets)))
+    containers = [{"name": f"c{i}", "image": f"registry.example.com/agent:{t}"} for i, t in enumerate(tags)]
+    ctx = RuleContext(view({"containers": containers}), facts, PlacementCache())
+    assert policy.versions is not None
+    got = [
+        (v.image.path, v.compatibility, v.kubelet_groups)
+        for v in image_versions.verdicts(policy.versions, ctx)
+        if v.kind is image_versions.FindingKind.INCOMPATIBLE
+    ]
+    assert got == reference_version_verdicts(policy, ctx)

@@ -693,3 +693,24 @@ async def test_the_body_read_timeout_applies_to_a_body_still_arriving(
         assert line.split()[1] == str(status).encode(), line
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 200),  # what the apiserver sends: the raw header's fast path
+        ("application/json; charset=utf-8", 200),  # parameters: the parsed media type decides
+        ("Application/JSON", 200),  # media types are case-insensitive
+        ("application/jsonx", 400),
+        ("text/json", 400),
+        ("", 400),
+    ],
+)
+async def test_the_content_type_must_be_json_in_any_spelling_of_it(
+    webhook: Webhook, content_type: str, status: int
+) -> None:
+    body = orjson.dumps(admission_review(obj=node_agent(DENY_NS), uid="uid-ctype"))
+    got, _, answer = await webhook.post_raw("validate", body, content_type)
+    assert got == status, answer
+    if status == 400:
+        assert b"Content-Type must be application/json" in answer

@@ -20,6 +20,7 @@ from dsguard.versions import (
     ImageRef,
     Version,
     VersionRange,
+    _parse_reference,
     image_pattern_matches,
     validate_image_pattern,
 )
@@ -833,3 +834,69 @@ def test_normalization_is_idempotent_and_patterns_match_own_names(
     assert image_pattern_matches("*", ref)
     assert image_pattern_matches(f"*/{components[-1]}", ref)
     assert image_pattern_matches(f"{ref.domain}/*", ref)
+
+
+# --- a new tag of a known repository: the short way equals the full parse ----------------------------
+
+
+def _parsed(parse: Callable[[str], ImageRef], text: str) -> ImageRef | str:
+    try:
+        return parse(text)
+    except ValueError as e:
+        return str(e)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "registry.example.com/observability/node-agent:7.52.1",
+        "registry.example.com/observability/node-agent:7.52.1-00000000-0000-4000-8000-00000000000a",
+        "nginx:1.25",  # docker.io/library/nginx
+        "localhost:5000",  # a Docker Hub name "localhost" at tag 5000, not a host
+        "localhost:5000:1",  # two tags: invalid, though "localhost:5000" parses
+        "localhost:5000/agent:1.2",  # host:port, then the tag
+        "registry.example.com:443/agent:v1",
+        "Registry.example.com/Agent:1",  # an upper-case path: refused, naming the whole reference
+        "registry.example.com/agent:",  # an empty tag
+        "registry.example.com/agent:-1",  # a tag must start with a word character
+        "registry.example.com/agent:" + "1" * 129,  # a tag of over 128 characters
+        "a" * 64 + ":1",  # a 64-hex name is refused alone, but valid with a tag
+        "registry.example.com/agent:1@sha256:" + "a" * 64,  # tag and digest: the full parse
+        "registry.example.com/" + "a" * 300 + ":1",  # a path over 255 characters
+        "registry.example.com/agent:1.2\n",
+    ],
+)
+def test_a_tagged_reference_parses_as_the_full_grammar_does(text: str) -> None:
+    assert _parsed(ImageRef.parse, text) == _parsed(_parse_reference, text)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "registry.example.com",
+                "localhost",
+                "Host",
+                "agent",
+                "a",
+                "-",
+                ".",
+                "_",
+                "__",
+                ":",
+                "/",
+                "5000",
+                "1.2",
+                "@",
+                "x" * 64,
+            ]
+        ),
+        min_size=1,
+        max_size=8,
+    ).map("".join)
+)
+def test_any_reference_parses_as_the_full_grammar_does(text: str) -> None:
+    _parsed(
+        ImageRef.parse, text.rsplit(":", 1)[0]
+    )  # its name parsed first when it has one: the short way's case
+    assert _parsed(ImageRef.parse, text) == _parsed(_parse_reference, text)
