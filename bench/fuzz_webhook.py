@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:
 
 from bench.webhook_load import AGENT_IMAGE, POLICIES, agent_daemonset, make_nodes  # noqa: E402
 from localcluster.static_webhook import StaticWebhook  # noqa: E402
+from tests.support.json_paths import json_paths  # noqa: E402
 
 CLASSES = ("valid", "wrong-type", "deep", "protocol")
 WEIGHTS = (30, 40, 10, 20)
@@ -168,16 +169,6 @@ def _valid_review(rnd: random.Random, uid: str) -> dict[str, Any]:
             old["spec"]["updateStrategy"] = {"type": "OnDelete"}
             obj["metadata"]["annotations"]["dsguard.io/paused"] = "true"
     return _review(obj, old=old, uid=uid, rnd=rnd)
-
-
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, (*prefix, i))
 
 
 def _put(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
@@ -308,7 +299,7 @@ def make_case(seed: int, index: int) -> Case:
     if cls == "valid":
         case.body, case.uid = _wire_json(doc), uid
     elif cls in ("wrong-type", "deep"):
-        paths = list(_paths(doc))
+        paths = list(json_paths(doc))
         # Most of them where the rules read: the object's spec and metadata.
         inside = [
             p for p in paths if p[:2] == ("request", "object") and len(p) > 2 and p[2] in ("spec", "metadata")

@@ -13,7 +13,7 @@ import copy
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -27,6 +27,7 @@ from dsguard.cluster_cache import ClusterCache
 from dsguard.daemonset_shape import MAX_DEPTH, daemonset_shape_errors, full_shape_errors, too_deep
 from dsguard.scheduling import NodeInfo
 from tests.support.builders import daemonset, node, parsed_policy
+from tests.support.json_paths import json_paths
 from webhook.server import WebhookState, serve_admission
 
 Endpoint = Literal["mutate", "validate"]
@@ -339,16 +340,6 @@ _hostile = (
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, (*prefix, i))
-
-
 def _valid_reviews() -> list[dict[str, Any]]:
     paused_old = agent()
     paused_old["metadata"]["annotations"] = {"dsguard.io/paused": "true"}
@@ -363,7 +354,7 @@ def _valid_reviews() -> list[dict[str, Any]]:
 
 
 VALID = _valid_reviews()
-PATHS = [(i, p) for i, r in enumerate(VALID) for p in _paths(r)]
+PATHS = [(i, p) for i, r in enumerate(VALID) for p in json_paths(r)]
 # Half the examples go where the rules and the holds read (spec, labels, annotations).
 READ_PATHS = [
     (i, p) for i, p in PATHS if p[:2] in (("request", "object"), ("request", "oldObject"))
