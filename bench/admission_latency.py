@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.webhook_load import AGENT_IMAGE, agent_daemonset  # noqa: E402
+from bench.webhook_load import AGENT_IMAGE, AGENT_VERSIONS, agent_daemonset  # noqa: E402
 from localcluster.binaries import BinariesError  # noqa: E402
 from localcluster.chart import CHART, NAMESPACE, pin_values, webhook_pod_metrics  # noqa: E402
 from localcluster.cluster import ClusterError, LocalCluster  # noqa: E402
@@ -117,27 +117,7 @@ def dsguard_policies(count: int) -> list[dict[str, Any]]:
             },
         ),
         policy("gentle-rollouts", {"rollout": {"maxUnavailable": "10%", "onExceed": "Clamp"}}),
-        policy(
-            "agent-kubelet-compatibility",
-            {
-                "versions": {
-                    "rules": [
-                        {
-                            "image": AGENT_IMAGE,
-                            "compatibility": [
-                                {"kubernetes": ">=1.33.0", "versions": ">=7.50.0"},
-                                {"kubernetes": ">=1.31.0, <1.33.0", "versions": ">=7.44.0, <8.0.0"},
-                            ],
-                        },
-                        {
-                            "image": "registry.example.com/observability/*",
-                            "compatibility": [{"kubernetes": ">=1.30.0", "versions": ">=2.0.0"}],
-                        },
-                    ],
-                    "unknownVersion": "Warn",
-                }
-            },
-        ),
+        policy("agent-kubelet-compatibility", {"versions": AGENT_VERSIONS}),
     ]
     for i in range(len(out), count):
         kind = i % 3

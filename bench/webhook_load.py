@@ -62,6 +62,23 @@ DSGUARD = REPO / ".venv" / "bin" / "dsguard"
 
 # --- what the server is configured with -----------------------------------------------------------
 
+# The agent's image-version rule (admission_latency.py's policies read it too).
+AGENT_VERSIONS: dict[str, Any] = {
+    "rules": [
+        {
+            "image": AGENT_IMAGE,
+            "compatibility": [
+                {"kubernetes": ">=1.33.0", "versions": ">=7.50.0"},
+                {"kubernetes": ">=1.31.0, <1.33.0", "versions": ">=7.44.0, <8.0.0"},
+            ],
+        },
+        {
+            "image": "registry.example.com/observability/*",
+            "compatibility": [{"kubernetes": ">=1.30.0", "versions": ">=2.0.0"}],
+        },
+    ],
+    "unknownVersion": "Warn",
+}
 POLICIES: list[dict[str, Any]] = [
     {
         "apiVersion": "dsguard.io/v1alpha1",
@@ -109,22 +126,7 @@ POLICIES: list[dict[str, Any]] = [
         "metadata": {"name": "agent-kubelet-compatibility"},
         "spec": {
             "match": {"namespaces": ["monitoring"]},
-            "versions": {
-                "rules": [
-                    {
-                        "image": AGENT_IMAGE,
-                        "compatibility": [
-                            {"kubernetes": ">=1.33.0", "versions": ">=7.50.0"},
-                            {"kubernetes": ">=1.31.0, <1.33.0", "versions": ">=7.44.0, <8.0.0"},
-                        ],
-                    },
-                    {
-                        "image": "registry.example.com/observability/*",
-                        "compatibility": [{"kubernetes": ">=1.30.0", "versions": ">=2.0.0"}],
-                    },
-                ],
-                "unknownVersion": "Warn",
-            },
+            "versions": AGENT_VERSIONS,
         },
     },
 ]
