@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -111,11 +112,12 @@ async def run_guard(
     gate_sample_interval: float = 5.0,
     policy_reports: str = "openreports",
     report_max_results: int = MAX_RESULTS,
-    extra_ca_file: str | None = None,
+    outbound_tls: ssl.SSLContext | None = None,
 ) -> None:
     api = await api_client(kubeconfig)
     metrics = GuardMetrics()
-    outbound_tls = outbound_ssl_context(extra_ca_file)  # alert sinks and Prometheus gates
+    if outbound_tls is None:  # alert sinks and Prometheus gates: the system's CAs
+        outbound_tls = outbound_ssl_context()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=outbound_tls))
     patcher = KubePatcher(api)
     # The audit writes DaemonSetPolicy status, so it needs the policies to come from the cluster.

@@ -275,7 +275,7 @@ def guard(
     from guard.outbound_tls import FIX, ExtraCAError, outbound_ssl_context
 
     try:  # checked before anything starts: a sink's alerts would fail only when one is due
-        outbound_ssl_context(extra_ca_file)
+        outbound_tls = outbound_ssl_context(extra_ca_file)
     except ExtraCAError as e:
         raise exits.BadInput(f"--extra-ca-file: {e}", fix=FIX) from None
 
@@ -290,7 +290,7 @@ def guard(
                 tick=tick, leader_election=not no_leader_election, lease_duration=lease_duration,
                 audit=audit, audit_resync=audit_resync, gate_sample_interval=gate_sample_interval,
                 policy_reports=policy_reports, report_max_results=policy_report_max_results,
-                extra_ca_file=extra_ca_file,
+                outbound_tls=outbound_tls,
             )
         )  # fmt: skip
     except ClientConfigError as e:  # raised before anything runs: the client is built first
