@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from localcluster.chart import pin_values
 from localcluster.cluster import LocalCluster
 from localcluster.image import BuiltImage
 from localcluster.realnode import NODE_NAME
@@ -29,7 +30,6 @@ from tests.support.in_cluster import (
     admin_context,
     check_denied_then_mutated,
     dry_run_create,
-    helm_pin_args,
     image_or_fail,
     pods,
     start_real_node_cluster,
@@ -54,7 +54,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         helm = helm_for(tmp_path_factory.mktemp("helm-home"), c.kubeconfig)
         t0 = time.monotonic()
         helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
-             *helm_pin_args(image), timeout=330)  # fmt: skip
+             *pin_values(image), timeout=330)  # fmt: skip
         yield Installed(c, image, time.monotonic() - t0)
     finally:
         c.stop()

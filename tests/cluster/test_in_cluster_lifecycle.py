@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from guard.notify.sinks import SIGNATURE_HEADER, verify_signature
+from localcluster.chart import pin_values
 from localcluster.cluster import LocalCluster
 from localcluster.image import BuiltImage
 from localcluster.nodes import create_nodes, node_manifest
@@ -46,7 +47,6 @@ from tests.support.in_cluster import (
     admin_context,
     check_denied_then_mutated,
     dry_run_create,
-    helm_pin_args,
     image_or_fail,
     pods,
     ready,
@@ -144,7 +144,7 @@ def test_helm_upgrade_rolls_the_pods_then_uninstall_keeps_only_the_crd(world: Wo
     c, helm = world.c, world.helm
     t0 = time.monotonic()
     helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
-         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+         *pin_values(world.image), timeout=330)  # fmt: skip
     print(f"helm install --wait: {time.monotonic() - t0:.1f}s")
     _check_running(c, world.image.ref)
     conf = c.kubectl_json("get", "validatingwebhookconfiguration", "dsguard-validate")
@@ -194,7 +194,7 @@ def test_drained_webhook_follows_failure_policy_and_never_blocks_its_namespace(w
     after the documented emergency switch to Ignore, the write elsewhere passes unjudged."""
     c, helm = world.c, world.helm
     helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
-         "--set", "webhook.failurePolicy=Fail", *helm_pin_args(world.image), timeout=330)  # fmt: skip
+         "--set", "webhook.failurePolicy=Fail", *pin_values(world.image), timeout=330)  # fmt: skip
     env = KwokEnv(c, "e2e-drain")
     check_denied_then_mutated(c, env, "drain-deny")  # the webhook answers through the Service
 
@@ -256,7 +256,7 @@ def test_guard_pods_pause_alert_and_fail_over_acting_once(world: World, tmp_path
     ns = "e2e-guard-pods"
     tls = write_tls_files(tmp_path / "receiver-tls", hosts=(c.host_ip,))
     helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
-         *helm_pin_args(world.image), "--set-file", f"guard.extraCACertificates={tls.ca_file}",
+         *pin_values(world.image), "--set-file", f"guard.extraCACertificates={tls.ca_file}",
          timeout=330)  # fmt: skip
     key = secrets.token_hex(32).encode()  # the Secret's value is the HMAC key, as its bytes
     c.kubectl(
@@ -410,7 +410,7 @@ def test_certificate_renewal_and_ca_rotation_fail_no_admission(world: World) -> 
     helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
          "--set", "webhook.failurePolicy=Fail", "--set", "certs.interval=3s",
          "--set-json", 'certs.extraArgs=["--propagation-delay=5s","--grace=100s"]',
-         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+         *pin_values(world.image), timeout=330)  # fmt: skip
     ns = "e2e-rotation"
     c.kubectl("create", "namespace", ns)
     apply(
@@ -502,7 +502,7 @@ def test_resource_use_against_requests_and_limits(world: World) -> None:
     Every pod's memory is under its limit with room (less than half) and near its request."""
     c, helm = world.c, world.helm
     helm("install", "dsguard", str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "5m",
-         *helm_pin_args(world.image), timeout=330)  # fmt: skip
+         *pin_values(world.image), timeout=330)  # fmt: skip
     env = KwokEnv(c, "e2e-resources")
     check_denied_then_mutated(c, env, "res")
     ctx = admin_context(c)

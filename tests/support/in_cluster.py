@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from localcluster.chart import pin_values
 from localcluster.cluster import LocalCluster
 from localcluster.image import BuiltImage, ImageError, build_image
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
@@ -31,7 +30,6 @@ __all__ = [
     "admin_context",
     "check_denied_then_mutated",
     "dry_run_create",
-    "helm_pin_args",
     "image_or_fail",
     "pods",
     "ready",
@@ -76,11 +74,6 @@ def start_real_node_cluster(
         c.stop()
         pytest.fail("the real node did not import the built image", pytrace=False)
     return c
-
-
-def helm_pin_args(image: BuiltImage) -> list[str]:
-    """The only values a user sets here: the image and every Deployment pinned to the real node."""
-    return pin_values(image)
 
 
 def pods(c: LocalCluster, ns: str = NS) -> list[dict[str, Any]]:
