@@ -32,6 +32,7 @@ from typing import Any, Self
 
 import yaml
 
+from localcluster import host_state
 from localcluster.binaries import ensure_binaries, versions
 from localcluster.image import latest_image
 from localcluster.pki import Pki, generate_pki
@@ -47,16 +48,18 @@ from localcluster.procs import (
     stop_group,
     wait_ready,
 )
-from localcluster.realnode import RealNode, RealNodeError, host_ip
+from localcluster.realnode import RealNode, RealNodeBusy, RealNodeError, host_ip
 
 __all__ = [
     "DEFAULT_CONTROLLERS",
     "DEFAULT_STAGES",
+    "ClusterBusy",
     "ClusterError",
     "ComponentError",
     "KubectlError",
     "LocalCluster",
     "default_workdir",
+    "start_when_node_free",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +105,10 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 class ClusterError(RuntimeError):
     """The cluster could not be started, stopped or reached."""
+
+
+class ClusterBusy(ClusterError):
+    """The real node could not start: another one's state is on this machine (one per machine)."""
 
 
 class ComponentError(ClusterError):
@@ -670,6 +677,8 @@ class LocalCluster:
             )  # fmt: skip
             try:
                 self.real_node.start(self.api_get, timeout=self.startup_timeout)
+            except RealNodeBusy as exc:
+                raise ClusterBusy(str(exc)) from None
             except RealNodeError as exc:
                 raise ClusterError(str(exc)) from None
             self.timings.real_node = time.monotonic() - t
@@ -921,6 +930,30 @@ class LocalCluster:
 
 
 # --- kubeconfig ----------------------------------------------------------------------------
+
+
+def start_when_node_free(
+    make: Callable[[int], LocalCluster], *, wait: float, on_busy: Callable[[], None] = lambda: None
+) -> LocalCluster:
+    """make(attempt)'s cluster (attempt 1, 2, ...), started. Only one real node runs per machine:
+    while another one holds it (ClusterBusy), try again once its state is gone (or every 15 s),
+    up to `wait` seconds; on_busy is called before the first wait."""
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        attempt += 1
+        cluster = make(attempt)
+        try:
+            return cluster.start()
+        except BaseException as exc:
+            cluster.stop()
+            if not isinstance(exc, ClusterBusy) or time.monotonic() > deadline:
+                raise
+        if attempt == 1:
+            on_busy()
+        with contextlib.suppress(NotReady):
+            wait_ready(lambda: not host_state.leftovers(needles=[], mount_prefixes=[]), what="the real node",
+                       timeout=15, interval=1)  # fmt: skip
 
 
 def _write_kubeconfig(path: Path, server: str, ca: Path, client: Any, user: str) -> None:

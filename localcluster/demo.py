@@ -13,7 +13,6 @@ loudly (exit 1) if dsguard stops doing what it says; tests/cluster/test_demo.py 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.server
 import json
 import os
@@ -34,7 +33,7 @@ import yaml
 from localcluster import host_state
 from localcluster.binaries import BinariesError
 from localcluster.chart import CHART, NAMESPACE, pin_values, pod_ready, webhook_pod_metrics
-from localcluster.cluster import ClusterError, LocalCluster, default_workdir
+from localcluster.cluster import ClusterError, LocalCluster, default_workdir, start_when_node_free
 from localcluster.guard_host import HostGuard
 from localcluster.helm import HelmError, HelmRunner, helm_bin_dir
 from localcluster.image import BuiltImage, ImageError, build_image
@@ -64,8 +63,6 @@ SLOW_START = {POD_TIMING_ANNOTATIONS["start_delay"]: "2s"}
 #: With a real node: the kwok fleet, i.e. every node but the real one dsguard runs on.
 FLEET = {"matchExpressions": [{"key": NODE_LABEL, "operator": "DoesNotExist"}]}
 GUARD_TICK = "0.2"  # seconds between the guard's re-checks of rollouts: brisk, for a demo
-#: A real node from another run holds the machine (realnode.RealNode.start's message).
-NODE_BUSY = "another real node"
 
 
 class AlertInbox:
@@ -695,29 +692,15 @@ def demo_environment(
 def start_cluster(workdir: Path, *, real_node: bool, die_with_parent: bool, wait_node: float) -> LocalCluster:
     """The demo's cluster, started; with a real node, retried for up to wait_node seconds while
     another one (e.g. a test run's) holds the machine: only one runs per machine."""
-    deadline = time.monotonic() + wait_node
-    told = False
-    while True:
-        cluster = LocalCluster(
-            workdir,
-            real_node=real_node,
-            die_with_parent=die_with_parent,
-            startup_timeout=240 if real_node else 120,
-        )
-        try:
-            return cluster.start()
-        except ClusterError as exc:
-            cluster.stop()
-            if NODE_BUSY not in str(exc) or time.monotonic() > deadline:
-                raise
-        if not told:
-            told = True
-            print(
-                f"  another real node holds this machine; retrying until it is gone (up to {wait_node:.0f}s)"
-            )
-        with contextlib.suppress(NotReady):  # the other node's state gone, or 15s: try again
-            wait_ready(lambda: not host_state.leftovers(needles=[], mount_prefixes=[]), what="the real node",
-                       timeout=15, interval=1)  # fmt: skip
+
+    def make(attempt: int) -> LocalCluster:
+        return LocalCluster(workdir, real_node=real_node, die_with_parent=die_with_parent,
+                            startup_timeout=240 if real_node else 120)  # fmt: skip
+
+    def busy() -> None:
+        print(f"  another real node holds this machine; retrying until it is gone (up to {wait_node:.0f}s)")
+
+    return start_when_node_free(make, wait=wait_node, on_busy=busy)
 
 
 def _host_run_reason(args: argparse.Namespace) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "PAUSE_IMAGE",
     "POD_CIDR",
     "RealNode",
+    "RealNodeBusy",
     "RealNodeError",
     "host_ip",
 ]
@@ -71,6 +72,10 @@ _MOUNT_MARKS = ("/node/kubelet", "/node/containerd/")
 
 class RealNodeError(RuntimeError):
     """The real node could not start or stop cleanly; the message says what and where."""
+
+
+class RealNodeBusy(RealNodeError):
+    """Another real node's state is on this machine (one runs per machine): wait for it to go."""
 
 
 def host_ip() -> str:
@@ -229,7 +234,7 @@ class RealNode:
             raise RealNodeError("this machine cannot run a real node; it lacks: " + "; ".join(problems))
         before = host_state.leftovers(needles=[], mount_prefixes=[self.workdir, self.paths.state])
         if before:
-            raise RealNodeError(
+            raise RealNodeBusy(
                 "the machine holds another real node's state (only one can run at a time; "
                 "`python -m localcluster down` stops a detached one; `python -m localcluster clean-node` "
                 "removes what a killed one left): " + ", ".join(before[:8])

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import containerd, host_state
-from localcluster.cluster import ClusterError, LocalCluster
+from localcluster.cluster import ClusterBusy, ClusterError, LocalCluster
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
 from localcluster.procs import http_get
 from localcluster.realnode import NODE_NAME, POD_SUBNET
@@ -168,7 +168,7 @@ def _one_round(workdir: Path, image: NodeImage, *, try_a_second: bool = False) -
             # A second real node on the machine is refused, and its failed start leaves the
             # running node's machine-wide state (cni0, chains, cgroups) alone.
             kube_chains = {ch for ch in host_state.chains() if ch.startswith("iptables nat KUBE-")}
-            with pytest.raises(ClusterError, match="another real node's state"):
+            with pytest.raises(ClusterBusy, match="another real node's state"):
                 LocalCluster(workdir.parent / "second", real_node=True).start()
             assert host_state.bridge_exists()
             assert kube_chains <= set(host_state.chains())

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.cluster import LocalCluster
+from localcluster.cluster import LocalCluster, start_when_node_free
 from localcluster.image import BuiltImage, ImageError, build_image
 from localcluster.nodes import create_nodes, node_manifest, wait_nodes_ready
 from tests.support import builders
@@ -38,7 +38,6 @@ __all__ = [
 
 NS = "dsguard"
 INFRA = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
-BUSY = "another real node"
 
 
 def image_or_fail() -> BuiltImage:
@@ -55,21 +54,11 @@ def start_real_node_cluster(
     """A started LocalCluster with a real node. Only one real node runs per machine: while
     another one (e.g. a CI run's) holds it, retry until it is gone, up to wait_turn seconds.
     With `image`: the starting node must have imported it itself (issue 12, item 2)."""
-    attempts: list[int] = []
 
-    def try_start() -> LocalCluster | None:
-        attempts.append(1)
-        c = LocalCluster(workdir / f"try{len(attempts)}", real_node=True, startup_timeout=240)
-        try:
-            c.start()
-        except Exception as exc:
-            c.stop()
-            if BUSY not in str(exc):
-                raise
-            return None  # another process's real node holds the machine: try again
-        return c
+    def make(attempt: int) -> LocalCluster:
+        return LocalCluster(workdir / f"try{attempt}", real_node=True, startup_timeout=240)
 
-    c = poll(try_start, timeout=wait_turn, interval=15, what="the machine's real node to be free")
+    c = start_when_node_free(make, wait=wait_turn)
     if image is not None and (c.real_node is None or image.cri_ref not in c.real_node.image_refs()):
         c.stop()
         pytest.fail("the real node did not import the built image", pytrace=False)
