@@ -122,6 +122,9 @@ class NodeHealth:
     name: str
     ready: bool
     since: float | None  # lastTransitionTime of the Ready condition
+    # False while the node has no Ready condition at all: it has just joined and its kubelet has
+    # not posted a status yet (a node made by hand or by kwok lacks one for a moment too).
+    reported: bool = True
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeHealth:
@@ -133,7 +136,7 @@ class NodeHealth:
                     c.get("status") == "True",
                     parse_time(c.get("lastTransitionTime")),
                 )
-        return cls(str(meta.get("name", "")), False, None)
+        return cls(str(meta.get("name", "")), False, None, reported=False)
 
 
 def _keep(src: Mapping[str, Any], *keys: str) -> dict[str, Any]:
@@ -217,9 +220,11 @@ def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, no
         return f"restarted {pod.restarts} times"
     # An agent that takes its node down (CNI, storage) shows up on the node, not the pod: the pod
     # may even stay Ready in the API because the kubelet that would report otherwise is gone.
-    if node is not None and not node.ready and pod.node:
-        began = pod.started or pod.created
-        if node.since is None or node.since >= began:
+    # Only a pod the kubelet started (startTime) can have done that, and only to a node that had
+    # reported: a node joining mid-rollout gets its pod at once, before its kubelet posts Ready
+    # (real kubelets post NotReady first), and must not count as a failure of the rollout.
+    if node is not None and node.reported and not node.ready and pod.node and pod.started is not None:
+        if node.since is None or node.since >= pod.started:
             return f"node {pod.node} NotReady since the new pod started"
     if not pod.ready and now - pod.created >= guard.ready_deadline_seconds:
         return (

@@ -64,6 +64,7 @@ def pod_obj(
     age: float = 60,
     owner: str = "ds-uid",
     deleting: bool = False,
+    started: bool = True,
 ) -> dict[str, Any]:
     state: dict[str, Any] = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
     meta: dict[str, Any] = {
@@ -75,16 +76,14 @@ def pod_obj(
     }
     if deleting:
         meta["deletionTimestamp"] = iso(T0)
-    return {
-        "metadata": meta,
-        "spec": {"nodeName": node},
-        "status": {
-            "phase": phase,
-            "startTime": iso(T0 - age + 1),
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "containerStatuses": [{"name": "c", "restartCount": restarts, "state": state}],
-        },
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [{"name": "c", "restartCount": restarts, "state": state}],
     }
+    if started:
+        status["startTime"] = iso(T0 - age + 1)
+    return {"metadata": meta, "spec": {"nodeName": node}, "status": status}
 
 
 def pod(**kw: Any) -> PodView:
@@ -111,6 +110,12 @@ def pod(**kw: Any) -> PodView:
         ({"age": 60}, NodeHealth("n1", False, T0 - 30), "node n1 NotReady since the new pod started"),
         # node was NotReady before the pod came: not the pod's doing
         ({"age": 60}, NodeHealth("n1", False, T0 - 600), None),
+        # a node that joined mid-rollout and has not posted its status yet gets its pod at once
+        ({"age": 1}, NodeHealth.from_node({"metadata": {"name": "n1"}}), None),
+        # a kubelet that posts NotReady after the pod was made, but never started it: not the pod
+        ({"age": 5, "ready": False, "started": False}, NodeHealth("n1", False, T0 - 2), None),
+        # a condition with no time, on a node that had reported: still counted against the pod
+        ({"age": 60}, NodeHealth("n1", False, None), "node n1 NotReady since the new pod started"),
         ({"waiting": "CrashLoopBackOff", "deleting": True}, None, None),
     ],
 )
