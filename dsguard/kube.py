@@ -158,6 +158,25 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (HTTP 410): list again."""
 
 
+class Throttled(Exception):
+    """The apiserver refused the watch with 429 (API Priority and Fairness, or a watch cache
+    still initialising): wait, then open the watch again from the same resourceVersion, as
+    client-go's reflector does. Listing again would add load where the apiserver asked for less."""
+
+    def __init__(self, message: str, after: float | None) -> None:
+        super().__init__(message)
+        self.after = after  # seconds its Retry-After or Status retryAfterSeconds asked for
+
+
+def _status_retry_after(status: Mapping[str, Any]) -> float | None:
+    """details.retryAfterSeconds of a metav1.Status, bounded as a Retry-After header is."""
+    details = status.get("details")
+    seconds = details.get("retryAfterSeconds") if isinstance(details, Mapping) else None
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return min(max(float(seconds), 0.0), reconnect.MAX_RETRY_AFTER)
+    return None
+
+
 @dataclass(frozen=True)
 class Subscriber:
     """What a Reflector feeds: on_replace(items) after each (re)list, on_event(type, obj) for
@@ -203,7 +222,9 @@ class Reflector:
 
     A watch silent for `idle_timeout` (no event, no bookmark) is opened again from its
     resourceVersion: a dead connection is found in bounded time, not at the watch's end.
-    After a failure it lists again (never resumes a watch: an apiserver that restarted has a new
+    A watch refused with 429 is opened again from its resourceVersion after a backoff, as
+    client-go does (the view counts as failing until then). After any other failure it lists
+    again (never resumes a watch: an apiserver that restarted has a new
     watch cache, which would answer an old resourceVersion with 410 anyway), waiting as `retry`
     says (dsguard.reconnect): backing off from errors, probing an apiserver that does not answer
     with `probe` (readyz_probe; by default a limit=1 list of the resource) until it is back.
@@ -282,8 +303,7 @@ class Reflector:
             try:
                 await self._list_all()
                 errors = 0
-                while True:
-                    await self._watch()
+                await self._watch_until_it_fails()
             except Gone:
                 # not a failure: the watch is too old, the next list catches up at once
                 self._left_current()
@@ -318,6 +338,31 @@ class Reflector:
                 log.warning(
                     "%s: list/watch failed (%s); retrying in %.1fs%s",
                     self.name, what, delay, " (Retry-After)" if after is not None else "",
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
+    async def _watch_until_it_fails(self) -> None:
+        """Watch, opening the watch again each time it ends; after a 429, wait as for an answered
+        error (Retry-After honoured) and reopen it from the same resourceVersion: no relist. The
+        view counts as failing (the guard decides nothing) until the watch is open again."""
+        throttled = 0  # 429s in a row: the backoff's exponent
+        while True:
+            try:
+                await self._watch()
+                throttled = 0
+            except Throttled as e:
+                self._left_current()
+                if self.failing_since is None:
+                    self.failing_since = self._monotonic()
+                self._on_restart("throttled")
+                after = e.after if self.retry.retry_after else None
+                delay = self.retry.backoff(throttled, after=after)
+                throttled += 1
+                log.warning(
+                    "%s: the watch was throttled (%s); opening it again from resourceVersion %s "
+                    "in %.1fs%s",
+                    self.name, _one_line(e), self.resource_version, delay,
+                    " (Retry-After)" if after is not None else "",
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 
@@ -388,10 +433,21 @@ class Reflector:
             ),
         )
         try:
+            if resp.status == 429:
+                error = ApiException(status=429, reason=resp.reason)
+                error.headers = getattr(resp, "headers", None)
+                raise Throttled(f"HTTP 429 {resp.reason or ''}".strip(), reconnect.retry_after(error))
             if not 200 <= resp.status <= 299:
                 _raise_for_status(resp, await resp.read())
-            if not self._current:  # reopened after going silent: the watch resumes where it was
-                self._current, self._current_at = True, self._monotonic()
+            if not self._current:  # reopened after going silent or throttled: it resumes where it was
+                now = self._monotonic()
+                if self.failing_since is not None:  # set only by a 429 once listed
+                    log.warning(
+                        "%s: watching again from resourceVersion %s after %.1fs throttled",
+                        self.name, self.resource_version, now - self.failing_since,
+                    )  # fmt: skip
+                    self.failing_since = None
+                self._current, self._current_at = True, now
             try:
                 await self._read_events(resp)
             except aiohttp.SocketTimeoutError:
@@ -413,6 +469,8 @@ class Reflector:
             if kind == "ERROR":
                 if obj.get("code") == 410:
                     raise Gone()
+                if obj.get("code") == 429:
+                    raise Throttled(f"watch error 429: {obj.get('message', '')}", _status_retry_after(obj))
                 raise RuntimeError(f"watch error: {obj.get('message', obj)}")
             if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                 raise RuntimeError(f"unexpected watch event {kind!r}: {str(event)[:200]}")

@@ -501,6 +501,53 @@ async def test_a_410_gone_relists_at_once_and_counts_the_list() -> None:
     assert r.failing_since is None
 
 
+THROTTLED = orjson.dumps(
+    {"type": "ERROR", "object": {"kind": "Status", "code": 429, "reason": "TooManyRequests",
+                                 "message": "storage is (re)initializing",
+                                 "details": {"retryAfterSeconds": 0.2}}}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["HTTP 429 with Retry-After", "watch ERROR event 429"])
+async def test_a_throttled_watch_is_reopened_from_its_resource_version_without_a_relist(how: str) -> None:
+    """client-go's reflector backs off and watches again after a 429: a relist would add load
+    where the apiserver asked for less, and the watch from the same resourceVersion loses nothing."""
+    watches: list[tuple[float, str]] = []
+    failing_while_throttled: list[bool] = []
+    restarts: list[str] = []
+    lists = 0
+    reopened = asyncio.Event()
+    r: Reflector
+
+    async def list_fn(**kwargs: Any) -> FakeResponse:
+        nonlocal lists
+        if not kwargs.get("watch"):
+            lists += 1
+            return FakeResponse(200, orjson.dumps({"items": [], "metadata": {"resourceVersion": "7"}}))
+        watches.append((asyncio.get_running_loop().time(), kwargs["resource_version"]))
+        failing_while_throttled.append(r.failing_since is not None)
+        if len(watches) <= 2:
+            if how.startswith("HTTP"):
+                resp = FakeResponse(429, b"{}")
+                resp.headers = {"Retry-After": "0.2"}  # type: ignore[attr-defined]
+                return resp
+            return FakeResponse(200, b"", lines=[THROTTLED + b"\n"])
+        reopened.set()
+        return FakeResponse(200, b"", lines=[])  # stays open
+
+    r = Reflector("pods", list_fn, on_replace=lambda items: None, on_event=lambda k, o: None,
+                  on_restart=restarts.append, retry=Retry(first=5.0, cap=5.0))  # fmt: skip
+    await run_briefly(r, reopened)
+    await poll_async(lambda: r.failing_since is None, what="the watch counted current again", timeout=5)
+    assert lists == 1  # no relist
+    assert [rv for _, rv in watches] == ["7", "7", "7"]
+    assert restarts == ["throttled", "throttled"]
+    assert failing_while_throttled == [False, True, True]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(watches)]
+    assert all(0.2 <= g < 1.0 for g in gaps), gaps  # the apiserver's 0.2 s, not the 5 s ladder
+    assert r.staleness() == 0.0
+
+
 class FakeReadyzClient:
     """What readyz_probe uses of an ApiClient: call_api answering /readyz with `status`."""
 
