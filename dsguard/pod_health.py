@@ -223,9 +223,15 @@ def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, no
     # Only a pod the kubelet started (startTime) can have done that, and only to a node that had
     # reported: a node joining mid-rollout gets its pod at once, before its kubelet posts Ready
     # (real kubelets post NotReady first), and must not count as a failure of the rollout.
-    if node is not None and node.reported and not node.ready and pod.node and pod.started is not None:
-        if node.since is None or node.since >= pod.started:
-            return f"node {pod.node} NotReady since the new pod started"
+    if (
+        node is not None
+        and node.reported
+        and not node.ready
+        and pod.node
+        and pod.started is not None
+        and (node.since is None or node.since >= pod.started)
+    ):
+        return f"node {pod.node} NotReady since the new pod started"
     if not pod.ready and now - pod.created >= guard.ready_deadline_seconds:
         return (
             f"not Ready {int(now - pod.created)}s after creation (deadline {guard.ready_deadline_seconds}s)"
