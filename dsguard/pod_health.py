@@ -28,6 +28,18 @@ FAILING_WAITING_REASONS = frozenset(
     }
 )
 
+# Taints that say a node is on its way out: a node being scaled down, replaced or shut down goes
+# NotReady for that, not for the agent the rollout just put on it.
+RETIRING_TAINTS = frozenset(
+    {
+        "ToBeDeletedByClusterAutoscaler",  # cluster-autoscaler, scaling the node down
+        "karpenter.sh/disrupted",  # Karpenter v1, draining the node to remove or replace it
+        "karpenter.sh/disruption",  # Karpenter v1beta1 (value "disrupting")
+        "node.cloudprovider.kubernetes.io/shutdown",  # the cloud provider reports it shut down
+        "node.kubernetes.io/unschedulable",  # cordoned (the taint that mirrors spec.unschedulable)
+    }
+)
+
 
 def parse_time(value: object) -> float | None:
     """RFC 3339 as the API writes it (2026-11-22T18:00:00Z) to epoch seconds."""
@@ -125,18 +137,25 @@ class NodeHealth:
     # False while the node has no Ready condition at all: it has just joined and its kubelet has
     # not posted a status yet (a node made by hand or by kwok lacks one for a moment too).
     reported: bool = True
+    # Cordoned, being deleted, or tainted as scaled down / shut down (RETIRING_TAINTS): its
+    # NotReady is the retirement's, not the new pod's.
+    retiring: bool = False
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeHealth:
         meta = as_mapping(node.get("metadata"))
+        spec = as_mapping(node.get("spec"))
+        retiring = (
+            spec.get("unschedulable") is True
+            or meta.get("deletionTimestamp") is not None
+            or any(is_mapping(t) and t.get("key") in RETIRING_TAINTS for t in spec.get("taints") or ())
+        )
+        name = str(meta.get("name", ""))
         for c in as_mapping(node.get("status")).get("conditions") or ():
             if is_mapping(c) and c.get("type") == "Ready":
-                return cls(
-                    str(meta.get("name", "")),
-                    c.get("status") == "True",
-                    parse_time(c.get("lastTransitionTime")),
-                )
-        return cls(str(meta.get("name", "")), False, None, reported=False)
+                ready, since = c.get("status") == "True", parse_time(c.get("lastTransitionTime"))
+                return cls(name, ready, since, retiring=retiring)
+        return cls(name, False, None, reported=False, retiring=retiring)
 
 
 def _keep(src: Mapping[str, Any], *keys: str) -> dict[str, Any]:
@@ -181,8 +200,16 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
 def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
     """Just the fields NodeHealth.from_node reads; from_node(slim_node(n)) == from_node(n)."""
     conditions = as_mapping(node.get("status")).get("conditions") or ()
+    spec = as_mapping(node.get("spec"))
+    slim_spec = _keep(spec, "unschedulable")
+    retiring_taints = [
+        t for t in spec.get("taints") or () if is_mapping(t) and t.get("key") in RETIRING_TAINTS
+    ]
+    if retiring_taints:
+        slim_spec["taints"] = [_keep(t, "key", "effect") for t in retiring_taints]
     return {
-        "metadata": _keep(as_mapping(node.get("metadata")), "name"),
+        "metadata": _keep(as_mapping(node.get("metadata")), "name", "deletionTimestamp"),
+        "spec": slim_spec,
         "status": {
             "conditions": [
                 _keep(c, "type", "status", "lastTransitionTime")
@@ -202,7 +229,7 @@ def slim_node_with_placement(node: Mapping[str, Any]) -> dict[str, Any]:
     spec = as_mapping(node.get("spec"))
     node_info = as_mapping(as_mapping(node.get("status")).get("nodeInfo"))
     slim["metadata"] = {**slim["metadata"], "labels": meta.get("labels") or {}}
-    slim["spec"] = {"taints": spec.get("taints") or []}
+    slim["spec"] = {**slim["spec"], "taints": spec.get("taints") or []}
     slim["status"]["nodeInfo"] = {"kubeletVersion": node_info.get("kubeletVersion", "")}
     return slim
 
@@ -222,10 +249,12 @@ def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, no
     # may even stay Ready in the API because the kubelet that would report otherwise is gone.
     # Only a pod the kubelet started (startTime) can have done that, and only to a node that had
     # reported: a node joining mid-rollout gets its pod at once, before its kubelet posts Ready
-    # (real kubelets post NotReady first), and must not count as a failure of the rollout.
+    # (real kubelets post NotReady first), and must not count as a failure of the rollout. A node
+    # that is retiring (cordoned, scaled down, shut down) goes NotReady for that.
     if (
         node is not None
         and node.reported
+        and not node.retiring
         and not node.ready
         and pod.node
         and pod.started is not None

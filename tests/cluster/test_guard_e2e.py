@@ -172,6 +172,53 @@ def test_node_going_not_ready_after_getting_the_new_pod_counts_as_failing(scenar
         assert f"on {node} (node {node} NotReady since the new pod started)" in events[0]["message"]
 
 
+def test_nodes_going_not_ready_while_retiring_do_not_count_against_the_rollout(scenario: Scenario) -> None:
+    """A cordoned node and one the cluster-autoscaler scales down go NotReady for that, not for the
+    agent they just got: the pause counts only the other nodes."""
+    s = scenario
+    guard = s.guard(s.policy())
+    good = setup_rollout(s, [guard])
+    slow = {POD_TIMING_ANNOTATIONS["start_delay"]: "5s"}  # the rollout is still going at the end
+    s.apply(s.daemonset(image="registry.example.com/agent:1.1", annotations=slow))
+    new = s.started_new_revision(good)
+
+    def ready_on_new() -> list[str] | None:
+        nodes = [
+            p["spec"]["nodeName"]
+            for p in s.pods()
+            if p["metadata"]["labels"].get(REVISION_LABEL) == new
+            and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []
+            )
+        ]
+        return sorted(nodes)[: THRESHOLD + 2] if len(nodes) >= THRESHOLD + 2 else None
+
+    cordoned, scaled_down, *victims = poll(
+        ready_on_new, what=f"{THRESHOLD + 2} Ready pods of the new revision", timeout=60, interval=0.1
+    )
+    s.kubectl("cordon", cordoned)
+    s.kubectl("taint", "node", scaled_down, "ToBeDeletedByClusterAutoscaler=1765000000:NoSchedule")
+    not_ready = f"dsguard.test/node-behavior={NodeBehavior.NOT_READY.value}"
+    s.kubectl("annotate", "node", cordoned, scaled_down, "--overwrite", not_ready)
+
+    def retiring_not_ready() -> bool:
+        for name in (cordoned, scaled_down):
+            node = json.loads(s.kubectl("get", "node", name, "-o", "json").stdout)
+            ready = [c for c in node["status"].get("conditions") or [] if c["type"] == "Ready"]
+            if not ready or ready[0]["status"] == "True":
+                return False
+        return True
+
+    poll(retiring_not_ready, what="the retiring nodes NotReady", timeout=30)
+    assert not s.annotations().get("dsguard.io/paused")  # 2 NotReady nodes, under the threshold anyway
+    s.kubectl("annotate", "node", *victims, "--overwrite", not_ready)
+
+    reason = s.paused()["dsguard.io/pause-reason"]
+    assert f"failing (threshold {THRESHOLD}): {THRESHOLD} node NotReady; nodes: " in reason, reason
+    assert all(node in reason for node in victims), reason
+    assert cordoned not in reason and scaled_down not in reason, reason
+
+
 def test_guard_killed_mid_rollout_and_restarted_pauses_exactly_once(scenario: Scenario) -> None:
     s = scenario
     receiver = s.receiver()

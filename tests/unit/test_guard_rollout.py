@@ -114,6 +114,8 @@ def pod(**kw: Any) -> PodView:
         ({"age": 1}, NodeHealth.from_node({"metadata": {"name": "n1"}}), None),
         # a kubelet that posts NotReady after the pod was made, but never started it: not the pod
         ({"age": 5, "ready": False, "started": False}, NodeHealth("n1", False, T0 - 2), None),
+        # a node cordoned, scaled down or shut down goes NotReady for that, not for the new pod
+        ({"age": 60}, NodeHealth("n1", False, T0 - 30, retiring=True), None),
         # a condition with no time, on a node that had reported: still counted against the pod
         ({"age": 60}, NodeHealth("n1", False, None), "node n1 NotReady since the new pod started"),
         ({"waiting": "CrashLoopBackOff", "deleting": True}, None, None),

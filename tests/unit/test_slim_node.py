@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dsguard.pod_health import NodeHealth, slim_node_with_placement
+from dsguard.pod_health import NodeHealth, slim_node, slim_node_with_placement
 from dsguard.scheduling import NodeInfo
 
 FULL: dict[str, Any] = {
@@ -51,6 +51,45 @@ def test_both_readers_see_the_same(node: dict[str, Any]) -> None:
     view = slim_node_with_placement(node)
     assert NodeInfo.from_node(view) == NodeInfo.from_node(node)
     assert NodeHealth.from_node(view) == NodeHealth.from_node(node)
+    assert NodeHealth.from_node(slim_node(node)) == NodeHealth.from_node(node)
+
+
+READY = {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "meta", "retiring"),
+    [
+        ({}, {}, False),
+        ({"unschedulable": False, "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}, {}, False),
+        ({"unschedulable": True}, {}, True),  # kubectl cordon / drain
+        (
+            {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1733", "effect": "NoSchedule"}]},
+            {},
+            True,
+        ),
+        ({"taints": [{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]}, {}, True),
+        (
+            {"taints": [{"key": "karpenter.sh/disruption", "value": "disrupting", "effect": "NoSchedule"}]},
+            {},
+            True,
+        ),
+        (
+            {"taints": [{"key": "node.cloudprovider.kubernetes.io/shutdown", "effect": "NoSchedule"}]},
+            {},
+            True,
+        ),
+        ({}, {"deletionTimestamp": "2026-01-01T00:00:00Z"}, True),
+        ({"taints": ["not a taint", None]}, {}, False),  # a malformed entry is no taint
+    ],
+)
+def test_a_retiring_node_is_known_from_either_view(
+    spec: dict[str, Any], meta: dict[str, Any], retiring: bool
+) -> None:
+    node = {"metadata": {"name": "n", **meta}, "spec": spec, "status": READY}
+    assert NodeHealth.from_node(node).retiring is retiring
+    assert NodeHealth.from_node(slim_node(node)) == NodeHealth.from_node(node)
+    assert NodeHealth.from_node(slim_node_with_placement(node)) == NodeHealth.from_node(node)
 
 
 def test_it_drops_the_bulk() -> None:
