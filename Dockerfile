@@ -15,14 +15,15 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python3 -m venv /opt/dsguard
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY dsguard ./dsguard
 COPY webhook ./webhook
 COPY guard ./guard
 COPY certs ./certs
 # A regular (not editable) install: the package and its dependencies land in /opt/dsguard, with
-# their bytecode compiled now, as the running container's root filesystem is read-only.
-RUN /opt/dsguard/bin/pip install --only-binary=:all: --no-binary=dsguard . \
+# their bytecode compiled now, as the running container's root filesystem is read-only. The
+# dependencies at the versions CI tested (constraints.txt).
+RUN /opt/dsguard/bin/pip install --only-binary=:all: --no-binary=dsguard -c constraints.txt . \
  && /opt/dsguard/bin/pip uninstall -y pip setuptools \
  && /opt/dsguard/bin/dsguard --version
 

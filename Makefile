@@ -4,14 +4,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv binaries node-binaries node-packages image-deps image lint unit cluster-test test demo cluster-up cluster-down bench clean
+.PHONY: venv constraints binaries node-binaries node-packages image-deps image lint unit cluster-test test demo cluster-up cluster-down bench clean
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+# The newest versions pyproject.toml allows, frozen into constraints.txt (its comment kept); then
+# `make test` and commit both.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q --upgrade pip
+	.venv-constraints/bin/pip install -q -e '.[dev]'
+	{ grep '^#' constraints.txt; .venv-constraints/bin/pip freeze --all --exclude-editable | grep -v '^setuptools=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 # Kubernetes control plane + kwok, built from Go modules into ~/.cache/dsguard (skipped when built).
 binaries:

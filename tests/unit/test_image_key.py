@@ -91,7 +91,7 @@ def test_key_is_stable() -> None:
         ("FROM x\nCOPY --from=build /a /b\nRUN cp x y\n", []),
         (
             (REPO / "Dockerfile").read_text(),
-            ["pyproject.toml", "README.md", "dsguard", "webhook", "guard", "certs"],
+            ["pyproject.toml", "README.md", "constraints.txt", "dsguard", "webhook", "guard", "certs"],
         ),
     ],
 )
