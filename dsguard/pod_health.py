@@ -262,6 +262,10 @@ def failure_reason(pod: PodView, node: NodeHealth | None, guard: GuardPolicy, no
     ):
         return f"node {pod.node} NotReady since the new pod started"
     if not pod.ready and now - pod.created >= guard.ready_deadline_seconds:
+        if node is not None and not node.ready:
+            # A node that was down, retiring or not yet reporting before the pod could start: the
+            # pod cannot become Ready there, whatever its image, so its deadline proves nothing.
+            return None
         return (
             f"not Ready {int(now - pod.created)}s after creation (deadline {guard.ready_deadline_seconds}s)"
         )

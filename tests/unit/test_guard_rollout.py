@@ -116,6 +116,14 @@ def pod(**kw: Any) -> PodView:
         ({"age": 5, "ready": False, "started": False}, NodeHealth("n1", False, T0 - 2), None),
         # a node cordoned, scaled down or shut down goes NotReady for that, not for the new pod
         ({"age": 60}, NodeHealth("n1", False, T0 - 30, retiring=True), None),
+        # not Ready past the deadline on a node that was NotReady before it: the node's doing
+        ({"ready": False, "age": 400}, NodeHealth("n1", False, T0 - 600), None),
+        ({"ready": False, "age": 400, "started": False}, NodeHealth("n1", False, T0 - 2), None),
+        (
+            {"ready": False, "age": 400},
+            NodeHealth("n1", True, T0 - 600),
+            "not Ready 400s after creation (deadline 300s)",
+        ),
         # a condition with no time, on a node that had reported: still counted against the pod
         ({"age": 60}, NodeHealth("n1", False, None), "node n1 NotReady since the new pod started"),
         ({"waiting": "CrashLoopBackOff", "deleting": True}, None, None),
