@@ -30,7 +30,10 @@ from guard.metrics import GuardMetrics
 from guard.notify.events import EventRecorder
 from guard.notify.sinks import SinkError
 from guard.policy_audit import (
+    Announced,
+    EventPlan,
     IncrementalAudit,
+    ViolationKey,
     known_violations,
     plan_events,
     policy_status,
@@ -118,8 +121,9 @@ class Auditor:
         self.incremental = IncrementalAudit()
         self._was_leader = False
         self._gauged: set[str] = set()
-        # (policy, namespace, name, rule) reported so far; None until loaded from the stored statuses
-        self._reported: set[tuple[str, str, str, str]] | None = None
+        # The violations reported so far, and what was said; None until loaded from the stored
+        # statuses
+        self._reported: dict[ViolationKey, Announced] | None = None
 
     # -- inputs --------------------------------------------------------------------------------
     def replace_daemonsets(self, items: list[Obj]) -> None:
@@ -216,9 +220,9 @@ class Auditor:
         now = _rfc3339(self.now())
         meta = self.cache.policy_meta
         if self._reported is None:
-            self._reported = set().union(
-                *(known_violations(stored, name) for name, (_, stored) in meta.items())
-            )
+            self._reported = {}
+            for name, (_, stored) in meta.items():
+                self._reported.update(known_violations(stored, name))
         names = sorted(set(meta) | set(results))
         for name in names:
             if name not in meta:
@@ -240,8 +244,11 @@ class Auditor:
             self.metrics.violating.remove(gone)
         self._gauged &= set(meta)
         present = set(self.daemonsets)
-        plan, self._reported = plan_events(results, self._reported, present)
-        await self._record(plan.new, plan.resolved)
+        # A changed violation is announced again at most once a resync period (--audit-resync).
+        plan, self._reported = plan_events(
+            results, self._reported, present, now=time.monotonic(), change_interval=self.resync
+        )
+        await self._record(plan)
         if self.reports is not None and not await self.reports.sync(present):
             self._retry_later("policy reports are not up to date")
 
@@ -281,9 +288,10 @@ class Auditor:
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, max(self.resync, 1.0))
 
-    async def _record(self, new: Any, resolved: Any) -> None:
+    async def _record(self, plan: EventPlan) -> None:
         if self.recorder is None:
             return
+        new, changed, resolved = plan.new, plan.changed, plan.resolved
         budget = MAX_EVENTS_PER_AUDIT
         for v in new[:budget]:
             await self._event(
@@ -291,12 +299,19 @@ class Auditor:
                 f'violates DaemonSetPolicy "{v.policy}" ({v.rule}): {v.message}', warning=True,
             )  # fmt: skip
         budget -= min(len(new), budget)
+        for (policy, namespace, name, rule), messages in changed[:budget]:
+            await self._event(
+                namespace, name, VIOLATION_REASON,
+                f'still violates DaemonSetPolicy "{policy}" ({rule}), now: {"; ".join(messages)}',
+                warning=True,
+            )  # fmt: skip
+        budget -= min(len(changed), budget)
         for policy, namespace, name, rule in resolved[:budget]:
             await self._event(
                 namespace, name, RESOLVED_REASON,
                 f'no longer violates DaemonSetPolicy "{policy}" ({rule})', warning=False,
             )  # fmt: skip
-        skipped = len(new) + len(resolved) - MAX_EVENTS_PER_AUDIT
+        skipped = len(new) + len(changed) + len(resolved) - MAX_EVENTS_PER_AUDIT
         if skipped > 0:
             log.warning(
                 "audit: %d Events not recorded (at most %d an audit); the policies' status counts all",

@@ -420,14 +420,27 @@ def status_changed(new: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
     }
 
 
-def known_violations(stored: Mapping[str, Any], policy: str) -> set[tuple[str, str, str, str]]:
-    """(policy, namespace, name, rule) already reported in a stored status: a restarted guard
-    doesn't announce them again. Only the listed ones are known (the list is bounded)."""
-    out: set[tuple[str, str, str, str]] = set()
+ViolationKey = tuple[str, str, str, str]  # (policy, namespace, name, rule)
+
+
+@dataclass(frozen=True)
+class Announced:
+    """What an Event last said of a violation, and when (monotonic seconds)."""
+
+    messages: tuple[str, ...] | None  # None: known from a stored status (a restart), not its words
+    at: float
+
+
+def known_violations(stored: Mapping[str, Any], policy: str) -> dict[ViolationKey, Announced]:
+    """Violations already reported in a stored status: a restarted guard doesn't announce them
+    again (nor their details, which the status holds cut short). Only the listed ones are known
+    (the list is bounded)."""
+    out: dict[ViolationKey, Announced] = {}
     for entry in stored.get("violations") or ():
         if isinstance(entry, Mapping):
             for rule in entry.get("rules") or ():
-                out.add((policy, str(entry.get("namespace")), str(entry.get("name")), str(rule)))
+                key = (policy, str(entry.get("namespace")), str(entry.get("name")), str(rule))
+                out[key] = Announced(None, -float("inf"))
     return out
 
 
@@ -436,23 +449,50 @@ class EventPlan:
     """Events to record on DaemonSets after an audit."""
 
     new: tuple[Violation, ...]  # Warning PolicyViolation, one per (DaemonSet, policy, rule)
-    resolved: tuple[tuple[str, str, str, str], ...]  # Normal PolicyViolationResolved
+    # Warning PolicyViolation again: a violation whose details changed (a coverage gap that grew,
+    # another node too old for the image), with all its messages now
+    changed: tuple[tuple[ViolationKey, tuple[str, ...]], ...]
+    resolved: tuple[ViolationKey, ...]  # Normal PolicyViolationResolved
 
 
 def plan_events(
     results: Mapping[str, PolicyAudit],
-    before: set[tuple[str, str, str, str]],
+    before: Mapping[ViolationKey, Announced],
     present: Collection[tuple[str, str]],
-) -> tuple[EventPlan, set[tuple[str, str, str, str]]]:
+    *,
+    now: float = 0.0,
+    change_interval: float = 300.0,
+) -> tuple[EventPlan, dict[ViolationKey, Announced]]:
     """What changed since the previous audit (`before`), and the new `before` for the next one.
-    `present`: (namespace, name) of the DaemonSets that exist: a deleted one gets no Event."""
-    now: dict[tuple[str, str, str, str], Violation] = {}
+    `present`: (namespace, name) of the DaemonSets that exist: a deleted one gets no Event.
+
+    A violation whose messages changed is announced again once `change_interval` seconds have
+    passed since its last Event (a changing gap in a scaling fleet would otherwise make an Event
+    per node); until then it keeps what was last said, so a later audit announces the change."""
+    first: dict[ViolationKey, Violation] = {}
+    messages: dict[ViolationKey, list[str]] = {}
     for result in results.values():
         for v in result.violations:
-            now.setdefault((v.policy, v.namespace, v.name, v.rule), v)
-    new = tuple(v for k, v in sorted(now.items()) if k not in before)
+            key = (v.policy, v.namespace, v.name, v.rule)
+            first.setdefault(key, v)
+            messages.setdefault(key, []).append(v.message)
+    after: dict[ViolationKey, Announced] = {}
+    new: list[Violation] = []
+    changed: list[tuple[ViolationKey, tuple[str, ...]]] = []
+    for key in sorted(first):
+        said, prev = tuple(messages[key]), before.get(key)
+        if prev is None:
+            new.append(first[key])
+            after[key] = Announced(said, now)
+        elif prev.messages is None:  # its words unknown after a restart: taken as they are now
+            after[key] = Announced(said, prev.at)
+        elif prev.messages != said and now - prev.at >= change_interval:
+            changed.append((key, said))
+            after[key] = Announced(said, now)
+        else:
+            after[key] = prev
     # A deleted policy's or DaemonSet's violations are forgotten, not announced as resolved.
     resolved = tuple(
-        sorted(k for k in before if k not in now and k[0] in results and (k[1], k[2]) in present)
+        sorted(k for k in before if k not in first and k[0] in results and (k[1], k[2]) in present)
     )
-    return EventPlan(new, resolved), set(now)
+    return EventPlan(tuple(new), tuple(changed), resolved), after

@@ -203,7 +203,8 @@ def _log_policies(policy_set: PolicySet | None) -> list[Policy] | None:
     default="5m",
     show_default=True,
     type=DURATION,
-    help="Audit at least this often even when nothing changed.",
+    help="Audit at least this often even when nothing changed; also the least time between two "
+    "Events for one changing violation.",
 )
 @click.option(
     "--policy-reports",

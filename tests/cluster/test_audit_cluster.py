@@ -75,7 +75,11 @@ def events(cluster: LocalCluster, namespace: str, reason: str) -> list[Obj]:
 @pytest.fixture
 def guard(cluster: LocalCluster, crd: str, namespace: str) -> Iterator[HostGuard]:
     # Its own Lease, so no other test's guard holds leadership.
-    with HostGuard(cluster, lease_name=f"audit-{namespace}"[:60], tick=0.2) as g:
+    # A resync of 10 s (the least allowed): a changed violation is announced again at most once
+    # a resync period.
+    with HostGuard(
+        cluster, lease_name=f"audit-{namespace}"[:60], tick=0.2, extra_args=["--audit-resync", "10"]
+    ) as g:
         yield g
 
 
@@ -125,8 +129,25 @@ def test_audit_follows_nodes_and_policies(
     row = cluster.kubectl("get", "daemonsetpolicy", policy_name, "--no-headers").stdout.split()
     assert row[3:5] == ["1", "1"], row
 
-    # The node leaves: compliant again, and the Event says the violation is resolved.
-    delete_nodes(cluster.kubectl, [old])
+    # A second old node: the same violation, changed. The status says so at once; an Event says
+    # it again once a resync period has passed since the first (not one Event per node).
+    old2 = kwok_nodes(1, suffix="old2", kubelet_version="v1.32.6")[0]
+    poll(
+        lambda: old2 in status_of(cluster, policy_name)["violations"][0]["message"],
+        what="the status naming the second old node",
+    )
+    changed = poll(
+        lambda: [
+            e for e in events(cluster, namespace, "PolicyViolation") if "still violates" in e["message"]
+        ],
+        what="a PolicyViolation Event for the changed violation",
+        timeout=60,
+    )
+    assert len(changed) == 1 and changed[0]["type"] == "Warning", changed
+    assert old in changed[0]["message"] and old2 in changed[0]["message"], changed[0]["message"]
+
+    # The nodes leave: compliant again, and the Event says the violation is resolved.
+    delete_nodes(cluster.kubectl, [old, old2])
     st = poll(
         lambda: (s := status_of(cluster, policy_name))["violationCount"] == 0 and s,
         what="compliance after the node left",
@@ -136,7 +157,7 @@ def test_audit_follows_nodes_and_policies(
         lambda: events(cluster, namespace, "PolicyViolationResolved"), what="a PolicyViolationResolved Event"
     )
     assert resolved[0]["type"] == "Normal" and "versions" in resolved[0]["message"]
-    assert len(events(cluster, namespace, "PolicyViolation")) == 1, "a violation is announced once"
+    assert len(events(cluster, namespace, "PolicyViolation")) == 2, "announced once, its change once"
 
     # The policy changes: it now requires a toleration the running DaemonSet lacks.
     generation_before = cluster.kubectl_json("get", "daemonsetpolicy", policy_name)["metadata"]["generation"]

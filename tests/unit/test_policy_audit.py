@@ -19,6 +19,7 @@ from guard.policy_audit import (
     MAX_LISTED,
     MAX_MESSAGE,
     READY,
+    Announced,
     PolicyAudit,
     Violation,
     audit,
@@ -465,7 +466,9 @@ def test_known_violations_from_a_stored_status() -> None:
         audit_of([violation(1), violation(1, "versions", "x"), violation(2, "rollout", "y")]),
         error=None, enforced=True, generation=1, previous={}, now=T1,
     )  # fmt: skip
-    assert known_violations(stored, "p") == {
+    known = known_violations(stored, "p")
+    assert all(a.messages is None for a in known.values())  # its words are not in the status
+    assert set(known) == {
         ("p", "logging", "ds-001", "tolerations"),
         ("p", "logging", "ds-001", "versions"),
         ("p", "logging", "ds-002", "rollout"),
@@ -483,7 +486,7 @@ def test_known_violations_from_a_stored_status() -> None:
     ],
 )
 def test_known_violations_tolerates_odd_statuses(stored: dict[str, Any]) -> None:
-    assert known_violations(stored, "p") == set()
+    assert known_violations(stored, "p") == {}
 
 
 def test_known_violations_only_the_listed_ones() -> None:
@@ -517,34 +520,35 @@ PRESENT = {("logging", "a"), ("logging", "b")}
 
 def test_first_audit_announces_one_event_per_daemonset_policy_rule() -> None:
     results = results_of(A_TOL, A_VER, A_VER2, B_TOL, A_Q)
-    plan, after = plan_events(results, set(), PRESENT)
+    plan, after = plan_events(results, {}, PRESENT)
     assert [(v.policy, v.namespace, v.name, v.rule) for v in plan.new] == [
         ("p", "logging", "a", "tolerations"),
         ("p", "logging", "a", "versions"),  # two messages for one rule: one Event
         ("p", "logging", "b", "tolerations"),
         ("q", "logging", "a", "rollout"),
     ]
-    assert plan.resolved == ()
-    assert after == {(v.policy, v.namespace, v.name, v.rule) for v in plan.new}
+    assert plan.resolved == () and plan.changed == ()
+    assert set(after) == {(v.policy, v.namespace, v.name, v.rule) for v in plan.new}
+    assert after[("p", "logging", "a", "versions")].messages == ("image 1 too old", "image 2 too old")
 
 
 def test_second_run_with_nothing_changed_is_silent() -> None:
     results = results_of(A_TOL, A_VER, B_TOL, A_Q)
-    _, before = plan_events(results, set(), PRESENT)
-    plan, after = plan_events(results, before, PRESENT)
-    assert plan.new == () and plan.resolved == ()
+    _, before = plan_events(results, {}, PRESENT)
+    plan, after = plan_events(results, before, PRESENT, now=1000.0)
+    assert plan.new == () and plan.changed == () and plan.resolved == ()
     assert after == before
 
 
 def test_new_violation_only_is_announced() -> None:
-    _, before = plan_events(results_of(A_TOL), set(), PRESENT)
+    _, before = plan_events(results_of(A_TOL), {}, PRESENT)
     plan, _ = plan_events(results_of(A_TOL, B_TOL), before, PRESENT)
     assert plan.new == (B_TOL,)
     assert plan.resolved == ()
 
 
 def test_fixed_violation_is_resolved_once() -> None:
-    _, before = plan_events(results_of(A_TOL, A_VER, B_TOL), set(), PRESENT)
+    _, before = plan_events(results_of(A_TOL, A_VER, B_TOL), {}, PRESENT)
     plan, after = plan_events(results_of(A_TOL, B_TOL), before, PRESENT)
     assert plan.new == ()
     assert plan.resolved == (("p", "logging", "a", "versions"),)
@@ -553,24 +557,24 @@ def test_fixed_violation_is_resolved_once() -> None:
 
 
 def test_policy_with_no_violation_left_resolves() -> None:
-    _, before = plan_events(results_of(A_TOL), set(), PRESENT)
+    _, before = plan_events(results_of(A_TOL), {}, PRESENT)
     plan, after = plan_events({"p": PolicyAudit("p", ("logging/a",), ())}, before, PRESENT)
     assert plan.resolved == (("p", "logging", "a", "tolerations"),)
-    assert after == set()
+    assert after == {}
 
 
 def test_deleted_daemonset_is_not_resolved() -> None:
-    _, before = plan_events(results_of(A_TOL, B_TOL), set(), PRESENT)
+    _, before = plan_events(results_of(A_TOL, B_TOL), {}, PRESENT)
     plan, after = plan_events(results_of(A_TOL), before, {("logging", "a")})
     assert plan.resolved == ()
-    assert after == {("p", "logging", "a", "tolerations")}
+    assert set(after) == {("p", "logging", "a", "tolerations")}
 
 
 def test_deleted_policy_is_not_resolved() -> None:
-    _, before = plan_events(results_of(A_TOL, A_Q), set(), PRESENT)
+    _, before = plan_events(results_of(A_TOL, A_Q), {}, PRESENT)
     plan, after = plan_events(results_of(A_TOL), before, PRESENT)  # q is gone from the results
     assert plan.resolved == ()
-    assert after == {("p", "logging", "a", "tolerations")}
+    assert set(after) == {("p", "logging", "a", "tolerations")}
 
 
 def test_known_violations_suppress_events_after_restart() -> None:
@@ -578,3 +582,39 @@ def test_known_violations_suppress_events_after_restart() -> None:
     stored = policy_status(results["p"], error=None, enforced=True, generation=1, previous={}, now=T1)
     plan, _ = plan_events(results_of(A_TOL, B_TOL, A_VER), known_violations(stored, "p"), PRESENT)
     assert plan.new == (A_VER,)
+
+
+A_TOL_MORE = Violation("logging", "a", "p", "tolerations", "missing infra and gpu")
+
+
+def test_a_changed_violation_is_announced_again_at_most_once_an_interval() -> None:
+    _, before = plan_events(results_of(A_TOL), {}, PRESENT, now=100.0, change_interval=300.0)
+    # changed 10 s later: too soon, and what was said is kept so that a later audit says it
+    plan, after = plan_events(results_of(A_TOL_MORE), before, PRESENT, now=110.0, change_interval=300.0)
+    assert plan.new == () and plan.changed == ()
+    assert after == before
+    plan, after = plan_events(results_of(A_TOL_MORE), after, PRESENT, now=400.0, change_interval=300.0)
+    assert plan.changed == ((("p", "logging", "a", "tolerations"), ("missing infra and gpu",)),)
+    assert after[("p", "logging", "a", "tolerations")].at == 400.0
+    # said once: the next audits are silent
+    plan, _ = plan_events(results_of(A_TOL_MORE), after, PRESENT, now=1000.0, change_interval=300.0)
+    assert plan.changed == ()
+    # a second message under the same rule is a change too
+    plan, _ = plan_events(results_of(A_TOL_MORE, A_VER), after, PRESENT, now=400.0, change_interval=0.0)
+    assert plan.new == (A_VER,) and plan.changed == ()
+    plan, _ = plan_events(results_of(A_VER, A_VER2), {
+        ("p", "logging", "a", "versions"): Announced(("image 1 too old",), 0.0)
+    }, PRESENT, now=1.0, change_interval=0.0)  # fmt: skip
+    assert plan.changed == ((("p", "logging", "a", "versions"), ("image 1 too old", "image 2 too old")),)
+
+
+def test_after_a_restart_the_known_violations_words_are_learned_not_announced() -> None:
+    stored = policy_status(
+        results_of(A_TOL)["p"], error=None, enforced=True, generation=1, previous={}, now=T1
+    )
+    known = known_violations(stored, "p")
+    plan, after = plan_events(results_of(A_TOL_MORE), known, PRESENT, now=5.0)
+    assert plan.new == () and plan.changed == ()
+    # a change after that is announced at once: nothing was said in this term yet
+    plan, _ = plan_events(results_of(A_TOL), after, PRESENT, now=6.0)
+    assert plan.changed == ((("p", "logging", "a", "tolerations"), ("missing infra",)),)
