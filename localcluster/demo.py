@@ -442,7 +442,8 @@ def audit_chapter(s: Story) -> None:
         "-o", "jsonpath={range .items[*]}{.type} {.reason} {.involvedObject.name}: {.message}{'\\n'}{end}",
         show="get events -n logging --field-selector reason=PolicyViolation",
     )  # fmt: skip
-    # The audit announces a violation once, as it first sees it (gpu-0 alone, if it judged between the two).
+    # The first Event says what the audit first saw (gpu-0 alone, if it judged between the two); the
+    # change is announced after --audit-resync (5 min), past the demo's end.
     s.check(
         "(coverage)" in proc.stdout and "gpu-0" in proc.stdout, "an Event on the DaemonSet announced the gap"
     )
