@@ -25,6 +25,7 @@ from typing import NamedTuple, Protocol
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dsguard import reconnect
 from dsguard.annotations import (
     ALERTS_PENDING,
     ORIGINAL_STRATEGY,
@@ -56,6 +57,11 @@ log = logging.getLogger("dsguard.guard")
 # second; without this the guard spent most of a core re-deciding (the decision is the same).
 EVALUATION_DUTY = 0.1
 EVALUATION_DEFER_MAX = 0.1
+# An action the apiserver refused (5xx, 429, 403) or could not take (unreachable) is tried again
+# after 1 s, doubling to 30 s while it keeps failing (a Retry-After is honoured): a guard without
+# RBAC, or an overloaded apiserver, gets a log line and a request a while, not every tick.
+ACTION_RETRY_FIRST = 1.0
+ACTION_RETRY_CAP = 30.0
 
 Notify = Callable[[Alert, GuardPolicy], None]  # routes an alert to the sinks of the policy that asked
 PolicyLookup = Callable[[DaemonSetState], list[Policy]]  # the policies matching a DaemonSet, in order
@@ -145,6 +151,7 @@ class Guard:
         # the next version the watch brings is our own change (or the one that beat us to it).
         self._acted: dict[str, tuple[str, Step]] = {}
         self._failing: dict[str, int] = {}  # uid -> failing updated pods at its last evaluation
+        self._action_failures: dict[str, int] = {}  # uid -> actions failed in a row (the backoff)
         self.decisions: list[tuple[str, Decision]] = []  # for tests and the log; bounded below
         self.pods = pods
         self.gates = gates
@@ -268,6 +275,8 @@ class Guard:
             del self._not_before[gone]
         for gone in [uid for uid in self._deleted if uid not in live]:
             del self._deleted[gone]
+        for gone in [uid for uid in self._action_failures if uid not in live]:
+            del self._action_failures[gone]
         for key in [k for k in self._gate_errors if k[0] not in live]:
             del self._gate_errors[key]
         self.outbox.tidy(live)
@@ -301,6 +310,7 @@ class Guard:
         try:
             patched = await self.act(decision, ds, governing)
             self._acted[uid] = (ds.resource_version, decision.step)
+            self._action_failures.pop(uid, None)
             return patched
         except ApiException as e:
             if e.status == 409:
@@ -308,7 +318,15 @@ class Guard:
                 log.info("%s changed while acting (%s); deciding again", ds.ref, decision.step)
                 self._acted[uid] = (ds.resource_version, Step.NONE)
             else:
-                log.error("%s: %s failed: %s %s", ds.ref, decision.step, e.status, e.reason)
+                delay = self._retry_action(uid, e)
+                log.error(
+                    "%s: %s failed: %s %s; trying again in %.0fs",
+                    ds.ref,
+                    decision.step,
+                    e.status,
+                    e.reason,
+                    delay,
+                )
                 self.metrics.action_errors.labels(decision.step.value).inc()
         except actions.ResumeError as e:
             # a pause annotation someone broke: no patch can be built from this version
@@ -317,10 +335,31 @@ class Guard:
             self._acted[uid] = (ds.resource_version, Step.NONE)
             return False
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            # the apiserver unreachable: try again at the next evaluation; the loop must live on
-            log.error("%s: %s failed: %s: %s", ds.ref, decision.step, type(e).__name__, e)
+            # the apiserver unreachable: try again after the backoff; the loop must live on
+            delay = self._retry_action(uid, e)
+            log.error(
+                "%s: %s failed: %s: %s; trying again in %.0fs",
+                ds.ref,
+                decision.step,
+                type(e).__name__,
+                e,
+                delay,
+            )
             self.metrics.action_errors.labels(decision.step.value).inc()
         return True
+
+    def _retry_action(self, uid: str, error: BaseException) -> float:
+        """Defer the DaemonSet's next evaluation after a failed action; the seconds until then."""
+        failures = self._action_failures.get(uid, 0)
+        self._action_failures[uid] = failures + 1
+        after = reconnect.retry_after(error)
+        delay = (
+            after
+            if after is not None
+            else min(ACTION_RETRY_FIRST * 2.0 ** min(failures, 16), ACTION_RETRY_CAP)
+        )
+        self._not_before[uid] = max(self._not_before.get(uid, 0.0), self.monotonic() + delay)
+        return delay
 
     def _resend(self, ds: DaemonSetState, alert: Alert) -> None:
         """A pending alert this process did not send, to the sinks of the DaemonSet's policy now
@@ -522,7 +561,15 @@ class Guard:
             if e.status == 409:
                 log.info("%s changed while acting (wave %s); deciding again", ds.ref, wave.step)
             else:
-                log.error("%s: wave %s failed: %s %s", ds.ref, wave.step, e.status, e.reason)
+                delay = self._retry_action(uid, e)
+                log.error(
+                    "%s: wave %s failed: %s %s; trying again in %.0fs",
+                    ds.ref,
+                    wave.step,
+                    e.status,
+                    e.reason,
+                    delay,
+                )
                 self.metrics.action_errors.labels(f"wave_{wave.step.value}").inc()
             self._acted[uid] = (ds.resource_version, Step.NONE)
             return True
@@ -533,10 +580,19 @@ class Guard:
             self._acted[uid] = (ds.resource_version, Step.WAVE)
             return False
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            log.error("%s: wave %s failed: %s: %s", ds.ref, wave.step, type(e).__name__, e)
+            delay = self._retry_action(uid, e)
+            log.error(
+                "%s: wave %s failed: %s: %s; trying again in %.0fs",
+                ds.ref,
+                wave.step,
+                type(e).__name__,
+                e,
+                delay,
+            )
             self.metrics.action_errors.labels(f"wave_{wave.step.value}").inc()
             return True
         self._acted[uid] = (ds.resource_version, Step.WAVE)
+        self._action_failures.pop(uid, None)
         self.metrics.actions.labels(f"wave_{wave.step.value}").inc()
         log.info("%s: %s: %s", ds.ref, event[0], event[1])
         if wave.step is WaveStep.COMPLETE and waves.alert_on_completion:
@@ -560,6 +616,7 @@ class Guard:
         if self.pods is None:
             return False
         deleted = self._deleted.setdefault(uid, set())
+        failed: BaseException | None = None
         for pod in wave.delete:
             if pod.uid in deleted:
                 continue
@@ -570,6 +627,7 @@ class Guard:
                 deleted.discard(pod.uid)
                 log.error("%s: deleting pod %s failed: %s", ds.ref, pod.name, e)
                 self.metrics.action_errors.labels("wave_delete").inc()
+                failed = e
                 continue
             self.metrics.actions.labels("wave_delete").inc()
             log.info(
@@ -582,6 +640,10 @@ class Guard:
                 pod.node,
                 "" if gone else " (already gone)",
             )
+        if failed is not None:
+            self._retry_action(uid, failed)
+        elif wave.delete:
+            self._action_failures.pop(uid, None)
         return False
 
     def _baselines(self, governing: Governing) -> dict[str, float] | None:

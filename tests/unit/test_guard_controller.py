@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from dsguard.annotations import ORIGINAL_STRATEGY, PAUSED, PAUSED_REVISION
 from guard.notify.alert import AlertKind
@@ -229,3 +230,44 @@ async def test_a_blind_guard_acts_on_nothing_and_does_what_became_due_once_its_w
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "most"),
+    [
+        (503, None, 2),  # after 1 s, then 2 s: two attempts in 1.5 s, not one a tick (30)
+        (403, None, 2),  # no RBAC for the patch: not a log line every tick either
+        (429, {"Retry-After": "0.2"}, 9),  # the apiserver's word: about every 0.2 s
+    ],
+)
+async def test_a_failing_action_is_retried_with_a_backoff_not_every_tick(
+    status: int, headers: dict[str, str] | None, most: int
+) -> None:
+    h = Harness()
+    h.guard.tick = 0.05
+    h.rollout(failing=2)
+    attempts: list[float] = []
+
+    async def refused(namespace: str, name: str, body: Mapping[str, Any], content_type: str) -> None:
+        attempts.append(time.monotonic())
+        error = ApiException(status=status, reason="refused")
+        error.headers = headers  # type: ignore[assignment]
+        raise error
+
+    real, h.guard.patcher = h.guard.patcher, FakePatcher(refused)
+    task = asyncio.create_task(h.guard.run())
+    try:
+        await asyncio.sleep(1.5)
+        assert 2 <= len(attempts) <= most, attempts
+        if status == 429:
+            assert len(attempts) >= 4, attempts  # not the 1-2-4 s ladder
+        # the apiserver takes it again: the pause goes through at the next attempt, and the
+        # backoff starts afresh
+        h.guard.patcher = real
+        await poll_async(lambda: len(h.api.patches) == 1, what="the pause", timeout=5)
+        assert "uid-1" not in h.guard._action_failures
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [a.kind for a in h.alerts] == [AlertKind.PAUSED]
