@@ -31,6 +31,24 @@ from tests.support.guard_scenario import (
 )
 from tests.support.polling import poll
 
+
+def ready_on(s: Scenario, revision: str, count: int, *, timeout: float) -> list[str]:
+    """Once `count` pods of `revision` are Ready: the first `count` of their nodes, by name."""
+
+    def ready() -> list[str] | None:
+        nodes = [
+            p["spec"]["nodeName"]
+            for p in s.pods()
+            if p["metadata"]["labels"].get(REVISION_LABEL) == revision
+            and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []
+            )
+        ]
+        return sorted(nodes)[:count] if len(nodes) >= count else None
+
+    return poll(ready, what=f"{count} Ready pods of revision {revision}", timeout=timeout, interval=0.1)
+
+
 # --- the tests ----------------------------------------------------------------------------------
 
 
@@ -140,18 +158,7 @@ def test_node_going_not_ready_after_getting_the_new_pod_counts_as_failing(scenar
     s.apply(s.daemonset(image="registry.example.com/agent:1.1", annotations=slow))
     new = s.started_new_revision(good)
 
-    def ready_on_new() -> list[str] | None:
-        nodes = [
-            p["spec"]["nodeName"]
-            for p in s.pods()
-            if p["metadata"]["labels"].get(REVISION_LABEL) == new
-            and any(
-                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []
-            )
-        ]
-        return sorted(nodes)[:THRESHOLD] if len(nodes) >= THRESHOLD else None
-
-    victims = poll(ready_on_new, what=f"{THRESHOLD} Ready pods of the new revision", timeout=45, interval=0.1)
+    victims = ready_on(s, new, THRESHOLD, timeout=45)
     assert not s.annotations().get("dsguard.io/paused")  # healthy so far: no pause
     s.kubectl(
         "annotate",
@@ -182,20 +189,7 @@ def test_nodes_going_not_ready_while_retiring_do_not_count_against_the_rollout(s
     s.apply(s.daemonset(image="registry.example.com/agent:1.1", annotations=slow))
     new = s.started_new_revision(good)
 
-    def ready_on_new() -> list[str] | None:
-        nodes = [
-            p["spec"]["nodeName"]
-            for p in s.pods()
-            if p["metadata"]["labels"].get(REVISION_LABEL) == new
-            and any(
-                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []
-            )
-        ]
-        return sorted(nodes)[: THRESHOLD + 2] if len(nodes) >= THRESHOLD + 2 else None
-
-    cordoned, scaled_down, *victims = poll(
-        ready_on_new, what=f"{THRESHOLD + 2} Ready pods of the new revision", timeout=60, interval=0.1
-    )
+    cordoned, scaled_down, *victims = ready_on(s, new, THRESHOLD + 2, timeout=60)
     s.kubectl("cordon", cordoned)
     s.kubectl("taint", "node", scaled_down, "ToBeDeletedByClusterAutoscaler=1765000000:NoSchedule")
     not_ready = f"dsguard.test/node-behavior={NodeBehavior.NOT_READY.value}"
