@@ -434,9 +434,8 @@ class Reflector:
         )
         try:
             if resp.status == 429:
-                error = ApiException(status=429, reason=resp.reason)
-                error.headers = getattr(resp, "headers", None)
-                raise Throttled(f"HTTP 429 {resp.reason or ''}".strip(), reconnect.retry_after(error))
+                after = reconnect.retry_after_header(getattr(resp, "headers", None))
+                raise Throttled(f"HTTP 429 {resp.reason or ''}".strip(), after)
             if not 200 <= resp.status <= 299:
                 _raise_for_status(resp, await resp.read())
             if not self._current:  # reopened after going silent or throttled: it resumes where it was

@@ -50,8 +50,14 @@ def classify(error: BaseException) -> Failure:
 def retry_after(error: BaseException) -> float | None:
     """The seconds an answer's Retry-After header asks for (delta-seconds only, as the
     apiserver sends it), bounded by MAX_RETRY_AFTER; None without one."""
-    headers: Mapping[str, str] | None = getattr(error, "headers", None)
-    if not isinstance(error, ApiException) or not headers:
+    if not isinstance(error, ApiException):
+        return None
+    return retry_after_header(getattr(error, "headers", None))
+
+
+def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
+    """retry_after of a response's headers (a watch's 429 is a response, not an exception)."""
+    if not headers:
         return None
     value = headers.get("Retry-After")
     if value is None:
