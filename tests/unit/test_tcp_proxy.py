@@ -56,6 +56,14 @@ def cut(s: socket.socket) -> bool:
         return True
 
 
+def unanswered(s: socket.socket, data: bytes) -> None:
+    """`data` sent on `s` gets neither an answer nor a close within 0.3 s."""
+    s.settimeout(0.3)
+    s.sendall(data)
+    with pytest.raises(TimeoutError):
+        s.recv(4096)
+
+
 def test_forwards_both_ways(proxy: TcpProxy) -> None:
     with connect(proxy) as s:
         assert echoes(s)
@@ -66,15 +74,9 @@ def test_blackhole_goes_silent_and_restore_cuts_what_was_held(proxy: TcpProxy) -
     with connect(proxy) as before:
         assert echoes(before)
         proxy.blackhole()
-        before.settimeout(0.3)
-        before.sendall(b"lost")
-        with pytest.raises(TimeoutError):
-            before.recv(4096)
+        unanswered(before, b"lost")
         with connect(proxy) as during:  # accepted, never answered
-            during.settimeout(0.3)
-            during.sendall(b"lost too")
-            with pytest.raises(TimeoutError):
-                during.recv(4096)
+            unanswered(during, b"lost too")
             proxy.restore()
             during.settimeout(5)
             assert cut(during)
@@ -105,10 +107,7 @@ def test_silence_open_holds_open_connections_silent_and_lets_new_ones_through(pr
     with connect(proxy) as before:
         assert echoes(before)
         proxy.silence_open()
-        before.settimeout(0.3)
-        before.sendall(b"lost")
-        with pytest.raises(TimeoutError):  # neither answered nor closed
-            before.recv(4096)
+        unanswered(before, b"lost")
         with connect(proxy) as after:
             assert echoes(after)
         with pytest.raises(TimeoutError):
